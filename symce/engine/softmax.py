@@ -1,0 +1,52 @@
+"""Softmax facts every softmax-based loss builds on, as checked steps."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from symce.engine.context import Context
+from symce.proof import Step
+
+
+def softmax_steps(ctx: Context) -> list[Step]:
+    """Definition, shift invariance, the log-sum-exp lemma and the Jacobian."""
+    softmax = ctx.vector(ctx.softmax_explicit)
+    shifted = ctx.vector(
+        lambda a: sp.exp(ctx.x(a) - ctx.m) / ctx.sum(lambda j: sp.exp(ctx.x(j) - ctx.m))
+    )
+    lse = sp.log(ctx.sum(lambda j: sp.exp(ctx.x(j))))
+    dlse = ctx.vector(lambda a: ctx.D(lse, ctx.x(a)))
+    jac = ctx.matrix(lambda a, b: ctx.D(ctx.q(a), ctx.x(b)))
+    jac_rhs = ctx.evaluate(jac)
+    outer = ctx.matrix(lambda a, b: ctx.delta(a, b) * ctx.q(a) - ctx.q(a) * ctx.q(b))
+    return [
+        Step("softmax", "Softmax", ctx.vector(ctx.q), softmax, "definition of the softmax"),
+        Step(
+            "shift_invariance",
+            "Shift invariance",
+            shifted,
+            ctx.vector(ctx.q),
+            "e^{x-m} = e^{x} e^{-m}; the factor e^{-m} leaves the sum (linearity) and cancels",
+        ),
+        Step(
+            "lse_gradient",
+            "Gradient of log-sum-exp",
+            dlse,
+            ctx.evaluate(dlse),
+            "chain rule for log; Kronecker-delta sifting of the sum's derivative",
+        ),
+        Step(
+            "jacobian",
+            "Softmax Jacobian",
+            jac,
+            jac_rhs,
+            "quotient rule; Kronecker-delta sifting; substitute the softmax definition",
+        ),
+        Step(
+            "jacobian_matrix",
+            "Jacobian in matrix form",
+            jac_rhs,
+            outer,
+            "expand: diag(q) - q q^T",
+        ),
+    ]
