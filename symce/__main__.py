@@ -1,0 +1,5 @@
+import sys
+
+from symce.cli import main
+
+sys.exit(main())
