@@ -42,6 +42,17 @@ class ConcreteContext(Context):
         self._x_pos = {v: a for a, v in enumerate(self._x)}
         self._q_set = frozenset(self._q)
         self._z = sp.Add(*[sp.exp(x) for x in self._x])
+        self._csum = sp.Add(*self._c)
+        # Σc does not depend on the logits; as one atom it costs O(1) to carry
+        # through derivatives instead of n terms an entry.
+        self._C = sp.Dummy("C", real=True)
+        self._q_def = {q: sp.exp(x - self.ell) for q, x in zip(self._q, self._x)}
+        # exp(k·(x_a − ℓ)) → q_a**k for the powers a Jacobian or Hessian produces
+        self._q_fold = {
+            sp.exp(k * (x - self.ell)): q**k
+            for q, x in zip(self._q, self._x)
+            for k in (1, 2, 3, -1)
+        }
         self._loss_body: Callable[[Any], sp.Expr] | None = None
         self._cache: dict[sp.Basic, sp.Expr] = {}
 
@@ -79,11 +90,13 @@ class ConcreteContext(Context):
     # -- definitions ----------------------------------------------------
     def _substitute_loss(self, expr: sp.Expr) -> sp.Expr:
         if self._loss_body is not None and expr.has(self.L):
-            expr = expr.xreplace({self.L: self.sum(self._loss_body)})
+            if ("L", self._loss_body) not in self._cache:
+                self._cache[("L", self._loss_body)] = self.sum(self._loss_body)
+            expr = expr.xreplace({self.L: self._cache[("L", self._loss_body)]})
         return expr
 
     def _substitute_q(self, expr: sp.Expr) -> sp.Expr:
-        return expr.xreplace({q: sp.exp(x - self.ell) for q, x in zip(self._q, self._x)})
+        return expr.xreplace(self._q_def)
 
     def _derivative(self, d: sp.Derivative) -> sp.Expr:
         if d in self._cache:
@@ -91,14 +104,21 @@ class ConcreteContext(Context):
         f = d.expr
         for var, count in d.variable_count:
             for _ in range(count):
-                f = self._substitute_loss(f)
-                if var in self._q_set:
-                    f = sp.diff(f, var)
-                else:
-                    f = self._substitute_q(f)
-                    f = sp.diff(f, var) + sp.diff(f, self.ell) * self._dell(var)
+                f = self._diff(f, var)
         self._cache[d] = f
         return f
+
+    def _diff(self, f: sp.Expr, var: sp.Symbol) -> sp.Expr:
+        """∂f/∂var, through ℓ by the chain rule when var is a logit."""
+        f = self._substitute_loss(f).xreplace({self._csum: self._C})
+        if var not in self._x_pos:
+            return sp.diff(f.xreplace({self._C: self._csum}), var)
+        f = self._substitute_q(f)
+        direct = sp.diff(f, var) if var in f.free_symbols else sp.S.Zero
+        key = ("d/dell", f)
+        if key not in self._cache:
+            self._cache[key] = sp.diff(f, self.ell)
+        return direct + self._cache[key] * self._dell(var)
 
     def _dell(self, var: sp.Symbol) -> sp.Expr:
         """The lemma ``∂ℓ/∂x_b = q_b`` (as ``exp(x_b − ℓ)``); zero for other symbols."""
@@ -118,26 +138,27 @@ class ConcreteContext(Context):
                 return t
             return sp.Mul(*[self._q[self._x_pos[v]] ** k for v, k in xs])
 
-        z = self._z
-        if expr.has(z):  # exp(x_a) / Σ exp(x_j) = exp(x_a − ℓ), ℓ's definition
-            expr = sp.powsimp(expr.xreplace({z: sp.exp(self.ell)}), combine="exp")
+        expr = expr.xreplace(self._q_fold)
+        if not expr.has(sp.exp):
+            return expr
+        if expr.has(self._z):  # exp(x_a) / Σ exp(x_j) = exp(x_a − ℓ), ℓ's definition
+            expr = sp.powsimp(expr.xreplace({self._z: sp.exp(self.ell)}), combine="exp")
         return expr.replace(lambda t: isinstance(t, sp.exp), fold)
 
     # -- Context API ----------------------------------------------------
     def evaluate(self, expr: Any) -> Any:
         if isinstance(expr, sp.MatrixBase):
             return expr.applyfunc(self.evaluate).as_immutable()
-        # Σc stays one factor while tidying: expanding it would cost n terms an entry.
-        total = sp.Dummy("C")
-        e = self._to_q(self._derivatives(expr)).xreplace({sp.Add(*self._c): total})
+        e = self._to_q(self._derivatives(expr.xreplace({self._csum: self._C})))
         e = sp.expand(e)
-        e = sp.factor_terms(sp.collect(e, sorted(e.free_symbols & self._q_set, key=str)))
-        return e.xreplace({total: sp.Add(*self._c)})
+        if len(e.args) > 3:  # gather Σ_j c_j q_k into q_k Σc
+            e = sp.collect(e, sorted(e.free_symbols & self._q_set, key=str))
+        return sp.factor_terms(e).xreplace({self._C: self._csum})
 
     def normalise(self, expr: Any) -> Any:
         if isinstance(expr, sp.MatrixBase):
             return expr.applyfunc(self.normalise).as_immutable()
-        expr = expr.xreplace({sp.Add(*self._c): sp.S.One})
+        expr = expr.xreplace({self._csum: sp.S.One})
         return expr.xreplace(dict(zip(self._c, self._p, strict=True)))
 
     def equal(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:
@@ -151,17 +172,29 @@ class ConcreteContext(Context):
         )
 
     def _entry_zero(self, e: sp.Expr, assumptions: Sequence[str]) -> bool:
-        e = self._substitute_loss(self._derivatives(e))
+        e = self._derivatives(e.xreplace({self._csum: self._C}))
+        e = self._substitute_loss(e)
         if "normalised" in assumptions:
-            e = e.xreplace(dict(zip(self._p, self._c, strict=True)))
+            e = e.xreplace(dict(zip(self._p, self._c, strict=True))).xreplace({self._C: 1})
+        if sp.expand(self._to_q(e)) == 0:
+            return True
+        e = e.xreplace({self._C: self._csum})
+        if "normalised" in assumptions:
             e = e.xreplace({self._c[-1]: 1 - sp.Add(*self._c[:-1])})
         if sp.expand(self._to_q(e)) == 0:
             return True
-        e = sp.expand(sp.expand_log(self._substitute_q(e), force=True))
-        if _rational_zero(e):
+        e = sp.expand(_expand_log(self._substitute_q(e)))
+        if sp.factor_terms(e) == 0:
             return True
-        e = sp.expand(sp.expand_log(e.xreplace({self.ell: sp.log(self._z)}), force=True))
-        return _rational_zero(e)
+        # ℓ = log Σ exp(x_j): everything in the logits alone.
+        e = sp.expand(_expand_log(e.xreplace({self.ell: sp.log(self._z)})))
+        return sp.factor_terms(e) == 0 or _rational_zero(e)
+
+
+def _expand_log(e: sp.Expr) -> sp.Expr:
+    # log(a·b) = log a + log b holds here: every log argument is positive
+    # (softmax entries, Σ exp, and targets under 'positive_targets').
+    return sp.expand_log(e, force=True) if e.has(sp.log) else e
 
 
 def _rational_zero(e: sp.Expr) -> bool:

@@ -11,9 +11,9 @@ from symce.proof import Step
 def softmax_steps(ctx: Context) -> list[Step]:
     """Definition, shift invariance, the log-sum-exp lemma and the Jacobian."""
     softmax = ctx.vector(ctx.softmax_explicit)
-    shifted = ctx.vector(
-        lambda a: sp.exp(ctx.x(a) - ctx.m) / ctx.sum(lambda j: sp.exp(ctx.x(j) - ctx.m))
-    )
+    shifted_sum = ctx.sum(lambda j: sp.exp(ctx.x(j) - ctx.m))
+    factored_sum = sp.exp(-ctx.m) * ctx.sum(lambda j: sp.exp(ctx.x(j)))
+    shifted = ctx.vector(lambda a: sp.exp(ctx.x(a) - ctx.m) / factored_sum)
     lse = sp.log(ctx.sum(lambda j: sp.exp(ctx.x(j))))
     dlse = ctx.vector(lambda a: ctx.D(lse, ctx.x(a)))
     jac = ctx.matrix(lambda a, b: ctx.D(ctx.q(a), ctx.x(b)))
@@ -22,11 +22,18 @@ def softmax_steps(ctx: Context) -> list[Step]:
     return [
         Step("softmax", "Softmax", ctx.vector(ctx.q), softmax, "definition of the softmax"),
         Step(
+            "shift_sum",
+            "Shifting the logits",
+            shifted_sum,
+            factored_sum,
+            "e^{x-m} = e^{x} e^{-m}; the constant factor leaves the sum (linearity)",
+        ),
+        Step(
             "shift_invariance",
             "Shift invariance",
             shifted,
             ctx.vector(ctx.q),
-            "e^{x-m} = e^{x} e^{-m}; the factor e^{-m} leaves the sum (linearity) and cancels",
+            "the factor e^{-m} cancels: softmax(x - m) = softmax(x)",
         ),
         Step(
             "lse_gradient",

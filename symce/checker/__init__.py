@@ -1,0 +1,14 @@
+"""``symce check``: verify a user's own cross-entropy against the derived reference.
+
+The reference is the derivation's log-sum-exp loss and its gradient
+``q·Σc − c``, evaluated in float64 (:mod:`symce.checker.reference`).  A
+battery of cases (:mod:`symce.checker.battery`) runs the implementation,
+failures are shrunk to a minimal counterexample and explained where a usual
+mistake is recognised (:mod:`symce.checker.diagnosis`).  Claimed gradient
+formulas are proved or refuted by :mod:`symce.checker.formula`.
+"""
+
+from symce.checker.adapter import CheckUsageError, load
+from symce.checker.check import Report, check_implementation, detect_target
+
+__all__ = ["CheckUsageError", "Report", "check_implementation", "detect_target", "load"]

@@ -1,0 +1,151 @@
+"""Load a user's implementation and call it the same way for every backend.
+
+An implementation is ``f(logits, target)``: a function, an ``nn.Module`` (or any
+class) instantiated with no arguments, or an instance.  The torch backend passes
+tensors and takes the gradient through autograd; the NumPy backend passes arrays
+and accepts ``loss`` or ``(loss, grad)``, ``grad`` being the gradient of
+``loss.sum()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BACKENDS = ("torch", "numpy")
+
+
+class CheckUsageError(ValueError):
+    """The implementation cannot be loaded or called at all (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one call returned, in float64; ``error`` when it did not return."""
+
+    loss: np.ndarray | None = None
+    grad: np.ndarray | None = None
+    dtype: str | None = None
+    grad_note: str | None = None  # why there is no gradient
+    error: str | None = None
+
+
+def load(spec: str) -> Callable[..., Any]:
+    """``PATH.py:NAME`` → a callable ``f(logits, target)``."""
+    path_text, sep, name = spec.rpartition(":")
+    if not sep or not path_text or not name:
+        raise CheckUsageError(f"expected PATH.py:NAME, got {spec!r}")
+    path = Path(path_text)
+    if not path.is_file():
+        raise CheckUsageError(f"no such file: {path_text}")
+    module = _import_file(path)
+    obj: Any = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise CheckUsageError(f"{path_text} has no attribute {name!r}")
+        obj = getattr(obj, part)
+    return as_callable(obj, name)
+
+
+def as_callable(obj: Any, name: str = "the implementation") -> Callable[..., Any]:
+    """Instantiate a class with no arguments; insist on something callable."""
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise CheckUsageError(
+                f"could not instantiate {name} with no arguments: {_describe(exc)}"
+            ) from exc
+    if not callable(obj):
+        raise CheckUsageError(f"{name} is not callable (it is a {type(obj).__name__})")
+    return obj
+
+
+def _import_file(path: Path) -> Any:
+    module_name = f"_symce_check_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise CheckUsageError(f"cannot import {path} (is it a .py file?)")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # so the file can import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise CheckUsageError(f"importing {path} failed: {_describe(exc)}") from exc
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+    return module
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def call(fn: Callable[..., Any], backend: str, logits: np.ndarray, target: np.ndarray,
+         dtype: str) -> Outcome:
+    """Call ``fn`` on copies of the inputs; never raise for the implementation's faults."""
+    caller = _CALLERS[backend]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            return caller(fn, logits, target, dtype)
+        except Exception as exc:
+            return Outcome(error=f"raised {_describe(exc)}")
+
+
+def _call_torch(fn: Callable[..., Any], logits: np.ndarray, target: np.ndarray,
+                dtype: str) -> Outcome:
+    import torch
+
+    tdtype = getattr(torch, dtype)
+    x = torch.tensor(logits, dtype=tdtype, requires_grad=True)
+    t = (torch.tensor(target, dtype=torch.int64) if target.dtype.kind in "iu"
+         else torch.tensor(target, dtype=tdtype))
+    out = fn(x, t)
+    if not isinstance(out, torch.Tensor):
+        return Outcome(error=f"returned a {type(out).__name__}, expected a torch.Tensor")
+    loss = out.detach().to(torch.float64).cpu().numpy()
+    out_dtype = str(out.dtype).removeprefix("torch.")
+    if not out.requires_grad:
+        return Outcome(loss, None, out_dtype,
+                       grad_note="the result is not connected to the logits in the autograd "
+                       "graph (detached, or computed outside torch)")
+    (grad,) = torch.autograd.grad(out.sum(), x, allow_unused=True)
+    if grad is None:
+        return Outcome(loss, None, out_dtype, grad_note="the result does not depend on the logits")
+    return Outcome(loss, grad.to(torch.float64).cpu().numpy(), out_dtype)
+
+
+def _call_numpy(fn: Callable[..., Any], logits: np.ndarray, target: np.ndarray,
+                dtype: str) -> Outcome:
+    x = np.array(logits, dtype=dtype)
+    t = np.array(target) if target.dtype.kind in "iu" else np.array(target, dtype=dtype)
+    out = fn(x, t)
+    grad = None
+    if isinstance(out, tuple):
+        if len(out) != 2:
+            return Outcome(error=f"returned a tuple of {len(out)} items, expected loss or "
+                           "(loss, grad)")
+        out, grad = out
+    try:
+        loss_arr = np.asarray(out)
+        loss = loss_arr.astype(np.float64)
+        grad_arr = None if grad is None else np.asarray(grad, dtype=np.float64)
+    except (TypeError, ValueError):
+        return Outcome(error=f"returned a {type(out).__name__}, expected an array or a number")
+    note = None if grad is not None else "no gradient returned (loss only)"
+    return Outcome(loss, grad_arr, str(loss_arr.dtype), grad_note=note)
+
+
+_CALLERS = {"torch": _call_torch, "numpy": _call_numpy}
