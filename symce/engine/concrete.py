@@ -46,11 +46,11 @@ class ConcreteContext(Context):
         # Σc does not depend on the logits; as one atom it costs O(1) to carry
         # through derivatives instead of n terms an entry.
         self._C = sp.Dummy("C", real=True)
-        self._q_def = {q: sp.exp(x - self.ell) for q, x in zip(self._q, self._x)}
+        self._q_def = {q: sp.exp(x - self.ell) for q, x in zip(self._q, self._x, strict=True)}
         # exp(k·(x_a − ℓ)) → q_a**k for the powers a Jacobian or Hessian produces
         self._q_fold = {
             sp.exp(k * (x - self.ell)): q**k
-            for q, x in zip(self._q, self._x)
+            for q, x in zip(self._q, self._x, strict=True)
             for k in (1, 2, 3, -1)
         }
         self._loss_body: Callable[[Any], sp.Expr] | None = None
