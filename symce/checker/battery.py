@@ -79,6 +79,8 @@ def _logits(spec: Spec, rng: np.random.Generator) -> np.ndarray:
         x[np.arange(spec.rows), rng.integers(0, spec.classes, spec.rows)] += spec.scale
     else:
         x = grid * spec.scale
+        if spec.scale >= 100:  # reach the stated magnitude: that is what the case is for
+            x[0, 0] = spec.scale
     return x.astype(spec.dtype).astype(np.float64)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from symce.checker.battery import Case, Result, Spec, build, evaluate
+from symce.checker.battery import Case, Result, Spec, build, evaluate, tolerances
 from symce.checker.reference import reduce, softmax
 
 
@@ -91,6 +91,26 @@ def _only_float32(ev: Evidence) -> str | None:
     return None
 
 
+def _float32_accurate(ev: Evidence) -> str | None:
+    """float64 failures whose errors are within float32 rounding."""
+    wide = [r for r in ev.returned if r.case.spec.dtype == "float64"]
+    if not wide or len(wide) != len(ev.failed):
+        return None
+    scale = np.finfo(np.float32).eps / np.finfo(np.float64).eps
+    for r in wide:
+        loss_tol, grad_tol = tolerances(r.case, ev.reduction)
+        pairs = [(r.outcome.loss, r.expected_loss, loss_tol)]
+        if r.outcome.grad is not None:
+            pairs.append((r.outcome.grad, r.expected_grad, grad_tol))
+        for got, expected, tol in pairs:
+            if got.size != expected.size:
+                return None
+            if not np.all(np.abs(got.reshape(expected.shape) - expected) <= tol * scale):
+                return None
+    return ("its float64 results are only as accurate as float32: it computes in float32 "
+            "somewhere (a .float() cast, a float32 constant or buffer)")
+
+
 def _dtype_changed(ev: Evidence) -> str | None:
     for r in ev.results:
         got, want = r.outcome.dtype, r.case.spec.dtype
@@ -122,6 +142,18 @@ def _unnormalised_only(ev: Evidence) -> str | None:
                            "sum(p)*LSE(x) - sum(p*x)")
         break
     return "; ".join([text, *details])
+
+
+def _only_single_rows(ev: Evidence) -> str | None:
+    """Every case with several rows (and classes) fails, every single-row case passes."""
+    single = [r for r in ev.results if r.case.logits.shape[0] == 1]
+    several = [r for r in ev.results if min(r.case.logits.shape) > 1]
+    if not single or not all(r.passed for r in single) or any(r.passed for r in several):
+        return None
+    if _loss_factor(ev) or _grad_factor(ev):
+        return None  # a reduction mistake, said more precisely by the factor rules
+    return ("it passes for N = 1 and fails for N > 1: the rows interact; each row must be "
+            "paired with its own target (logp[arange(N), target], not logp[:, target])")
 
 
 # -- how the failures differ ------------------------------------------------
@@ -181,7 +213,9 @@ def _constant_factor(ev: Evidence, what: str) -> str | None:
     if common:
         label, _, why = next(f for f in _FACTORS if f[0] in common)
         return f"the {what} is {label} times the reference in every failing case: {why}"
-    if ratios and np.allclose(ratios, ratios[0], rtol=1e-5):
+    if len(ratios) > 1 and np.allclose(ratios, ratios[0], rtol=1e-5) and not np.isclose(
+        ratios[0], 1.0, rtol=1e-3
+    ):
         return f"the {what} is a constant multiple ({ratios[0]:.6g}) of the reference"
     return None
 
@@ -254,7 +288,8 @@ def _batch_axis_softmax(ev: Evidence) -> str | None:
         x, c = r.case.logits, r.case.coeff
         if x.shape[0] < 2 or r.loss_ok:
             continue
-        rows = -(c * np.log(softmax(x, axis=0))).sum(1)
+        with np.errstate(all="ignore"):
+            rows = -(c * np.log(softmax(x, axis=0))).sum(1)
         loss0, _ = reduce(rows, c, ev.reduction)
         if _close(r.outcome.loss, loss0):
             return ("the loss is what a softmax over the batch axis (dim=0) gives: the "
@@ -319,6 +354,8 @@ RULES: list[Rule] = [
     _only_large,
     _only_float32,
     _dtype_changed,
+    _float32_accurate,
+    _only_single_rows,
     _unnormalised_only,
     _loss_or_grad_only,
     _loss_factor,

@@ -26,21 +26,21 @@ def softmax_steps(ctx: Context) -> list[Step]:
             "Shifting the logits",
             shifted_sum,
             factored_sum,
-            "e^{x-m} = e^{x} e^{-m}; the constant factor leaves the sum (linearity)",
+            "$e^{x_j-m} = e^{x_j} e^{-m}$; the constant factor leaves the sum (linearity)",
         ),
         Step(
             "shift_invariance",
             "Shift invariance",
             shifted,
             ctx.vector(ctx.q),
-            "the factor e^{-m} cancels: softmax(x - m) = softmax(x)",
+            "the factor $e^{-m}$ cancels: $\\operatorname{softmax}(x - m) = \\operatorname{softmax}(x)$",
         ),
         Step(
             "lse_gradient",
             "Gradient of log-sum-exp",
             dlse,
             ctx.evaluate(dlse),
-            "chain rule for log; Kronecker-delta sifting of the sum's derivative",
+            "chain rule for $\\log$; Kronecker-delta sifting of the sum's derivative",
         ),
         Step(
             "jacobian",
@@ -54,6 +54,6 @@ def softmax_steps(ctx: Context) -> list[Step]:
             "Jacobian in matrix form",
             jac_rhs,
             outer,
-            "expand: diag(q) - q q^T",
+            "expand: $\\operatorname{diag}(q) - q q^{T}$",
         ),
     ]
