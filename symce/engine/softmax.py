@@ -33,7 +33,8 @@ def softmax_steps(ctx: Context) -> list[Step]:
             "Shift invariance",
             shifted,
             ctx.vector(ctx.q),
-            "the factor $e^{-m}$ cancels: $\\operatorname{softmax}(x - m) = \\operatorname{softmax}(x)$",
+            "the factor $e^{-m}$ cancels: "
+            "$\\operatorname{softmax}(x - m) = \\operatorname{softmax}(x)$",
         ),
         Step(
             "lse_gradient",

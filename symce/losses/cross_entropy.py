@@ -47,7 +47,8 @@ def cross_entropy_steps(ctx: Context) -> list[Step]:
         Step("loss", "Cross-entropy", ctx.L, loss_q,
              "definition: cross-entropy with target coefficients $c$"),
         Step("loss_lse", "Log-sum-exp form", loss_q, loss_lse,
-             "$\\log q_i = x_i - \\operatorname{LSE}(x)$ by the softmax definition; linearity of the sum"),
+             "$\\log q_i = x_i - \\operatorname{LSE}(x)$ by the softmax definition; "
+             "linearity of the sum"),
         Step("dl_dq", "Derivative with respect to the probabilities", dl_dq, dl_dq_rhs,
              "derivative of the logarithm; Kronecker-delta sifting"),
         Step("chain_rule", "Chain rule", ctx.vector(lambda a: ctx.D(ctx.L, ctx.x(a))), chain,
@@ -59,9 +60,11 @@ def cross_entropy_steps(ctx: Context) -> list[Step]:
         Step("hessian", "Hessian", hessian_lhs, ctx.evaluate(hessian_lhs),
              "differentiate the gradient; softmax Jacobian"),
         Step("log_softmax_nll", "LogSoftmax + NLLLoss", nll, loss_q,
-             "$\\operatorname{log\\_softmax}(x)_i = x_i - \\operatorname{LSE}(x) = \\log q_i$: the same function"),
+             "$\\operatorname{log\\_softmax}(x)_i = x_i - \\operatorname{LSE}(x) = \\log q_i$: "
+             "the same function"),
         Step("kl_decomposition", "KL divergence", kl, loss_q - entropy,
-             "$\\log(c_i/q_i) = \\log c_i - \\log q_i$, so $\\operatorname{KL}(c \\| q) = \\operatorname{CE}(c, q) - H(c)$",
+             "$\\log(c_i/q_i) = \\log c_i - \\log q_i$, so "
+             "$\\operatorname{KL}(c \\| q) = \\operatorname{CE}(c, q) - H(c)$",
              ("positive_targets",)),
         Step("kl_gradient", "Gradient of the KL divergence",
              ctx.vector(lambda a: ctx.D(kl, ctx.x(a))), gradient,
