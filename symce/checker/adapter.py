@@ -65,7 +65,7 @@ def as_callable(obj: Any, name: str = "the implementation") -> Callable[..., Any
                 f"could not instantiate {name} with no arguments: {_describe(exc)}"
             ) from exc
     if not callable(obj):
-        raise CheckUsageError(f"{name} is not callable (it is a {type(obj).__name__})")
+        raise CheckUsageError(f"{name} is not callable (its type is {type(obj).__name__})")
     return obj
 
 
@@ -92,8 +92,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def call(fn: Callable[..., Any], backend: str, logits: np.ndarray, target: np.ndarray,
-         dtype: str) -> Outcome:
+def call(
+    fn: Callable[..., Any], backend: str, logits: np.ndarray, target: np.ndarray, dtype: str
+) -> Outcome:
     """Call ``fn`` on copies of the inputs; never raise for the implementation's faults."""
     caller = _CALLERS[backend]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -104,39 +105,49 @@ def call(fn: Callable[..., Any], backend: str, logits: np.ndarray, target: np.nd
             return Outcome(error=f"raised {_describe(exc)}")
 
 
-def _call_torch(fn: Callable[..., Any], logits: np.ndarray, target: np.ndarray,
-                dtype: str) -> Outcome:
+def _call_torch(
+    fn: Callable[..., Any], logits: np.ndarray, target: np.ndarray, dtype: str
+) -> Outcome:
     import torch
 
     tdtype = getattr(torch, dtype)
     x = torch.tensor(logits, dtype=tdtype, requires_grad=True)
-    t = (torch.tensor(target, dtype=torch.int64) if target.dtype.kind in "iu"
-         else torch.tensor(target, dtype=tdtype))
+    t = (
+        torch.tensor(target, dtype=torch.int64)
+        if target.dtype.kind in "iu"
+        else torch.tensor(target, dtype=tdtype)
+    )
     out = fn(x, t)
     if not isinstance(out, torch.Tensor):
         return Outcome(error=f"returned a {type(out).__name__}, expected a torch.Tensor")
     loss = out.detach().to(torch.float64).cpu().numpy()
     out_dtype = str(out.dtype).removeprefix("torch.")
     if not out.requires_grad:
-        return Outcome(loss, None, out_dtype,
-                       grad_note="the result is not connected to the logits in the autograd "
-                       "graph (detached, or computed outside torch)")
+        return Outcome(
+            loss,
+            None,
+            out_dtype,
+            grad_note="the result is not connected to the logits in the autograd "
+            "graph (detached, or computed outside torch)",
+        )
     (grad,) = torch.autograd.grad(out.sum(), x, allow_unused=True)
     if grad is None:
         return Outcome(loss, None, out_dtype, grad_note="the result does not depend on the logits")
     return Outcome(loss, grad.to(torch.float64).cpu().numpy(), out_dtype)
 
 
-def _call_numpy(fn: Callable[..., Any], logits: np.ndarray, target: np.ndarray,
-                dtype: str) -> Outcome:
+def _call_numpy(
+    fn: Callable[..., Any], logits: np.ndarray, target: np.ndarray, dtype: str
+) -> Outcome:
     x = np.array(logits, dtype=dtype)
     t = np.array(target) if target.dtype.kind in "iu" else np.array(target, dtype=dtype)
     out = fn(x, t)
     grad = None
     if isinstance(out, tuple):
         if len(out) != 2:
-            return Outcome(error=f"returned a tuple of {len(out)} items, expected loss or "
-                           "(loss, grad)")
+            return Outcome(
+                error=f"returned a tuple of {len(out)} items, expected loss or (loss, grad)"
+            )
         out, grad = out
     try:
         loss_arr = np.asarray(out)

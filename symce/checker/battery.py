@@ -37,8 +37,10 @@ class Spec:
 
     def describe(self) -> str:
         mag = f"|x|<={self.scale:g}"
-        return (f"N={self.rows} C={self.classes} {self.dtype} {self.pattern} {mag} "
-                f"{self.targets} targets")
+        return (
+            f"N={self.rows} C={self.classes} {self.dtype} {self.pattern} {mag} "
+            f"{self.targets} targets"
+        )
 
 
 @dataclass(frozen=True)
@@ -168,8 +170,9 @@ def evaluate(fn: Callable[..., Any], backend: str, case: Case, reduction: str) -
         result.problems.append(outcome.error)
         return result
     loss_tol, grad_tol = tolerances(case, reduction)
-    result.loss_ok = _compare("loss", outcome.loss, exp_loss, loss_tol, result.problems,
-                              scalar=reduction != "none")
+    result.loss_ok = _compare(
+        "loss", outcome.loss, exp_loss, loss_tol, result.problems, scalar=reduction != "none"
+    )
     if outcome.grad is None:
         result.grad_ok = not result.grad_required
         if result.grad_required:
@@ -179,8 +182,14 @@ def evaluate(fn: Callable[..., Any], backend: str, case: Case, reduction: str) -
     return result
 
 
-def _compare(what: str, got: np.ndarray, expected: np.ndarray, tol: np.ndarray,
-             problems: list[str], scalar: bool = False) -> bool:
+def _compare(
+    what: str,
+    got: np.ndarray,
+    expected: np.ndarray,
+    tol: np.ndarray,
+    problems: list[str],
+    scalar: bool = False,
+) -> bool:
     if scalar and got.size == 1:
         got = got.reshape(())
     if got.shape != expected.shape:
@@ -193,12 +202,13 @@ def _compare(what: str, got: np.ndarray, expected: np.ndarray, tol: np.ndarray,
     if np.all(err <= tol):
         return True
     worst = np.unravel_index(np.argmax(err - tol), err.shape) if err.ndim else ()
-    problems.append(f"{what} differs: max abs error {err.max():.3g} "
-                    f"(allowed {np.broadcast_to(tol, err.shape)[worst]:.3g})")
+    problems.append(
+        f"{what} differs: max abs error {err.max():.3g} "
+        f"(allowed {np.broadcast_to(tol, err.shape)[worst]:.3g})"
+    )
     return False
 
 
 def _nonfinite(a: np.ndarray) -> str:
-    kinds = [name for name, hit in (("nan", np.isnan(a).any()), ("inf", np.isinf(a).any()))
-             if hit]
+    kinds = [name for name, hit in (("nan", np.isnan(a).any()), ("inf", np.isinf(a).any())) if hit]
     return " and ".join(kinds)

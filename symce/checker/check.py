@@ -43,15 +43,20 @@ def detect_target(fn: Callable[..., Any], backend: str, reduction: str) -> tuple
         return "index", "assumed: the first call with class-index targets [N] succeeded"
     soft = evaluate(fn, backend, build(Spec("detect", 3, 5, targets="normalised")), reduction)
     if soft.outcome.error is not None:
-        return "index", ("assumed, but it raised with class-index and with probability "
-                         "targets alike; pass --target")
+        return "index", (
+            "assumed, but it raised with class-index and with probability "
+            "targets alike; pass --target"
+        )
     if soft.loss_ok:
-        return "probs", ("assumed: class-index targets were refused, probability targets "
-                         "[N, C] accepted")
+        return "probs", (
+            "assumed: class-index targets were refused, probability targets [N, C] accepted"
+        )
     onehot = evaluate(fn, backend, build(Spec("detect", 3, 5, targets="onehot")), reduction)
     if onehot.loss_ok:
-        return "onehot", ("assumed: [N, C] targets accepted, but only one-hot ones match "
-                          "the reference; pass --target probs to check soft targets")
+        return "onehot", (
+            "assumed: [N, C] targets accepted, but only one-hot ones match "
+            "the reference; pass --target probs to check soft targets"
+        )
     return "probs", "assumed: class-index targets were refused, [N, C] targets accepted"
 
 
@@ -73,10 +78,17 @@ def check_implementation(
     if target is None:
         target, note = detect_target(fn, backend, reduction)
     results = [evaluate(fn, backend, build(spec), reduction) for spec in battery(target)]
-    report = Report(label or getattr(fn, "__name__", type(fn).__name__), backend, target,
-                    reduction, note, results)
+    report = Report(
+        label or getattr(fn, "__name__", type(fn).__name__),
+        backend,
+        target,
+        reduction,
+        note,
+        results,
+    )
     failed = [r for r in results if not r.passed]
     if failed:
+
         def fails(spec: Spec) -> bool:
             return not evaluate(fn, backend, build(spec), reduction).passed
 

@@ -54,8 +54,10 @@ def _raised_shape_error(ev: Evidence) -> str | None:
         err = r.outcome.error or ""
         if err.startswith("raised") and any(w in err.lower() for w in words):
             s = r.case.spec
-            return (f"it raised a shape error at N={s.rows}, C={s.classes}: a [N] tensor "
-                    "combined with a [N, C] one (a missing keepdim=True?) or a hard-coded shape")
+            return (
+                f"it raised a shape error at N={s.rows}, C={s.classes}: a [N] tensor "
+                "combined with a [N, C] one (a missing keepdim=True?) or a hard-coded shape"
+            )
     return None
 
 
@@ -63,11 +65,15 @@ def _only_degenerate(ev: Evidence) -> str | None:
     def degenerate(r: Result) -> bool:
         return 1 in r.case.logits.shape
 
-    if ev.failed and all(degenerate(r) for r in ev.failed) and not all(
-        degenerate(r) for r in ev.results
+    if (
+        ev.failed
+        and all(degenerate(r) for r in ev.failed)
+        and not all(degenerate(r) for r in ev.results)
     ):
-        return ("it fails only when N = 1 or C = 1: an axis dropped by squeeze() or "
-                "indexing, so the batch or class axis is lost at that size")
+        return (
+            "it fails only when N = 1 or C = 1: an axis dropped by squeeze() or "
+            "indexing, so the batch or class axis is lost at that size"
+        )
     return None
 
 
@@ -79,10 +85,12 @@ def _only_large(ev: Evidence) -> str | None:
         return None
     nonfinite = any("not finite" in p for r in ev.failed for p in r.problems)
     smallest = min(r.case.spec.scale for r in ev.failed)
-    return ("the error appears only at large logits (it fails from |x| ~ "
-            f"{smallest:g}, passes below{'; the result is nan/inf' if nonfinite else ''}): "
-            "exp overflows without a max shift; compute m = max(x) per row and use "
-            "m + log(sum(exp(x - m)))")
+    return (
+        "the error appears only at large logits (it fails from |x| ~ "
+        f"{smallest:g}, passes below{'; the result is nan/inf' if nonfinite else ''}): "
+        "exp overflows without a max shift; compute m = max(x) per row and use "
+        "m + log(sum(exp(x - m)))"
+    )
 
 
 def _only_float32(ev: Evidence) -> str | None:
@@ -107,16 +115,19 @@ def _float32_accurate(ev: Evidence) -> str | None:
                 return None
             if not np.all(np.abs(got.reshape(expected.shape) - expected) <= tol * scale):
                 return None
-    return ("its float64 results are only as accurate as float32: it computes in float32 "
-            "somewhere (a .float() cast, a float32 constant or buffer)")
+    return (
+        "its float64 results are only as accurate as float32: it computes in float32 "
+        "somewhere (a .float() cast, a float32 constant or buffer)"
+    )
 
 
 def _dtype_changed(ev: Evidence) -> str | None:
     for r in ev.results:
         got, want = r.outcome.dtype, r.case.spec.dtype
         if got and got.startswith("float") and got != want:
-            return (f"for {want} inputs it returns {got}: a hard-coded dtype or a cast "
-                    "loses precision")
+            return (
+                f"for {want} inputs it returns {got}: a hard-coded dtype or a cast loses precision"
+            )
     return None
 
 
@@ -126,8 +137,10 @@ def _unnormalised_only(ev: Evidence) -> str | None:
 
     if not ev.failed or not all(unnormalised(r) for r in ev.failed):
         return None
-    text = ("it passes for targets that sum to one and fails for targets that do not: it "
-            "assumes sum(p) = 1")
+    text = (
+        "it passes for targets that sum to one and fails for targets that do not: it "
+        "assumes sum(p) = 1"
+    )
     details = []
     for r in ev.returned:
         x, c = r.case.logits, r.case.coeff
@@ -135,11 +148,14 @@ def _unnormalised_only(ev: Evidence) -> str | None:
         lse = x.max(1) + np.log(np.exp(x - x.max(1, keepdims=True)).sum(1))
         loss_n, grad_n = reduce(lse - (c * x).sum(1), q - c, ev.reduction)
         if r.outcome.grad is not None and _close(r.outcome.grad, grad_n):
-            details.append("the gradient is q - p, but the derived gradient is "
-                           "q*sum(p) - p, which equals q - p only when sum(p) = 1")
+            details.append(
+                "the gradient is q - p, but the derived gradient is "
+                "q*sum(p) - p, which equals q - p only when sum(p) = 1"
+            )
         if _close(r.outcome.loss, loss_n):
-            details.append("the loss is LSE(x) - sum(p*x), but the derived loss is "
-                           "sum(p)*LSE(x) - sum(p*x)")
+            details.append(
+                "the loss is LSE(x) - sum(p*x), but the derived loss is sum(p)*LSE(x) - sum(p*x)"
+            )
         break
     return "; ".join([text, *details])
 
@@ -152,24 +168,41 @@ def _only_single_rows(ev: Evidence) -> str | None:
         return None
     if _loss_factor(ev) or _grad_factor(ev):
         return None  # a reduction mistake, said more precisely by the factor rules
-    return ("it passes for N = 1 and fails for N > 1: the rows interact; each row must be "
-            "paired with its own target (logp[arange(N), target], not logp[:, target])")
+    return (
+        "it passes for N = 1 and fails for N > 1: the rows interact; each row must be "
+        "paired with its own target (logp[arange(N), target], not logp[:, target])"
+    )
 
 
 # -- how the failures differ ------------------------------------------------
 _FACTORS: list[tuple[str, Callable[[int, int], float], str]] = [
-    ("N", lambda n, c: n, "a sum where the mean was meant, or a [N, 1] tensor broadcast "
-     "against a [N] one (an N x N intermediate)"),
-    ("1/N", lambda n, c: 1 / n, "a mean where a sum was meant, or a division by N once "
-     "too often"),
-    ("C", lambda n, c: c, "a sum over classes where none was meant, or a [N, C] term "
-     "broadcast where a [N, 1] one was meant"),
-    ("1/C", lambda n, c: 1 / c, "a mean over the class axis (e.g. .mean() over all N x C "
-     "entries) where the sum over classes was meant"),
+    (
+        "N",
+        lambda n, c: n,
+        "a sum where the mean was meant, or a [N, 1] tensor broadcast "
+        "against a [N] one (an N x N intermediate)",
+    ),
+    ("1/N", lambda n, c: 1 / n, "a mean where a sum was meant, or a division by N once too often"),
+    (
+        "C",
+        lambda n, c: c,
+        "a sum over classes where none was meant, or a [N, C] term "
+        "broadcast where a [N, 1] one was meant",
+    ),
+    (
+        "1/C",
+        lambda n, c: 1 / c,
+        "a mean over the class axis (e.g. .mean() over all N x C "
+        "entries) where the sum over classes was meant",
+    ),
     ("N*C", lambda n, c: n * c, "a sum over all N x C entries of a broadcast term"),
     ("1/(N*C)", lambda n, c: 1 / (n * c), "a mean over all N x C entries"),
-    ("-1", lambda n, c: -1.0, "the sign is flipped (p - q instead of q - p, or a missing "
-     "minus in front of the log-likelihood)"),
+    (
+        "-1",
+        lambda n, c: -1.0,
+        "the sign is flipped (p - q instead of q - p, or a missing "
+        "minus in front of the log-likelihood)",
+    ),
 ]
 
 
@@ -199,7 +232,7 @@ def _constant_factor(ev: Evidence, what: str) -> str | None:
     ratios: list[float] = []
     common: set[str] | None = None
     for r in ev.returned:
-        if (r.loss_ok if what == "loss" else r.grad_ok):
+        if r.loss_ok if what == "loss" else r.grad_ok:
             continue
         got = r.outcome.loss if what == "loss" else r.outcome.grad
         ratio = _ratio(got, r.expected_loss if what == "loss" else r.expected_grad)
@@ -213,8 +246,10 @@ def _constant_factor(ev: Evidence, what: str) -> str | None:
     if common:
         label, _, why = next(f for f in _FACTORS if f[0] in common)
         return f"the {what} is {label} times the reference in every failing case: {why}"
-    if len(ratios) > 1 and np.allclose(ratios, ratios[0], rtol=1e-5) and not np.isclose(
-        ratios[0], 1.0, rtol=1e-3
+    if (
+        len(ratios) > 1
+        and np.allclose(ratios, ratios[0], rtol=1e-5)
+        and not np.isclose(ratios[0], 1.0, rtol=1e-3)
     ):
         return f"the {what} is a constant multiple ({ratios[0]:.6g}) of the reference"
     return None
@@ -235,8 +270,10 @@ def _loss_or_grad_only(ev: Evidence) -> str | None:
     if all(r.loss_ok and not r.grad_ok for r in returned):
         if all(r.outcome.grad is None for r in returned):
             return None
-        return ("the loss is correct but the gradient is not: the hand-written backward "
-                "(or the returned gradient) does not match the derived q*sum(p) - p")
+        return (
+            "the loss is correct but the gradient is not: the hand-written backward "
+            "(or the returned gradient) does not match the derived q*sum(p) - p"
+        )
     if all(r.grad_ok and not r.loss_ok for r in returned):
         return "the gradient is correct but the loss is not: " + _offset(ev, returned[0])
     return None
@@ -250,17 +287,20 @@ def _offset(ev: Evidence, r: Result) -> str:
     if moved.outcome.error is None and moved.outcome.loss is not None:
         diff2 = moved.outcome.loss.reshape(diff.shape) - moved.expected_loss
         if not np.allclose(diff, diff2, rtol=1e-6, atol=1e-9):
-            return ("the loss is wrong by a term that changes with a uniform shift of the "
-                    "logits (softmax is shift invariant, the loss must be too)")
+            return (
+                "the loss is wrong by a term that changes with a uniform shift of the "
+                "logits (softmax is shift invariant, the loss must be too)"
+            )
     c = r.case.coeff
     with np.errstate(all="ignore"):
         entropy_rows = -np.where(c > 0, c * np.log(np.where(c > 0, c, 1.0)), 0.0).sum(1)
     entropy, _ = reduce(entropy_rows, c, ev.reduction)
     if np.any(np.abs(entropy) > 1e-9) and np.allclose(diff, -entropy, rtol=1e-6, atol=1e-9):
-        return ("it differs by exactly -H(p), the target entropy: this is KL(p||q), "
-                "not the cross-entropy (same gradient, different value)")
-    return ("it differs by a term that does not depend on the logits "
-            f"(here {np.ravel(diff)[0]:.6g})")
+        return (
+            "it differs by exactly -H(p), the target entropy: this is KL(p||q), "
+            "not the cross-entropy (same gradient, different value)"
+        )
+    return f"it differs by a term that does not depend on the logits (here {np.ravel(diff)[0]:.6g})"
 
 
 # -- probes -----------------------------------------------------------------
@@ -276,10 +316,12 @@ def _eps_in_log(ev: Evidence) -> str | None:
         expected = float(r.expected_loss.reshape(()))
     a, b = values
     if np.isfinite(a) and 1.0 < a < expected - 1.0 and abs(a - b) < 1e-3 * a:
-        return (f"the loss saturates at {a:.4g} = -log({np.exp(-a):.1g}) when the target "
-                f"class has a tiny probability (expected {expected:.4g}): an eps or a clamp "
-                "inside the log (log(q + eps), q.clamp(min=eps)); use log_softmax or the "
-                "log-sum-exp form")
+        return (
+            f"the loss saturates at {a:.4g} = -log({np.exp(-a):.1g}) when the target "
+            f"class has a tiny probability (expected {expected:.4g}): an eps or a clamp "
+            "inside the log (log(q + eps), q.clamp(min=eps)); use log_softmax or the "
+            "log-sum-exp form"
+        )
     return None
 
 
@@ -292,16 +334,17 @@ def _batch_axis_softmax(ev: Evidence) -> str | None:
             rows = -(c * np.log(softmax(x, axis=0))).sum(1)
         loss0, _ = reduce(rows, c, ev.reduction)
         if _close(r.outcome.loss, loss0):
-            return ("the loss is what a softmax over the batch axis (dim=0) gives: the "
-                    "softmax must be taken over the class axis (dim=1 / dim=-1)")
+            return (
+                "the loss is what a softmax over the batch axis (dim=0) gives: the "
+                "softmax must be taken over the class axis (dim=1 / dim=-1)"
+            )
         return None
     return None
 
 
 def _rows_mix(ev: Evidence) -> str | None:
     """Changing one row must not change the other rows' losses or gradients."""
-    case = build(Spec("rows", 4, 5, targets="index" if ev.target == "index" else "onehot",
-                      seed=7))
+    case = build(Spec("rows", 4, 5, targets="index" if ev.target == "index" else "onehot", seed=7))
     a = ev.run(case.logits, case.target)
     x = case.logits.copy()
     x[0] += np.array([2.0, -1.0, 0.5, 0.0, -3.0])
@@ -315,16 +358,17 @@ def _rows_mix(ev: Evidence) -> str | None:
     if pa is None or pb is None or pa.shape != pb.shape or pa.ndim == 0 or len(pa) != 4:
         return None
     if not np.allclose(pa[1:], pb[1:], rtol=1e-9, atol=1e-12):
-        return ("changing the logits of one row changes the result of the other rows: the "
-                "softmax (or a normalisation) runs over the batch axis instead of the class "
-                "axis")
+        return (
+            "changing the logits of one row changes the result of the other rows: the "
+            "softmax (or a normalisation) runs over the batch axis instead of the class "
+            "axis"
+        )
     return None
 
 
 def _row_order(ev: Evidence) -> str | None:
     """Permuting the rows (logits and targets together) must permute the result."""
-    case = build(Spec("perm", 5, 3, targets="index" if ev.target == "index" else "onehot",
-                      seed=11))
+    case = build(Spec("perm", 5, 3, targets="index" if ev.target == "index" else "onehot", seed=11))
     perm = np.array([3, 0, 4, 1, 2])
     a = ev.run(case.logits, case.target)
     b = ev.run(case.logits[perm], case.target[perm])
@@ -334,9 +378,11 @@ def _row_order(ev: Evidence) -> str | None:
     if ev.reduction == "none" and la.shape == (5,) and lb.shape == (5,):
         la = la[perm]
     if la.shape == lb.shape and not np.allclose(la, lb, rtol=1e-9, atol=1e-12):
-        return ("the result changes when the rows are permuted: rows are paired with the "
-                "wrong targets (e.g. logp[target] instead of logp[arange(N), target]) or "
-                "the softmax runs over the wrong axis")
+        return (
+            "the result changes when the rows are permuted: rows are paired with the "
+            "wrong targets (e.g. logp[target] instead of logp[arange(N), target]) or "
+            "the softmax runs over the wrong axis"
+        )
     return None
 
 

@@ -31,28 +31,40 @@ def format_report(report: Report) -> str:
     elif failed:
         lines += ["", "diagnosis: none recognised; compare the values above"]
     total = len(report.results)
-    verdict = (f"PASS: all {total} cases agree with the derived reference" if not failed
-               else f"FAIL: {len(failed)} of {total} cases disagree with the derived reference")
+    verdict = (
+        f"PASS: all {total} cases agree with the derived reference"
+        if not failed
+        else f"FAIL: {len(failed)} of {total} cases disagree with the derived reference"
+    )
     lines += ["", verdict]
     return "\n".join(lines)
 
 
 def _counterexample(first: Result, r: Result) -> list[str]:
     s = r.case.spec
-    where = ("" if s == first.case.spec
-             else f", shrunk to N={s.rows} C={s.classes}")
-    lines = [f"first failure: {first.case.spec.name}{where}",
-             f"  logits ({s.dtype}):", *_array(r.case.logits),
-             "  target:", *_array(r.case.target)]
+    where = "" if s == first.case.spec else f", shrunk to N={s.rows} C={s.classes}"
+    lines = [
+        f"first failure: {first.case.spec.name}{where}",
+        f"  logits ({s.dtype}):",
+        *_array(r.case.logits),
+        "  target:",
+        *_array(r.case.target),
+    ]
     out = r.outcome
     if out.error:
         return [*lines, f"  {out.error}"]
-    lines += ["  loss:", f"{_INDENT}expected {_fmt(r.expected_loss)}",
-              f"{_INDENT}got      {_fmt(out.loss)}"]
+    lines += [
+        "  loss:",
+        f"{_INDENT}expected {_fmt(r.expected_loss)}",
+        f"{_INDENT}got      {_fmt(out.loss)}",
+    ]
     if out.grad is not None or r.grad_required:
         got = _fmt(out.grad) if out.grad is not None else f"none ({out.grad_note})"
-        lines += ["  gradient (of loss.sum()):", f"{_INDENT}expected {_fmt(r.expected_grad)}",
-                  f"{_INDENT}got      {got}"]
+        lines += [
+            "  gradient (of loss.sum()):",
+            f"{_INDENT}expected {_fmt(r.expected_grad)}",
+            f"{_INDENT}got      {got}",
+        ]
     lines += [f"  {p}" for p in r.problems]
     return lines
 

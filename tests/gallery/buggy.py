@@ -1,0 +1,99 @@
+"""Cross-entropy implementations with one classic mistake each (all must fail)."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def sum_not_mean(logits, target):
+    """Meant mean, wrote sum."""
+    return F.cross_entropy(logits, target, reduction="sum")
+
+
+def broadcast_column(logits, target):
+    """[N, 1] minus [N] broadcasts to [N, N]; the sum reduction makes it N times too big."""
+    lse = torch.logsumexp(logits, dim=1)
+    picked = logits.gather(1, target.unsqueeze(1))  # [N, 1]
+    return (lse - picked).sum()
+
+
+def no_max_shift(logits, target):
+    """exp(x) overflows for large logits."""
+    logp = logits - torch.log(torch.exp(logits).sum(dim=1, keepdim=True))
+    return F.nll_loss(logp, target)
+
+
+def eps_in_log(logits, target):
+    """An eps inside the log clamps tiny probabilities."""
+    q = torch.softmax(logits, dim=1)
+    return F.nll_loss(torch.log(q + 1e-12), target)
+
+
+def softmax_wrong_axis(logits, target):
+    """Softmax over the batch axis."""
+    return F.nll_loss(torch.log_softmax(logits, dim=0), target)
+
+
+def mean_over_classes(logits, target):
+    """Probability targets: .mean() over all N x C entries instead of sum then mean."""
+    return -(target * torch.log_softmax(logits, dim=1)).mean()
+
+
+class _OffByN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target):
+        ctx.save_for_backward(logits, target)
+        return F.cross_entropy(logits, target)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, target = ctx.saved_tensors
+        grad = torch.softmax(logits, dim=1)
+        grad[torch.arange(len(target)), target] -= 1
+        return grad_out * grad, None  # forgot the 1/N of the mean
+
+
+def backward_off_by_n(logits, target):
+    """Hand-written backward without the 1/N of the mean."""
+    return _OffByN.apply(logits, target)
+
+
+def numpy_q_minus_p(logits, target):
+    """NumPy, probability targets, sum; the gradient q - p assumes sum(p) = 1."""
+    m = logits.max(axis=1, keepdims=True)
+    lse = m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+    loss = (target.sum(axis=1, keepdims=True) * lse).sum() - (target * logits).sum()
+    return loss, np.exp(logits - lse) - target
+
+
+def lse_assumes_normalised(logits, target):
+    """Probability targets; LSE - p.x is the loss only when sum(p) = 1."""
+    return (torch.logsumexp(logits, dim=1) - (target * logits).sum(dim=1)).mean()
+
+
+def kl_not_ce(logits, target):
+    """KL(p||q) instead of CE(p, q): same gradient, loss off by H(p)."""
+    return F.kl_div(F.log_softmax(logits, dim=1), target, reduction="sum") / len(logits)
+
+
+def squeeze_bug(logits, target):
+    """squeeze() drops the batch axis when N = 1, and gather then misreads it."""
+    logp = torch.log_softmax(logits, dim=1).squeeze()
+    if logp.dim() == 1:
+        return -logp.mean()
+    return -logp.gather(1, target.unsqueeze(1)).mean()
+
+
+def sign_flipped(logits, target):
+    """A missing minus sign."""
+    return -F.cross_entropy(logits, target)
+
+
+def float32_accumulation(logits, target):
+    """Computes in float32 whatever the input dtype."""
+    return F.cross_entropy(logits.float(), target).to(logits.dtype)
+
+
+def pairs_all_targets(logits, target):
+    """logp[:, target] is an N x N matrix: every row paired with every target."""
+    return -torch.log_softmax(logits, dim=1)[:, target].mean()
