@@ -12,7 +12,7 @@ from symce.checker.diagnosis import Evidence, diagnose
 from symce.checker.reference import REDUCTIONS, TARGETS
 
 
-@dataclass
+@dataclass(repr=False)
 class Report:
     """Everything ``symce check`` prints; ``str(report)`` is that text."""
 
@@ -28,6 +28,11 @@ class Report:
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.results)
+
+    def __repr__(self) -> str:
+        passed = sum(r.passed for r in self.results)
+        verdict = "PASS" if self.passed else "FAIL"
+        return f"<Report {self.label}: {verdict}, {passed}/{len(self.results)} cases pass>"
 
     def __str__(self) -> str:
         from symce.checker.report import format_report

@@ -1,0 +1,297 @@
+"""Prove or refute a claimed gradient formula against the derived one.
+
+A claim is a SymPy expression or a string in the documented vector symbols:
+
+=========  ===========================================================
+``q``      the softmax of the logits (also ``softmax(x)``)
+``p``      the target vector (``c`` is a synonym: target coefficients)
+``x``      the logits
+``n``      the number of classes (``C`` is a synonym)
+``sum(…)`` the sum over classes; ``exp``, ``log`` as usual
+=========  ===========================================================
+
+so ``"q - p"``, ``"q*sum(p) - p"`` and ``"(q - p)/C"`` are claims about the
+gradient of one sample's loss with respect to its logits.  A vector symbol
+outside ``sum`` stands for its entry ``k``; inside, for the summed entry.
+
+The claim is *proved* only when SymPy decides it equal to the derivation's
+result under the stated assumptions (the derivation context's ``equal``); it
+is *refuted* only by a concrete point, shown with its numbers, where the two
+differ.  Anything else is *undecided*, and reported as such.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sympy as sp
+from sympy.parsing.sympy_parser import parse_expr, standard_transformations
+
+#: documented name → the derivation's vector it stands for (p is the target c)
+_VECTORS = {"q": "q", "p": "c", "c": "c", "x": "x"}
+_COUNT_NAMES = ("n", "C")
+#: how each named assumption reads in the documented symbols
+_STATED = {"normalised": "sum(p) = 1", "positive_targets": "p > 0"}
+
+
+class ClassSum(sp.Function):
+    """``sum(v)``: the sum over classes of a vector expression (parsing only)."""
+
+    nargs = 1
+
+
+class Softmax(sp.Function):
+    """``softmax(x)``: the vector ``q`` (parsing only)."""
+
+    nargs = 1
+
+
+@dataclass(frozen=True)
+class Point:
+    """A concrete point: logits and targets of ``n`` classes (exact rationals)."""
+
+    x: tuple[sp.Rational, ...]
+    c: tuple[sp.Rational, ...]
+
+    @property
+    def q(self) -> tuple[sp.Expr, ...]:
+        z = sp.Add(*[sp.exp(v) for v in self.x])
+        return tuple(sp.exp(v) / z for v in self.x)
+
+
+@dataclass(frozen=True)
+class FormulaVerdict:
+    """``status`` is ``"proved"``, ``"refuted"`` or ``"undecided"``."""
+
+    text: str
+    claim: Any
+    derived: Any
+    assumptions: tuple[str, ...]
+    status: str
+    point: Point | None = None
+    claimed_values: tuple[sp.Expr, ...] = ()
+    derived_values: tuple[sp.Expr, ...] = ()
+
+    def __str__(self) -> str:
+        given = ", ".join(f"{a} ({_STATED.get(a, a)})" for a in self.assumptions) or "none"
+        head = f"claimed gradient {self.text!r} (as {_show(self.claim)}), assumptions: {given}"
+        if self.status == "proved":
+            return (
+                f"{head}\n  PROVED by SymPy: equal to the derived gradient "
+                f"{_show(self.derived)} under the assumptions: {given}"
+            )
+        if self.status == "undecided":
+            return (
+                f"{head}\n  UNDECIDED: SymPy could not prove it equal to the derived "
+                f"gradient {_show(self.derived)}, and no counterexample was found; "
+                "it is not verified"
+            )
+        pt = self.point
+        assert pt is not None
+        return "\n".join(
+            [
+                f"{head}\n  REFUTED: it differs from the derived gradient "
+                f"{_show(self.derived)} at this point:",
+                f"    n        = {len(pt.x)}",
+                f"    x        = {_vec(pt.x)}",
+                f"    p        = {_vec(pt.c)}   (sum(p) = {_num(sum(pt.c))})",
+                f"    q        = {_vec(pt.q)}",
+                f"    derived  = {_vec(self.derived_values)}",
+                f"    claimed  = {_vec(self.claimed_values)}",
+            ]
+        )
+
+
+# -- parsing ----------------------------------------------------------------
+def parse_claim(claim: str | sp.Basic) -> sp.Expr:
+    """A claim in the documented symbols, as an expression with vector placeholders."""
+    names = {name: sp.Symbol(name) for name in (*_VECTORS, *_COUNT_NAMES)}
+    if isinstance(claim, str):
+        local = {**names, "sum": ClassSum, "softmax": Softmax, "exp": sp.exp, "log": sp.log}
+        try:
+            expr = parse_expr(claim, local_dict=local, transformations=standard_transformations)
+        except Exception as exc:
+            raise ValueError(f"cannot parse the formula {claim!r}: {exc}") from exc
+    else:
+        expr = sp.sympify(claim)
+        expr = expr.replace(lambda t: isinstance(t, sp.Indexed), _from_indexed)
+        expr = expr.xreplace(
+            {
+                s: names[s.name]
+                for s in expr.free_symbols
+                if isinstance(s, sp.Symbol) and s.name in names
+            }
+        )
+    unknown = sorted(str(s) for s in expr.free_symbols if str(s) not in names)
+    if unknown:
+        raise ValueError(
+            f"unknown symbol(s) {', '.join(unknown)} in the formula; use q (softmax), "
+            "p or c (targets), x (logits), n or C (classes), sum(...), exp, log"
+        )
+    return expr
+
+
+def _from_indexed(t: sp.Indexed) -> sp.Expr:
+    """``q[k]``-style input from a SymPy user: the vector placeholder of its base."""
+    name = str(t.base)
+    if name not in _VECTORS or len(t.indices) != 1 or str(t.indices[0]) != "k":
+        raise ValueError(f"{t} is not one of the documented entries q[k], p[k], c[k], x[k]")
+    return sp.Symbol(name)
+
+
+def to_indexed(expr: sp.Expr, ctx: Any, index: sp.Symbol | None = None, depth: int = 0) -> Any:
+    """Placeholders → the symbolic context's ``q[k]``, ``c[k]``, ``Sum(…, (j, 1, n))``."""
+    index = ctx.k if index is None else index
+    if isinstance(expr, ClassSum):
+        j = ctx.j if depth == 0 else sp.Symbol(f"j{depth + 1}", integer=True)
+        return sp.Sum(to_indexed(expr.args[0], ctx, j, depth + 1), (j, 1, ctx.n))
+    return _map(
+        expr,
+        lambda e: to_indexed(e, ctx, index, depth),
+        lambda name: getattr(ctx, _VECTORS[name])(index),
+        ctx.n,
+    )
+
+
+def to_entries(expr: sp.Expr, ctx: Any, a: int) -> Any:
+    """Placeholders → the concrete context's symbols, entry ``a`` (0-based)."""
+    if isinstance(expr, ClassSum):
+        return sp.Add(*[to_entries(expr.args[0], ctx, b) for b in range(ctx.n)])
+    return _map(
+        expr,
+        lambda e: to_entries(e, ctx, a),
+        lambda name: getattr(ctx, _VECTORS[name])(a),
+        sp.Integer(ctx.n),
+    )
+
+
+def _map(expr: sp.Expr, recurse: Any, vector: Any, count: sp.Expr) -> Any:
+    if isinstance(expr, Softmax):
+        if expr.args[0] != sp.Symbol("x"):
+            raise ValueError("softmax(...) is understood only as softmax(x), that is q")
+        return vector("q")
+    if isinstance(expr, sp.Symbol):
+        if expr.name in _VECTORS:
+            return vector(expr.name)
+        if expr.name in _COUNT_NAMES:
+            return count
+        return expr
+    if expr.is_Atom or not expr.args:
+        return expr
+    return expr.func(*[recurse(arg) for arg in expr.args])
+
+
+# -- deciding ---------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _derivation(loss: str, n: int | None) -> Any:
+    from symce.api import derive
+
+    return derive(loss, n=n)
+
+
+def check_gradient_formula(
+    claim: str | sp.Basic,
+    loss: str = "cross_entropy",
+    n: int | None = None,
+    assume: Sequence[str] | str = (),
+    points: int = 8,
+    seed: int = 0,
+) -> FormulaVerdict:
+    """Prove ``claim`` equal to the derived gradient, refute it at a point, or say neither."""
+    assumptions = (assume,) if isinstance(assume, str) else tuple(assume)
+    d = _derivation(loss, n)
+    unknown = [a for a in assumptions if a not in d.context.assumptions]
+    if unknown:
+        raise ValueError(
+            f"unknown assumption(s) {unknown}; known: {', '.join(d.context.assumptions)}"
+        )
+    text = claim if isinstance(claim, str) else sp.sstr(claim)
+    parsed = parse_claim(claim)
+    ctx = d.context
+    if n is None:
+        stated = to_indexed(parsed, ctx)
+    else:
+        stated = sp.ImmutableMatrix([to_entries(parsed, ctx, a) for a in range(n)])
+    verdict = functools.partial(FormulaVerdict, text, stated, d.result, assumptions)
+    try:
+        proved = bool(ctx.equal(d.result, stated, assumptions))
+    except Exception:  # SymPy gave up: not proved, so look for a counterexample
+        proved = False
+    if proved:
+        return verdict("proved")
+    rng = np.random.default_rng(seed)
+    for trial in range(points):
+        size = n if n is not None else (3, 2, 4)[trial % 3]
+        point = _point(rng, size, "normalised" in assumptions)
+        claimed = _evaluate(parsed, point)
+        derived = _evaluate_derived(d.result, ctx, point)
+        if _differ(claimed, derived):
+            return verdict("refuted", point, tuple(claimed), tuple(derived))
+    return verdict("undecided")
+
+
+def _point(rng: np.random.Generator, n: int, normalised: bool) -> Point:
+    x = tuple(sp.Rational(int(v), 10) for v in rng.integers(-25, 26, n))
+    weights = [int(v) for v in rng.integers(1, 10, n)]
+    if normalised:
+        c = tuple(sp.Rational(w, sum(weights)) for w in weights)
+    else:
+        if sum(weights) == 10:  # keep away from sum(p) = 1 by accident
+            weights[0] += 1
+        c = tuple(sp.Rational(w, 10) for w in weights)
+    return Point(x, c)
+
+
+def _evaluate(parsed: sp.Expr, point: Point) -> list[sp.Expr]:
+    """The claim's vector at ``point``, to 30 digits."""
+    values = {"q": point.q, "c": point.c, "x": point.x}
+    n = len(point.x)
+
+    def entry(expr: sp.Expr, a: int) -> sp.Expr:
+        if isinstance(expr, ClassSum):
+            return sp.Add(*[entry(expr.args[0], b) for b in range(n)])
+        return _map(
+            expr, lambda e: entry(e, a), lambda name: values[_VECTORS[name]][a], sp.Integer(n)
+        )
+
+    return [sp.N(entry(parsed, a), 30) for a in range(n)]
+
+
+def _evaluate_derived(result: Any, ctx: Any, point: Point) -> list[sp.Expr]:
+    """The derivation's own result at ``point`` (symbolic ``n``: instantiated first)."""
+    n = len(point.x)
+    values = {"q": point.q, "c": point.c, "x": point.x}
+    if isinstance(result, sp.MatrixBase):
+        entries = list(result)
+        table = {getattr(ctx, name)(a): values[name][a] for name in values for a in range(n)}
+    else:
+        entries = [result.xreplace({ctx.k: a + 1, ctx.n: n}).doit() for a in range(n)]
+        table = {getattr(ctx, name)(a + 1): values[name][a] for name in values for a in range(n)}
+    return [sp.N(e.xreplace(table), 30) for e in entries]
+
+
+def _differ(claimed: list[sp.Expr], derived: list[sp.Expr]) -> bool:
+    """Different beyond 30-digit rounding (a non-real claimed value differs too)."""
+    for a, b in zip(claimed, derived, strict=True):
+        if not a.is_real or abs(a - b) > sp.Float("1e-20") * (1 + abs(b)):
+            return True
+    return False
+
+
+def _show(expr: Any) -> str:
+    return sp.sstr(list(expr) if isinstance(expr, sp.MatrixBase) else expr)
+
+
+def _vec(values: Sequence[Any]) -> str:
+    return "(" + ", ".join(_num(v) for v in values) + ")"
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, sp.Rational) and v.q <= 1000:
+        return str(v) if v.q == 1 else f"{v} = {float(v):.6g}"
+    v = sp.sympify(v)
+    return f"{float(v):.10g}" if v.is_real else sp.sstr(sp.N(v, 10))
