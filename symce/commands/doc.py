@@ -1,0 +1,61 @@
+"""``symce doc [LOSS] --format tex|md|pdf --out DIR``: write the proof document."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from symce.api import derive
+from symce.commands._common import add_loss_argument, checked_loss
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_loss_argument(parser)
+    parser.add_argument("--format", choices=("tex", "md", "pdf"), default="tex",
+                        help="tex (LaTeX source), md (Markdown) or pdf (needs pdflatex)")
+    parser.add_argument("--out", type=Path, default=Path("."),
+                        help="output folder (default: current folder)")
+
+
+def document_name(loss: str, fmt: str) -> str:
+    return f"{loss}_derivation.{fmt}"
+
+
+def compile_pdf(tex: str, out: Path, name: str) -> Path:
+    """Run pdflatex twice in a scratch folder; copy the PDF to ``out``."""
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        raise ValueError("pdflatex not found: install TeX Live (texlive-latex-base) for PDFs")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / f"{name}.tex"
+        source.write_text(tex, encoding="utf-8")
+        for _ in range(2):
+            proc = subprocess.run(
+                [pdflatex, "-interaction=nonstopmode", "-halt-on-error", source.name],
+                cwd=tmp, capture_output=True, text=True,
+            )
+            if proc.returncode != 0:
+                tail = "\n".join(proc.stdout.splitlines()[-15:])
+                raise ValueError(f"pdflatex failed on {source.name}:\n{tail}")
+        target = out / f"{name}.pdf"
+        shutil.copyfile(Path(tmp) / f"{name}.pdf", target)
+    return target
+
+
+def run(args: argparse.Namespace) -> int:
+    loss = checked_loss(args.loss)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"deriving {loss} and checking every step ...", file=sys.stderr)
+    derivation = derive(loss)
+    if args.format == "pdf":
+        target = compile_pdf(derivation.to_latex(), args.out, f"{loss}_derivation")
+    else:
+        text = derivation.to_latex() if args.format == "tex" else derivation.to_markdown()
+        target = args.out / document_name(loss, args.format)
+        target.write_text(text, encoding="utf-8")
+    print(f"wrote {target}")
+    return 0
