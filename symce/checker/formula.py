@@ -35,6 +35,8 @@ from sympy.parsing.sympy_parser import parse_expr, standard_transformations
 _VECTORS = {"q": "q", "p": "c", "c": "c", "x": "x"}
 _COUNT_NAMES = ("n", "C")
 #: how each named assumption reads in the documented symbols
+#: digits of the numeric search; a difference beyond 10 digits short of it refutes
+_DIGITS = 50
 _STATED = {"normalised": "sum(p) = 1", "positive_targets": "p > 0"}
 
 
@@ -102,6 +104,7 @@ class FormulaVerdict:
                 f"    q        = {_vec(pt.q)}",
                 f"    derived  = {_vec(self.derived_values)}",
                 f"    claimed  = {_vec(self.claimed_values)}",
+                f"    largest difference {_num(_gap(self.claimed_values, self.derived_values))}",
             ]
         )
 
@@ -247,7 +250,7 @@ def _point(rng: np.random.Generator, n: int, normalised: bool) -> Point:
 
 
 def _evaluate(parsed: sp.Expr, point: Point) -> list[sp.Expr]:
-    """The claim's vector at ``point``, to 30 digits."""
+    """The claim's vector at ``point``: exact rationals, evaluated to ``_DIGITS`` digits."""
     values = {"q": point.q, "c": point.c, "x": point.x}
     n = len(point.x)
 
@@ -258,7 +261,8 @@ def _evaluate(parsed: sp.Expr, point: Point) -> list[sp.Expr]:
             expr, lambda e: entry(e, a), lambda name: values[_VECTORS[name]][a], sp.Integer(n)
         )
 
-    return [sp.N(entry(parsed, a), 30) for a in range(n)]
+    exact = parsed.xreplace({f: sp.nsimplify(f, rational=True) for f in parsed.atoms(sp.Float)})
+    return [sp.N(entry(exact, a), _DIGITS) for a in range(n)]
 
 
 def _evaluate_derived(result: Any, ctx: Any, point: Point) -> list[sp.Expr]:
@@ -271,15 +275,19 @@ def _evaluate_derived(result: Any, ctx: Any, point: Point) -> list[sp.Expr]:
     else:
         entries = [result.xreplace({ctx.k: a + 1, ctx.n: n}).doit() for a in range(n)]
         table = {getattr(ctx, name)(a + 1): values[name][a] for name in values for a in range(n)}
-    return [sp.N(e.xreplace(table), 30) for e in entries]
+    return [sp.N(e.xreplace(table), _DIGITS) for e in entries]
 
 
 def _differ(claimed: list[sp.Expr], derived: list[sp.Expr]) -> bool:
-    """Different beyond 30-digit rounding (a non-real claimed value differs too)."""
+    """Different beyond rounding (a non-real claimed value differs too)."""
     for a, b in zip(claimed, derived, strict=True):
-        if not a.is_real or abs(a - b) > sp.Float("1e-20") * (1 + abs(b)):
+        if not a.is_real or abs(a - b) > sp.Float(f"1e-{_DIGITS - 10}") * (1 + abs(b)):
             return True
     return False
+
+
+def _gap(a: Sequence[sp.Expr], b: Sequence[sp.Expr]) -> sp.Expr:
+    return max((sp.Abs(u - v) for u, v in zip(a, b, strict=True)), key=lambda d: float(abs(d)))
 
 
 def _show(expr: Any) -> str:
