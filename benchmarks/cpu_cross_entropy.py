@@ -1,0 +1,225 @@
+"""CPU speed and memory of the generated cross-entropy modules (issue: speed and memory).
+
+Time: every variant runs once per round, rounds interleaved, median reported
+(this machine is shared and noisy; ratios come from the same run).
+Memory: each variant in a fresh process; peak extra RSS = peak RSS after the
+call minus peak RSS once the inputs exist.
+
+    python benchmarks/cpu_cross_entropy.py                 # all shapes, time + memory
+    python benchmarks/cpu_cross_entropy.py --quick         # small shapes, a smoke run
+    python benchmarks/cpu_cross_entropy.py --shape 2048x32000 --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = {"2048x32000": (2048, 32000, 0), "8192x1000": (8192, 1000, 0),
+          "kdim-64x1000x32": (64, 1000, 32)}
+QUICK = {"256x4000": (256, 4000, 0), "kdim-16x500x8": (16, 500, 8)}
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "generated" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- reference implementations (hand-written baselines) ------------------------
+def textbook_numpy(x, y):
+    """softmax, log, one-hot matrix, mean; gradient (q − p)/N."""
+    n, c = x.shape
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    q = e / e.sum(axis=1, keepdims=True)
+    onehot = np.eye(c, dtype=x.dtype)[y]
+    loss = -(onehot * np.log(q)).sum(axis=1).mean()
+    return loss, (q - onehot) / n
+
+
+def handtuned_numpy(x, y, block=32):
+    """exp once straight into the gradient buffer, in place, rows in cache-sized blocks."""
+    n, c = x.shape
+    grad = np.empty_like(x)
+    total = 0.0
+    for s in range(0, n, block):
+        xb, gb, yb = x[s:s + block], grad[s:s + block], y[s:s + block]
+        rows = np.arange(len(yb))
+        m = xb.max(axis=1, keepdims=True)
+        np.subtract(xb, m, out=gb)
+        np.exp(gb, out=gb)
+        se = gb.sum(axis=1, keepdims=True)
+        total += float((m[:, 0] + np.log(se[:, 0]) - xb[rows, yb]).sum())
+        gb *= (1.0 / (se * n)).astype(x.dtype)
+        gb[rows, yb] -= x.dtype.type(1.0 / n)
+    return total / n, grad
+
+
+# -- the cases --------------------------------------------------------------------
+def make_inputs(shape_key: str, option: str, seed: int = 0):
+    n, c, d = {**SHAPES, **QUICK}[shape_key]
+    gen = np.random.default_rng(seed)
+    if d:
+        x = gen.standard_normal((n, c, d), dtype=np.float32)
+        y = gen.integers(0, c, size=(n, d))
+    else:
+        x = gen.standard_normal((n, c), dtype=np.float32)
+        y = gen.integers(0, c, size=n)
+    kwargs = {}
+    target = y
+    if option == "weight":
+        kwargs["weight"] = gen.uniform(0.5, 2.0, size=c).astype(np.float32)
+    elif option == "ignore_index":
+        target = y.copy()
+        target.flat[::7] = -100
+    elif option == "label_smoothing":
+        kwargs["label_smoothing"] = 0.1
+    elif option == "probs":
+        p = gen.uniform(size=x.shape).astype(np.float32)
+        target = p / p.sum(axis=1, keepdims=True)
+    elif option == "all":
+        kwargs["weight"] = gen.uniform(0.5, 2.0, size=c).astype(np.float32)
+        kwargs["label_smoothing"] = 0.1
+        target = y.copy()
+        target.flat[::7] = -100
+    return x, target, kwargs
+
+
+def variants(shape_key: str):
+    """name → (setup() -> state, run(state)). Inputs are made in setup, outside timing."""
+    n, c, d = {**SHAPES, **QUICK}[shape_key]
+    gen_np = _load("cross_entropy_numpy")
+    gen_torch = _load("cross_entropy_torch")
+    out = {}
+
+    def flat_inputs():
+        x, y, _ = make_inputs(shape_key, "plain")
+        if d:  # the baselines take (rows, C): the same numbers, class axis last
+            x = np.ascontiguousarray(np.moveaxis(x, 1, -1).reshape(-1, c))
+            y = y.reshape(-1)
+        return x, y
+
+    out["numpy textbook"] = (flat_inputs, lambda s: textbook_numpy(*s))
+    out["numpy hand-tuned"] = (flat_inputs, lambda s: handtuned_numpy(*s))
+    for option in ("plain", "weight", "ignore_index", "label_smoothing", "probs", "all"):
+        def setup(option=option):
+            return make_inputs(shape_key, option)
+        out[f"numpy generated [{option}]"] = (
+            setup, lambda s: gen_np.cross_entropy_with_grad(s[0], s[1], **s[2]))
+
+    def torch_setup(option="plain"):
+        x, y, kw = make_inputs(shape_key, option)
+        kw = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+        return torch.from_numpy(x).requires_grad_(), torch.from_numpy(y), kw
+
+    def fwd_bwd(fn):
+        def run(s):
+            x, y, kw = s
+            x.grad = None
+            fn(x, y, **kw).backward()
+        return run
+
+    for option in ("plain", "all"):
+        def ts(option=option):
+            return torch_setup(option)
+        out[f"torch F.cross_entropy [{option}]"] = (ts, fwd_bwd(F.cross_entropy))
+        out[f"torch generated [{option}]"] = (ts, fwd_bwd(gen_torch.cross_entropy))
+    if os.environ.get("SYMCE_BENCH_COMPILE", "1") == "1":
+        compiled = torch.compile(F.cross_entropy)
+        out["torch.compile F.cross_entropy [plain]"] = (torch_setup, fwd_bwd(compiled))
+    return out
+
+
+def time_all(shape_key: str, rounds: int) -> dict[str, float]:
+    table = variants(shape_key)
+    states = {}
+    for name, (setup, run) in table.items():
+        try:
+            states[name] = setup()
+            run(states[name])  # warm-up (and compilation)
+        except Exception as exc:  # e.g. torch.compile without a working compiler
+            print(f"  skip {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    times = {name: [] for name in states}
+    for _ in range(rounds):
+        for name in states:
+            start = time.perf_counter()
+            table[name][1](states[name])
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_extra_mb(shape_key: str, name: str) -> float:
+    """One variant in a fresh process: peak RSS of its first call above the inputs, in MB.
+
+    The first call counts every buffer the variant touches (the gradient included);
+    a later call could reuse freed pages and hide them.
+    """
+    code = (
+        f"import sys, resource; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "import cpu_cross_entropy as b; "
+        f"setup, run = b.variants({shape_key!r})[{name!r}]; s = setup(); "
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; run(s); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
+    )
+    env = {**os.environ, "SYMCE_BENCH_COMPILE": "1" if "compile" in name else "0"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return float("nan")
+    return int(proc.stdout.split()[-1]) / 1024
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}, numpy {np.__version__}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", action="append", choices=sorted({**SHAPES, **QUICK}))
+    parser.add_argument("--quick", action="store_true", help="small shapes only")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    shapes = args.shape or list(QUICK if args.quick else SHAPES)
+    print(f"machine: {machine()}")
+    results = {}
+    for key in shapes:
+        print(f"\n## {key} (float32, loss + gradient, mean reduction), median of {args.rounds}",
+              flush=True)
+        times = time_all(key, args.rounds)
+        ref_np = times.get("numpy hand-tuned")
+        ref_t = times.get("torch F.cross_entropy [plain]")
+        ref_t_all = times.get("torch F.cross_entropy [all]")
+        mem = {} if args.no_memory else {n: peak_extra_mb(key, n) for n in times}
+        print("| variant | median ms | vs hand-tuned NumPy | vs F.cross_entropy | "
+              "peak extra MB |")
+        print("|---|---:|---:|---:|---:|")
+        for name, t in times.items():
+            vs_np = f"{t / ref_np:.2f}x" if ref_np and name.startswith("numpy") else ""
+            ref = ref_t_all if name.endswith("[all]") else ref_t
+            vs_t = f"{t / ref:.2f}x" if ref and name.startswith("torch") else ""
+            m = f"{mem[name]:.0f}" if name in mem else ""
+            print(f"| {name} | {t * 1e3:.1f} | {vs_np} | {vs_t} | {m} |", flush=True)
+        results[key] = {"times_s": times, "peak_extra_mb": mem}
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
