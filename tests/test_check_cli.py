@@ -95,7 +95,7 @@ def test_python_m_symce_check_and_help():
         timeout=120,
     )
     assert done.returncode == 1, done.stderr
-    assert "loss is N times the reference" in done.stdout
+    assert "are N times the reference" in done.stdout
     helped = subprocess.run(
         [sys.executable, "-m", "symce", "--help"], capture_output=True, text=True, timeout=120
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from symce.checker import check_implementation, load
@@ -34,12 +34,12 @@ CORRECT = [
 
 #: implementation, options, a phrase its diagnosis must contain
 BUGGY = [
-    ("sum_not_mean", {}, "loss is N times the reference"),
+    ("sum_not_mean", {}, "the loss and the gradient are N times the reference"),
     ("broadcast_column", {"reduction": "sum"}, "[N, 1] tensor broadcast against a [N] one"),
     ("no_max_shift", {}, "only at large logits"),
     ("eps_in_log", {}, "-log(1e-12)"),
     ("softmax_wrong_axis", {}, "softmax over the batch axis (dim=0)"),
-    ("mean_over_classes", {"target": "probs"}, "loss is 1/C times the reference"),
+    ("mean_over_classes", {"target": "probs"}, "the loss and the gradient are 1/C times"),
     ("backward_off_by_n", {}, "the loss is correct but the gradient is not"),
     ("backward_off_by_n", {}, "gradient is N times the reference"),
     (
@@ -53,6 +53,8 @@ BUGGY = [
     ("sign_flipped", {}, "the sign is flipped"),
     ("float32_accumulation", {}, "only as accurate as float32"),
     ("pairs_all_targets", {}, "passes for N = 1 and fails for N > 1"),
+    ("naive_two_mistakes", {}, "at large logits (from |x| ~ 100) the result is nan/inf"),
+    ("naive_two_mistakes", {}, "the loss and the gradient are N times the reference"),
 ]
 
 
@@ -146,7 +148,6 @@ def test_reference_matches_torch_on_the_battery(target, reduction):
         _assert_reference_is_torch(case.logits, case.target, case.coeff, reduction)
 
 
-@settings(derandomize=True, max_examples=40, deadline=None)
 @given(
     rows=st.integers(1, 5),
     classes=st.integers(1, 6),

@@ -81,16 +81,25 @@ def _only_large(ev: Evidence) -> str | None:
     def large(r: Result) -> bool:
         return r.case.spec.scale >= 100
 
-    if not ev.failed or not all(large(r) for r in ev.failed):
-        return None
-    nonfinite = any("not finite" in p for r in ev.failed for p in r.problems)
-    smallest = min(r.case.spec.scale for r in ev.failed)
-    return (
-        "the error appears only at large logits (it fails from |x| ~ "
-        f"{smallest:g}, passes below{'; the result is nan/inf' if nonfinite else ''}): "
+    def nonfinite(r: Result) -> bool:
+        return any("not finite" in p for p in r.problems)
+
+    fix = (
         "exp overflows without a max shift; compute m = max(x) per row and use "
         "m + log(sum(exp(x - m)))"
     )
+    if ev.failed and all(large(r) for r in ev.failed):
+        smallest = min(r.case.spec.scale for r in ev.failed)
+        said = "; the result is nan/inf" if any(nonfinite(r) for r in ev.failed) else ""
+        return (
+            f"the error appears only at large logits (it fails from |x| ~ {smallest:g}, "
+            f"passes below{said}): {fix}"
+        )
+    overflowing = [r for r in ev.failed if large(r) and nonfinite(r)]
+    if overflowing and not any(nonfinite(r) for r in ev.failed if not large(r)):
+        smallest = min(r.case.spec.scale for r in overflowing)
+        return f"at large logits (from |x| ~ {smallest:g}) the result is nan/inf: {fix}"
+    return None
 
 
 def _only_float32(ev: Evidence) -> str | None:
@@ -235,6 +244,8 @@ def _constant_factor(ev: Evidence, what: str) -> str | None:
         if r.loss_ok if what == "loss" else r.grad_ok:
             continue
         got = r.outcome.loss if what == "loss" else r.outcome.grad
+        if got is not None and not np.all(np.isfinite(got)):
+            continue  # overflow: another rule's business
         ratio = _ratio(got, r.expected_loss if what == "loss" else r.expected_grad)
         if ratio is None:
             return None  # not a constant multiple in this case
@@ -245,7 +256,7 @@ def _constant_factor(ev: Evidence, what: str) -> str | None:
             common = labels if common is None else common & labels
     if common:
         label, _, why = next(f for f in _FACTORS if f[0] in common)
-        return f"the {what} is {label} times the reference in every failing case: {why}"
+        return f"the {what} is {label} times the reference: {why}"
     if (
         len(ratios) > 1
         and np.allclose(ratios, ratios[0], rtol=1e-5)
@@ -256,11 +267,17 @@ def _constant_factor(ev: Evidence, what: str) -> str | None:
 
 
 def _loss_factor(ev: Evidence) -> str | None:
-    return _constant_factor(ev, "loss")
+    loss, grad = _constant_factor(ev, "loss"), _constant_factor(ev, "gradient")
+    if loss and grad and loss.removeprefix("the loss") == grad.removeprefix("the gradient"):
+        return "the loss and the gradient are" + loss.removeprefix("the loss is")
+    return loss
 
 
 def _grad_factor(ev: Evidence) -> str | None:
-    return _constant_factor(ev, "gradient")
+    loss, grad = _constant_factor(ev, "loss"), _constant_factor(ev, "gradient")
+    if loss and grad and loss.removeprefix("the loss") == grad.removeprefix("the gradient"):
+        return None  # said together with the loss
+    return grad
 
 
 def _loss_or_grad_only(ev: Evidence) -> str | None:

@@ -97,3 +97,10 @@ def float32_accumulation(logits, target):
 def pairs_all_targets(logits, target):
     """logp[:, target] is an N x N matrix: every row paired with every target."""
     return -torch.log_softmax(logits, dim=1)[:, target].mean()
+
+
+def naive_two_mistakes(logits, target):
+    """The docs/check_example.md example: no max shift, and a sum where the mean was meant."""
+    probs = torch.exp(logits) / torch.exp(logits).sum(dim=1, keepdim=True)
+    picked = probs[torch.arange(len(target)), target]
+    return -torch.log(picked).sum()
