@@ -49,9 +49,14 @@ class Derivation:
     >>> d = symce.derive("cross_entropy", n=2)
     >>> d.result
     Matrix([
-    [q_1*(c_1 + c_2) - c_1],
-    [q_2*(c_1 + c_2) - c_2]])
-    >>> d.check()  # re-proves every step; raises ProofError otherwise
+    [-c_1 + q_1*(c_1 + c_2)],
+    [-c_2 + q_2*(c_1 + c_2)]])
+    >>> d.normalised_result
+    Matrix([
+    [-p_1 + q_1],
+    [-p_2 + q_2]])
+    >>> d.check() is d  # re-proves every step; raises ProofError otherwise
+    True
     """
 
     loss: str

@@ -151,7 +151,7 @@ class ConcreteContext(Context):
             return expr.applyfunc(self.evaluate).as_immutable()
         e = self._to_q(self._derivatives(expr.xreplace({self._csum: self._C})))
         e = sp.expand(e)
-        if len(e.args) > 3:  # gather Σ_j c_j q_k into q_k Σc
+        if e.is_Add:  # gather Σ_j c_j q_k into q_k Σc (the normalisation step needs Σc whole)
             e = sp.collect(e, sorted(e.free_symbols & self._q_set, key=str))
         return sp.factor_terms(e).xreplace({self._C: self._csum})
 
