@@ -1,0 +1,43 @@
+"""docs/check_example.md shows real output: rerun its examples and compare."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from symce.cli import main
+from symce.testing import assert_gradient_formula
+
+DOC = Path(__file__).parent.parent / "docs" / "check_example.md"
+
+
+def _block(name: str) -> str:
+    """The fenced block that follows ``<!-- check-example: name -->``."""
+    text = DOC.read_text(encoding="utf-8")
+    found = re.search(rf"<!-- check-example: {name} -->\n```\w*\n(.*?)```", text, re.S)
+    assert found, f"no '{name}' block in {DOC}"
+    return found.group(1)
+
+
+def _lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.strip().splitlines()]
+
+
+@pytest.mark.parametrize(("which", "code"), [("buggy", 1), ("fixed", 0)])
+def test_check_output_in_the_doc_is_current(which, code, tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_loss.py").write_text(_block(f"{which} code"), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "my_loss.py:cross_entropy"]) == code
+    assert _lines(capsys.readouterr().out) == _lines(_block(f"{which} output"))
+
+
+def test_formula_output_in_the_doc_is_current():
+    shown = []
+    for claim, assume in [("q - p", "normalised"), ("q*sum(p) - p", ()), ("q - p", ())]:
+        try:
+            shown.append(str(assert_gradient_formula(claim, assume=assume)))
+        except AssertionError as exc:
+            shown.append(f"AssertionError: {exc}")
+    assert _lines("\n".join(shown)) == _lines(_block("formula output"))
