@@ -77,3 +77,13 @@ def test_torch_accepts_unnormalised_targets_like_the_derivation():
     torch.nn.functional.cross_entropy(x, c, reduction="sum").backward()
     q = torch.softmax(x.detach(), dim=1)
     torch.testing.assert_close(x.grad, q * c.sum(1, keepdim=True) - c)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_concrete_normalised_gradient_is_q_minus_p(n):
+    d = symce.derive("cross_entropy", n=n)
+    ctx = d.context
+    expected = sp.Matrix([ctx.q(a) - ctx.p(a) for a in range(n)])  # q − p, by hand
+    if n == 1:  # Σc = c_1 = 1 leaves no free target: q_1 − 1
+        expected = sp.Matrix([ctx.q(0) - 1])
+    assert d.normalised_result == expected
