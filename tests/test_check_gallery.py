@@ -171,3 +171,18 @@ def _assert_reference_is_torch(logits, target, coeff, reduction):
     scale = 1 + np.abs(logits).max()
     np.testing.assert_allclose(ref_loss, loss.detach().numpy(), rtol=1e-12, atol=1e-12 * scale)
     np.testing.assert_allclose(ref_grad, grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "options", "phrase"),
+    [
+        ("bad_usage.py", "wrong_shape", {}, "not summed over the class axis"),
+        ("correct.py", "torch_builtin_none", {}, "one loss per row: no mean reduction"),
+        ("correct.py", "torch_builtin", {"reduction": "none"}, "expects one per row"),
+    ],
+)
+def test_wrong_shapes_are_named(path, name, options, phrase):
+    report = _check(name, path, **options)
+    assert not report.passed
+    assert any(phrase in d for d in report.diagnosis), str(report)
+    assert not any("permuted" in d or "N = 1" in d for d in report.diagnosis)

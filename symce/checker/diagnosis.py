@@ -61,6 +61,30 @@ def _raised_shape_error(ev: Evidence) -> str | None:
     return None
 
 
+def _wrong_shape(ev: Evidence) -> str | None:
+    for r in ev.returned:
+        got, want = r.outcome.loss, r.expected_loss
+        if got is None or got.size == want.size:
+            continue
+        n, c = r.case.logits.shape
+        if got.shape == (n,) and want.shape == ():
+            return (
+                f"it returns one loss per row: no {ev.reduction} reduction (pass "
+                "--reduction none if per-row losses are what it means to compute)"
+            )
+        if want.shape == (n,) and got.size == 1:
+            return "it returns a reduced loss, where --reduction none expects one per row"
+        if got.shape == (n, c):
+            return "it returns [N, C]: the per-class terms were not summed over the class axis"
+        if got.shape == (n, n):
+            return (
+                "it returns [N, N]: a [N, 1] tensor broadcast against a [N] one (keep "
+                "one of them [N] with squeeze(1), or both [N, 1])"
+            )
+        return None
+    return None
+
+
 def _only_degenerate(ev: Evidence) -> str | None:
     def degenerate(r: Result) -> bool:
         return 1 in r.case.logits.shape
@@ -174,6 +198,8 @@ def _only_single_rows(ev: Evidence) -> str | None:
     single = [r for r in ev.results if r.case.logits.shape[0] == 1]
     several = [r for r in ev.results if min(r.case.logits.shape) > 1]
     if not single or not all(r.passed for r in single) or any(r.passed for r in several):
+        return None
+    if _wrong_shape(ev):
         return None
     if _loss_factor(ev) or _grad_factor(ev):
         return None  # a reduction mistake, said more precisely by the factor rules
@@ -392,9 +418,11 @@ def _row_order(ev: Evidence) -> str | None:
     if a.outcome.error or b.outcome.error or a.outcome.loss is None:
         return None
     la, lb = a.outcome.loss, b.outcome.loss
-    if ev.reduction == "none" and la.shape == (5,) and lb.shape == (5,):
-        la = la[perm]
-    if la.shape == lb.shape and not np.allclose(la, lb, rtol=1e-9, atol=1e-12):
+    if la.size != a.expected_loss.size or lb.size != la.size:
+        return None  # a shape mistake, said by its own rule
+    if ev.reduction == "none":
+        la = la.reshape(5)[perm]
+    if not np.allclose(la, lb, rtol=1e-9, atol=1e-12):
         return (
             "the result changes when the rows are permuted: rows are paired with the "
             "wrong targets (e.g. logp[target] instead of logp[arange(N), target]) or "
@@ -413,6 +441,7 @@ def _close(got: np.ndarray | None, expected: np.ndarray) -> bool:
 #: Tried in order; every rule that recognises something contributes a sentence.
 RULES: list[Rule] = [
     _raised_shape_error,
+    _wrong_shape,
     _only_degenerate,
     _only_large,
     _only_float32,
