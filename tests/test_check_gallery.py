@@ -107,6 +107,14 @@ def test_tolerance_is_tight_enough_to_catch_a_tiny_error():
     assert not check_implementation(almost).passed
 
 
+def test_a_narrowing_cast_is_named():
+    def narrowing(logits, target):
+        return F.cross_entropy(logits.float(), target)
+
+    report = check_implementation(narrowing)
+    assert "for float64 inputs it returns float32" in report.diagnosis[0]
+
+
 def test_target_kind_is_told_from_a_first_call_and_said():
     index = check_implementation(F.cross_entropy)
     assert index.target == "index" and "class-index" in index.target_note

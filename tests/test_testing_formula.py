@@ -60,6 +60,10 @@ def test_true_claims_are_proved(claim, assume, n):
     assert verdict.status == "proved" and "PROVED by SymPy" in str(verdict)
 
 
+def test_assumption_may_be_written_as_a_formula():
+    assert assert_gradient_formula("q - p", assume="sum(p) = 1").status == "proved"
+
+
 def test_sympy_expressions_are_accepted():
     q, p = sp.symbols("q p")
     assert assert_gradient_formula(q - p, assume="normalised").status == "proved"

@@ -157,11 +157,14 @@ def _float32_accurate(ev: Evidence) -> str | None:
 def _dtype_changed(ev: Evidence) -> str | None:
     for r in ev.results:
         got, want = r.outcome.dtype, r.case.spec.dtype
-        if got and got.startswith("float") and got != want:
+        if got in _FLOAT_BITS and _FLOAT_BITS[got] < _FLOAT_BITS[want]:
             return (
                 f"for {want} inputs it returns {got}: a hard-coded dtype or a cast loses precision"
             )
     return None
+
+
+_FLOAT_BITS = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
 
 
 def _unnormalised_only(ev: Evidence) -> str | None:

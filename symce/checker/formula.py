@@ -38,6 +38,14 @@ _COUNT_NAMES = ("n", "C")
 #: digits of the numeric search; a difference beyond 10 digits short of it refutes
 _DIGITS = 50
 _STATED = {"normalised": "sum(p) = 1", "positive_targets": "p > 0"}
+#: the same assumptions written as formulas (spaces ignored)
+_ALIASES = {
+    "sum(p)=1": "normalised",
+    "sum(c)=1": "normalised",
+    "Σp=1": "normalised",
+    "p>0": "positive_targets",
+    "c>0": "positive_targets",
+}
 
 
 class ClassSum(sp.Function):
@@ -205,7 +213,8 @@ def check_gradient_formula(
     seed: int = 0,
 ) -> FormulaVerdict:
     """Prove ``claim`` equal to the derived gradient, refute it at a point, or say neither."""
-    assumptions = (assume,) if isinstance(assume, str) else tuple(assume)
+    given = (assume,) if isinstance(assume, str) else tuple(assume)
+    assumptions = tuple(_ALIASES.get(a.replace(" ", ""), a) for a in given)
     d = _derivation(loss, n)
     unknown = [a for a in assumptions if a not in d.context.assumptions]
     if unknown:
