@@ -19,24 +19,23 @@ __all__ = ["cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad"]
 
 _REDUCTIONS = ("none", "mean", "sum")
 # bytes of logits per block: small enough to stay in L2 between the passes
-_BLOCK_BYTES = 262144
+_BLOCK_BYTES = 1048576
 
 
 def _constants_index(w, n_classes):
     return ()
 
 
-def _block_index(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad):
+def _block_index(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
-    z_y = np.take_along_axis(buf, y, axis=1)
+    z_y = buf.reshape(-1)[y_at]
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*(-z_y + np.log(sum_e))
     if need_grad:
         buf *= scale*valid/sum_e
-        at_y = np.take_along_axis(buf, y, axis=1) + (-scale*valid)
-        np.put_along_axis(buf, y, at_y, axis=1)
+        buf.reshape(-1)[y_at] += -scale*valid
     return loss
 
 
@@ -44,18 +43,17 @@ def _constants_index_smoothed(w, n_classes):
     return ()
 
 
-def _block_index_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad):
+def _block_index_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_z = np.sum(buf, axis=1, keepdims=True)
-    z_y = np.take_along_axis(buf, y, axis=1)
+    z_y = buf.reshape(-1)[y_at]
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*(label_smoothing*z_y - label_smoothing*sum_z/n_classes - z_y + np.log(sum_e))
     if need_grad:
         buf *= scale*valid/sum_e
-        at_y = np.take_along_axis(buf, y, axis=1) + (scale*valid*(label_smoothing - 1))
-        np.put_along_axis(buf, y, at_y, axis=1)
+        buf.reshape(-1)[y_at] += scale*valid*(label_smoothing - 1)
         buf += -label_smoothing*scale*valid/n_classes
     return loss
 
@@ -64,18 +62,17 @@ def _constants_index_weighted(w, n_classes):
     return ()
 
 
-def _block_index_weighted(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad):
+def _block_index_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     w_y = w.reshape(-1)[y]
-    z_y = np.take_along_axis(buf, y, axis=1)
+    z_y = buf.reshape(-1)[y_at]
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*w_y*(-z_y + np.log(sum_e))
     if need_grad:
         buf *= scale*valid*w_y/sum_e
-        at_y = np.take_along_axis(buf, y, axis=1) + (-scale*valid*w_y)
-        np.put_along_axis(buf, y, at_y, axis=1)
+        buf.reshape(-1)[y_at] += -scale*valid*w_y
     return loss
 
 
@@ -84,20 +81,20 @@ def _constants_index_weighted_smoothed(w, n_classes):
     return (sum_w, )
 
 
-def _block_index_weighted_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, sum_w):
+def _block_index_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
-    sum_wz = np.sum(w*buf, axis=1, keepdims=True)
+    sum_wz = np.matmul(w.transpose(0, 2, 1), buf)
     w_y = w.reshape(-1)[y]
-    z_y = np.take_along_axis(buf, y, axis=1)
+    z_y = buf.reshape(-1)[y_at]
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*(label_smoothing*w_y*z_y - label_smoothing*sum_wz/n_classes - w_y*z_y + (-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)*np.log(sum_e))
     if need_grad:
         buf *= scale*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e
-        at_y = np.take_along_axis(buf, y, axis=1) + (scale*valid*w_y*(label_smoothing - 1))
-        np.put_along_axis(buf, y, at_y, axis=1)
-        buf += -label_smoothing*scale*valid*w/n_classes
+        buf.reshape(-1)[y_at] += scale*valid*w_y*(label_smoothing - 1)
+        np.multiply(w, -label_smoothing*scale*valid/n_classes, out=tmp)
+        buf += tmp
     return loss
 
 
@@ -105,17 +102,18 @@ def _constants_probability(w, n_classes):
     return ()
 
 
-def _block_probability(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad):
+def _block_probability(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_p = np.sum(p, axis=1, keepdims=True)
-    sum_pz = np.sum(p*buf, axis=1, keepdims=True)
+    sum_pz = np.matmul(p.transpose(0, 2, 1), buf)
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = sum_p*np.log(sum_e) - sum_pz
     if need_grad:
         buf *= scale*sum_p/sum_e
-        buf += -scale*p
+        np.multiply(p, -scale, out=tmp)
+        buf += tmp
     return loss
 
 
@@ -123,18 +121,20 @@ def _constants_probability_smoothed(w, n_classes):
     return ()
 
 
-def _block_probability_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad):
+def _block_probability_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_p = np.sum(p, axis=1, keepdims=True)
-    sum_pz = np.sum(p*buf, axis=1, keepdims=True)
+    sum_pz = np.matmul(p.transpose(0, 2, 1), buf)
     sum_z = np.sum(buf, axis=1, keepdims=True)
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = label_smoothing*sum_pz - label_smoothing*sum_z/n_classes - sum_pz + (-label_smoothing*sum_p + label_smoothing + sum_p)*np.log(sum_e)
     if need_grad:
         buf *= scale*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e
-        buf += scale*(label_smoothing*p - label_smoothing/n_classes - p)
+        np.multiply(p, scale*(label_smoothing - 1), out=tmp)
+        buf += tmp
+        buf += -label_smoothing*scale/n_classes
     return loss
 
 
@@ -142,17 +142,19 @@ def _constants_probability_weighted(w, n_classes):
     return ()
 
 
-def _block_probability_weighted(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad):
+def _block_probability_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
-    sum_pw = np.sum(p*w, axis=1, keepdims=True)
-    sum_pwz = np.sum(p*w*buf, axis=1, keepdims=True)
+    sum_pw = np.matmul(p.transpose(0, 2, 1), w)
+    sum_pwz = np.matmul((p*w).transpose(0, 2, 1), buf)
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = sum_pw*np.log(sum_e) - sum_pwz
     if need_grad:
         buf *= scale*sum_pw/sum_e
-        buf += -scale*p*w
+        np.multiply(p, -scale, out=tmp)
+        tmp *= w
+        buf += tmp
     return loss
 
 
@@ -161,18 +163,22 @@ def _constants_probability_weighted_smoothed(w, n_classes):
     return (sum_w, )
 
 
-def _block_probability_weighted_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, sum_w):
+def _block_probability_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
-    sum_pw = np.sum(p*w, axis=1, keepdims=True)
-    sum_pwz = np.sum(p*w*buf, axis=1, keepdims=True)
-    sum_wz = np.sum(w*buf, axis=1, keepdims=True)
+    sum_pw = np.matmul(p.transpose(0, 2, 1), w)
+    sum_pwz = np.matmul((p*w).transpose(0, 2, 1), buf)
+    sum_wz = np.matmul(w.transpose(0, 2, 1), buf)
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = label_smoothing*sum_pwz - label_smoothing*sum_wz/n_classes - sum_pwz + (-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)*np.log(sum_e)
     if need_grad:
         buf *= scale*(-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)/sum_e
-        buf += scale*(label_smoothing*p - label_smoothing/n_classes - p)*w
+        np.multiply(p, scale*(label_smoothing - 1), out=tmp)
+        tmp *= w
+        buf += tmp
+        np.multiply(w, -label_smoothing*scale/n_classes, out=tmp)
+        buf += tmp
     return loss
 
 
@@ -231,6 +237,23 @@ def _positions(shape):
     return int(np.prod(shape[2:], dtype=np.int64))
 
 
+def _tiles(n, s, rows_per_block):
+    """Blocks of rows: ``(N, C, 1)`` by samples; ``(N, C, S)`` by positions of a sample."""
+    if s == 1:
+        for n0 in range(0, n, rows_per_block):
+            yield (slice(n0, min(n, n0 + rows_per_block)), slice(None), slice(None)), False
+    else:
+        for i in range(n):
+            for s0 in range(0, s, rows_per_block):
+                yield (i, slice(None), slice(s0, min(s, s0 + rows_per_block))), True
+
+
+def _rows(a3, tile, transposed):
+    """The block of ``a3`` (N, C|1, S) as a ``(rows, C|1, 1)`` view."""
+    block = a3[tile]
+    return block.T[:, :, None] if transposed else block
+
+
 def _targets(input, target, n_classes, ignore_index):
     """``("index", y, valid)`` or ``("probability", p, None)``, validated, as (N, 1|C, S)."""
     target = np.asarray(target)
@@ -286,7 +309,7 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, grad_o
     # the reduction: d(reduced loss)/d(row loss), and mean's denominator
     if kind == "index":
         row_weight = valid_f if weight is None else valid_f * weight[y]
-        denominator = row_weight.sum(dtype=np.float64)
+        denominator = float(row_weight.sum(dtype=np.float64))
     else:
         denominator = float(n * s)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -307,50 +330,55 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, grad_o
     if need_grad:
         grad = np.empty(input.shape, dtype=input.dtype)
         grad3 = _layout(grad, input.ndim)
-    # tile (rows, positions) so one block of logits is about _BLOCK_BYTES
-    row_bytes = n_classes * np.dtype(dtype).itemsize
-    s_step = max(1, min(s, _BLOCK_BYTES // row_bytes))
-    n_step = max(1, _BLOCK_BYTES // (row_bytes * s_step)) if s_step == s else 1
-    scratch = None
-    if not need_grad or dtype != input.dtype:
-        scratch = np.empty(min(n, n_step) * n_classes * s_step, dtype=dtype)
-    losses = np.empty((n, 1, s), dtype=dtype) if reduction == "none" else None
-    total = 0.0
-    for n0 in range(0, n, n_step):
-        n1 = min(n, n0 + n_step)
-        for s0 in range(0, s, s_step):
-            s1 = min(s, s0 + s_step)
-            rows = (slice(n0, n1), slice(None), slice(s0, s1))
-            x = x3[rows]
-            if dtype != input.dtype:
-                x = x.astype(dtype)
-            if scratch is not None:
-                buf = scratch[: (n1 - n0) * n_classes * (s1 - s0)].reshape(n1 - n0, n_classes, s1 - s0)
-            else:
-                buf = grad3[rows]
-            loss = block(
-                x, buf,
-                None if y is None else y[rows],
-                None if valid is None else valid_f[rows],
-                None if p is None else p[rows],
-                w,
-                scale[rows] if reduction == "none" else scale,
-                label_smoothing, n_classes, need_grad, *consts,
-            )
-            if need_grad and scratch is not None:  # computed in float32: store
-                grad3[rows] = buf
-            if losses is not None:
-                losses[rows] = loss
-            elif need_loss:
-                total += float(np.sum(loss, dtype=np.float64))
+    losses = np.empty((n, 1, s), dtype=dtype)
+    if reduction == "none":
+        scale3 = scale
+    rows_per_block = max(1, _BLOCK_BYTES // (n_classes * np.dtype(dtype).itemsize))
+    scratch = np.empty((min(rows_per_block, n * s), n_classes, 1), dtype=dtype)
+    p_scratch = np.empty_like(scratch) if p is not None and s > 1 else None
+    tmp = np.empty_like(scratch)  # for the gradient's terms in the class arrays
+    if y is not None:  # offsets of the targets in a contiguous (rows, C, 1) block
+        row_offsets = np.arange(rows_per_block).reshape(-1, 1, 1) * n_classes
+    for tile, transposed in _tiles(n, s, rows_per_block):
+        x = _rows(x3, tile, transposed)
+        b = x.shape[0]
+        # the block's logits must be contiguous along the classes (reductions);
+        # (N, C) inputs already are, and their gradient block is the buffer
+        direct = need_grad and not transposed and dtype == input.dtype
+        buf = _rows(grad3, tile, transposed) if direct else scratch[:b]
+        if not direct:
+            np.copyto(buf, x, casting="unsafe")
+            x = buf
+        p_block = None
+        if p is not None:
+            p_block = _rows(p, tile, transposed)
+            if p_scratch is not None:
+                np.copyto(p_scratch[:b], p_block)
+                p_block = p_scratch[:b]
+        y_block = y_at = None
+        if y is not None:
+            y_block = _rows(y, tile, transposed)
+            y_at = row_offsets[:b] + y_block
+        loss = block(
+            x, buf, y_block, y_at,
+            None if valid is None else _rows(valid_f, tile, transposed),
+            p_block,
+            w,
+            _rows(scale3, tile, transposed) if reduction == "none" else scale,
+            label_smoothing, n_classes, need_grad, tmp[:b], *consts,
+        )
+        if need_grad and not direct:
+            _rows(grad3, tile, transposed)[...] = buf
+        _rows(losses, tile, transposed)[...] = loss
     out = None
     if need_loss:
         if reduction == "none":
             out = losses.reshape(() if input.ndim == 1 else (n,) + input.shape[2:])
             out = out.astype(input.dtype, copy=False)
         else:
+            total = float(np.sum(losses, dtype=np.float64))
             with np.errstate(divide="ignore", invalid="ignore"):
-                value = total / denominator if reduction == "mean" else total
+                value = np.float64(total) / denominator if reduction == "mean" else total
             out = np.asarray(value, dtype=input.dtype)[()]
     return out, (grad if need_grad else None)
 

@@ -26,8 +26,8 @@ BACKENDS: tuple[str, ...] = ("numpy", "torch")
 #: losses that have backend templates
 GENERATED_LOSSES: tuple[str, ...] = ("cross_entropy",)
 
-#: logits per block, in bytes (about half a 2 MiB L2, leaving room for the gradient)
-BLOCK_BYTES = 1 << 18
+#: bytes of logits per block: half of a 2 MiB L2, the rest for the scratch block
+BLOCK_BYTES = 1 << 20
 
 
 def file_name(loss: str, backend: str) -> str:
@@ -61,6 +61,7 @@ def _printed(k: KernelExpressions, backend: str) -> dict[str, object]:
         **{stage: [(str(s), code(e)) for s, e in getattr(k, stage)]
            for stage in ("constants", "before_exp", "after_exp")},
         **{piece: code(getattr(k, piece)) for piece in ("loss", "alpha", "beta", "dense")},
+        "dense_terms": [(code(coef), [code(a) for a in arrays]) for coef, arrays in k.dense_terms],
     }
 
 

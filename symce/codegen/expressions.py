@@ -82,6 +82,22 @@ class KernelExpressions:
     beta: sp.Expr
     dense: sp.Expr
 
+    @property
+    def dense_terms(self) -> tuple[tuple[sp.Expr, tuple[sp.Indexed, ...]], ...]:
+        """``dense`` as ``Σ coefficient · Π arrays``: per-row factors times class arrays.
+
+        A kernel adds each term in place (one product into a scratch block,
+        no temporaries), or a bare per-row coefficient by broadcasting.
+        """
+        groups: dict[tuple[sp.Indexed, ...], sp.Expr] = {}
+        for term in sp.Add.make_args(sp.expand(self.dense)):
+            factors = sp.Mul.make_args(term)
+            arrays = tuple(sorted((f for f in factors if isinstance(f, sp.Indexed)),
+                                  key=sp.default_sort_key))
+            coef = sp.Mul(*[f for f in factors if not isinstance(f, sp.Indexed)])
+            groups[arrays] = groups.get(arrays, sp.S.Zero) + coef
+        return tuple((sp.factor_terms(c), a) for a, c in groups.items() if c != 0)
+
 
 # -- 1. the stable log-sum-exp rewrite -------------------------------------
 def stable_lse(derivation: Derivation) -> sp.Expr:

@@ -71,6 +71,13 @@ class ArrayPrinterMixin:
         (_, lo, _hi), = expr.limits
         if lo != 1:
             raise ValueError(f"only sums over all classes can be printed, not {expr}")
+        factors = sp.Mul.make_args(expr.function)
+        if len(factors) > 1 and all(isinstance(f, sp.Indexed) for f in factors):
+            # Σ_j a_j b_j as a batched dot product: no temporary of the block's size
+            *first, last = factors
+            left = self._print(sp.Mul(*first))
+            return self.templates["class_dot"].format(
+                left=left if len(first) == 1 else f"({left})", right=self._print(last))
         return self.templates["class_sum"].format(body=self._print(expr.function))
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
@@ -83,12 +90,14 @@ class ArrayPrinterMixin:
 
 
 class NumpyArrayPrinter(ArrayPrinterMixin, NumPyPrinter):
-    """NumPy: ``np.sum(…, axis=1, keepdims=True)``, ``np.take_along_axis``."""
+    """NumPy: ``np.sum(…, axis=1, keepdims=True)``; gathers by flat offsets ``y_at``."""
 
     module_aliases = {"numpy": "np"}
     templates = {
         "class_sum": "np.sum({body}, axis=1, keepdims=True)",
-        "row_gather": "np.take_along_axis({array}, {index}, axis=1)",
+        "class_dot": "np.matmul({left}.transpose(0, 2, 1), {right})",
+        # y_at: flat offsets row * C + y of the targets in the contiguous block
+        "row_gather": "{array}.reshape(-1)[y_at]",
         "class_gather": "{array}.reshape(-1)[{index}]",
     }
 
@@ -98,6 +107,7 @@ class TorchArrayPrinter(ArrayPrinterMixin, TorchPrinter):
 
     templates = {
         "class_sum": "torch.sum({body}, dim=1, keepdim=True)",
+        "class_dot": "torch.matmul({left}.transpose(1, 2), {right})",
         "row_gather": "torch.gather({array}, 1, {index})",
         "class_gather": "{array}.reshape(-1)[{index}]",
     }
