@@ -3,7 +3,7 @@
 >>> import torch.nn.functional as F
 >>> from symce.testing import assert_cross_entropy, assert_gradient_formula
 >>> assert_cross_entropy(F.cross_entropy, target="index", reduction="mean")
-<Report cross_entropy: PASS, 13/13 cases pass>
+<Report cross_entropy: PASS, 15/15 cases pass>
 >>> assert_gradient_formula("q - p", assume="normalised").status
 'proved'
 """
@@ -27,6 +27,7 @@ def assert_cross_entropy(
     target: str | None = "index",
     reduction: str = "mean",
     backend: str = "torch",
+    seed: int = 0,
 ) -> Report:
     """Run ``fn(logits, target)`` through the ``symce check`` battery.
 
@@ -37,7 +38,7 @@ def assert_cross_entropy(
     any case fails; returns the report otherwise.
     """
     report = check_implementation(
-        as_callable(fn), target=target, reduction=reduction, backend=backend
+        as_callable(fn), target=target, reduction=reduction, backend=backend, seed=seed
     )
     if not report.passed:
         raise AssertionError("\n" + str(report))

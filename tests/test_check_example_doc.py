@@ -33,11 +33,48 @@ def test_check_output_in_the_doc_is_current(which, code, tmp_path, monkeypatch, 
     assert _lines(capsys.readouterr().out) == _lines(_block(f"{which} output"))
 
 
-def test_formula_output_in_the_doc_is_current():
+def _formula_text() -> str:
+    """What the doc's three assert_gradient_formula calls say."""
     shown = []
     for claim, assume in [("q - p", "normalised"), ("q*sum(p) - p", ()), ("q - p", ())]:
         try:
             shown.append(str(assert_gradient_formula(claim, assume=assume)))
         except AssertionError as exc:
             shown.append(f"AssertionError: {exc}")
-    assert _lines("\n".join(shown)) == _lines(_block("formula output"))
+    return "\n".join(_lines("\n".join(shown))) + "\n"
+
+
+def test_formula_output_in_the_doc_is_current():
+    assert _lines(_formula_text()) == _lines(_block("formula output"))
+
+
+def _regenerate() -> None:
+    """Rewrite the doc's output blocks from today's symce (run this file as a script)."""
+    import contextlib
+    import io
+    import os
+    import tempfile
+
+    def replace(text: str, name: str, body: str) -> str:
+        found = re.search(rf"<!-- check-example: {name} -->\n```\w*\n(.*?)```", text, re.S)
+        return text[: found.start(1)] + body + text[found.end(1) :]
+
+    text = DOC.read_text(encoding="utf-8")
+    here = os.getcwd()
+    for which in ("buggy", "fixed"):
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "my_loss.py").write_text(_block(f"{which} code"), encoding="utf-8")
+            os.chdir(tmp)
+            out = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(out):
+                    main(["check", "my_loss.py:cross_entropy"])
+            finally:
+                os.chdir(here)
+        text = replace(text, f"{which} output", "\n".join(_lines(out.getvalue())) + "\n")
+    text = replace(text, "formula output", _formula_text())
+    DOC.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    _regenerate()

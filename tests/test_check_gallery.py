@@ -91,7 +91,7 @@ def test_counterexample_is_shrunk_and_printed():
     cx = report.counterexample.case.spec
     assert cx.rows == 2  # N = 1 cannot show a sum-for-mean mistake; N = 2 can
     text = str(report)
-    assert "first failure: basic, shrunk to N=2" in text
+    assert "first failure: case 'basic', shrunk from N=4 C=5; counterexample N=2 C=2" in text
     assert "expected" in text and "got" in text and "diagnosis:" in text
     # the printed numbers are the implementation's, against torch's own float64 result
     case = report.counterexample.case

@@ -36,11 +36,12 @@ class Spec:
     seed: int = 0
 
     def describe(self) -> str:
-        mag = f"|x|<={self.scale:g}"
-        return (
-            f"N={self.rows} C={self.classes} {self.dtype} {self.pattern} {mag} "
-            f"{self.targets} targets"
-        )
+        logits = {
+            "random": f"|x|<={self.scale:g}",
+            "peaked": f"one logit +{self.scale:g}",
+            "flat": "equal logits",
+        }[self.pattern]
+        return f"N={self.rows} C={self.classes} {self.dtype} {logits}, {self.targets} targets"
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,14 @@ def build(spec: Spec) -> Case:
     return Case(spec, logits, target, coefficients(target, kind, spec.classes))
 
 
-def battery(target: str) -> list[Spec]:
-    """The cases for a target kind (``index``, ``probs`` or ``onehot``)."""
+def battery(target: str, seed: int = 0) -> list[Spec]:
+    """The cases for a target kind (``index``, ``probs`` or ``onehot``).
+
+    Fixed shapes cover the corners (N = 1, C = 1, N = C); two more shapes are
+    drawn at random; ``seed`` changes those draws and every case's values.
+    """
+    rng = np.random.default_rng(seed)
+    (n1, n2), (c1, c2) = rng.integers(1, 9, 2), rng.integers(2, 13, 2)
     style = {"index": "index", "onehot": "onehot", "probs": "normalised"}[target]
     base = [
         Spec("basic", 4, 5),
@@ -122,13 +129,20 @@ def battery(target: str) -> list[Spec]:
         Spec("large 1e3", 3, 4, scale=1e3),
         Spec("large 1e4", 5, 3, scale=1e4),
         Spec("large 1e4 float32", 3, 5, "float32", scale=1e4),
+        Spec("random shape", int(n1), int(c1)),
+        Spec("random shape float32", int(n2), int(c2), "float32", scale=10.0),
     ]
-    specs = [dataclasses.replace(s, targets=style, seed=i) for i, s in enumerate(base)]
+    specs = [
+        dataclasses.replace(s, targets=style, seed=1000 * seed + i) for i, s in enumerate(base)
+    ]
     if target == "probs":
         specs += [
-            Spec("unnormalised", 4, 5, targets="unnormalised", seed=101),
-            Spec("unnormalised float32", 3, 6, "float32", targets="unnormalised", seed=102),
-            Spec("unnormalised large", 4, 3, scale=1e3, targets="unnormalised", seed=103),
+            Spec("unnormalised", 4, 5, targets="unnormalised"),
+            Spec("unnormalised float32", 3, 6, "float32", targets="unnormalised"),
+            Spec("unnormalised large", 4, 3, scale=1e3, targets="unnormalised"),
+        ]
+        specs[-3:] = [
+            dataclasses.replace(s, seed=1000 * seed + 101 + i) for i, s in enumerate(specs[-3:])
         ]
     return specs
 
@@ -152,7 +166,10 @@ def tolerances(case: Case, reduction: str) -> tuple[np.ndarray, np.ndarray]:
     eps = np.finfo(case.spec.dtype).eps * ULPS
     mass = np.abs(case.coeff).sum(axis=1) + 1.0
     row_loss = eps * mass * (1.0 + np.abs(case.logits).max(axis=1))
-    row_grad = np.repeat((eps * mass)[:, None], case.logits.shape[1], axis=1)
+    # q = exp(x - LSE) inherits LSE's absolute rounding error, about unit*|x|
+    unit = np.finfo(case.spec.dtype).eps
+    row_grad = eps * mass + 8 * unit * mass * np.abs(case.logits).max(axis=1)
+    row_grad = np.repeat(row_grad[:, None], case.logits.shape[1], axis=1)
     n = case.logits.shape[0]
     if reduction == "none":
         return row_loss, row_grad

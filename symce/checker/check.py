@@ -71,8 +71,13 @@ def check_implementation(
     reduction: str = "mean",
     backend: str = "torch",
     label: str | None = None,
+    seed: int = 0,
 ) -> Report:
-    """Compare ``fn(logits, target)`` with the derived reference over the battery."""
+    """Compare ``fn(logits, target)`` with the derived reference over the battery.
+
+    ``seed`` draws different random shapes and values (0 is what CI and the
+    examples use, so reports are reproducible).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if reduction not in REDUCTIONS:
@@ -82,7 +87,7 @@ def check_implementation(
     note = None
     if target is None:
         target, note = detect_target(fn, backend, reduction)
-    results = [evaluate(fn, backend, build(spec), reduction) for spec in battery(target)]
+    results = [evaluate(fn, backend, build(spec), reduction) for spec in battery(target, seed)]
     report = Report(
         label or getattr(fn, "__name__", type(fn).__name__),
         backend,

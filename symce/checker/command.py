@@ -42,6 +42,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(loss, grad) out, grad being the gradient of loss.sum() (default: torch)",
     )
 
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="draw other random shapes and values (default: 0, reproducible)",
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     try:
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         reduction=args.reduction,
         backend=args.backend,
         label=args.implementation,
+        seed=args.seed,
     )
     print(report)
     return 0 if report.passed else 1

@@ -197,15 +197,15 @@ def _unnormalised_only(ev: Evidence) -> str | None:
 
 
 def _only_single_rows(ev: Evidence) -> str | None:
-    """Every case with several rows (and classes) fails, every single-row case passes."""
+    """Every single-row case passes; ordinary cases with several rows fail."""
     single = [r for r in ev.results if r.case.logits.shape[0] == 1]
-    several = [r for r in ev.results if min(r.case.logits.shape) > 1]
-    if not single or not all(r.passed for r in single) or any(r.passed for r in several):
+    if not single or not all(r.passed for r in single) or not ev.failed:
         return None
-    if _wrong_shape(ev):
-        return None
-    if _loss_factor(ev) or _grad_factor(ev):
-        return None  # a reduction mistake, said more precisely by the factor rules
+    ordinary = [
+        r for r in ev.failed if r.case.spec.scale < 100 and r.case.spec.targets != "unnormalised"
+    ]
+    if not ordinary or _wrong_shape(ev) or _loss_factor(ev) or _grad_factor(ev):
+        return None  # explained by another rule, said more precisely there
     return (
         "it passes for N = 1 and fails for N > 1: the rows interact; each row must be "
         "paired with its own target (logp[arange(N), target], not logp[:, target])"
@@ -244,19 +244,16 @@ _FACTORS: list[tuple[str, Callable[[int, int], float], str]] = [
 ]
 
 
-def _ratio(got: np.ndarray | None, expected: np.ndarray) -> float | None:
-    if got is None or got.size != expected.size:
+def _ratio(got: np.ndarray | None, expected: np.ndarray, tol: np.ndarray) -> float | None:
+    """``r`` if ``got = r·expected`` within the case's tolerance (scaled by ``r``)."""
+    if got is None or got.size != expected.size or not np.all(np.isfinite(got)):
         return None
-    got, expected = got.reshape(-1), expected.reshape(-1)
-    mask = np.abs(expected) > 1e-6 * max(np.abs(expected).max(), 1e-300)
-    if not mask.any() or not np.all(np.isfinite(got)):
+    g, e = got.reshape(-1), expected.reshape(-1)
+    if not np.any(e != 0):
         return None
-    r = got[mask] / expected[mask]
-    if np.allclose(r, r[0], rtol=1e-5, atol=0) and np.allclose(
-        got, r[0] * expected, rtol=1e-5, atol=1e-9 * np.abs(expected).max()
-    ):
-        return float(r[0])
-    return None
+    r = float(g @ e / (e @ e))  # least squares
+    allowed = np.broadcast_to(tol, expected.shape).reshape(-1) * max(1.0, abs(r))
+    return r if np.all(np.abs(g - r * e) <= allowed) else None
 
 
 def _factor_labels(ratio: float, n: int, c: int) -> set[str]:
@@ -275,7 +272,11 @@ def _constant_factor(ev: Evidence, what: str) -> str | None:
         got = r.outcome.loss if what == "loss" else r.outcome.grad
         if got is not None and not np.all(np.isfinite(got)):
             continue  # overflow: another rule's business
-        ratio = _ratio(got, r.expected_loss if what == "loss" else r.expected_grad)
+        loss_tol, grad_tol = tolerances(r.case, ev.reduction)
+        if what == "loss":
+            ratio = _ratio(got, r.expected_loss, loss_tol)
+        else:
+            ratio = _ratio(got, r.expected_grad, grad_tol)
         if ratio is None:
             return None  # not a constant multiple in this case
         ratios.append(ratio)

@@ -41,10 +41,10 @@ def format_report(report: Report) -> str:
 
 
 def _counterexample(first: Result, r: Result) -> list[str]:
-    s = r.case.spec
-    where = "" if s == first.case.spec else f", shrunk to N={s.rows} C={s.classes}"
+    s, f = r.case.spec, first.case.spec
+    shrunk = "" if s == f else f", shrunk from N={f.rows} C={f.classes}"
     lines = [
-        f"first failure: {first.case.spec.name}{where}",
+        f"first failure: case '{f.name}'{shrunk}; counterexample N={s.rows} C={s.classes}:",
         f"  logits ({s.dtype}):",
         *_array(r.case.logits),
         "  target:",
