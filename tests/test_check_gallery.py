@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from symce.checker import check_implementation, load
@@ -62,9 +62,10 @@ def _check(name, path="correct.py", **options):
     return check_implementation(load(f"{GALLERY / path}:{name}"), **options)
 
 
+@pytest.mark.parametrize("seed", [0, 7])
 @pytest.mark.parametrize(("name", "options"), CORRECT, ids=[c[0] for c in CORRECT])
-def test_correct_implementations_pass(name, options):
-    report = _check(name, **options)
+def test_correct_implementations_pass(name, options, seed):
+    report = _check(name, seed=seed, **options)
     assert report.passed, str(report)
     assert report.diagnosis == [] and report.counterexample is None
 
@@ -72,11 +73,18 @@ def test_correct_implementations_pass(name, options):
 @pytest.mark.parametrize(
     ("name", "options", "phrase"), BUGGY, ids=[f"{b[0]}-{i}" for i, b in enumerate(BUGGY)]
 )
-def test_buggy_implementations_are_diagnosed(name, options, phrase):
-    report = _check(name, "buggy.py", **options)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_buggy_implementations_are_diagnosed(name, options, phrase, seed):
+    report = _check(name, "buggy.py", seed=seed, **options)
     assert not report.passed
     assert report.counterexample is not None and not report.counterexample.passed
     assert any(phrase in d for d in report.diagnosis), str(report)
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 10**6), target=st.sampled_from(["index", "probs"]))
+def test_torch_itself_passes_whatever_the_seed(seed, target):
+    assert check_implementation(F.cross_entropy, target=target, seed=seed).passed
 
 
 def test_no_max_shift_is_not_blamed_on_anything_else():

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,31 @@ def check_implementation(
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     if target is not None and target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    with _one_thread():
+        return _check(fn, target, reduction, backend, label, seed)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """The battery's tensors are tiny: thread start-up and contention would dominate."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check(
+    fn: Callable[..., Any],
+    target: str | None,
+    reduction: str,
+    backend: str,
+    label: str | None,
+    seed: int,
+) -> Report:
     note = None
     if target is None:
         target, note = detect_target(fn, backend, reduction)
