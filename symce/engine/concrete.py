@@ -2,13 +2,24 @@
 
 Naive ``simplify`` of the explicit ``n × n`` Jacobian grows steeply with ``n``
 (each entry drags the whole ``Σ exp(x_j)`` along).  Here the softmax is written
-``q_a = exp(x_a − ℓ)`` with ``ℓ = log Σ_j exp(x_j)`` kept as one symbol, and a
-derivative with respect to ``x_b`` is taken by the chain rule through ``ℓ``
-using the lemma ``∂ℓ/∂x_b = q_b`` (itself a checked step of every derivation).
-Each Jacobian entry is then a handful of terms.
+``q_a = exp(x_a − ℓ)`` with ``ℓ = log Σ_j exp(x_j)``, and a derivative with
+respect to ``x_b`` is taken by the chain rule through ``ℓ`` using the lemma
+``∂ℓ/∂x_b = q_b`` (itself a checked step of every derivation).
 
-Equality is decided entry by entry, trying progressively more explicit forms,
-each of which only substitutes definitions (so each is sound):
+Fast path (``q``-level expressions: polynomials in ``q``, ``c``, ``p``, the
+atom ``Σc`` and logarithms of such symbols).  An expression is translated into
+a sparse polynomial ring (``sympy.polys.rings``) over exactly the atoms it
+contains, so ring arithmetic costs microseconds.  ``∂/∂x_b`` acts there as a
+derivation: ``∂q_a/∂x_b = q_a (δ_ab − q_b)``, from SymPy's ``diff`` of
+``exp(x_a − ℓ)`` in ``x_a`` and in ``ℓ`` plus the lemma; ``∂ log u/∂x_b`` from
+SymPy's ``diff`` of ``log u`` in each ``q``.  One row ``∂f/∂x_1 … ∂f/∂x_n``
+shares the ``b``-independent part of that sum.  The ring element is printed
+back as a SymPy expression (monomial content factored out, ``Σ_j c_j`` gathered
+into ``Σc``): a normal form that the check compares.
+
+General path (anything with exponentials, logits, ``ℓ``, or non-polynomial
+terms).  Equality is decided entry by entry, trying progressively more explicit
+forms, each of which only substitutes definitions (so each is sound):
 
 1. in ``q`` (exponentials ``exp(k(x_a − ℓ))`` folded back to ``q_a^k``);
 2. in ``x`` and ``ℓ`` (``q`` replaced by its definition, logs expanded);
@@ -19,11 +30,69 @@ each of which only substitutes definitions (so each is sound):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import reduce
 from typing import Any
 
 import sympy as sp
+from sympy.polys.monomials import monomial_div, monomial_gcd
+from sympy.polys.rings import PolyElement, PolyRing, ring
 
 from symce.engine.context import Context
+
+
+class _Opaque(Exception):
+    """The expression lies outside the polynomial fast path."""
+
+
+_RINGS: dict[int, tuple[PolyRing, tuple[PolyElement, ...]]] = {}
+
+
+def _ring(width: int) -> tuple[PolyRing, tuple[PolyElement, ...]]:
+    """``QQ[g_0 … g_{width-1}]``; a local ring names its atoms by position."""
+    if width not in _RINGS:
+        R, *gens = ring([sp.Dummy(f"g{i}") for i in range(width)], sp.QQ)
+        _RINGS[width] = (R, tuple(gens))
+    return _RINGS[width]
+
+
+def _chain_factors() -> tuple[Any, Any]:
+    """``∂q/∂x`` and ``∂q/∂ℓ`` divided by ``q``, for ``q = exp(x − ℓ)``, by SymPy."""
+    x, ell = sp.symbols("x ell", real=True)
+    q = sp.exp(x - ell)
+    # exp(a)·exp(−a) = 1 (powsimp) leaves the constant factors
+    direct = sp.powsimp(sp.diff(q, x) / q, combine="exp")
+    through_ell = sp.powsimp(sp.diff(q, ell) / q, combine="exp")
+    if not (direct.is_Rational and through_ell.is_Rational):
+        raise AssertionError("SymPy did not reduce d exp(x - ell) / exp(x - ell)")
+    return sp.QQ(direct.p, direct.q), sp.QQ(through_ell.p, through_ell.q)
+
+
+@dataclass
+class _Local:
+    """A polynomial ring over the atoms of some expressions.
+
+    Slot 0 is "another ``q``" (renamed to ``q_b`` when a row is differentiated
+    by an ``x_b`` whose ``q_b`` the expression lacks), slot 1 the atom ``Σc``.
+    """
+
+    ring: PolyRing
+    gens: tuple[PolyElement, ...]
+    atoms: tuple[sp.Expr, ...]
+    index: dict[sp.Expr, int]
+    q_slots: tuple[int, ...]
+    c_range: tuple[int, int] | None
+    memo: dict[sp.Expr, PolyElement] = field(default_factory=dict)
+
+
+@dataclass
+class _Row:
+    """``f`` in its ring with the part of ``∂f/∂x_b`` that does not depend on ``b``."""
+
+    local: _Local
+    poly: PolyElement
+    through_ell: PolyElement
+    log_slots: dict[sp.Symbol, list[tuple[int, PolyElement]]]
 
 
 class ConcreteContext(Context):
@@ -55,7 +124,22 @@ class ConcreteContext(Context):
         }
         self._loss_body: Callable[[Any], sp.Expr] | None = None
         self._cache: dict[sp.Basic, sp.Expr] = {}
-
+        # -- the polynomial fast path --
+        self._order = {
+            s: (kind, a)
+            for kind, syms in enumerate((self._q, self._c, self._p))
+            for a, s in enumerate(syms)
+        }
+        # for n = 1, Σc is the symbol c_1 itself and needs no atom of its own
+        self._csum_atom = self._csum if isinstance(self._csum, sp.Add) else sp.Dummy("C")
+        self._other_q = sp.Dummy("q_other", positive=True)
+        self._direct, self._through_ell = _chain_factors()
+        self._atoms_memo: dict[sp.Expr, frozenset[sp.Expr]] = {}
+        self._locals: dict[frozenset[sp.Expr], _Local] = {}
+        self._rows: dict[sp.Expr, _Row] = {}
+        self._log_rules: dict[sp.Expr, list[tuple[sp.Symbol, sp.Expr]]] = {}
+        self._normal: dict[sp.Expr, sp.Expr | None] = {}
+        self._wrt = {v: sp.Tuple(v, sp.S.One) for v in self._x + self._q}
     # -- vocabulary -----------------------------------------------------
     def x(self, a: int) -> sp.Expr:
         return self._x[a]
@@ -84,6 +168,14 @@ class ConcreteContext(Context):
     def lse(self) -> sp.Expr:
         return self.ell
 
+    def D(self, expr: sp.Expr, var: sp.Expr) -> sp.Expr:
+        wrt = self._wrt.get(var)
+        if wrt is None or not isinstance(expr, sp.Expr):
+            return super().D(expr, var)
+        # The node Derivative(expr, var, evaluate=False) returns for a symbol var
+        # and count 1, without its O(size) scan of expr's free symbols.
+        return sp.Expr.__new__(sp.Derivative, expr, wrt)
+
     def delta(self, a: int, b: int) -> sp.Expr:
         return sp.S.One if a == b else sp.S.Zero
 
@@ -110,15 +202,20 @@ class ConcreteContext(Context):
 
     def _diff(self, f: sp.Expr, var: sp.Symbol) -> sp.Expr:
         """∂f/∂var, through ℓ by the chain rule when var is a logit."""
-        f = self._substitute_loss(f).xreplace({self._csum: self._C})
+        key = ("prepared", f)
+        if key not in self._cache:
+            self._cache[key] = self._substitute_loss(f).xreplace({self._csum: self._C})
+        f = self._cache[key]
         if var not in self._x_pos:
-            return sp.diff(f.xreplace({self._C: self._csum}), var)
-        f = self._substitute_q(f)
-        direct = sp.diff(f, var) if var in f.free_symbols else sp.S.Zero
+            return _diff_terms(f.xreplace({self._C: self._csum}), var)
+        key = ("in x and ell", f)
+        if key not in self._cache:
+            self._cache[key] = self._substitute_q(f)
+        f = self._cache[key]
         key = ("d/dell", f)
         if key not in self._cache:
             self._cache[key] = sp.diff(f, self.ell)
-        return direct + self._cache[key] * self._dell(var)
+        return _diff_terms(f, var) + self._cache[key] * self._dell(var)
 
     def _dell(self, var: sp.Symbol) -> sp.Expr:
         """The lemma ``∂ℓ/∂x_b = q_b`` (as ``exp(x_b − ℓ)``); zero for other symbols."""
@@ -145,13 +242,243 @@ class ConcreteContext(Context):
             expr = sp.powsimp(expr.xreplace({self._z: sp.exp(self.ell)}), combine="exp")
         return expr.replace(lambda t: isinstance(t, sp.exp), fold)
 
+
+    # -- polynomial fast path -------------------------------------------
+    def _loss(self) -> sp.Expr:
+        if ("L", self._loss_body) not in self._cache:
+            self._cache[("L", self._loss_body)] = self.sum(self._loss_body)
+        return self._cache[("L", self._loss_body)]
+
+    def _is_plain(self, u: sp.Expr) -> bool:
+        """``u`` is built from ``q``, ``c``, ``p`` and rationals by +, ×, integer powers."""
+        if u in self._order or u.is_Rational:
+            return True
+        if isinstance(u, (sp.Add, sp.Mul)):
+            return all(self._is_plain(a) for a in u.args)
+        return bool(u.is_Pow and u.exp.is_Integer and self._is_plain(u.base))
+
+    def _atoms(self, e: sp.Expr) -> frozenset[sp.Expr]:
+        """The ring atoms of ``e``; raises :class:`_Opaque` outside the fast path."""
+        hit = self._atoms_memo.get(e)
+        if hit is not None:
+            return hit
+        if e in self._order or e == self._csum_atom:
+            found = frozenset((e,))
+        elif e == self.L and self._loss_body is not None:
+            found = self._atoms(self._loss())
+        elif e.is_Rational:
+            found = frozenset()
+        elif isinstance(e, (sp.Add, sp.Mul)):
+            found = frozenset().union(*[self._atoms(a) for a in e.args])
+        elif e.is_Pow and e.exp.is_Integer and e.exp >= 0:
+            found = self._atoms(e.base)
+        elif isinstance(e, sp.log) and self._is_plain(e.args[0]):
+            found = frozenset((e,))
+        else:
+            raise _Opaque
+        self._atoms_memo[e] = found
+        return found
+
+    def _local(self, atoms: frozenset[sp.Expr]) -> _Local:
+        hit = self._locals.get(atoms)
+        if hit is not None:
+            return hit
+        rest = sorted(atoms - {self._csum_atom}, key=self._atom_key)
+        names = (self._other_q, self._csum_atom, *rest)
+        R, gens = _ring(len(names))
+        index = {a: i for i, a in enumerate(names)}
+        c_slots = [index.get(c) for c in self._c]
+        c_range = None
+        if self.n > 1 and None not in c_slots:  # c_1 … c_n sit side by side (sort key)
+            c_range = (c_slots[0], c_slots[-1] + 1)
+        q_slots = (0, *[index[q] for q in rest if q in self._q_set])
+        local = _Local(R, gens, names, index, q_slots, c_range)
+        self._locals[atoms] = local
+        return local
+
+    def _atom_key(self, a: sp.Expr) -> tuple[int, Any]:
+        return self._order.get(a) or (3, sp.default_sort_key(a))
+
+    def _poly(self, e: sp.Expr, local: _Local) -> PolyElement:
+        """``e`` as an element of ``local``'s ring (exact: + × ^ are the ring's)."""
+        hit = local.memo.get(e)
+        if hit is not None:
+            return hit
+        slot = local.index.get(e)
+        if slot is not None:
+            found = local.gens[slot]
+        elif e == self.L and self._loss_body is not None:
+            found = self._poly(self._loss(), local)
+        elif e.is_Rational:
+            found = local.ring.ground_new(sp.QQ(e.p, e.q))
+        elif isinstance(e, sp.Add):
+            found = local.ring.zero.copy()
+            zero = local.ring.domain.zero
+            for arg in e.args:  # in place: repeated p + t would copy p for every term
+                for monom, coeff in self._poly(arg, local).items():
+                    coeff += found.get(monom, zero)
+                    if coeff:
+                        found[monom] = coeff
+                    else:
+                        del found[monom]
+        elif isinstance(e, sp.Mul):
+            found = reduce(lambda acc, arg: acc * self._poly(arg, local), e.args, local.ring.one)
+        elif e.is_Pow and e.exp.is_Integer and e.exp >= 0:
+            found = self._poly(e.base, local) ** int(e.exp)
+        else:
+            raise _Opaque
+        local.memo[e] = found
+        return found
+
+    def _log_rule(self, atom: sp.log) -> list[tuple[sp.Symbol, sp.Expr]]:
+        """``q_a · ∂(log u)/∂q_a`` for each ``q_a`` in ``u``, by SymPy's ``diff``.
+
+        Derived once per shape (``log(c_j/q_j)`` for every ``j`` is one shape) on
+        template symbols with the same assumptions, then renamed back: renaming
+        symbols that carry the same assumptions commutes with ``diff``.
+        """
+        if atom not in self._log_rules:
+            names = sorted(atom.free_symbols, key=self._atom_key)
+            rename = {s: self._template(s, k) for k, s in enumerate(names)}
+            shape = atom.xreplace(rename)
+            if shape not in self._log_rules:
+                qs = [t for t in rename.values() if t.is_positive]
+                self._log_rules[shape] = [(t, sp.expand(t * sp.diff(shape, t))) for t in qs]
+            back = {t: s for s, t in rename.items()}
+            self._log_rules[atom] = [
+                (back[t], h.xreplace(back)) for t, h in self._log_rules[shape]
+            ]
+        return self._log_rules[atom]
+
+    def _template(self, s: sp.Symbol, k: int) -> sp.Symbol:
+        if s in self._q_set:
+            return sp.Symbol(f"_q{k}", positive=True)
+        return sp.Symbol(f"_{str(s)[0]}{k}", real=True)
+
+    def _row(self, f: sp.Expr) -> _Row:
+        """Prepare ``∂f/∂x_b`` for every ``b`` (raises :class:`_Opaque`)."""
+        hit = self._rows.get(f)
+        if hit is not None:
+            return hit
+        local = self._local(self._atoms(f))
+        P = self._poly(f, local)
+        gens = local.gens
+        # Σ_a ∂P/∂q_a · ∂q_a/∂x_b  with  ∂q_a/∂x_b = q_a (direct δ_ab + through_ell ∂ℓ/∂x_b):
+        # the through-ℓ part is  through_ell · q_b · Σ_a q_a ∂P/∂q_a  (lemma ∂ℓ/∂x_b = q_b).
+        euler = sum((gens[i] * P.diff(i) for i in local.q_slots[1:]), local.ring.zero)
+        log_slots: dict[sp.Symbol, list[tuple[int, PolyElement]]] = {}
+        for slot, atom in enumerate(local.atoms):
+            if not isinstance(atom, sp.log):
+                continue
+            # ∂(log u)/∂x_b = Σ_a h_a (direct δ_ab + through_ell q_b),  h_a = q_a ∂(log u)/∂q_a
+            rule = [(q, self._poly(h, local)) for q, h in self._log_rule(atom)]
+            dP = P.diff(slot)  # by index: ring.index(gen) would scan the gens
+            for q, h in rule:
+                log_slots.setdefault(q, []).append((slot, h))
+                euler += dP * h
+        if local.c_range is not None:  # a short Σc-part makes every q_b·(...) below cheap
+            euler = self._gather_csum(euler, local)
+        row = _Row(local, P, euler * local.ring.ground_new(self._through_ell), log_slots)
+        self._rows[f] = row
+        return row
+
+    def _dx(self, f: sp.Expr, b: int) -> sp.Expr:
+        """``∂f/∂x_b`` by the chain rule through ``q`` and ``ℓ``, in normal form."""
+        row = self._row(f)
+        local, P, q_b = row.local, row.poly, self._q[b]
+        slot = local.index.get(q_b)
+        if slot is None:
+            # f has no q_b: slot 0 names it (a fresh generator, so renaming is sound)
+            names = (q_b, *local.atoms[1:])
+            g = local.gens[0]
+            direct = local.ring.zero
+        else:
+            names = local.atoms
+            g = local.gens[slot]
+            direct = g * P.diff(slot)
+        for log_slot, h in row.log_slots.get(q_b, ()):
+            direct += P.diff(log_slot) * h
+        d = direct * local.ring.ground_new(self._direct) + g * row.through_ell
+        return self._to_expr(d, local, names)
+
+    def _to_expr(self, P: PolyElement, local: _Local, names: tuple[sp.Expr, ...]) -> sp.Expr:
+        """Print a ring element: ``Σ_j c_j`` gathered into ``Σc``, monomial content in front."""
+        if not P:
+            return sp.S.Zero
+        if local.c_range is not None:
+            P = self._gather_csum(P, local)
+        content = reduce(monomial_gcd, P.keys())
+        head = [names[i] if e == 1 else names[i] ** e for i, e in enumerate(content) if e]
+        if len(P) == 1:
+            return sp.Mul(local.ring.domain.to_sympy(P[content]), *head)
+        if head:
+            P = local.ring.from_dict({monomial_div(m, content): c for m, c in P.items()})
+        return sp.Mul(*head, P.as_expr(*names))
+
+    def _gather_csum(self, P: PolyElement, local: _Local) -> PolyElement:
+        """Rewrite ``k·m·(c_1 + … + c_n)`` as ``k·m·Σc`` (the atom's definition)."""
+        lo, hi = local.c_range
+        groups: dict[tuple[int, ...], dict[int, Any]] = {}
+        for monom, coeff in P.items():
+            cs = monom[lo:hi]
+            if sum(cs) == 1:
+                rest = monom[:lo] + (0,) * (hi - lo) + monom[hi:]
+                groups.setdefault(rest, {})[cs.index(1)] = coeff
+        out = None
+        for rest, coeffs in groups.items():
+            k = coeffs.get(0)
+            if len(coeffs) != self.n or any(v != k for v in coeffs.values()):
+                continue
+            if out is None:
+                out = P.copy()
+            for j in range(self.n):
+                del out[rest[:lo + j] + (1,) + rest[lo + j + 1:]]
+            with_c = rest[:1] + (rest[1] + 1,) + rest[2:]
+            out[with_c] = out.get(with_c, 0) + k
+            if not out[with_c]:
+                del out[with_c]
+        return P if out is None else out
+
+    def _normal_form(self, e: sp.Expr) -> sp.Expr | None:
+        """An exact rewriting of ``e`` in normal form, or ``None`` outside the fast path.
+
+        Cached by node: the same SymPy expression always has the same value.
+        """
+        hit = self._normal.get(e, False)
+        if hit is not False:
+            return hit
+        try:
+            if isinstance(e, sp.Derivative):
+                if len(e.variable_count) != 1 or e.variable_count[0][1] != 1:
+                    raise _Opaque
+                var = e.variable_count[0][0]
+                if var not in self._x_pos:
+                    raise _Opaque
+                found = self._dx(e.expr, self._x_pos[var])
+            else:
+                local = self._local(self._atoms(e))
+                found = self._to_expr(self._poly(e, local), local, local.atoms)
+        except _Opaque:
+            found = None
+        self._normal[e] = found
+        if found is not None:
+            self._normal.setdefault(found, found)  # x = x: a normal form stands for itself
+        return found
+
     # -- Context API ----------------------------------------------------
     def evaluate(self, expr: Any) -> Any:
         if isinstance(expr, sp.MatrixBase):
-            return expr.applyfunc(self.evaluate).as_immutable()
+            return sp.ImmutableMatrix(*expr.shape, [self._evaluate_entry(e) for e in expr])
+        return self._evaluate_entry(sp.sympify(expr))
+
+    def _evaluate_entry(self, expr: sp.Expr) -> sp.Expr:
+        found = self._normal_form(expr)
+        return found if found is not None else self._evaluate_general(expr)
+
+    def _evaluate_general(self, expr: sp.Expr) -> sp.Expr:
         e = self._to_q(self._derivatives(expr.xreplace({self._csum: self._C})))
         e = sp.expand(e)
-        if e.is_Add:  # gather Σ_j c_j q_k into q_k Σc (the normalisation step needs Σc whole)
+        if len(e.args) > 3:  # gather Σ_j c_j q_k into q_k Σc
             e = sp.collect(e, sorted(e.free_symbols & self._q_set, key=str))
         return sp.factor_terms(e).xreplace({self._C: self._csum})
 
@@ -166,10 +493,20 @@ class ConcreteContext(Context):
         if lhs_m != rhs_m or (lhs_m and lhs.shape != rhs.shape):
             return False
         if not lhs_m:
-            return self._entry_zero(sp.sympify(lhs) - sp.sympify(rhs), assumptions)
+            return self._entry_equal(sp.sympify(lhs), sp.sympify(rhs), assumptions)
         return all(
-            self._entry_zero(a - b, assumptions) for a, b in zip(lhs, rhs, strict=True)
+            self._entry_equal(a, b, assumptions) for a, b in zip(lhs, rhs, strict=True)
         )
+
+    def _entry_equal(self, lhs: sp.Expr, rhs: sp.Expr, assumptions: Sequence[str]) -> bool:
+        if lhs == rhs:  # the same expression
+            return True
+        # Normal forms are exact rewritings of their expressions (no assumption
+        # used), so equal normal forms prove lhs = rhs.
+        left = self._normal_form(lhs)
+        if left is not None and (left == rhs or left == self._normal_form(rhs)):
+            return True
+        return self._entry_zero(lhs - rhs, assumptions)
 
     def _entry_zero(self, e: sp.Expr, assumptions: Sequence[str]) -> bool:
         e = self._derivatives(e.xreplace({self._csum: self._C}))
@@ -189,6 +526,22 @@ class ConcreteContext(Context):
         # ℓ = log Σ exp(x_j): everything in the logits alone.
         e = sp.expand(_expand_log(e.xreplace({self.ell: sp.log(self._z)})))
         return sp.factor_terms(e) == 0 or _rational_zero(e)
+
+
+def _diff_terms(f: sp.Expr, var: sp.Symbol) -> sp.Expr:
+    """SymPy's ``diff``, applied only to the terms of a sum that contain ``var``.
+
+    The other terms have derivative 0, and ``g(u)`` with ``u`` a sum is
+    differentiated by the chain rule ``g'(u) · ∂u/∂var`` with ``g'`` from SymPy,
+    so a sum of ``n`` terms costs one derivative instead of ``n``.
+    """
+    if isinstance(f, sp.Add):
+        return sp.Add(*[_diff_terms(t, var) for t in f.args if t.has(var)])
+    if isinstance(f, sp.Function) and len(f.args) == 1 and isinstance(f.args[0], sp.Add):
+        u = sp.Dummy("u")
+        outer = sp.diff(f.func(u), u).xreplace({u: f.args[0]})
+        return outer * _diff_terms(f.args[0], var)
+    return sp.diff(f, var)
 
 
 def _expand_log(e: sp.Expr) -> sp.Expr:
