@@ -76,6 +76,11 @@ def test_function_that_raises_is_reported_not_traced(capsys):
     assert "raised NotImplementedError: TODO: write the loss" in out
 
 
+def test_sys_exit_inside_the_implementation_is_a_failure(capsys):
+    code, out, _ = _run(capsys, f"{GALLERY}/bad_usage.py:exits", "--target", "index")
+    assert code == 1 and "raised SystemExit: 3" in out
+
+
 def test_raising_with_every_target_kind_is_said(capsys):
     code, out, _ = _run(capsys, f"{GALLERY}/bad_usage.py:raises")
     assert code == 1 and "it raised with class-index and with probability targets" in out

@@ -79,7 +79,7 @@ def _import_file(path: Path) -> Any:
     sys.path.insert(0, folder)  # so the file can import its neighbours
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise CheckUsageError(f"importing {path} failed: {_describe(exc)}") from exc
     finally:
         with contextlib.suppress(ValueError):
@@ -101,7 +101,7 @@ def call(
         warnings.simplefilter("ignore")
         try:
             return caller(fn, logits, target, dtype)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             return Outcome(error=f"raised {_describe(exc)}")
 
 

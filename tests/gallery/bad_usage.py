@@ -18,3 +18,10 @@ class NeedsArguments(torch.nn.Module):
     def __init__(self, weight):
         super().__init__()
         self.weight = weight
+
+
+def exits(logits, target):
+    """Calls sys.exit: reported as a failure, it must not end the checker."""
+    import sys
+
+    sys.exit(3)
