@@ -129,6 +129,9 @@ def test_target_kind_is_told_from_a_first_call_and_said():
     probs = _check("CrossEntropyModule")
     assert probs.target == "probs" and "probability targets" in probs.target_note
     assert "target probs (assumed" in str(probs)
+    onehot = _check("onehot_argmax")
+    assert onehot.passed and onehot.target == "onehot" and "only one-hot" in onehot.target_note
+    assert not _check("onehot_argmax", target="probs").passed  # soft targets: it is wrong
 
 
 def test_numpy_loss_only_checks_the_loss_and_says_so():
