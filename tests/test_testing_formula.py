@@ -64,12 +64,27 @@ def test_assumption_may_be_written_as_a_formula():
     assert assert_gradient_formula("q - p", assume="sum(p) = 1").status == "proved"
 
 
+def test_the_derivations_own_results_are_proved():
+    import symce
+
+    d = symce.derive("cross_entropy")
+    assert assert_gradient_formula(d.result).status == "proved"
+    assert assert_gradient_formula(d.normalised_result, assume="normalised").status == "proved"
+    with pytest.raises(AssertionError, match="REFUTED"):
+        assert_gradient_formula(d.normalised_result)  # q - p needs sum(p) = 1
+
+
 def test_sympy_expressions_are_accepted():
     q, p = sp.symbols("q p")
     assert assert_gradient_formula(q - p, assume="normalised").status == "proved"
     k = sp.Symbol("k")
     qk, ck = sp.IndexedBase("q")[k], sp.IndexedBase("c")[k]
     assert assert_gradient_formula(qk - ck, assume="normalised").status == "proved"
+    j, n = sp.Symbol("j"), sp.Symbol("n")
+    claim = qk * sp.Sum(sp.IndexedBase("p")[j], (j, 1, n)) - sp.IndexedBase("p")[k]
+    assert assert_gradient_formula(claim).status == "proved"
+    with pytest.raises(ValueError, match="documented entries"):
+        assert_gradient_formula(sp.IndexedBase("q")[j])
 
 
 # -- refuted, with a counterexample checked against torch -------------------

@@ -128,8 +128,7 @@ def parse_claim(claim: str | sp.Basic) -> sp.Expr:
         except Exception as exc:
             raise ValueError(f"cannot parse the formula {claim!r}: {exc}") from exc
     else:
-        expr = sp.sympify(claim)
-        expr = expr.replace(lambda t: isinstance(t, sp.Indexed), _from_indexed)
+        expr = _from_sympy(sp.sympify(claim), "k")
         expr = expr.xreplace(
             {
                 s: names[s.name]
@@ -146,12 +145,24 @@ def parse_claim(claim: str | sp.Basic) -> sp.Expr:
     return expr
 
 
-def _from_indexed(t: sp.Indexed) -> sp.Expr:
-    """``q[k]``-style input from a SymPy user: the vector placeholder of its base."""
-    name = str(t.base)
-    if name not in _VECTORS or len(t.indices) != 1 or str(t.indices[0]) != "k":
-        raise ValueError(f"{t} is not one of the documented entries q[k], p[k], c[k], x[k]")
-    return sp.Symbol(name)
+def _from_sympy(expr: sp.Expr, index: str) -> sp.Expr:
+    """Indexed input (``q[k]``, ``Sum(c[j], (j, 1, n))``) → the vector placeholders."""
+    if isinstance(expr, sp.Sum):
+        (j, lo, hi), *more = expr.limits
+        if more or lo != 1 or str(hi) not in _COUNT_NAMES:
+            raise ValueError(f"{expr} is not a sum over the classes 1..n")
+        return ClassSum(_from_sympy(expr.function, str(j)))
+    if isinstance(expr, sp.Indexed):
+        name = str(expr.base)
+        if name not in _VECTORS or len(expr.indices) != 1 or str(expr.indices[0]) != index:
+            raise ValueError(
+                f"{expr} is not one of the documented entries q[k], p[k], c[k], x[k] "
+                "(or q[j] ... inside a sum over j)"
+            )
+        return sp.Symbol(name)
+    if expr.is_Atom or not expr.args:
+        return expr
+    return expr.func(*[_from_sympy(arg, index) for arg in expr.args])
 
 
 def to_indexed(expr: sp.Expr, ctx: Any, index: sp.Symbol | None = None, depth: int = 0) -> Any:
