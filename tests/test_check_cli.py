@@ -74,6 +74,7 @@ def test_function_that_raises_is_reported_not_traced(capsys):
     code, out, _ = _run(capsys, f"{GALLERY}/bad_usage.py:raises", "--target", "index")
     assert code == 1
     assert "raised NotImplementedError: TODO: write the loss" in out
+    assert "it raised on every case (the same error each time)" in out
 
 
 def test_sys_exit_inside_the_implementation_is_a_failure(capsys):

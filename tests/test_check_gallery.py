@@ -55,6 +55,8 @@ BUGGY = [
     ("pairs_all_targets", {}, "passes for N = 1 and fails for N > 1"),
     ("naive_two_mistakes", {}, "at large logits (from |x| ~ 100) the result is nan/inf"),
     ("naive_two_mistakes", {}, "the loss and the gradient are N times the reference"),
+    ("numpy_loss_only_naive", {"backend": "numpy"}, "the loss is N times the reference"),
+    ("numpy_loss_only_naive", {"backend": "numpy"}, "the result is nan/inf"),
 ]
 
 
@@ -85,6 +87,11 @@ def test_buggy_implementations_are_diagnosed(name, options, phrase, seed):
 @given(seed=st.integers(0, 10**6), target=st.sampled_from(["index", "probs"]))
 def test_torch_itself_passes_whatever_the_seed(seed, target):
     assert check_implementation(F.cross_entropy, target=target, seed=seed).passed
+
+
+def test_loss_only_implementation_is_not_said_to_have_a_correct_gradient():
+    report = _check("numpy_loss_only_naive", "buggy.py", backend="numpy")
+    assert not any("gradient" in d for d in report.diagnosis), report.diagnosis
 
 
 def test_no_max_shift_is_not_blamed_on_anything_else():

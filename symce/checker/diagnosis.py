@@ -61,6 +61,14 @@ def _raised_shape_error(ev: Evidence) -> str | None:
     return None
 
 
+def _always_raises(ev: Evidence) -> str | None:
+    errors = [r.outcome.error for r in ev.results]
+    if all(errors) and all(e.startswith("raised") for e in errors):
+        same = " (the same error each time)" if len(set(errors)) == 1 else ""
+        return f"it raised on every case{same}: it cannot be compared until it runs"
+    return None
+
+
 def _wrong_shape(ev: Evidence) -> str | None:
     for r in ev.returned:
         got, want = r.outcome.loss, r.expected_loss
@@ -321,7 +329,7 @@ def _loss_or_grad_only(ev: Evidence) -> str | None:
             "the loss is correct but the gradient is not: the hand-written backward "
             "(or the returned gradient) does not match the derived q*sum(p) - p"
         )
-    if all(r.grad_ok and not r.loss_ok for r in returned):
+    if all(r.grad_ok and not r.loss_ok and r.outcome.grad is not None for r in returned):
         return "the gradient is correct but the loss is not: " + _offset(ev, returned[0])
     return None
 
@@ -444,6 +452,7 @@ def _close(got: np.ndarray | None, expected: np.ndarray) -> bool:
 
 #: Tried in order; every rule that recognises something contributes a sentence.
 RULES: list[Rule] = [
+    _always_raises,
     _raised_shape_error,
     _wrong_shape,
     _only_degenerate,
