@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -33,7 +34,12 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; only the chosen subcommand's module is imported (torch is slow to load)."""
     parser = _Parser(
         prog="symce",
         description="Derive softmax / cross-entropy gradients symbolically, check every "
@@ -42,16 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"symce {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    chosen = _chosen_command(argv)
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # command not built yet
-            raise
+        if importlib.util.find_spec(module_name.rsplit(".", 1)[0]) is None:
+            continue  # command not built yet
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.configure(sub_parser)
-        sub_parser.set_defaults(run=module.run)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.configure(sub_parser)
+            sub_parser.set_defaults(run=module.run)
     return parser
 
 
@@ -59,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from symce.errors import ProofError, UnknownLossError
 
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(argv).parse_args(argv)
         return int(args.run(args) or 0)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
