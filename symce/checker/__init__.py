@@ -10,5 +10,14 @@ formulas are proved or refuted by :mod:`symce.checker.formula`.
 
 from symce.checker.adapter import CheckUsageError, load
 from symce.checker.check import Report, check_implementation, detect_target
+from symce.checker.formula import FormulaVerdict, check_gradient_formula
 
-__all__ = ["CheckUsageError", "Report", "check_implementation", "detect_target", "load"]
+__all__ = [
+    "CheckUsageError",
+    "FormulaVerdict",
+    "Report",
+    "check_gradient_formula",
+    "check_implementation",
+    "detect_target",
+    "load",
+]
