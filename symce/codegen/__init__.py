@@ -7,7 +7,7 @@ backend syntax from :mod:`symce.codegen.printers`, the structure (validation,
 layout, blocking, reductions) from ``templates/<backend>/<loss>.py.j2``.
 
 >>> sorted(generated_files())
-['cross_entropy_numpy.py', 'cross_entropy_torch.py']
+['cross_entropy_numpy.py', 'cross_entropy_torch.py', 'cross_entropy_triton.py']
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ import itertools
 from symce.api import derive
 from symce.codegen.expressions import TARGET_KINDS, KernelExpressions, kernel_expressions
 from symce.codegen.printers import array_code
+from symce.codegen.triton import kernel_context as triton_kernel_context
 from symce.losses import get_loss
 from symce.render.env import header_lines, render
 
-BACKENDS: tuple[str, ...] = ("numpy", "torch")
+BACKENDS: tuple[str, ...] = ("numpy", "torch", "triton")
+
+#: backends whose templates take their own kernel context instead of :func:`_printed`
+_KERNEL_CONTEXTS = {"triton": triton_kernel_context}
 
 #: losses that have backend templates
 GENERATED_LOSSES: tuple[str, ...] = ("cross_entropy",)
@@ -75,7 +79,9 @@ def generate(loss: str = "cross_entropy", backend: str = "numpy") -> str:
     template = f"{backend}/{loss}.py.j2"
     header = header_lines(loss, template,
                           f"symce generate {loss} --backend {backend} (or symce build)")
-    kernels = [_printed(k, backend) for k in _kernels(loss)]
+    context = _KERNEL_CONTEXTS.get(backend)
+    kernels = [context(k, kernel_name(k)) if context else _printed(k, backend)
+               for k in _kernels(loss)]
     return render(template, header=header, kernels=kernels, block_bytes=BLOCK_BYTES)
 
 

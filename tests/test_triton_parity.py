@@ -1,0 +1,107 @@
+"""The parity table of the torch module, run against the generated Triton module.
+
+CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` is set here,
+before the module imports triton), small shapes.  The same cases run again
+with class tiles of four, so the online log-sum-exp crosses tiles.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from symce.verify.parity import CASES, HALF_CASES, Case, assert_parity  # noqa: E402
+
+GENERATED = Path(__file__).resolve().parent.parent / "generated" / "cross_entropy_triton.py"
+if os.environ["TRITON_INTERPRET"] == "0":
+    pytest.skip("TRITON_INTERPRET=0: the GPU tests are tests/test_triton_gpu.py",
+                allow_module_level=True)
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("cross_entropy_triton_interpreted", GENERATED)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ce = _load()
+
+#: cases whose rows cross several class tiles (of four classes)
+TILED = [c for c in CASES if c.shape[1:2] and c.shape[1] > 4 and c.dtype == "float64"][::3]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the interpreter is numpy-bound; share the machine
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("case", CASES + HALF_CASES, ids=lambda c: c.name)
+def test_parity(case: Case):
+    assert_parity(ce, case)
+
+
+@pytest.mark.parametrize("case", TILED, ids=lambda c: c.name)
+def test_parity_across_class_tiles(case: Case, monkeypatch):
+    monkeypatch.setattr(ce, "_MAX_BLOCK_C", 4)
+    monkeypatch.setattr(ce, "_TILE", 16)  # and several rows per tile for K-dim inputs
+    assert_parity(ce, case)
+
+
+def test_inplace_writes_the_gradient_over_the_logits():
+    x = torch.randn(4, 9, dtype=torch.float64)
+    target = torch.tensor([0, 8, 3, 3])
+    leaf = x.clone().requires_grad_(True)
+    expected = torch.autograd.grad(torch.nn.functional.cross_entropy(leaf, target), leaf)[0]
+    logits = x.clone().requires_grad_(True)
+    buffer = logits * 1.0  # an intermediate that nothing else saved
+    ce.cross_entropy(buffer, target, inplace=True).backward()
+    torch.testing.assert_close(logits.grad, expected)
+    torch.testing.assert_close(buffer.detach(), expected)  # the logits' memory holds it
+
+
+def test_default_leaves_the_logits_alone():
+    x = torch.randn(3, 5, requires_grad=True)
+    before = x.detach().clone()
+    ce.CrossEntropyLoss(label_smoothing=0.1)(x, torch.tensor([1, 2, 3])).backward()
+    torch.testing.assert_close(x.detach(), before, rtol=0, atol=0)
+
+
+def test_one_backward_per_forward():
+    x = torch.randn(3, 5, requires_grad=True)
+    loss = ce.cross_entropy(x, torch.tensor([1, 2, 3]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        loss.backward()
+
+
+def test_no_gradient_buffer_without_requires_grad():
+    x = torch.randn(3, 5)
+    assert ce.cross_entropy(x, torch.tensor([1, 2, 3])).requires_grad is False
+
+
+@pytest.mark.parametrize("target, error", [
+    (torch.tensor([0, 5, 1]), IndexError),
+    (torch.tensor([0.0, 1.0, 1.0]), ValueError),
+    (torch.tensor([[0, 1]]), ValueError),
+])
+def test_bad_targets_are_refused(target, error):
+    with pytest.raises(error):
+        ce.cross_entropy(torch.randn(3, 5), target)
+
+
+def test_constructor_options_match_torch():
+    w = torch.rand(6)
+    ours = ce.CrossEntropyLoss(weight=w, ignore_index=2, reduction="sum", label_smoothing=0.2)
+    theirs = torch.nn.CrossEntropyLoss(weight=w, ignore_index=2, reduction="sum",
+                                       label_smoothing=0.2)
+    x, t = torch.randn(4, 6), torch.tensor([2, 0, 5, 2])
+    torch.testing.assert_close(ours(x, t), theirs(x, t))
