@@ -116,12 +116,8 @@ class ConcreteContext(Context):
         # through derivatives instead of n terms an entry.
         self._C = sp.Dummy("C", real=True)
         self._q_def = {q: sp.exp(x - self.ell) for q, x in zip(self._q, self._x, strict=True)}
-        # exp(k·(x_a − ℓ)) → q_a**k for the powers a Jacobian or Hessian produces
-        self._q_fold = {
-            sp.exp(k * (x - self.ell)): q**k
-            for q, x in zip(self._q, self._x, strict=True)
-            for k in (1, 2, 3, -1)
-        }
+        # exp(x_a − ℓ) → q_a directly; other powers exp(k·(x_a − ℓ)) go through fold
+        self._q_fold = {e: q for q, e in self._q_def.items()}
         self._loss_body: Callable[[Any], sp.Expr] | None = None
         self._cache: dict[sp.Basic, sp.Expr] = {}
         # -- the polynomial fast path --
@@ -139,6 +135,7 @@ class ConcreteContext(Context):
         self._rows: dict[sp.Expr, _Row] = {}
         self._log_rules: dict[sp.Expr, list[tuple[sp.Symbol, sp.Expr]]] = {}
         self._normal: dict[sp.Expr, sp.Expr | None] = {}
+        self._monomials: dict[tuple[Any, frozenset[tuple[sp.Expr, int]]], sp.Expr] = {}
         self._wrt = {v: sp.Tuple(v, sp.S.One) for v in self._x + self._q}
     # -- vocabulary -----------------------------------------------------
     def x(self, a: int) -> sp.Expr:
@@ -207,7 +204,10 @@ class ConcreteContext(Context):
             self._cache[key] = self._substitute_loss(f).xreplace({self._csum: self._C})
         f = self._cache[key]
         if var not in self._x_pos:
-            return _diff_terms(f.xreplace({self._C: self._csum}), var)
+            key = ("with sum of c", f)
+            if key not in self._cache:
+                self._cache[key] = f.xreplace({self._C: self._csum})
+            return _diff_terms(self._cache[key], var)
         key = ("in x and ell", f)
         if key not in self._cache:
             self._cache[key] = self._substitute_q(f)
@@ -322,12 +322,32 @@ class ConcreteContext(Context):
                     else:
                         del found[monom]
         elif isinstance(e, sp.Mul):
-            found = reduce(lambda acc, arg: acc * self._poly(arg, local), e.args, local.ring.one)
+            found = self._poly_product(e, local)
         elif e.is_Pow and e.exp.is_Integer and e.exp >= 0:
             found = self._poly(e.base, local) ** int(e.exp)
         else:
             raise _Opaque
         local.memo[e] = found
+        return found
+
+    def _poly_product(self, e: sp.Mul, local: _Local) -> PolyElement:
+        # atoms and their integer powers go straight into one exponent vector
+        exps = [0] * len(local.atoms)
+        coeff = local.ring.domain.one
+        others = []
+        for arg in e.args:
+            base, k = (arg.base, arg.exp) if arg.is_Pow else (arg, 1)
+            slot = local.index.get(base)
+            if slot is not None and (k == 1 or (k.is_Integer and k >= 0)):
+                exps[slot] += int(k)
+            elif arg.is_Rational:
+                coeff *= sp.QQ(arg.p, arg.q)
+            else:
+                others.append(arg)
+        found = local.ring.zero.copy()
+        found[tuple(exps)] = coeff
+        for arg in others:
+            found = found * self._poly(arg, local)
         return found
 
     def _log_rule(self, atom: sp.log) -> list[tuple[sp.Symbol, sp.Expr]]:
@@ -409,8 +429,13 @@ class ConcreteContext(Context):
             P = self._gather_csum(P, local)
         content = reduce(monomial_gcd, P.keys())
         head = [names[i] if e == 1 else names[i] ** e for i, e in enumerate(content) if e]
-        if len(P) == 1:
-            return sp.Mul(local.ring.domain.to_sympy(P[content]), *head)
+        if len(P) == 1:  # one term: a product, whatever the order of its factors
+            key = (P[content], frozenset((names[i], e) for i, e in enumerate(content) if e))
+            found = self._monomials.get(key)
+            if found is None:
+                found = sp.Mul(local.ring.domain.to_sympy(P[content]), *head)
+                self._monomials[key] = found
+            return found
         if head:
             P = local.ring.from_dict({monomial_div(m, content): c for m, c in P.items()})
         return sp.Mul(*head, P.as_expr(*names))
