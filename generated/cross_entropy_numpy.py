@@ -270,6 +270,8 @@ def _targets(input, target, n_classes, ignore_index):
                 f"probability target must have the input's shape {input.shape}, "
                 f"got {target.shape}"
             )
+        if ignore_index != -100:  # as torch.nn.functional.cross_entropy
+            raise ValueError("ignore_index is not supported for probability (float) targets")
         p = target.astype(_compute_dtype(input.dtype), copy=False)
         return "probability", _layout(p, input.ndim), None
     if target.dtype.kind not in "iu":

@@ -278,6 +278,8 @@ def _targets(input, target, n_classes, ignore_index):
                 f"probability target must have the input's shape {shape}, "
                 f"got {tuple(target.shape)}"
             )
+        if ignore_index != -100:  # as torch.nn.functional.cross_entropy
+            raise ValueError("ignore_index is not supported for probability (float) targets")
         p = target.to(dtype=_compute_dtype(input.dtype))
         return "probability", _layout(p, input.dim()), None
     if target.dtype == torch.bool or target.is_complex():

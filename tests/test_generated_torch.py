@@ -1,0 +1,81 @@
+"""Modules with the torch API against torch float64 (loss and autograd gradient).
+
+Parametrised over :data:`tests.parity.TORCH_API_MODULES`, so a new module with
+the same API (Triton) runs the same table by adding its name there.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.parity import CASES, HALF_CASES, TORCH_API_MODULES, Case, assert_parity, load_generated
+
+MODULES = {name: load_generated(name) for name in TORCH_API_MODULES}
+
+
+@pytest.fixture(params=TORCH_API_MODULES)
+def module(request):
+    return MODULES[request.param]
+
+
+@pytest.mark.parametrize("case", CASES + HALF_CASES, ids=lambda c: c.name)
+def test_parity_table(module, case):
+    assert_parity(module, case)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    shape=st.one_of(
+        st.tuples(st.integers(1, 12)),
+        st.tuples(st.integers(1, 6), st.integers(1, 12)),
+        st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 4), st.integers(1, 3)),
+    ),
+    target=st.sampled_from(["index", "probability"]),
+    weight=st.booleans(),
+    ignore_index=st.sampled_from([-100, 1]),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    label_smoothing=st.sampled_from([0.0, 0.1, 1.0]),
+    dtype=st.sampled_from(["float64", "float32", "float16", "bfloat16"]),
+    magnitude=st.sampled_from([1.0, 1e4]),
+    seed=st.integers(0, 2**16),
+)
+def test_parity_random(shape, target, weight, ignore_index, reduction, label_smoothing, dtype,
+                       magnitude, seed):
+    if target == "probability":
+        ignore_index = -100
+    if dtype in ("float16", "bfloat16"):
+        magnitude = min(magnitude, 30.0)  # 1e4 logits are not representable in detail
+    case = Case("random", shape, target=target, weight=weight, ignore="some",
+                ignore_index=ignore_index, reduction=reduction,
+                label_smoothing=label_smoothing, dtype=dtype, magnitude=magnitude, seed=seed)
+    for module in MODULES.values():
+        assert_parity(module, case)
+
+
+def test_backward_is_the_saved_gradient_scaled(module):
+    x = torch.randn(4, 5, requires_grad=True)
+    y = torch.tensor([0, 4, 2, 1])
+    (module.cross_entropy(x, y) * 3.0).backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    (F.cross_entropy(x2, y) * 3.0).backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_no_grad_input_needs_no_gradient(module):
+    x = torch.randn(3, 4)
+    loss = module.cross_entropy(x, torch.tensor([0, 1, 2]))
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, F.cross_entropy(x, torch.tensor([0, 1, 2])))
+
+
+def test_module_options_and_buffer(module):
+    w = torch.rand(6) + 0.1
+    loss_fn = module.CrossEntropyLoss(weight=w, ignore_index=2, reduction="sum",
+                                      label_smoothing=0.2)
+    assert torch.equal(dict(loss_fn.named_buffers())["weight"], w)
+    x, y = torch.randn(5, 6), torch.tensor([0, 2, 5, 1, 2])
+    ref = torch.nn.CrossEntropyLoss(weight=w, ignore_index=2, reduction="sum",
+                                    label_smoothing=0.2)
+    torch.testing.assert_close(loss_fn(x, y), ref(x, y))
