@@ -35,6 +35,7 @@ from functools import reduce
 from typing import Any
 
 import sympy as sp
+from sympy.core.mul import _args_sortkey
 from sympy.polys.monomials import monomial_div, monomial_gcd
 from sympy.polys.rings import PolyElement, PolyRing, ring
 
@@ -240,6 +241,9 @@ class ConcreteContext(Context):
             return expr
         if expr.has(self._z):  # exp(x_a) / Σ exp(x_j) = exp(x_a − ℓ), ℓ's definition
             expr = sp.powsimp(expr.xreplace({self._z: sp.exp(self.ell)}), combine="exp")
+            expr = expr.xreplace(self._q_fold)
+            if not expr.has(sp.exp):
+                return expr
         return expr.replace(lambda t: isinstance(t, sp.exp), fold)
 
 
@@ -433,12 +437,13 @@ class ConcreteContext(Context):
             key = (P[content], frozenset((names[i], e) for i, e in enumerate(content) if e))
             found = self._monomials.get(key)
             if found is None:
-                found = sp.Mul(local.ring.domain.to_sympy(P[content]), *head)
+                found = _product(local.ring.domain.to_sympy(P[content]), head)
                 self._monomials[key] = found
             return found
-        if head:
-            P = local.ring.from_dict({monomial_div(m, content): c for m, c in P.items()})
-        return sp.Mul(*head, P.as_expr(*names))
+        if not head:
+            return P.as_expr(*names)
+        P = local.ring.from_dict({monomial_div(m, content): c for m, c in P.items()})
+        return _product(sp.S.One, [*head, P.as_expr(*names)])
 
     def _gather_csum(self, P: PolyElement, local: _Local) -> PolyElement:
         """Rewrite ``k·m·(c_1 + … + c_n)`` as ``k·m·Σc`` (the atom's definition)."""
@@ -551,6 +556,21 @@ class ConcreteContext(Context):
         # ℓ = log Σ exp(x_j): everything in the logits alone.
         e = sp.expand(_expand_log(e.xreplace({self.ell: sp.log(self._z)})))
         return sp.factor_terms(e) == 0 or _rational_zero(e)
+
+
+def _product(coeff: sp.Rational, factors: list[sp.Expr]) -> sp.Expr:
+    """``coeff · Π factors``: the node ``sp.Mul`` builds, without its general flatten.
+
+    The factors are distinct atoms, their integer powers, or one sum; for those
+    flatten only sorts them and puts the coefficient first, except that it
+    distributes a number over a lone sum.
+    """
+    if len(factors) == 1 and (coeff == 1 or factors[0].is_Add):
+        return sp.Mul(coeff, factors[0])
+    args = sorted(factors, key=_args_sortkey)
+    if coeff != 1:
+        args.insert(0, coeff)
+    return sp.Mul._from_args(args, is_commutative=True)
 
 
 def _diff_terms(f: sp.Expr, var: sp.Symbol) -> sp.Expr:
