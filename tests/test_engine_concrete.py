@@ -110,10 +110,12 @@ def test_forms_for_three_classes():
 
 def test_derivative_nodes_are_sympys():
     ctx = ConcreteContext(3)
-    for expr in (ctx.q(0), ctx.L, ctx.q(1) * (ctx.c(0) + ctx.c(1)) - ctx.c(1)):
+    exprs = (ctx.q(0), ctx.L, ctx.q(1) * (ctx.c(0) + ctx.c(1)) - ctx.c(1), sp.Integer(2),
+             ctx.D(ctx.q(0), ctx.x(1)))
+    for expr in exprs:
         for var in (ctx.x(2), ctx.q(0)):
             node = ctx.D(expr, var)
-            assert node == sp.Derivative(expr, var, evaluate=False)
+            assert sp.srepr(node) == sp.srepr(sp.Derivative(expr, var, evaluate=False))
             assert hash(node) == hash(sp.Derivative(expr, var, evaluate=False))
 
 
@@ -147,3 +149,13 @@ def test_other_sizes_check(n):
     d = symce.derive("cross_entropy", n=n)
     assert d.result.shape == (n, 1)
     _tampered_fails(d, "hessian", _plus_one(d.step("hessian").rhs, 0))
+
+
+def test_redefining_the_loss_drops_cached_values():
+    ctx = ConcreteContext(2)
+    ctx.loss_definition(lambda a: -ctx.c(a) * sp.log(ctx.q(a)))
+    d = ctx.D(ctx.L, ctx.x(0))
+    first = ctx.evaluate(d)
+    ctx.loss_definition(lambda a: ctx.c(a) * ctx.q(a))
+    assert ctx.evaluate(d) != first
+    assert not ctx.equal(d, first, ())

@@ -138,6 +138,13 @@ class ConcreteContext(Context):
         self._normal: dict[sp.Expr, sp.Expr | None] = {}
         self._monomials: dict[tuple[Any, frozenset[tuple[sp.Expr, int]]], sp.Expr] = {}
         self._wrt = {v: sp.Tuple(v, sp.S.One) for v in self._x + self._q}
+
+    def loss_definition(self, per_class: Callable[[Any], sp.Expr]) -> None:
+        if self._loss_body is not None and per_class is not self._loss_body:
+            # cached values of expressions that contain L depend on its definition
+            self.__init__(self.n)
+        super().loss_definition(per_class)
+
     # -- vocabulary -----------------------------------------------------
     def x(self, a: int) -> sp.Expr:
         return self._x[a]
@@ -168,10 +175,11 @@ class ConcreteContext(Context):
 
     def D(self, expr: sp.Expr, var: sp.Expr) -> sp.Expr:
         wrt = self._wrt.get(var)
-        if wrt is None or not isinstance(expr, sp.Expr):
+        if wrt is None or not isinstance(expr, sp.Expr) or isinstance(expr, sp.Derivative):
             return super().D(expr, var)
-        # The node Derivative(expr, var, evaluate=False) returns for a symbol var
-        # and count 1, without its O(size) scan of expr's free symbols.
+        # The node Derivative(expr, var, evaluate=False) returns for a symbol var,
+        # count 1 and expr not itself a derivative (those it merges), without its
+        # O(size) scan of expr's free symbols.
         return sp.Expr.__new__(sp.Derivative, expr, wrt)
 
     def delta(self, a: int, b: int) -> sp.Expr:
@@ -293,8 +301,9 @@ class ConcreteContext(Context):
         index = {a: i for i, a in enumerate(names)}
         c_slots = [index.get(c) for c in self._c]
         c_range = None
-        if self.n > 1 and None not in c_slots:  # c_1 … c_n sit side by side (sort key)
+        if self.n > 1 and None not in c_slots:
             c_range = (c_slots[0], c_slots[-1] + 1)
+            assert c_range[1] - c_range[0] == self.n  # c_1 … c_n side by side (sort key)
         q_slots = (0, *[index[q] for q in rest if q in self._q_set])
         local = _Local(R, gens, names, index, q_slots, c_range)
         self._locals[atoms] = local
