@@ -46,9 +46,11 @@ _TILE = 16384
 _MAX_BLOCK_C = 16384
 _MAX_BLOCK_R = 64
 _NUM_WARPS = 16
-# resident programs per SM: bounds the rows in flight, so the second walk
-# over a row finds it in L2 (H100: 50 MB L2, 132 SMs)
-_PROGRAMS_PER_SM = 2
+# programs per SM; each walks over its rows one tile of rows at a time, so this
+# bounds the rows in flight and the second walk over a row finds it in L2
+# (H100: 50 MB L2, 132 SMs, a 128256-class bfloat16 row is 250 KB).  At most
+# the programs that fit on an SM at once, or the last ones start late.
+_PROGRAMS_PER_SM = 1
 
 
 @triton.jit
@@ -97,11 +99,13 @@ def _forward_index(
         tl.store(loss_ptr + r, loss, mask=row_mask)
 
         if NEED_GRAD:
-            # second walk: the gradient, alpha·e + beta·δ_y + dense
+            # second walk: the gradient, alpha·e + beta·δ_y + dense; last tile first,
+            # as the tiles read most recently are the likeliest still in L2
             alpha = scale*valid/sum_e
             beta = -scale*valid
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
             for c0 in tl.range(0, n_classes, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
                 x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
@@ -162,11 +166,13 @@ def _forward_index_smoothed(
         tl.store(loss_ptr + r, loss, mask=row_mask)
 
         if NEED_GRAD:
-            # second walk: the gradient, alpha·e + beta·δ_y + dense
+            # second walk: the gradient, alpha·e + beta·δ_y + dense; last tile first,
+            # as the tiles read most recently are the likeliest still in L2
             alpha = scale*valid/sum_e
             beta = scale*valid*(label_smoothing - 1)
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
             for c0 in tl.range(0, n_classes, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
                 x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
@@ -226,11 +232,13 @@ def _forward_index_weighted(
         tl.store(loss_ptr + r, loss, mask=row_mask)
 
         if NEED_GRAD:
-            # second walk: the gradient, alpha·e + beta·δ_y + dense
+            # second walk: the gradient, alpha·e + beta·δ_y + dense; last tile first,
+            # as the tiles read most recently are the likeliest still in L2
             alpha = scale*valid*w_y/sum_e
             beta = -scale*valid*w_y
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
             for c0 in tl.range(0, n_classes, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
                 x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
@@ -297,11 +305,13 @@ def _forward_index_weighted_smoothed(
         tl.store(loss_ptr + r, loss, mask=row_mask)
 
         if NEED_GRAD:
-            # second walk: the gradient, alpha·e + beta·δ_y + dense
+            # second walk: the gradient, alpha·e + beta·δ_y + dense; last tile first,
+            # as the tiles read most recently are the likeliest still in L2
             alpha = scale*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e
             beta = scale*valid*w_y*(label_smoothing - 1)
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
             for c0 in tl.range(0, n_classes, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
                 x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
@@ -362,10 +372,12 @@ def _forward_probability(
         tl.store(loss_ptr + r, loss, mask=row_mask)
 
         if NEED_GRAD:
-            # second walk: the gradient, alpha·e + beta·δ_y + dense
+            # second walk: the gradient, alpha·e + beta·δ_y + dense; last tile first,
+            # as the tiles read most recently are the likeliest still in L2
             alpha = scale*sum_p/sum_e
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
             for c0 in tl.range(0, n_classes, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
                 x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
@@ -430,10 +442,12 @@ def _forward_probability_smoothed(
         tl.store(loss_ptr + r, loss, mask=row_mask)
 
         if NEED_GRAD:
-            # second walk: the gradient, alpha·e + beta·δ_y + dense
+            # second walk: the gradient, alpha·e + beta·δ_y + dense; last tile first,
+            # as the tiles read most recently are the likeliest still in L2
             alpha = scale*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
             for c0 in tl.range(0, n_classes, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
                 x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
@@ -496,10 +510,12 @@ def _forward_probability_weighted(
         tl.store(loss_ptr + r, loss, mask=row_mask)
 
         if NEED_GRAD:
-            # second walk: the gradient, alpha·e + beta·δ_y + dense
+            # second walk: the gradient, alpha·e + beta·δ_y + dense; last tile first,
+            # as the tiles read most recently are the likeliest still in L2
             alpha = scale*sum_pw/sum_e
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
             for c0 in tl.range(0, n_classes, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
                 x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
@@ -569,10 +585,12 @@ def _forward_probability_weighted_smoothed(
         tl.store(loss_ptr + r, loss, mask=row_mask)
 
         if NEED_GRAD:
-            # second walk: the gradient, alpha·e + beta·δ_y + dense
+            # second walk: the gradient, alpha·e + beta·δ_y + dense; last tile first,
+            # as the tiles read most recently are the likeliest still in L2
             alpha = scale*(-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)/sum_e
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
             for c0 in tl.range(0, n_classes, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
                 x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
