@@ -198,21 +198,22 @@ def sweep(spec: str, ce, rounds: int, warmup: int) -> None:
     dtype_name, n, c = spec.split(":")
     x0, target = make_inputs(getattr(torch, dtype_name), int(n), int(c))
     results = []
-    for block_c, warps, per_sm in itertools.product((4096, 8192, 16384, 32768), (8, 16, 32),
-                                                     (1, 2, 4)):
+    for block_c, warps, per_sm, stages in itertools.product(
+            (4096, 8192, 16384, 32768), (8, 16, 32), (1, 2, 4), (1, 2, 3)):
         ce._MAX_BLOCK_C = ce._TILE = block_c
-        ce._NUM_WARPS, ce._PROGRAMS_PER_SM = warps, per_sm
+        ce._NUM_WARPS, ce._PROGRAMS_PER_SM, ce._NUM_STAGES = warps, per_sm, stages
         step = {"symce": lambda x, t, out: ce.cross_entropy(x, t).backward()}
         try:
             ms = time_interleaved(step, x0, target, rounds, warmup)["symce"]
         except Exception as error:  # noqa: BLE001 - e.g. out of shared memory: skip it
-            print(f"  block_c={block_c} warps={warps} per_sm={per_sm}: {error}")
+            print(f"  block_c={block_c} warps={warps} per_sm={per_sm} stages={stages}: {error}")
             continue
-        results.append((ms, block_c, warps, per_sm))
-        print(f"  block_c={block_c:6d} warps={warps:2d} per_sm={per_sm}: {ms:.3f} ms")
-    ms, block_c, warps, per_sm = min(results)
+        results.append((ms, block_c, warps, per_sm, stages))
+        print(f"  block_c={block_c:6d} warps={warps:2d} per_sm={per_sm} stages={stages}: "
+              f"{ms:.3f} ms")
+    ms, block_c, warps, per_sm, stages = min(results)
     print(f"best for {spec}: {ms:.3f} ms with _MAX_BLOCK_C = _TILE = {block_c}, "
-          f"_NUM_WARPS = {warps}, _PROGRAMS_PER_SM = {per_sm}")
+          f"_NUM_WARPS = {warps}, _PROGRAMS_PER_SM = {per_sm}, _NUM_STAGES = {stages}")
 
 
 def main(argv: list[str] | None = None) -> int:

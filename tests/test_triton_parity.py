@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
@@ -105,3 +107,40 @@ def test_constructor_options_match_torch():
                                        label_smoothing=0.2)
     x, t = torch.randn(4, 6), torch.tensor([2, 0, 5, 2])
     torch.testing.assert_close(ours(x, t), theirs(x, t))
+
+
+@given(
+    shape=st.sampled_from([(5,), (3, 6), (2, 5, 3), (4, 9)]),
+    kind=st.sampled_from(["index", "probability"]),
+    weighted=st.booleans(),
+    smoothing=st.sampled_from([0.0, 0.15, 1.0]),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    block_c=st.sampled_from([2, 4, 16384]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=15, deadline=None)
+def test_random_options_match_torch(shape, kind, weighted, smoothing, reduction, block_c, seed):
+    gen = torch.Generator().manual_seed(seed)
+    n_classes = shape[0] if len(shape) == 1 else shape[1]
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 4
+    if kind == "index":
+        batch = () if len(shape) == 1 else (shape[0],) + shape[2:]
+        target = torch.randint(-1, n_classes, batch, generator=gen)
+    else:
+        target = torch.rand(shape, generator=gen, dtype=torch.float64)
+    options = dict(weight=torch.rand(n_classes, generator=gen, dtype=torch.float64)
+                   if weighted else None, ignore_index=-1, reduction=reduction,
+                   label_smoothing=smoothing)
+    ours, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    old = ce._MAX_BLOCK_C
+    ce._MAX_BLOCK_C = block_c
+    try:
+        loss = ce.cross_entropy(ours, target, **options)
+    finally:
+        ce._MAX_BLOCK_C = old
+    want = torch.nn.functional.cross_entropy(theirs, target, **options)
+    upstream = torch.rand(want.shape, generator=gen, dtype=torch.float64)
+    loss.backward(upstream)
+    want.backward(upstream)
+    torch.testing.assert_close(loss, want, equal_nan=True)
+    torch.testing.assert_close(ours.grad, theirs.grad, equal_nan=True)
