@@ -20,6 +20,16 @@ __all__ = ["cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad"]
 _REDUCTIONS = ("none", "mean", "sum")
 # bytes of logits per block: small enough to stay in L2 between the passes
 _BLOCK_BYTES = 1048576
+# from this many positions on, (N, C, d1, ...) is processed in its own layout
+_SLAB_POSITIONS = 64
+
+
+def _class_dot(a, b):
+    """``Σ_j a_j b_j`` along the class axis: ``(rows, 1, positions)``, no block temporary."""
+    if a.shape[2] == 1 and b.shape[2] == 1:
+        return np.matmul(a.transpose(0, 2, 1), b)
+    a, b = np.broadcast_arrays(a, b)
+    return np.einsum("rcs,rcs->rs", a, b)[:, None, :]
 
 
 def _constants_index(w, n_classes):
@@ -84,7 +94,7 @@ def _constants_index_weighted_smoothed(w, n_classes):
 def _block_index_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
-    sum_wz = np.matmul(w.transpose(0, 2, 1), buf)
+    sum_wz = _class_dot(w, buf)
     w_y = w.reshape(-1)[y]
     z_y = buf.reshape(-1)[y_at]
     np.exp(buf, out=buf)
@@ -106,7 +116,7 @@ def _block_probability(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_c
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_p = np.sum(p, axis=1, keepdims=True)
-    sum_pz = np.matmul(p.transpose(0, 2, 1), buf)
+    sum_pz = _class_dot(p, buf)
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = sum_p*np.log(sum_e) - sum_pz
@@ -125,7 +135,7 @@ def _block_probability_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoot
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_p = np.sum(p, axis=1, keepdims=True)
-    sum_pz = np.matmul(p.transpose(0, 2, 1), buf)
+    sum_pz = _class_dot(p, buf)
     sum_z = np.sum(buf, axis=1, keepdims=True)
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
@@ -145,8 +155,8 @@ def _constants_probability_weighted(w, n_classes):
 def _block_probability_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
-    sum_pw = np.matmul(p.transpose(0, 2, 1), w)
-    sum_pwz = np.matmul((p*w).transpose(0, 2, 1), buf)
+    sum_pw = _class_dot(p, w)
+    sum_pwz = _class_dot(p*w, buf)
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = sum_pw*np.log(sum_e) - sum_pwz
@@ -166,9 +176,9 @@ def _constants_probability_weighted_smoothed(w, n_classes):
 def _block_probability_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
-    sum_pw = np.matmul(p.transpose(0, 2, 1), w)
-    sum_pwz = np.matmul((p*w).transpose(0, 2, 1), buf)
-    sum_wz = np.matmul(w.transpose(0, 2, 1), buf)
+    sum_pw = _class_dot(p, w)
+    sum_pwz = _class_dot(p*w, buf)
+    sum_wz = _class_dot(w, buf)
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = label_smoothing*sum_pwz - label_smoothing*sum_wz/n_classes - sum_pwz + (-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)*np.log(sum_e)
@@ -191,6 +201,17 @@ _KERNELS = {
     ("probability", False, True): (_constants_probability_smoothed, _block_probability_smoothed),
     ("probability", True, False): (_constants_probability_weighted, _block_probability_weighted),
     ("probability", True, True): (_constants_probability_weighted_smoothed, _block_probability_weighted_smoothed),
+}
+# kernels that add a product of arrays to the gradient, through a scratch block
+_NEEDS_TMP = {
+    ("index", False, False): False,
+    ("index", False, True): False,
+    ("index", True, False): False,
+    ("index", True, True): True,
+    ("probability", False, False): True,
+    ("probability", False, True): True,
+    ("probability", True, False): True,
+    ("probability", True, True): True,
 }
 
 
@@ -237,15 +258,27 @@ def _positions(shape):
     return int(np.prod(shape[2:], dtype=np.int64))
 
 
-def _tiles(n, s, rows_per_block):
-    """Blocks of rows: ``(N, C, 1)`` by samples; ``(N, C, S)`` by positions of a sample."""
+def _tiles(n, s, n_classes, itemsize):
+    """Blocks of about ``_BLOCK_BYTES`` of logits, each ``(tile, transposed)``.
+
+    ``(N, C)``: a block of samples.  ``(N, C, S)`` with few positions: a block
+    of positions of one sample, transposed to rows (the class axis must be
+    contiguous for fast reductions).  Many positions: a slab ``(1, C, positions)``
+    of one sample as it lies, reduced along the classes position-wise.
+    """
+    rows = max(1, _BLOCK_BYTES // (n_classes * itemsize))
     if s == 1:
-        for n0 in range(0, n, rows_per_block):
-            yield (slice(n0, min(n, n0 + rows_per_block)), slice(None), slice(None)), False
-    else:
+        for n0 in range(0, n, rows):
+            yield (slice(n0, min(n, n0 + rows)), slice(None), slice(None)), False
+    elif s < _SLAB_POSITIONS:
         for i in range(n):
-            for s0 in range(0, s, rows_per_block):
-                yield (i, slice(None), slice(s0, min(s, s0 + rows_per_block))), True
+            for s0 in range(0, s, rows):
+                yield (i, slice(None), slice(s0, min(s, s0 + rows))), True
+    else:
+        step = s if n_classes * s * itemsize <= 4 * _BLOCK_BYTES else max(_SLAB_POSITIONS, rows)
+        for i in range(n):
+            for s0 in range(0, s, step):
+                yield (slice(i, i + 1), slice(None), slice(s0, min(s, s0 + step))), False
 
 
 def _rows(a3, tile, transposed):
@@ -326,7 +359,8 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, grad_o
         else:  # every target ignored: PyTorch's loss is NaN, its gradient zero
             scale = 0.0
 
-    constants, block = _KERNELS[(kind, weight is not None, label_smoothing > 0.0)]
+    kernel_key = (kind, weight is not None, label_smoothing > 0.0)
+    constants, block = _KERNELS[kernel_key]
     consts = constants(w, n_classes)
     grad3 = None
     if need_grad:
@@ -335,39 +369,48 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, grad_o
     losses = np.empty((n, 1, s), dtype=dtype)
     if reduction == "none":
         scale3 = scale
-    rows_per_block = max(1, _BLOCK_BYTES // (n_classes * np.dtype(dtype).itemsize))
-    scratch = np.empty((min(rows_per_block, n * s), n_classes, 1), dtype=dtype)
-    p_scratch = np.empty_like(scratch) if p is not None and s > 1 else None
-    tmp = np.empty_like(scratch)  # for the gradient's terms in the class arrays
-    if y is not None:  # offsets of the targets in a contiguous (rows, C, 1) block
-        row_offsets = np.arange(rows_per_block).reshape(-1, 1, 1) * n_classes
-    for tile, transposed in _tiles(n, s, rows_per_block):
+    itemsize = np.dtype(dtype).itemsize
+    tiles = list(_tiles(n, s, n_classes, itemsize))
+    block_size = max((_rows(x3, t, tr).size for t, tr in tiles), default=0)
+    flat = {}
+
+    def scratch(name, shape):
+        """A contiguous block ``shape`` from a buffer reused by every tile."""
+        if name not in flat:
+            flat[name] = np.empty(block_size, dtype=dtype)
+        return flat[name][: int(np.prod(shape))].reshape(shape)
+
+    for tile, transposed in tiles:
         x = _rows(x3, tile, transposed)
-        b = x.shape[0]
-        # the block's logits must be contiguous along the classes (reductions);
-        # (N, C) inputs already are, and their gradient block is the buffer
-        direct = need_grad and not transposed and dtype == input.dtype
-        buf = _rows(grad3, tile, transposed) if direct else scratch[:b]
+        b, _, sb = x.shape
+        # the block must be contiguous (reductions, flat gathers); (N, C) inputs
+        # and whole slabs already are, and then the gradient block is the buffer
+        direct = (need_grad and not transposed and dtype == input.dtype
+                  and (s == 1 or sb == s))
+        buf = _rows(grad3, tile, transposed) if direct else scratch("buf", x.shape)
         if not direct:
             np.copyto(buf, x, casting="unsafe")
             x = buf
         p_block = None
         if p is not None:
             p_block = _rows(p, tile, transposed)
-            if p_scratch is not None:
-                np.copyto(p_scratch[:b], p_block)
-                p_block = p_scratch[:b]
+            if not p_block.flags.c_contiguous:
+                p_copy = scratch("p", x.shape)
+                np.copyto(p_copy, p_block)
+                p_block = p_copy
         y_block = y_at = None
-        if y is not None:
+        if y is not None:  # flat offsets of the targets in the contiguous block
             y_block = _rows(y, tile, transposed)
-            y_at = row_offsets[:b] + y_block
+            y_at = ((np.arange(b).reshape(-1, 1, 1) * n_classes + y_block) * sb
+                    + np.arange(sb).reshape(1, 1, -1))
+        tmp = scratch("tmp", x.shape) if _NEEDS_TMP[kernel_key] else None
         loss = block(
             x, buf, y_block, y_at,
             None if valid is None else _rows(valid_f, tile, transposed),
             p_block,
             w,
             _rows(scale3, tile, transposed) if reduction == "none" else scale,
-            label_smoothing, n_classes, need_grad, tmp[:b], *consts,
+            label_smoothing, n_classes, need_grad, tmp, *consts,
         )
         if need_grad and not direct:
             _rows(grad3, tile, transposed)[...] = buf

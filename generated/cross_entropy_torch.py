@@ -28,6 +28,13 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _BLOCK_BYTES = 1048576
 
 
+def _class_dot(a, b):
+    """``Σ_j a_j b_j`` along the class axis: ``(rows, 1, positions)``."""
+    if a.shape[2] == 1 and b.shape[2] == 1:
+        return torch.matmul(a.transpose(1, 2), b)
+    return torch.sum(a * b, dim=1, keepdim=True)
+
+
 def _constants_index(w, n_classes):
     return ()
 
@@ -90,7 +97,7 @@ def _constants_index_weighted_smoothed(w, n_classes):
 def _block_index_weighted_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
-    sum_wz = torch.matmul(w.transpose(1, 2), buf)
+    sum_wz = _class_dot(w, buf)
     w_y = w.reshape(-1)[y]
     z_y = torch.gather(buf, 1, y)
     buf.exp_()
@@ -112,7 +119,7 @@ def _block_probability(x, buf, y, valid, p, w, scale, label_smoothing, n_classes
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_p = torch.sum(p, dim=1, keepdim=True)
-    sum_pz = torch.matmul(p.transpose(1, 2), buf)
+    sum_pz = _class_dot(p, buf)
     buf.exp_()
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = sum_p*torch.log(sum_e) - sum_pz
@@ -131,7 +138,7 @@ def _block_probability_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, 
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_p = torch.sum(p, dim=1, keepdim=True)
-    sum_pz = torch.matmul(p.transpose(1, 2), buf)
+    sum_pz = _class_dot(p, buf)
     sum_z = torch.sum(buf, dim=1, keepdim=True)
     buf.exp_()
     sum_e = torch.sum(buf, dim=1, keepdim=True)
@@ -151,8 +158,8 @@ def _constants_probability_weighted(w, n_classes):
 def _block_probability_weighted(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
-    sum_pw = torch.matmul(p.transpose(1, 2), w)
-    sum_pwz = torch.matmul((p*w).transpose(1, 2), buf)
+    sum_pw = _class_dot(p, w)
+    sum_pwz = _class_dot(p*w, buf)
     buf.exp_()
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = sum_pw*torch.log(sum_e) - sum_pwz
@@ -172,9 +179,9 @@ def _constants_probability_weighted_smoothed(w, n_classes):
 def _block_probability_weighted_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
-    sum_pw = torch.matmul(p.transpose(1, 2), w)
-    sum_pwz = torch.matmul((p*w).transpose(1, 2), buf)
-    sum_wz = torch.matmul(w.transpose(1, 2), buf)
+    sum_pw = _class_dot(p, w)
+    sum_pwz = _class_dot(p*w, buf)
+    sum_wz = _class_dot(w, buf)
     buf.exp_()
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = label_smoothing*sum_pwz - label_smoothing*sum_wz/n_classes - sum_pwz + (-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)*torch.log(sum_e)

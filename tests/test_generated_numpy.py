@@ -51,7 +51,10 @@ def test_blocks_cover_every_row(monkeypatch):
     monkeypatch.setattr(ce, "_BLOCK_BYTES", 64)
     for case in (Case("blocks-2d", (13, 5), weight=True, ignore="some", label_smoothing=0.1),
                  Case("blocks-kdim", (3, 5, 7), target="probability", weight=True,
-                      label_smoothing=0.2, reduction="none")):
+                      label_smoothing=0.2, reduction="none"),
+                 Case("blocks-slab", (2, 5, 150), weight=True, ignore="some",
+                      label_smoothing=0.2, reduction="none"),
+                 Case("blocks-slab-prob", (2, 5, 150), target="probability", weight=True)):
         assert_parity(ce, case)
 
 

@@ -17,6 +17,7 @@ import torch
 import symce
 from symce.codegen.expressions import EPS, SCALE, VALID, E, P, W, Y, Z, kernel_expressions
 from symce.codegen.printers import PRINTERS, array_code
+from tests.parity import load_generated
 
 CASES_DIR = Path(__file__).parent / "cases" / "printers"
 j = sp.Symbol("j", integer=True)
@@ -72,13 +73,20 @@ def _arrays(seed=0, B=3, C=5):
     }
 
 
+#: helpers the templates define for the printed code (the class-axis dot product)
+HELPERS = {
+    backend: {"_class_dot": load_generated(f"cross_entropy_{backend}")._class_dot}
+    for backend in ("numpy", "torch")
+}
+
+
 def _evaluate(code: str, backend: str, arrays: dict):
     names = {k: v for k, v in arrays.items() if k not in ("B", "C")}
     if backend == "torch":
         names = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
                  for k, v in names.items()}
-        return np.asarray(eval(code, {"torch": torch}, names))
-    return np.asarray(eval(code, {"np": np}, names))
+        return np.asarray(eval(code, {"torch": torch, **HELPERS[backend]}, names))
+    return np.asarray(eval(code, {"np": np, **HELPERS[backend]}, names))
 
 
 @pytest.mark.parametrize("backend", sorted(PRINTERS))

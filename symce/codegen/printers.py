@@ -75,9 +75,8 @@ class ArrayPrinterMixin:
         if len(factors) > 1 and all(isinstance(f, sp.Indexed) for f in factors):
             # Σ_j a_j b_j as a batched dot product: no temporary of the block's size
             *first, last = factors
-            left = self._print(sp.Mul(*first))
             return self.templates["class_dot"].format(
-                left=left if len(first) == 1 else f"({left})", right=self._print(last))
+                left=self._print(sp.Mul(*first)), right=self._print(last))
         return self.templates["class_sum"].format(body=self._print(expr.function))
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
@@ -95,7 +94,8 @@ class NumpyArrayPrinter(ArrayPrinterMixin, NumPyPrinter):
     module_aliases = {"numpy": "np"}
     templates = {
         "class_sum": "np.sum({body}, axis=1, keepdims=True)",
-        "class_dot": "np.matmul({left}.transpose(0, 2, 1), {right})",
+        # Σ_j a_j b_j: the module's helper picks a batched matmul or einsum by layout
+        "class_dot": "_class_dot({left}, {right})",
         # y_at: flat offsets row * C + y of the targets in the contiguous block
         "row_gather": "{array}.reshape(-1)[y_at]",
         "class_gather": "{array}.reshape(-1)[{index}]",
@@ -107,7 +107,7 @@ class TorchArrayPrinter(ArrayPrinterMixin, TorchPrinter):
 
     templates = {
         "class_sum": "torch.sum({body}, dim=1, keepdim=True)",
-        "class_dot": "torch.matmul({left}.transpose(1, 2), {right})",
+        "class_dot": "_class_dot({left}, {right})",
         "row_gather": "torch.gather({array}, 1, {index})",
         "class_gather": "{array}.reshape(-1)[{index}]",
     }
