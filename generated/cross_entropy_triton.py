@@ -700,6 +700,8 @@ def _targets(input, target, n_classes, ignore_index):
                 f"probability target must have the input's shape {shape}, "
                 f"got {tuple(target.shape)}"
             )
+        if ignore_index != -100:  # as torch.nn.functional.cross_entropy
+            raise ValueError("ignore_index is not supported for probability (float) targets")
         return "probability", target.to(device=input.device).contiguous()
     if target.dtype == torch.bool or target.is_complex():
         raise ValueError(f"target must be integer class indices or float probabilities, "

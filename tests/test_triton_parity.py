@@ -1,8 +1,11 @@
-"""The parity table of the torch module, run against the generated Triton module.
+"""The torch module's tests, run unchanged against the generated Triton module.
 
 CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` is set here,
-before the module imports triton), small shapes.  The same cases run again
-with class tiles of four, so the online log-sum-exp crosses tiles.
+before the module imports triton), small shapes.  The tests of
+tests/test_generated_torch.py and tests/test_generated_bad_inputs.py are
+collected here with the ``module`` fixture pointing at the Triton module; the
+parity table runs again with class tiles of four, so the online log-sum-exp
+crosses tiles; then what only the Triton module has (``inplace``).
 """
 
 import importlib.util
@@ -17,7 +20,9 @@ from hypothesis import strategies as st
 os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
-from symce.verify.parity import CASES, HALF_CASES, Case, assert_parity  # noqa: E402
+from symce.verify.parity import CASES, Case, assert_parity  # noqa: E402
+from tests import test_generated_bad_inputs as bad_inputs  # noqa: E402
+from tests import test_generated_torch as torch_tests  # noqa: E402
 
 GENERATED = Path(__file__).resolve().parent.parent / "generated" / "cross_entropy_triton.py"
 if os.environ["TRITON_INTERPRET"] == "0":
@@ -46,9 +51,26 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("case", CASES + HALF_CASES, ids=lambda c: c.name)
-def test_parity(case: Case):
-    assert_parity(ce, case)
+@pytest.fixture
+def module():
+    """The module under test in the torch module's tests collected below."""
+    return ce
+
+
+test_parity_table = torch_tests.test_parity_table
+test_backward_is_the_saved_gradient_scaled = torch_tests.test_backward_is_the_saved_gradient_scaled
+test_no_grad_input_needs_no_gradient = torch_tests.test_no_grad_input_needs_no_gradient
+test_module_options_and_buffer = torch_tests.test_module_options_and_buffer
+
+
+def test_parity_random(monkeypatch):
+    monkeypatch.setattr(torch_tests, "MODULES", {"cross_entropy_triton": ce})
+    torch_tests.test_parity_random()
+
+
+@pytest.mark.parametrize("name", sorted(bad_inputs.BAD))
+def test_bad_input_raises_clear_error(name):
+    bad_inputs.test_bad_input_raises_clear_error("triton", ce, name)
 
 
 @pytest.mark.parametrize("case", TILED, ids=lambda c: c.name)
@@ -85,30 +107,6 @@ def test_one_backward_per_forward():
         loss.backward()
 
 
-def test_no_gradient_buffer_without_requires_grad():
-    x = torch.randn(3, 5)
-    assert ce.cross_entropy(x, torch.tensor([1, 2, 3])).requires_grad is False
-
-
-@pytest.mark.parametrize("target, error", [
-    (torch.tensor([0, 5, 1]), IndexError),
-    (torch.tensor([0.0, 1.0, 1.0]), ValueError),
-    (torch.tensor([[0, 1]]), ValueError),
-])
-def test_bad_targets_are_refused(target, error):
-    with pytest.raises(error):
-        ce.cross_entropy(torch.randn(3, 5), target)
-
-
-def test_constructor_options_match_torch():
-    w = torch.rand(6)
-    ours = ce.CrossEntropyLoss(weight=w, ignore_index=2, reduction="sum", label_smoothing=0.2)
-    theirs = torch.nn.CrossEntropyLoss(weight=w, ignore_index=2, reduction="sum",
-                                       label_smoothing=0.2)
-    x, t = torch.randn(4, 6), torch.tensor([2, 0, 5, 2])
-    torch.testing.assert_close(ours(x, t), theirs(x, t))
-
-
 @given(
     shape=st.sampled_from([(5,), (3, 6), (2, 5, 3), (4, 9)]),
     kind=st.sampled_from(["index", "probability"]),
@@ -129,7 +127,8 @@ def test_random_options_match_torch(shape, kind, weighted, smoothing, reduction,
     else:
         target = torch.rand(shape, generator=gen, dtype=torch.float64)
     options = dict(weight=torch.rand(n_classes, generator=gen, dtype=torch.float64)
-                   if weighted else None, ignore_index=-1, reduction=reduction,
+                   if weighted else None, ignore_index=-1 if kind == "index" else -100,
+                   reduction=reduction,
                    label_smoothing=smoothing)
     ours, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     old = ce._MAX_BLOCK_C
