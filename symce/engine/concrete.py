@@ -254,7 +254,6 @@ class ConcreteContext(Context):
                 return expr
         return expr.replace(lambda t: isinstance(t, sp.exp), fold)
 
-
     # -- polynomial fast path -------------------------------------------
     def _loss(self) -> sp.Expr:
         if ("L", self._loss_body) not in self._cache:
