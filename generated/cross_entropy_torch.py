@@ -26,6 +26,8 @@ _REDUCTIONS = ("none", "mean", "sum")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # bytes of logits per block: small enough to stay in L2 between the passes
 _BLOCK_BYTES = 1048576
+# from this many positions on, (N, C, d1, ...) is processed in its own layout
+_SLAB_POSITIONS = 64
 
 
 def _class_dot(a, b):
@@ -205,6 +207,17 @@ _KERNELS = {
     ("probability", True, False): (_constants_probability_weighted, _block_probability_weighted),
     ("probability", True, True): (_constants_probability_weighted_smoothed, _block_probability_weighted_smoothed),
 }
+# kernels that add a product of arrays to the gradient, through a scratch block
+_NEEDS_TMP = {
+    ("index", False, False): False,
+    ("index", False, True): False,
+    ("index", True, False): False,
+    ("index", True, True): True,
+    ("probability", False, False): True,
+    ("probability", False, True): True,
+    ("probability", True, False): True,
+    ("probability", True, True): True,
+}
 
 
 def _compute_dtype(dtype):
@@ -249,15 +262,27 @@ def _layout(a, ndim):
     return a.reshape(a.shape[0], a.shape[1], positions)
 
 
-def _tiles(n, s, rows_per_block):
-    """Blocks of rows: ``(N, C, 1)`` by samples; ``(N, C, S)`` by positions of a sample."""
+def _tiles(n, s, n_classes, itemsize):
+    """Blocks of about ``_BLOCK_BYTES`` of logits, each ``(tile, transposed)``.
+
+    ``(N, C)``: a block of samples.  ``(N, C, S)`` with few positions: a block
+    of positions of one sample, transposed to rows (the class axis must be
+    contiguous for fast reductions).  Many positions: a slab ``(1, C, positions)``
+    of one sample as it lies, reduced along the classes position-wise.
+    """
+    rows = max(1, _BLOCK_BYTES // (n_classes * itemsize))
     if s == 1:
-        for n0 in range(0, n, rows_per_block):
-            yield (slice(n0, min(n, n0 + rows_per_block)), slice(None), slice(None)), False
-    else:
+        for n0 in range(0, n, rows):
+            yield (slice(n0, min(n, n0 + rows)), slice(None), slice(None)), False
+    elif s < _SLAB_POSITIONS:
         for i in range(n):
-            for s0 in range(0, s, rows_per_block):
-                yield (i, slice(None), slice(s0, min(s, s0 + rows_per_block))), True
+            for s0 in range(0, s, rows):
+                yield (i, slice(None), slice(s0, min(s, s0 + rows))), True
+    else:
+        step = s if n_classes * s * itemsize <= 4 * _BLOCK_BYTES else max(_SLAB_POSITIONS, rows)
+        for i in range(n):
+            for s0 in range(0, s, step):
+                yield (slice(i, i + 1), slice(None), slice(s0, min(s, s0 + step))), False
 
 
 def _rows(a3, tile, transposed):
@@ -313,6 +338,23 @@ def _targets(input, target, n_classes, ignore_index):
     return "index", y.reshape(rows), valid.reshape(rows)
 
 
+class _OneThread:
+    """Run the block loop with one intra-op thread, restoring the setting after.
+
+    Each block is cache-sized (about ``_BLOCK_BYTES``): splitting every small
+    operation across threads costs more in synchronisation than it saves.
+    """
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        if self.threads != 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.threads != 1:
+            torch.set_num_threads(self.threads)
+
+
 @torch.no_grad()
 def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_grad):
     """The loss, and (if ``need_grad``) the gradient of ``loss.sum()``."""
@@ -340,7 +382,8 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
     else:  # every target ignored: PyTorch's loss is NaN, its gradient zero
         scale = 0.0
 
-    constants, block = _KERNELS[(kind, weight is not None, label_smoothing > 0.0)]
+    kernel_key = (kind, weight is not None, label_smoothing > 0.0)
+    constants, block = _KERNELS[kernel_key]
     consts = constants(w, n_classes)
     grad = grad3 = None
     if need_grad:
@@ -348,36 +391,43 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
         grad3 = _layout(grad, input.dim())
     losses = torch.empty((n, 1, s), dtype=dtype, device=input.device)
     itemsize = torch.empty((), dtype=dtype).element_size()
-    rows_per_block = max(1, _BLOCK_BYTES // (n_classes * itemsize))
-    scratch_shape = (max(1, min(rows_per_block, n * s)), n_classes, 1)
-    scratch = torch.empty(scratch_shape, dtype=dtype, device=input.device)
-    p_scratch = torch.empty_like(scratch) if p is not None and s > 1 else None
-    tmp = torch.empty_like(scratch)  # for the gradient's terms in the class arrays
-    for tile, transposed in _tiles(n, s, rows_per_block):
-        x = _rows(x3, tile, transposed)
-        b = x.shape[0]
-        # the block's logits must be contiguous along the classes (reductions);
-        # (N, C) inputs already are, and their gradient block is the buffer
-        direct = need_grad and not transposed and dtype == input.dtype and x.is_contiguous()
-        buf = _rows(grad3, tile, transposed) if direct else scratch[:b]
-        if not direct:
-            buf.copy_(x)
-            x = buf
-        p_block = None
-        if p is not None:
-            p_block = _rows(p, tile, transposed)
-            if p_scratch is not None:
-                p_scratch[:b].copy_(p_block)
-                p_block = p_scratch[:b]
-        loss = block(
-            x, buf,
-            None if y is None else _rows(y, tile, transposed),
-            None if valid_f is None else _rows(valid_f, tile, transposed),
-            p_block, w, scale, label_smoothing, n_classes, need_grad, tmp[:b], *consts,
-        )
-        if need_grad and not direct:
-            _rows(grad3, tile, transposed).copy_(buf)
-        _rows(losses, tile, transposed).copy_(loss)
+    tiles = list(_tiles(n, s, n_classes, itemsize))
+    block_size = max((_rows(x3, t, tr).numel() for t, tr in tiles), default=0)
+    flat = {}
+
+    def scratch(name, shape):
+        """A contiguous block ``shape`` from a buffer reused by every tile."""
+        if name not in flat:
+            flat[name] = torch.empty(block_size, dtype=dtype, device=input.device)
+        size = shape[0] * shape[1] * shape[2]
+        return flat[name][:size].view(shape)
+
+    with _OneThread():
+        for tile, transposed in tiles:
+            x = _rows(x3, tile, transposed)
+            shape = tuple(x.shape)
+            # the gradient block is the buffer, unless the block is transposed
+            # or computed in float32 for a half-precision input
+            direct = need_grad and not transposed and dtype == input.dtype
+            buf = _rows(grad3, tile, transposed) if direct else scratch("buf", shape)
+            if not direct:
+                buf.copy_(x)
+                x = buf
+            p_block = None
+            if p is not None:
+                p_block = _rows(p, tile, transposed)
+                if transposed:
+                    p_block = scratch("p", shape).copy_(p_block)
+            tmp = scratch("tmp", shape) if _NEEDS_TMP[kernel_key] else None
+            loss = block(
+                x, buf,
+                None if y is None else _rows(y, tile, transposed),
+                None if valid_f is None else _rows(valid_f, tile, transposed),
+                p_block, w, scale, label_smoothing, n_classes, need_grad, tmp, *consts,
+            )
+            if need_grad and not direct:
+                _rows(grad3, tile, transposed).copy_(buf)
+            _rows(losses, tile, transposed).copy_(loss)
     if reduction == "none":
         out = losses.reshape(() if input.dim() == 1 else (n,) + tuple(input.shape[2:]))
     else:

@@ -79,3 +79,23 @@ def test_module_options_and_buffer(module):
     ref = torch.nn.CrossEntropyLoss(weight=w, ignore_index=2, reduction="sum",
                                     label_smoothing=0.2)
     torch.testing.assert_close(loss_fn(x, y), ref(x, y))
+
+
+def test_blocks_cover_every_row(module, monkeypatch):
+    """Tiny blocks: many tiles, partial last tiles, transposed tiles and slabs."""
+    if not hasattr(module, "_BLOCK_BYTES"):
+        pytest.skip("module has no block size")
+    monkeypatch.setattr(module, "_BLOCK_BYTES", 64)
+    for case in (Case("blocks-2d", (13, 5), weight=True, ignore="some", label_smoothing=0.1),
+                 Case("blocks-kdim", (3, 5, 7), target="probability", weight=True,
+                      label_smoothing=0.2, reduction="none"),
+                 Case("blocks-slab", (2, 5, 150), weight=True, ignore="some",
+                      label_smoothing=0.2, reduction="none", dtype="float16"),
+                 Case("blocks-slab-prob", (2, 5, 150), target="probability", weight=True)):
+        assert_parity(module, case)
+
+
+def test_thread_setting_is_restored(module):
+    threads = torch.get_num_threads()
+    module.cross_entropy(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    assert torch.get_num_threads() == threads
