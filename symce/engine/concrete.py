@@ -231,7 +231,12 @@ class ConcreteContext(Context):
         return sp.exp(var - self.ell) if var in self._x_pos else sp.S.Zero
 
     def _derivatives(self, expr: sp.Expr) -> sp.Expr:
-        return expr.replace(lambda t: isinstance(t, sp.Derivative), self._derivative)
+        found = expr.atoms(sp.Derivative)
+        if not found:
+            return expr
+        if any(d.expr.has(sp.Derivative) for d in found):  # nested: innermost first
+            return expr.replace(lambda t: isinstance(t, sp.Derivative), self._derivative)
+        return expr.xreplace({d: self._derivative(d) for d in found})
 
     def _to_q(self, expr: sp.Expr) -> sp.Expr:
         """Fold ``exp(k·(x_a − ℓ))`` into ``q_a**k``."""
@@ -433,6 +438,24 @@ class ConcreteContext(Context):
         d = direct * local.ring.ground_new(self._direct) + g * row.through_ell
         return self._to_expr(d, local, names)
 
+    def _dq(self, f: sp.Expr, q: sp.Symbol) -> sp.Expr:
+        """``∂f/∂q`` for ``f`` that holds ``q`` only inside logarithms (as ``L`` does)."""
+        row = self._row(f)
+        local, P = row.local, row.poly
+        if q in local.index:
+            raise _Opaque
+        # ∂f/∂q = Σ_A ∂P/∂A · ∂A/∂q  with  ∂A/∂q = h_A / q  (h_A = q ∂A/∂q by SymPy)
+        numerator = local.ring.zero
+        for log_slot, h in row.log_slots.get(q, ()):
+            numerator += P.diff(log_slot) * h
+        if not numerator:
+            return sp.S.Zero
+        if len(numerator) != 1:
+            raise _Opaque
+        ((monom, coeff),) = numerator.items()
+        head = [local.atoms[i] if e == 1 else local.atoms[i] ** e for i, e in enumerate(monom) if e]
+        return _product(local.ring.domain.to_sympy(coeff), [*head, q**-1])
+
     def _to_expr(self, P: PolyElement, local: _Local, names: tuple[sp.Expr, ...]) -> sp.Expr:
         """Print a ring element: ``Σ_j c_j`` gathered into ``Σc``, monomial content in front."""
         if not P:
@@ -490,9 +513,12 @@ class ConcreteContext(Context):
                 if len(e.variable_count) != 1 or e.variable_count[0][1] != 1:
                     raise _Opaque
                 var = e.variable_count[0][0]
-                if var not in self._x_pos:
+                if var in self._x_pos:
+                    found = self._dx(e.expr, self._x_pos[var])
+                elif var in self._q_set:
+                    found = self._dq(e.expr, var)
+                else:
                     raise _Opaque
-                found = self._dx(e.expr, self._x_pos[var])
             else:
                 local = self._local(self._atoms(e))
                 found = self._to_expr(self._poly(e, local), local, local.atoms)
