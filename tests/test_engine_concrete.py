@@ -159,3 +159,10 @@ def test_redefining_the_loss_drops_cached_values():
     ctx.loss_definition(lambda a: ctx.c(a) * ctx.q(a))
     assert ctx.evaluate(d) != first
     assert not ctx.equal(d, first, ())
+
+
+@pytest.mark.parametrize("name", ["jacobian", "jacobian_matrix", "gradient", "hessian",
+                                  "chain_rule", "kl_gradient", "dl_dq"])
+def test_equal_rhs_written_differently_passes(derivation, name):
+    rhs = derivation.step(name).rhs.applyfunc(sp.expand)
+    derivation.replace_step(name, rhs=rhs).check()
