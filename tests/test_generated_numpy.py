@@ -82,3 +82,10 @@ def test_extreme_logits_are_finite():
     loss, grad = ce.cross_entropy_with_grad(x, np.array([1, 2]), reduction="none")
     assert np.isfinite(loss).all() and np.isfinite(grad).all()
     np.testing.assert_allclose(loss, [2e4, np.log(3)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["index", "probability"])
+def test_float16_input_is_computed_in_float32(target):
+    case = Case("numpy-float16", (6, 33), target=target, dtype="float16", weight=True,
+                label_smoothing=0.1, ignore="some" if target == "index" else "none")
+    assert_parity(ce, case)

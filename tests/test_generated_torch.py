@@ -99,3 +99,17 @@ def test_thread_setting_is_restored(module):
     threads = torch.get_num_threads()
     module.cross_entropy(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
     assert torch.get_num_threads() == threads
+
+
+def test_second_backward_is_refused_clearly(module):
+    x = torch.randn(3, 4, requires_grad=True)
+    loss = module.cross_entropy(x, torch.tensor([0, 1, 3]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        loss.backward()
+
+
+def test_legacy_reduction_arguments(module):
+    x, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
+    loss = module.CrossEntropyLoss(size_average=False)(x, y)
+    torch.testing.assert_close(loss, F.cross_entropy(x, y, reduction="sum"))

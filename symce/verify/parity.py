@@ -240,7 +240,8 @@ def run_module(module: ModuleType, case: Case, x, target, weight, grad_output):
         _same(loss, loss2, "cross_entropy and cross_entropy_with_grad disagree")
         if case.reduction != "none":  # grad1 is for an upstream gradient of one
             _same(grad1 * np.asarray(grad_output, dtype=dt), grad,
-                  "cross_entropy_backward and cross_entropy_with_grad disagree")
+                  "cross_entropy_backward and cross_entropy_with_grad disagree",
+                  max(case.tolerance, 1e-6))
         if np.asarray(loss).dtype != dt or grad.dtype != dt:
             raise AssertionError(f"dtype {loss.dtype}/{grad.dtype}, expected {dt}")
         return np.asarray(loss, dtype=np.float64), grad.astype(np.float64)
@@ -259,13 +260,13 @@ def run_module(module: ModuleType, case: Case, x, target, weight, grad_output):
         raise AssertionError(f"dtype {loss.dtype}/{grad.dtype}, expected {dt}")
     module_loss = module.CrossEntropyLoss(weight=wt, **options)(xt.detach(), tt)
     _same(loss.detach().double().numpy(), module_loss.double().numpy(),
-          "CrossEntropyLoss and cross_entropy disagree")
+          "CrossEntropyLoss and cross_entropy disagree", max(case.tolerance, 1e-6))
     return loss.detach().double().numpy(), grad.double().numpy()
 
 
-def _same(a, b, message: str) -> None:
-    if not np.allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-6,
-                       atol=1e-6, equal_nan=True):
+def _same(a, b, message: str, tol: float = 1e-6) -> None:
+    if not np.allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol,
+                       atol=tol, equal_nan=True):
         raise AssertionError(f"{message}: {a} vs {b}")
 
 
