@@ -38,6 +38,7 @@ def _constants_index(w, n_classes):
 
 def _block_index(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     z_y = buf.reshape(-1)[y_at]
     np.exp(buf, out=buf)
@@ -55,6 +56,7 @@ def _constants_index_smoothed(w, n_classes):
 
 def _block_index_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_z = np.sum(buf, axis=1, keepdims=True)
     z_y = buf.reshape(-1)[y_at]
@@ -74,6 +76,7 @@ def _constants_index_weighted(w, n_classes):
 
 def _block_index_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     w_y = w.reshape(-1)[y]
     z_y = buf.reshape(-1)[y_at]
@@ -93,6 +96,7 @@ def _constants_index_weighted_smoothed(w, n_classes):
 
 def _block_index_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_wz = _class_dot(w, buf)
     w_y = w.reshape(-1)[y]
@@ -114,6 +118,7 @@ def _constants_probability(w, n_classes):
 
 def _block_probability(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_p = np.sum(p, axis=1, keepdims=True)
     sum_pz = _class_dot(p, buf)
@@ -133,6 +138,7 @@ def _constants_probability_smoothed(w, n_classes):
 
 def _block_probability_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_p = np.sum(p, axis=1, keepdims=True)
     sum_pz = _class_dot(p, buf)
@@ -154,6 +160,7 @@ def _constants_probability_weighted(w, n_classes):
 
 def _block_probability_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p*w, buf)
@@ -175,6 +182,7 @@ def _constants_probability_weighted_smoothed(w, n_classes):
 
 def _block_probability_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p*w, buf)

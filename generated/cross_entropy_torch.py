@@ -43,6 +43,7 @@ def _constants_index(w, n_classes):
 
 def _block_index(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     z_y = torch.gather(buf, 1, y)
     buf.exp_()
@@ -60,6 +61,7 @@ def _constants_index_smoothed(w, n_classes):
 
 def _block_index_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_z = torch.sum(buf, dim=1, keepdim=True)
     z_y = torch.gather(buf, 1, y)
@@ -79,6 +81,7 @@ def _constants_index_weighted(w, n_classes):
 
 def _block_index_weighted(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     w_y = w.reshape(-1)[y]
     z_y = torch.gather(buf, 1, y)
@@ -98,6 +101,7 @@ def _constants_index_weighted_smoothed(w, n_classes):
 
 def _block_index_weighted_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_wz = _class_dot(w, buf)
     w_y = w.reshape(-1)[y]
@@ -119,6 +123,7 @@ def _constants_probability(w, n_classes):
 
 def _block_probability(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_p = torch.sum(p, dim=1, keepdim=True)
     sum_pz = _class_dot(p, buf)
@@ -138,6 +143,7 @@ def _constants_probability_smoothed(w, n_classes):
 
 def _block_probability_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_p = torch.sum(p, dim=1, keepdim=True)
     sum_pz = _class_dot(p, buf)
@@ -159,6 +165,7 @@ def _constants_probability_weighted(w, n_classes):
 
 def _block_probability_weighted(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p*w, buf)
@@ -180,6 +187,7 @@ def _constants_probability_weighted_smoothed(w, n_classes):
 
 def _block_probability_weighted_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
+    # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p*w, buf)
