@@ -90,3 +90,22 @@ def test_stable_rewrite_is_checked():
 def test_concrete_derivation_is_refused():
     with pytest.raises(ValueError, match="symbolic"):
         kernel_expressions(symce.derive(n=2), "index")
+
+
+@pytest.mark.parametrize("name", ["symce.codegen.expressions", "symce.codegen.printers"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["cross_entropy_numpy", "cross_entropy_torch"])
+def test_generated_docstring_examples(name):
+    import doctest
+
+    from tests.parity import load_generated
+
+    result = doctest.testmod(load_generated(name))
+    assert result.attempted > 0 and result.failed == 0
