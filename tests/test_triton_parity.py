@@ -1,7 +1,7 @@
 """The torch module's tests, run unchanged against the generated Triton module.
 
-CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` is set here,
-before the module imports triton), small shapes.  The tests of
+CPU tensors under Triton's interpreter (this file sets ``TRITON_INTERPRET=1``
+before triton is imported), small shapes.  The tests of
 tests/test_generated_torch.py and tests/test_generated_bad_inputs.py are
 collected here with the ``module`` fixture pointing at the Triton module; the
 parity table runs again with class tiles of four, so the online log-sum-exp
@@ -10,6 +10,7 @@ crosses tiles; then what only the Triton module has (``inplace``).
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,17 +18,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+if "triton" not in sys.modules:
+    # read when triton and the module's @triton.jit kernels are defined, and at launch
+    os.environ["TRITON_INTERPRET"] = "1"
+triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+if not isinstance(triton.language.cdiv, InterpretedFunction):
+    pytest.skip("triton was imported for the GPU before this file could set TRITON_INTERPRET=1;"
+                " run it on its own: pytest tests/test_triton_parity.py", allow_module_level=True)
 
 from symce.verify.parity import CASES, Case, assert_parity  # noqa: E402
 from tests import test_generated_bad_inputs as bad_inputs  # noqa: E402
 from tests import test_generated_torch as torch_tests  # noqa: E402
 
 GENERATED = Path(__file__).resolve().parent.parent / "generated" / "cross_entropy_triton.py"
-if os.environ["TRITON_INTERPRET"] == "0":
-    pytest.skip("TRITON_INTERPRET=0: the GPU tests are tests/test_triton_gpu.py",
-                allow_module_level=True)
 
 
 def _load():
