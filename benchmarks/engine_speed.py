@@ -127,8 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.baseline:
         run = _run("naive", size, args.baseline_timeout)
         if run is None:
-            limit = f"> {args.baseline_timeout:.0f} (stopped)"
-            print(f"| {size} | {limit} | {limit} |", flush=True)
+            print(f"| {size} | > {args.baseline_timeout:.0f} (stopped) | – |", flush=True)
         else:
             print(f"| {size} | {run['wall']:.2f} | {run['cpu']:.2f} |", flush=True)
 
