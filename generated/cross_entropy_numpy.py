@@ -270,7 +270,7 @@ def _tiles(n, s, n_classes, itemsize):
     """Blocks of about ``_BLOCK_BYTES`` of logits, each ``(tile, transposed)``.
 
     ``(N, C)``: a block of samples.  ``(N, C, S)`` with few positions: a block
-    of positions of one sample, transposed to rows (the class axis must be
+    of samples, transposed to one row per position (the class axis must be
     contiguous for fast reductions).  Many positions: a slab ``(1, C, positions)``
     of one sample as it lies, reduced along the classes position-wise.
     """
@@ -279,9 +279,9 @@ def _tiles(n, s, n_classes, itemsize):
         for n0 in range(0, n, rows):
             yield (slice(n0, min(n, n0 + rows)), slice(None), slice(None)), False
     elif s < _SLAB_POSITIONS:
-        for i in range(n):
-            for s0 in range(0, s, rows):
-                yield (i, slice(None), slice(s0, min(s, s0 + rows))), True
+        samples = max(1, rows // s)
+        for n0 in range(0, n, samples):
+            yield (slice(n0, min(n, n0 + samples)), slice(None), slice(None)), True
     else:
         step = s if n_classes * s * itemsize <= 4 * _BLOCK_BYTES else max(_SLAB_POSITIONS, rows)
         for i in range(n):
@@ -290,9 +290,32 @@ def _tiles(n, s, n_classes, itemsize):
 
 
 def _rows(a3, tile, transposed):
-    """The block of ``a3`` (N, C|1, S) as a ``(rows, C|1, 1)`` view."""
+    """The block of ``a3`` (N, C|1, S): as it lies, or transposed to ``(rows, C|1, 1)``."""
     block = a3[tile]
-    return block.T[:, :, None] if transposed else block
+    if not transposed:
+        return block
+    b, k, s = block.shape
+    return block.transpose(0, 2, 1).reshape(b * s, k, 1)
+
+
+def _copy_rows(out, a3, tile, transposed):
+    """``_rows`` into the contiguous block ``out``."""
+    block = a3[tile]
+    if transposed:
+        b, k, s = block.shape
+        out.reshape(b, s, k)[...] = block.transpose(0, 2, 1)
+    else:
+        np.copyto(out, block, casting="unsafe")
+    return out
+
+
+def _put_rows(a3, tile, transposed, rows):
+    """Store a block computed by rows back where ``_rows`` took it from."""
+    block = a3[tile]
+    if transposed:
+        b, k, s = block.shape
+        rows = rows.reshape(b, s, k).transpose(0, 2, 1)
+    block[...] = rows
 
 
 def _targets(input, target, n_classes, ignore_index):
@@ -379,7 +402,7 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, grad_o
         scale3 = scale
     itemsize = np.dtype(dtype).itemsize
     tiles = list(_tiles(n, s, n_classes, itemsize))
-    block_size = max((_rows(x3, t, tr).size for t, tr in tiles), default=0)
+    block_size = max((x3[t].size for t, _ in tiles), default=0)
     flat = {}
 
     def scratch(name, shape):
@@ -389,29 +412,30 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, grad_o
         return flat[name][: int(np.prod(shape))].reshape(shape)
 
     for tile, transposed in tiles:
-        x = _rows(x3, tile, transposed)
-        b, _, sb = x.shape
+        x = x3[tile]
+        if transposed:
+            x_shape = (x.shape[0] * x.shape[2], n_classes, 1)
+        else:
+            x_shape = x.shape
+        b, _, sb = x_shape
         # the block must be contiguous (reductions, flat gathers); (N, C) inputs
         # and whole slabs already are, and then the gradient block is the buffer
         direct = (need_grad and not transposed and dtype == input.dtype
                   and (s == 1 or sb == s))
-        buf = _rows(grad3, tile, transposed) if direct else scratch("buf", x.shape)
+        buf = grad3[tile] if direct else scratch("buf", x_shape)
         if not direct:
-            np.copyto(buf, x, casting="unsafe")
-            x = buf
+            x = _copy_rows(buf, x3, tile, transposed)
         p_block = None
         if p is not None:
-            p_block = _rows(p, tile, transposed)
-            if not p_block.flags.c_contiguous:
-                p_copy = scratch("p", x.shape)
-                np.copyto(p_copy, p_block)
-                p_block = p_copy
+            p_block = p[tile]
+            if transposed or not p_block.flags.c_contiguous:
+                p_block = _copy_rows(scratch("p", x_shape), p, tile, transposed)
         y_block = y_at = None
         if y is not None:  # flat offsets of the targets in the contiguous block
             y_block = _rows(y, tile, transposed)
             y_at = ((np.arange(b).reshape(-1, 1, 1) * n_classes + y_block) * sb
                     + np.arange(sb).reshape(1, 1, -1))
-        tmp = scratch("tmp", x.shape) if _NEEDS_TMP[kernel_key] else None
+        tmp = scratch("tmp", x_shape) if _NEEDS_TMP[kernel_key] else None
         loss = block(
             x, buf, y_block, y_at,
             None if valid is None else _rows(valid_f, tile, transposed),
@@ -421,8 +445,8 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, grad_o
             label_smoothing, n_classes, need_grad, tmp, *consts,
         )
         if need_grad and not direct:
-            _rows(grad3, tile, transposed)[...] = buf
-        _rows(losses, tile, transposed)[...] = loss
+            _put_rows(grad3, tile, transposed, buf)
+        _put_rows(losses, tile, transposed, loss)
     out = None
     if need_loss:
         if reduction == "none":
