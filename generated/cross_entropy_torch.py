@@ -274,7 +274,7 @@ def _tiles(n, s, n_classes, itemsize):
     """Blocks of about ``_BLOCK_BYTES`` of logits, each ``(tile, transposed)``.
 
     ``(N, C)``: a block of samples.  ``(N, C, S)`` with few positions: a block
-    of positions of one sample, transposed to rows (the class axis must be
+    of samples, transposed to one row per position (the class axis must be
     contiguous for fast reductions).  Many positions: a slab ``(1, C, positions)``
     of one sample as it lies, reduced along the classes position-wise.
     """
@@ -283,9 +283,9 @@ def _tiles(n, s, n_classes, itemsize):
         for n0 in range(0, n, rows):
             yield (slice(n0, min(n, n0 + rows)), slice(None), slice(None)), False
     elif s < _SLAB_POSITIONS:
-        for i in range(n):
-            for s0 in range(0, s, rows):
-                yield (i, slice(None), slice(s0, min(s, s0 + rows))), True
+        samples = max(1, rows // s)
+        for n0 in range(0, n, samples):
+            yield (slice(n0, min(n, n0 + samples)), slice(None), slice(None)), True
     else:
         step = s if n_classes * s * itemsize <= 4 * _BLOCK_BYTES else max(_SLAB_POSITIONS, rows)
         for i in range(n):
@@ -294,9 +294,32 @@ def _tiles(n, s, n_classes, itemsize):
 
 
 def _rows(a3, tile, transposed):
-    """The block of ``a3`` (N, C|1, S) as a ``(rows, C|1, 1)`` view."""
+    """The block of ``a3`` (N, C|1, S): as it lies, or transposed to ``(rows, C|1, 1)``."""
     block = a3[tile]
-    return block.t().unsqueeze(2) if transposed else block
+    if not transposed:
+        return block
+    b, k, s = block.shape
+    return block.transpose(1, 2).reshape(b * s, k, 1)
+
+
+def _copy_rows(out, a3, tile, transposed):
+    """``_rows`` into the contiguous block ``out``."""
+    block = a3[tile]
+    if transposed:
+        b, k, s = block.shape
+        out.view(b, s, k).copy_(block.transpose(1, 2))
+    else:
+        out.copy_(block)
+    return out
+
+
+def _put_rows(a3, tile, transposed, rows):
+    """Store a block computed by rows back where ``_rows`` took it from."""
+    block = a3[tile]
+    if transposed:
+        b, k, s = block.shape
+        rows = rows.reshape(b, s, k).transpose(1, 2)
+    block.copy_(rows)
 
 
 def _targets(input, target, n_classes, ignore_index):
@@ -400,7 +423,7 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
     losses = torch.empty((n, 1, s), dtype=dtype, device=input.device)
     itemsize = torch.empty((), dtype=dtype).element_size()
     tiles = list(_tiles(n, s, n_classes, itemsize))
-    block_size = max((_rows(x3, t, tr).numel() for t, tr in tiles), default=0)
+    block_size = max((x3[t].numel() for t, _ in tiles), default=0)
     flat = {}
 
     def scratch(name, shape):
@@ -412,20 +435,22 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
 
     with _OneThread():
         for tile, transposed in tiles:
-            x = _rows(x3, tile, transposed)
-            shape = tuple(x.shape)
+            x = x3[tile]
+            if transposed:
+                shape = (x.shape[0] * x.shape[2], n_classes, 1)
+            else:
+                shape = tuple(x.shape)
             # the gradient block is the buffer, unless the block is transposed
             # or computed in float32 for a half-precision input
             direct = need_grad and not transposed and dtype == input.dtype
-            buf = _rows(grad3, tile, transposed) if direct else scratch("buf", shape)
+            buf = grad3[tile] if direct else scratch("buf", shape)
             if not direct:
-                buf.copy_(x)
-                x = buf
+                x = _copy_rows(buf, x3, tile, transposed)
             p_block = None
             if p is not None:
-                p_block = _rows(p, tile, transposed)
+                p_block = p[tile]
                 if transposed:
-                    p_block = scratch("p", shape).copy_(p_block)
+                    p_block = _copy_rows(scratch("p", shape), p, tile, transposed)
             tmp = scratch("tmp", shape) if _NEEDS_TMP[kernel_key] else None
             loss = block(
                 x, buf,
@@ -434,8 +459,8 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
                 p_block, w, scale, label_smoothing, n_classes, need_grad, tmp, *consts,
             )
             if need_grad and not direct:
-                _rows(grad3, tile, transposed).copy_(buf)
-            _rows(losses, tile, transposed).copy_(loss)
+                _put_rows(grad3, tile, transposed, buf)
+            _put_rows(losses, tile, transposed, loss)
     if reduction == "none":
         out = losses.reshape(() if input.dim() == 1 else (n,) + tuple(input.shape[2:]))
     else:
