@@ -12,10 +12,12 @@ a sparse polynomial ring (``sympy.polys.rings``) over exactly the atoms it
 contains, so ring arithmetic costs microseconds.  ``∂/∂x_b`` acts there as a
 derivation: ``∂q_a/∂x_b = q_a (δ_ab − q_b)``, from SymPy's ``diff`` of
 ``exp(x_a − ℓ)`` in ``x_a`` and in ``ℓ`` plus the lemma; ``∂ log u/∂x_b`` from
-SymPy's ``diff`` of ``log u`` in each ``q``.  One row ``∂f/∂x_1 … ∂f/∂x_n``
-shares the ``b``-independent part of that sum.  The ring element is printed
-back as a SymPy expression (monomial content factored out, ``Σ_j c_j`` gathered
-into ``Σc``): a normal form that the check compares.
+SymPy's ``diff`` of ``log u`` in each ``q`` (which also gives ``∂L/∂q_a``).
+One row ``∂f/∂x_1 … ∂f/∂x_n`` shares the ``b``-independent part of that sum.
+The ring element is printed back as a SymPy expression (monomial content
+factored out, ``Σ_j c_j`` gathered into ``Σc``): a normal form, cached by node,
+that the check compares; where two normal forms differ the general path below
+decides.
 
 General path (anything with exponentials, logits, ``ℓ``, or non-polynomial
 terms).  Equality is decided entry by entry, trying progressively more explicit
