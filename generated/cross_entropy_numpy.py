@@ -423,7 +423,8 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, grad_o
         direct = (need_grad and not transposed and dtype == input.dtype
                   and (s == 1 or sb == s))
         buf = grad3[tile] if direct else scratch("buf", x_shape)
-        if not direct:
+        if transposed or (not direct and (dtype != input.dtype or not x.flags.c_contiguous)):
+            # rows made contiguous, or float16 widened before x - max is formed
             x = _copy_rows(buf, x3, tile, transposed)
         p_block = None
         if p is not None:

@@ -444,7 +444,8 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
             # or computed in float32 for a half-precision input
             direct = need_grad and not transposed and dtype == input.dtype
             buf = grad3[tile] if direct else scratch("buf", shape)
-            if not direct:
+            if transposed or dtype != input.dtype:
+                # rows made contiguous, or half precision widened before x - max
                 x = _copy_rows(buf, x3, tile, transposed)
             p_block = None
             if p is not None:
