@@ -27,6 +27,7 @@ Needs torch and triton.  CUDA tensors run on the GPU; CPU tensors run in
 Triton's interpreter (set ``TRITON_INTERPRET=1`` before importing triton).
 """
 
+import functools
 import os
 
 import torch
@@ -56,14 +57,19 @@ _PROGRAMS_PER_SM = 1
 
 @triton.jit
 def _forward_index(
-    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, params_ptr,
+    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, smoothing_ptr, denominator_ptr,
     n_rows, n_classes, positions, ignore_index,
-    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr,
+    NEED_GRAD: tl.constexpr, MEAN: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
     """Row losses into ``loss_ptr``; with ``NEED_GRAD`` the gradient into ``grad_ptr``."""
-    scale = tl.load(params_ptr).to(ACC)
-    label_smoothing = tl.load(params_ptr + 1).to(ACC)
+    label_smoothing = tl.load(smoothing_ptr).to(ACC)
+    if MEAN:  # the reduction's factor d(mean)/d(row loss)
+        denominator = tl.load(denominator_ptr).to(ACC)
+        # every target ignored: PyTorch's loss is NaN and its gradient zero
+        scale = tl.where(denominator != 0, 1.0 / tl.where(denominator != 0, denominator, 1.0), 0.0)
+    else:
+        scale = 1.0
     class_stride = positions
     n_blocks = tl.cdiv(n_rows, BLOCK_R)
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
@@ -120,14 +126,19 @@ def _forward_index(
 
 @triton.jit
 def _forward_index_smoothed(
-    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, params_ptr,
+    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, smoothing_ptr, denominator_ptr,
     n_rows, n_classes, positions, ignore_index,
-    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr,
+    NEED_GRAD: tl.constexpr, MEAN: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
     """Row losses into ``loss_ptr``; with ``NEED_GRAD`` the gradient into ``grad_ptr``."""
-    scale = tl.load(params_ptr).to(ACC)
-    label_smoothing = tl.load(params_ptr + 1).to(ACC)
+    label_smoothing = tl.load(smoothing_ptr).to(ACC)
+    if MEAN:  # the reduction's factor d(mean)/d(row loss)
+        denominator = tl.load(denominator_ptr).to(ACC)
+        # every target ignored: PyTorch's loss is NaN and its gradient zero
+        scale = tl.where(denominator != 0, 1.0 / tl.where(denominator != 0, denominator, 1.0), 0.0)
+    else:
+        scale = 1.0
     class_stride = positions
     n_blocks = tl.cdiv(n_rows, BLOCK_R)
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
@@ -187,14 +198,19 @@ def _forward_index_smoothed(
 
 @triton.jit
 def _forward_index_weighted(
-    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, params_ptr,
+    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, smoothing_ptr, denominator_ptr,
     n_rows, n_classes, positions, ignore_index,
-    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr,
+    NEED_GRAD: tl.constexpr, MEAN: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
     """Row losses into ``loss_ptr``; with ``NEED_GRAD`` the gradient into ``grad_ptr``."""
-    scale = tl.load(params_ptr).to(ACC)
-    label_smoothing = tl.load(params_ptr + 1).to(ACC)
+    label_smoothing = tl.load(smoothing_ptr).to(ACC)
+    if MEAN:  # the reduction's factor d(mean)/d(row loss)
+        denominator = tl.load(denominator_ptr).to(ACC)
+        # every target ignored: PyTorch's loss is NaN and its gradient zero
+        scale = tl.where(denominator != 0, 1.0 / tl.where(denominator != 0, denominator, 1.0), 0.0)
+    else:
+        scale = 1.0
     class_stride = positions
     n_blocks = tl.cdiv(n_rows, BLOCK_R)
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
@@ -254,14 +270,19 @@ def _forward_index_weighted(
 
 @triton.jit
 def _forward_index_weighted_smoothed(
-    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, params_ptr,
+    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, smoothing_ptr, denominator_ptr,
     n_rows, n_classes, positions, ignore_index,
-    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr,
+    NEED_GRAD: tl.constexpr, MEAN: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
     """Row losses into ``loss_ptr``; with ``NEED_GRAD`` the gradient into ``grad_ptr``."""
-    scale = tl.load(params_ptr).to(ACC)
-    label_smoothing = tl.load(params_ptr + 1).to(ACC)
+    label_smoothing = tl.load(smoothing_ptr).to(ACC)
+    if MEAN:  # the reduction's factor d(mean)/d(row loss)
+        denominator = tl.load(denominator_ptr).to(ACC)
+        # every target ignored: PyTorch's loss is NaN and its gradient zero
+        scale = tl.where(denominator != 0, 1.0 / tl.where(denominator != 0, denominator, 1.0), 0.0)
+    else:
+        scale = 1.0
     class_stride = positions
     n_blocks = tl.cdiv(n_rows, BLOCK_R)
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
@@ -327,14 +348,19 @@ def _forward_index_weighted_smoothed(
 
 @triton.jit
 def _forward_probability(
-    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, params_ptr,
+    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, smoothing_ptr, denominator_ptr,
     n_rows, n_classes, positions, ignore_index,
-    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr,
+    NEED_GRAD: tl.constexpr, MEAN: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
     """Row losses into ``loss_ptr``; with ``NEED_GRAD`` the gradient into ``grad_ptr``."""
-    scale = tl.load(params_ptr).to(ACC)
-    label_smoothing = tl.load(params_ptr + 1).to(ACC)
+    label_smoothing = tl.load(smoothing_ptr).to(ACC)
+    if MEAN:  # the reduction's factor d(mean)/d(row loss)
+        denominator = tl.load(denominator_ptr).to(ACC)
+        # every target ignored: PyTorch's loss is NaN and its gradient zero
+        scale = tl.where(denominator != 0, 1.0 / tl.where(denominator != 0, denominator, 1.0), 0.0)
+    else:
+        scale = 1.0
     class_stride = positions
     n_blocks = tl.cdiv(n_rows, BLOCK_R)
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
@@ -394,14 +420,19 @@ def _forward_probability(
 
 @triton.jit
 def _forward_probability_smoothed(
-    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, params_ptr,
+    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, smoothing_ptr, denominator_ptr,
     n_rows, n_classes, positions, ignore_index,
-    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr,
+    NEED_GRAD: tl.constexpr, MEAN: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
     """Row losses into ``loss_ptr``; with ``NEED_GRAD`` the gradient into ``grad_ptr``."""
-    scale = tl.load(params_ptr).to(ACC)
-    label_smoothing = tl.load(params_ptr + 1).to(ACC)
+    label_smoothing = tl.load(smoothing_ptr).to(ACC)
+    if MEAN:  # the reduction's factor d(mean)/d(row loss)
+        denominator = tl.load(denominator_ptr).to(ACC)
+        # every target ignored: PyTorch's loss is NaN and its gradient zero
+        scale = tl.where(denominator != 0, 1.0 / tl.where(denominator != 0, denominator, 1.0), 0.0)
+    else:
+        scale = 1.0
     class_stride = positions
     n_blocks = tl.cdiv(n_rows, BLOCK_R)
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
@@ -464,14 +495,19 @@ def _forward_probability_smoothed(
 
 @triton.jit
 def _forward_probability_weighted(
-    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, params_ptr,
+    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, smoothing_ptr, denominator_ptr,
     n_rows, n_classes, positions, ignore_index,
-    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr,
+    NEED_GRAD: tl.constexpr, MEAN: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
     """Row losses into ``loss_ptr``; with ``NEED_GRAD`` the gradient into ``grad_ptr``."""
-    scale = tl.load(params_ptr).to(ACC)
-    label_smoothing = tl.load(params_ptr + 1).to(ACC)
+    label_smoothing = tl.load(smoothing_ptr).to(ACC)
+    if MEAN:  # the reduction's factor d(mean)/d(row loss)
+        denominator = tl.load(denominator_ptr).to(ACC)
+        # every target ignored: PyTorch's loss is NaN and its gradient zero
+        scale = tl.where(denominator != 0, 1.0 / tl.where(denominator != 0, denominator, 1.0), 0.0)
+    else:
+        scale = 1.0
     class_stride = positions
     n_blocks = tl.cdiv(n_rows, BLOCK_R)
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
@@ -533,14 +569,19 @@ def _forward_probability_weighted(
 
 @triton.jit
 def _forward_probability_weighted_smoothed(
-    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, params_ptr,
+    x_ptr, grad_ptr, loss_ptr, y_ptr, p_ptr, w_ptr, smoothing_ptr, denominator_ptr,
     n_rows, n_classes, positions, ignore_index,
-    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    ACC: tl.constexpr,
+    NEED_GRAD: tl.constexpr, MEAN: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
     """Row losses into ``loss_ptr``; with ``NEED_GRAD`` the gradient into ``grad_ptr``."""
-    scale = tl.load(params_ptr).to(ACC)
-    label_smoothing = tl.load(params_ptr + 1).to(ACC)
+    label_smoothing = tl.load(smoothing_ptr).to(ACC)
+    if MEAN:  # the reduction's factor d(mean)/d(row loss)
+        denominator = tl.load(denominator_ptr).to(ACC)
+        # every target ignored: PyTorch's loss is NaN and its gradient zero
+        scale = tl.where(denominator != 0, 1.0 / tl.where(denominator != 0, denominator, 1.0), 0.0)
+    else:
+        scale = 1.0
     class_stride = positions
     n_blocks = tl.cdiv(n_rows, BLOCK_R)
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
@@ -762,10 +803,16 @@ def _layout(shape):
     return shape[0] * positions, shape[1], positions
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(value, dtype, device):
+    """A one-element device tensor, made once: a kernel argument without a launch."""
+    return torch.full((1,), value, dtype=dtype, device=device)
+
+
 def _denominator(kind, target, weight, ignore_index, n_rows, dtype):
     """``mean``'s denominator, on the device (no host sync)."""
     if kind == "probability":
-        return torch.full((), n_rows, dtype=dtype, device=target.device)
+        return _constant(float(n_rows), dtype, target.device)
     valid = target != ignore_index
     if weight is None:
         return valid.sum(dtype=dtype)
@@ -784,13 +831,9 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
     x = x if x.is_contiguous() else x.contiguous()
     n_rows, _, positions = _layout(tuple(input.shape))
 
-    denominator = _denominator(kind, y_or_p, weight, ignore_index, n_rows, dtype)
-    if reduction == "mean":
-        # every target ignored: PyTorch's loss is NaN and its gradient zero
-        scale = torch.where(denominator != 0, 1.0 / denominator, 0.0)
-    else:
-        scale = torch.ones((), dtype=dtype, device=x.device)
-    params = torch.stack([scale, torch.full_like(scale, float(label_smoothing))])
+    mean = reduction == "mean"
+    denominator = _denominator(kind, y_or_p, weight, ignore_index, n_rows, dtype) if mean else None
+    smoothing = _constant(float(label_smoothing), dtype, x.device)
 
     grad = None
     if need_grad:
@@ -805,15 +848,16 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
         y_or_p if kind == "index" else losses,
         y_or_p if kind == "probability" else losses,
         losses if weight is None else weight,
-        params, n_rows, n_classes, positions, ignore_index,
-        NEED_GRAD=need_grad, BLOCK_R=block_r, BLOCK_C=block_c, ACC=_acc(dtype),
+        smoothing, smoothing if denominator is None else denominator,
+        n_rows, n_classes, positions, ignore_index,
+        NEED_GRAD=need_grad, MEAN=mean, BLOCK_R=block_r, BLOCK_C=block_c, ACC=_acc(dtype),
         num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
     )
     if reduction == "none":
         out = losses.reshape(() if input.dim() == 1 else (input.shape[0],) + input.shape[2:])
     else:
         total = losses.sum(dtype=torch.float64 if x.device.type != "cuda" else dtype)
-        out = total / denominator if reduction == "mean" else total
+        out = total / denominator.reshape(()) if mean else total
     return out.to(input.dtype), grad
 
 
