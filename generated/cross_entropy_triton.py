@@ -18,9 +18,9 @@ the other class sums the loss needs.  The second walk re-reads the row (from
 L2 on a GPU: the programs in flight hold about one row each) and writes the
 gradient of the reduced loss, so the forward leaves one tensor of the input's
 size behind, or none with ``inplace=True`` (the gradient is written over the
-logits: only for logits nothing else reads afterwards; an upstream op that
-saved them for its own backward would silently get wrong gradients).  The
-backward scales that buffer by ``grad_output`` in place and skips rows whose
+logits, which must not be read again; their version counter is bumped, so an
+upstream op that saved them for its own backward fails loudly at backward
+instead of computing a wrong gradient).  The backward scales that buffer by ``grad_output`` in place and skips rows whose
 factor is 1.  Gradients flow to ``input`` only.
 
 Needs torch and triton.  CUDA tensors run on the GPU; CPU tensors run in
@@ -858,6 +858,9 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
     else:
         total = losses.sum(dtype=torch.float64 if x.device.type != "cuda" else dtype)
         out = total / denominator.reshape(()) if mean else total
+    if grad is not None and grad.data_ptr() == input.data_ptr():
+        # the logits were overwritten: autograd refuses to use them if anything saved them
+        torch.autograd.graph.increment_version(input)
     return out.to(input.dtype), grad
 
 
@@ -915,7 +918,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     """Cross-entropy between logits ``input`` and ``target``, as ``F.cross_entropy``.
 
     ``inplace=True`` writes the gradient over ``input``'s memory during the
-    forward (no extra logits-sized buffer); ``input`` must not be read again.
+    forward (no extra logits-sized buffer); ``input`` must not be read again,
+    and a backward through an op that saved it raises instead of going wrong.
 
     >>> import torch
     >>> float(cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3])))  # log 4

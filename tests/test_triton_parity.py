@@ -97,6 +97,15 @@ def test_inplace_writes_the_gradient_over_the_logits():
     torch.testing.assert_close(buffer.detach(), expected)  # the logits' memory holds it
 
 
+def test_inplace_over_logits_autograd_saved_fails_loudly():
+    """Liger's in-place gradient silently corrupts such logits; here backward refuses."""
+    leaf = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    logits = torch.exp(leaf)  # exp saves its output for its own backward
+    loss = ce.cross_entropy(logits, torch.tensor([1, 2, 3]), inplace=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_default_leaves_the_logits_alone():
     x = torch.randn(3, 5, requires_grad=True)
     before = x.detach().clone()
