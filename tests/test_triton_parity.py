@@ -157,3 +157,10 @@ def test_random_options_match_torch(shape, kind, weighted, smoothing, reduction,
     want.backward(upstream)
     torch.testing.assert_close(loss, want, equal_nan=True)
     torch.testing.assert_close(ours.grad, theirs.grad, equal_nan=True)
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(ce)
+    assert result.attempted > 0 and result.failed == 0

@@ -97,3 +97,12 @@ def test_printed_kernel_evaluates_to_the_gradient(kind):
     (ref_grad,) = torch.autograd.grad(ref.sum(), xt)
     np.testing.assert_allclose(np.ravel(loss), ref.detach().numpy(), rtol=1e-12)
     np.testing.assert_allclose(grad, ref_grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import symce.codegen.triton
+
+    result = doctest.testmod(symce.codegen.triton)
+    assert result.attempted > 0 and result.failed == 0
