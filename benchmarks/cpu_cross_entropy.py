@@ -162,22 +162,38 @@ def time_all(shape_key: str, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+_MEASURE = """
+import sys
+sys.path.insert(0, {here!r})
+import cpu_cross_entropy as b
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+
+setup, run = b.variants({shape!r})[{name!r}]
+state = setup()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) so setup's temporaries do not count
+base = status("VmRSS")
+run(state)
+print(status("VmHWM") - base)
+"""
+
+
 def peak_extra_mb(shape_key: str, name: str) -> float:
     """One variant in a fresh process: peak RSS of its first call above the inputs, in MB.
 
     The first call counts every buffer the variant touches (the gradient included);
-    a later call could reuse freed pages and hide them.
+    a later call could reuse freed pages and hide them. The kernel's peak counter
+    is reset once the inputs exist, so their construction does not count.
     """
-    code = (
-        f"import sys, resource; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-        "import cpu_cross_entropy as b; "
-        f"setup, run = b.variants({shape_key!r})[{name!r}]; s = setup(); "
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; run(s); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
-    )
+    code = _MEASURE.format(here=str(Path(__file__).parent), shape=shape_key, name=name)
     env = {**os.environ, "SYMCE_BENCH_COMPILE": "1" if "compile" in name else "0"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
+        print(f"  memory of {name} failed: {proc.stderr.strip()[-300:]}", file=sys.stderr)
         return float("nan")
     return int(proc.stdout.split()[-1]) / 1024
 
