@@ -75,13 +75,15 @@ def _forward_index(
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
         r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
         row_mask = r < n_rows
-        # rows past the end read the last row (no NaNs) and store nothing
-        r = tl.minimum(r, n_rows - 1).to(tl.int64)
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
         rows_at = (r // positions) * n_classes * positions + r % positions
         target = tl.load(y_ptr + r)
         valid = (target != ignore_index).to(ACC)
         in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
         y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
 
         # first walk: one read of the logits
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
@@ -90,7 +92,8 @@ def _forward_index(
             cols = c0 + tl.arange(0, BLOCK_C)[None, :]
             col_mask = cols < n_classes
             at = rows_at + cols * class_stride
-            x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             x = x.to(ACC)
             block_max = tl.max(tl.where(col_mask, x, float("-inf")), axis=1, keep_dims=True)
             m_new = tl.maximum(m, block_max)
@@ -100,7 +103,7 @@ def _forward_index(
             sum_e = sum_e * tl.exp(m - m_new) + tl.sum(e, axis=1, keep_dims=True)
             m = m_new
 
-        z_y = -m + tl.load(x_ptr + rows_at + y * class_stride, mask=row_mask, other=0.0).to(ACC)
+        z_y = -m + tl.load(x_ptr + rows_at + y * class_stride, mask=live, other=0.0).to(ACC)
         loss = valid*(-z_y + tl.log(sum_e))
         loss = tl.where(in_range, loss, float("nan"))  # a class out of range poisons the loss
         tl.store(loss_ptr + r, loss, mask=row_mask)
@@ -115,7 +118,8 @@ def _forward_index(
                 cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
-                x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 x = x.to(ACC)
                 z = x - m
                 e = tl.exp(z)
@@ -144,13 +148,15 @@ def _forward_index_smoothed(
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
         r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
         row_mask = r < n_rows
-        # rows past the end read the last row (no NaNs) and store nothing
-        r = tl.minimum(r, n_rows - 1).to(tl.int64)
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
         rows_at = (r // positions) * n_classes * positions + r % positions
         target = tl.load(y_ptr + r)
         valid = (target != ignore_index).to(ACC)
         in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
         y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
 
         # first walk: one read of the logits
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
@@ -160,7 +166,8 @@ def _forward_index_smoothed(
             cols = c0 + tl.arange(0, BLOCK_C)[None, :]
             col_mask = cols < n_classes
             at = rows_at + cols * class_stride
-            x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             x = x.to(ACC)
             block_max = tl.max(tl.where(col_mask, x, float("-inf")), axis=1, keep_dims=True)
             m_new = tl.maximum(m, block_max)
@@ -172,7 +179,7 @@ def _forward_index_smoothed(
             acc_x += tl.sum(x, axis=1, keep_dims=True)
 
         sum_z = acc_x - m*n_classes
-        z_y = -m + tl.load(x_ptr + rows_at + y * class_stride, mask=row_mask, other=0.0).to(ACC)
+        z_y = -m + tl.load(x_ptr + rows_at + y * class_stride, mask=live, other=0.0).to(ACC)
         loss = valid*(label_smoothing*z_y - label_smoothing*sum_z/n_classes - z_y + tl.log(sum_e))
         loss = tl.where(in_range, loss, float("nan"))  # a class out of range poisons the loss
         tl.store(loss_ptr + r, loss, mask=row_mask)
@@ -187,7 +194,8 @@ def _forward_index_smoothed(
                 cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
-                x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 x = x.to(ACC)
                 z = x - m
                 e = tl.exp(z)
@@ -216,13 +224,15 @@ def _forward_index_weighted(
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
         r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
         row_mask = r < n_rows
-        # rows past the end read the last row (no NaNs) and store nothing
-        r = tl.minimum(r, n_rows - 1).to(tl.int64)
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
         rows_at = (r // positions) * n_classes * positions + r % positions
         target = tl.load(y_ptr + r)
         valid = (target != ignore_index).to(ACC)
         in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
         y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
 
         # first walk: one read of the logits
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
@@ -231,7 +241,8 @@ def _forward_index_weighted(
             cols = c0 + tl.arange(0, BLOCK_C)[None, :]
             col_mask = cols < n_classes
             at = rows_at + cols * class_stride
-            x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             x = x.to(ACC)
             w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
             block_max = tl.max(tl.where(col_mask, x, float("-inf")), axis=1, keep_dims=True)
@@ -243,7 +254,7 @@ def _forward_index_weighted(
             m = m_new
 
         w_y = tl.load(w_ptr + y).to(ACC)
-        z_y = -m + tl.load(x_ptr + rows_at + y * class_stride, mask=row_mask, other=0.0).to(ACC)
+        z_y = -m + tl.load(x_ptr + rows_at + y * class_stride, mask=live, other=0.0).to(ACC)
         loss = valid*w_y*(-z_y + tl.log(sum_e))
         loss = tl.where(in_range, loss, float("nan"))  # a class out of range poisons the loss
         tl.store(loss_ptr + r, loss, mask=row_mask)
@@ -258,7 +269,8 @@ def _forward_index_weighted(
                 cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
-                x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 x = x.to(ACC)
                 w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
                 z = x - m
@@ -288,13 +300,15 @@ def _forward_index_weighted_smoothed(
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
         r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
         row_mask = r < n_rows
-        # rows past the end read the last row (no NaNs) and store nothing
-        r = tl.minimum(r, n_rows - 1).to(tl.int64)
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
         rows_at = (r // positions) * n_classes * positions + r % positions
         target = tl.load(y_ptr + r)
         valid = (target != ignore_index).to(ACC)
         in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
         y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
 
         # first walk: one read of the logits
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
@@ -305,7 +319,8 @@ def _forward_index_weighted_smoothed(
             cols = c0 + tl.arange(0, BLOCK_C)[None, :]
             col_mask = cols < n_classes
             at = rows_at + cols * class_stride
-            x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             x = x.to(ACC)
             w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
             block_max = tl.max(tl.where(col_mask, x, float("-inf")), axis=1, keep_dims=True)
@@ -321,7 +336,7 @@ def _forward_index_weighted_smoothed(
         sum_w = acc_w
         sum_wz = -acc_w*m + acc_wx
         w_y = tl.load(w_ptr + y).to(ACC)
-        z_y = -m + tl.load(x_ptr + rows_at + y * class_stride, mask=row_mask, other=0.0).to(ACC)
+        z_y = -m + tl.load(x_ptr + rows_at + y * class_stride, mask=live, other=0.0).to(ACC)
         loss = valid*(label_smoothing*w_y*z_y - label_smoothing*sum_wz/n_classes - w_y*z_y + (-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)*tl.log(sum_e))
         loss = tl.where(in_range, loss, float("nan"))  # a class out of range poisons the loss
         tl.store(loss_ptr + r, loss, mask=row_mask)
@@ -336,7 +351,8 @@ def _forward_index_weighted_smoothed(
                 cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
-                x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 x = x.to(ACC)
                 w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
                 z = x - m
@@ -366,9 +382,9 @@ def _forward_probability(
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
         r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
         row_mask = r < n_rows
-        # rows past the end read the last row (no NaNs) and store nothing
-        r = tl.minimum(r, n_rows - 1).to(tl.int64)
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
         rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
 
         # first walk: one read of the logits
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
@@ -379,9 +395,11 @@ def _forward_probability(
             cols = c0 + tl.arange(0, BLOCK_C)[None, :]
             col_mask = cols < n_classes
             at = rows_at + cols * class_stride
-            x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             x = x.to(ACC)
-            p = tl.load(p_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             p = p.to(ACC)
             block_max = tl.max(tl.where(col_mask, x, float("-inf")), axis=1, keep_dims=True)
             m_new = tl.maximum(m, block_max)
@@ -407,9 +425,11 @@ def _forward_probability(
                 cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
-                x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 x = x.to(ACC)
-                p = tl.load(p_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 p = p.to(ACC)
                 z = x - m
                 e = tl.exp(z)
@@ -438,9 +458,9 @@ def _forward_probability_smoothed(
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
         r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
         row_mask = r < n_rows
-        # rows past the end read the last row (no NaNs) and store nothing
-        r = tl.minimum(r, n_rows - 1).to(tl.int64)
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
         rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
 
         # first walk: one read of the logits
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
@@ -452,9 +472,11 @@ def _forward_probability_smoothed(
             cols = c0 + tl.arange(0, BLOCK_C)[None, :]
             col_mask = cols < n_classes
             at = rows_at + cols * class_stride
-            x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             x = x.to(ACC)
-            p = tl.load(p_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             p = p.to(ACC)
             block_max = tl.max(tl.where(col_mask, x, float("-inf")), axis=1, keep_dims=True)
             m_new = tl.maximum(m, block_max)
@@ -482,9 +504,11 @@ def _forward_probability_smoothed(
                 cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
-                x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 x = x.to(ACC)
-                p = tl.load(p_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 p = p.to(ACC)
                 z = x - m
                 e = tl.exp(z)
@@ -513,9 +537,9 @@ def _forward_probability_weighted(
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
         r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
         row_mask = r < n_rows
-        # rows past the end read the last row (no NaNs) and store nothing
-        r = tl.minimum(r, n_rows - 1).to(tl.int64)
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
         rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
 
         # first walk: one read of the logits
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
@@ -526,9 +550,11 @@ def _forward_probability_weighted(
             cols = c0 + tl.arange(0, BLOCK_C)[None, :]
             col_mask = cols < n_classes
             at = rows_at + cols * class_stride
-            x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             x = x.to(ACC)
-            p = tl.load(p_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             p = p.to(ACC)
             w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
             block_max = tl.max(tl.where(col_mask, x, float("-inf")), axis=1, keep_dims=True)
@@ -555,9 +581,11 @@ def _forward_probability_weighted(
                 cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
-                x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 x = x.to(ACC)
-                p = tl.load(p_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 p = p.to(ACC)
                 w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
                 z = x - m
@@ -587,9 +615,9 @@ def _forward_probability_weighted_smoothed(
     for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
         r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
         row_mask = r < n_rows
-        # rows past the end read the last row (no NaNs) and store nothing
-        r = tl.minimum(r, n_rows - 1).to(tl.int64)
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
         rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
 
         # first walk: one read of the logits
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
@@ -602,9 +630,11 @@ def _forward_probability_weighted_smoothed(
             cols = c0 + tl.arange(0, BLOCK_C)[None, :]
             col_mask = cols < n_classes
             at = rows_at + cols * class_stride
-            x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             x = x.to(ACC)
-            p = tl.load(p_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_last")
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last")
             p = p.to(ACC)
             w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
             block_max = tl.max(tl.where(col_mask, x, float("-inf")), axis=1, keep_dims=True)
@@ -635,9 +665,11 @@ def _forward_probability_weighted_smoothed(
                 cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
                 col_mask = cols < n_classes
                 at = rows_at + cols * class_stride
-                x = tl.load(x_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                x = tl.load(x_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 x = x.to(ACC)
-                p = tl.load(p_ptr + at, mask=col_mask, other=0.0, eviction_policy="evict_first")
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first")
                 p = p.to(ACC)
                 w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
                 z = x - m

@@ -26,7 +26,7 @@ n = sp.Symbol("n", integer=True, positive=True)
     (sp.log(sp.Symbol("s")), "tl.log(s)"),
     (sp.exp(Z[k]), "tl.exp(z)"),
     (W[Y], "tl.load(w_ptr + y).to(ACC)"),
-    (X[Y], "tl.load(x_ptr + rows_at + y * class_stride, mask=row_mask, other=0.0).to(ACC)"),
+    (X[Y], "tl.load(x_ptr + rows_at + y * class_stride, mask=live, other=0.0).to(ACC)"),
     (sp.KroneckerDelta(k, Y), "tl.where(cols == y, 1.0, 0.0)"),
     (sp.Max(sp.Symbol("a"), sp.Symbol("b")), "tl.maximum(a, b)"),
     (1 / sp.Symbol("s"), "1/s"),
@@ -71,7 +71,7 @@ def test_printed_kernel_evaluates_to_the_gradient(kind):
     env.update(x_ptr=None, w_ptr=None)
     # gathers print as loads at pointer + offset; evaluate them directly instead
     gathers = {"tl.load(w_ptr + y).to(ACC)": "np.take_along_axis(w, y.T, 1).T",
-               "tl.load(x_ptr + rows_at + y * class_stride, mask=row_mask, other=0.0)"
+               "tl.load(x_ptr + rows_at + y * class_stride, mask=live, other=0.0)"
                ".to(ACC)": "np.take_along_axis(x, y, 1)"}
     env["np"] = np
 

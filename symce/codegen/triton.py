@@ -49,7 +49,7 @@ class TritonPrinter(ArrayPrinterMixin, NumPyPrinter):
     A tile is ``[BLOCK_R, BLOCK_C]``; a per-row value ``[BLOCK_R, 1]``; a class
     weight block ``[1, BLOCK_C]``.  A gather at the target class is one load
     per row (``rows_at`` is the row's offset, ``class_stride`` the distance
-    between classes).
+    between classes, ``live`` the rows whose logits are read).
     """
 
     module_aliases = {"numpy": "tl"}
@@ -57,7 +57,7 @@ class TritonPrinter(ArrayPrinterMixin, NumPyPrinter):
     templates = {
         "class_sum": "tl.sum({body}, axis=1, keep_dims=True)",
         "row_gather": ("tl.load({array}_ptr + rows_at + {index} * class_stride, "
-                       "mask=row_mask, other=0.0).to(ACC)"),
+                       "mask=live, other=0.0).to(ACC)"),
         "class_gather": "tl.load({array}_ptr + {index}).to(ACC)",
     }
 
