@@ -745,13 +745,15 @@ def _check_options(input, weight, reduction, label_smoothing):
                 f"got {tuple(weight.shape)}"
             )
         weight = weight.detach().to(device=input.device, dtype=_compute_dtype(input.dtype))
-        weight = weight.contiguous()
+    return n_classes, weight
+
+
+def _check_device(input):
     if input.device.type != "cuda" and not _INTERPRET:
         raise RuntimeError(
             f"the Triton cross_entropy needs a CUDA tensor (got one on {input.device}); "
             "to run on the CPU, set TRITON_INTERPRET=1 before importing triton"
         )
-    return n_classes, weight
 
 
 def _targets(input, target, n_classes, ignore_index):
@@ -857,6 +859,9 @@ def _denominator(kind, target, weight, ignore_index, n_rows, dtype):
 def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_grad, inplace):
     """The loss, and (if ``need_grad``) the gradient of ``loss.sum()`` for that reduction."""
     n_classes, weight = _check_options(input, weight, reduction, label_smoothing)
+    _check_device(input)
+    if weight is not None:
+        weight = weight.contiguous()
     kind, y_or_p = _targets(input, target, n_classes, ignore_index)
     dtype = _compute_dtype(input.dtype)
     x = input.detach()
