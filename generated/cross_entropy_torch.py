@@ -24,8 +24,10 @@ __all__ = ["CrossEntropyFunction", "CrossEntropyLoss", "cross_entropy"]
 
 _REDUCTIONS = ("none", "mean", "sum")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# bytes of logits per block: small enough to stay in L2 between the passes
-_BLOCK_BYTES = 1048576
+# bytes of logits per block: a few L2s' worth, since torch's intra-op threads
+# split every operation on a block; the fork and join of each operation then
+# stays small against its work, and each thread's share stays near its L2
+_BLOCK_BYTES = 4 * 1048576
 # from this many positions on, (N, C, d1, ...) is processed in its own layout
 _SLAB_POSITIONS = 64
 
@@ -369,23 +371,6 @@ def _targets(input, target, n_classes, ignore_index):
     return "index", y.reshape(rows), valid.reshape(rows)
 
 
-class _OneThread:
-    """Run the block loop with one intra-op thread, restoring the setting after.
-
-    Each block is cache-sized (about ``_BLOCK_BYTES``): splitting every small
-    operation across threads costs more in synchronisation than it saves.
-    """
-
-    def __enter__(self):
-        self.threads = torch.get_num_threads()
-        if self.threads != 1:
-            torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        if self.threads != 1:
-            torch.set_num_threads(self.threads)
-
-
 @torch.no_grad()
 def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_grad):
     """The loss, and (if ``need_grad``) the gradient of ``loss.sum()``."""
@@ -433,35 +418,34 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
         size = shape[0] * shape[1] * shape[2]
         return flat[name][:size].view(shape)
 
-    with _OneThread():
-        for tile, transposed in tiles:
-            x = x3[tile]
+    for tile, transposed in tiles:
+        x = x3[tile]
+        if transposed:
+            shape = (x.shape[0] * x.shape[2], n_classes, 1)
+        else:
+            shape = tuple(x.shape)
+        # the gradient block is the buffer, unless the block is transposed
+        # or computed in float32 for a half-precision input
+        direct = need_grad and not transposed and dtype == input.dtype
+        buf = grad3[tile] if direct else scratch("buf", shape)
+        if transposed or dtype != input.dtype:
+            # rows made contiguous, or half precision widened before x - max
+            x = _copy_rows(buf, x3, tile, transposed)
+        p_block = None
+        if p is not None:
+            p_block = p[tile]
             if transposed:
-                shape = (x.shape[0] * x.shape[2], n_classes, 1)
-            else:
-                shape = tuple(x.shape)
-            # the gradient block is the buffer, unless the block is transposed
-            # or computed in float32 for a half-precision input
-            direct = need_grad and not transposed and dtype == input.dtype
-            buf = grad3[tile] if direct else scratch("buf", shape)
-            if transposed or dtype != input.dtype:
-                # rows made contiguous, or half precision widened before x - max
-                x = _copy_rows(buf, x3, tile, transposed)
-            p_block = None
-            if p is not None:
-                p_block = p[tile]
-                if transposed:
-                    p_block = _copy_rows(scratch("p", shape), p, tile, transposed)
-            tmp = scratch("tmp", shape) if _NEEDS_TMP[kernel_key] else None
-            loss = block(
-                x, buf,
-                None if y is None else _rows(y, tile, transposed),
-                None if valid_f is None else _rows(valid_f, tile, transposed),
-                p_block, w, scale, label_smoothing, n_classes, need_grad, tmp, *consts,
-            )
-            if need_grad and not direct:
-                _put_rows(grad3, tile, transposed, buf)
-            _put_rows(losses, tile, transposed, loss)
+                p_block = _copy_rows(scratch("p", shape), p, tile, transposed)
+        tmp = scratch("tmp", shape) if _NEEDS_TMP[kernel_key] else None
+        loss = block(
+            x, buf,
+            None if y is None else _rows(y, tile, transposed),
+            None if valid_f is None else _rows(valid_f, tile, transposed),
+            p_block, w, scale, label_smoothing, n_classes, need_grad, tmp, *consts,
+        )
+        if need_grad and not direct:
+            _put_rows(grad3, tile, transposed, buf)
+        _put_rows(losses, tile, transposed, loss)
     if reduction == "none":
         out = losses.reshape(() if input.dim() == 1 else (n,) + tuple(input.shape[2:]))
     else:
