@@ -35,6 +35,11 @@ _SLAB_POSITIONS = 64
 def _class_dot(a, b):
     """``Σ_j a_j b_j`` along the class axis: ``(rows, 1, positions)``."""
     if a.shape[2] == 1 and b.shape[2] == 1:
+        if a.shape[0] == 1 or b.shape[0] == 1:
+            # per-class weights against every row: one matrix-vector product
+            # (a broadcast batched matmul would copy the weights once per row)
+            rows, vector = (b, a) if a.shape[0] == 1 else (a, b)
+            return torch.mv(rows[:, :, 0], vector[0, :, 0]).view(-1, 1, 1)
         return torch.matmul(a.transpose(1, 2), b)
     return torch.sum(a * b, dim=1, keepdim=True)
 
@@ -114,8 +119,7 @@ def _block_index_weighted_smoothed(x, buf, y, valid, p, w, scale, label_smoothin
     if need_grad:
         buf.mul_(scale*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e)
         buf.scatter_add_(1, y, scale*valid*w_y*(label_smoothing - 1))
-        tmp.copy_(w).mul_(-label_smoothing*scale*valid/n_classes)
-        buf.add_(tmp)
+        buf.addcmul_(w, torch.as_tensor(-label_smoothing*scale*valid/n_classes, dtype=buf.dtype))
     return loss
 
 
@@ -134,8 +138,7 @@ def _block_probability(x, buf, y, valid, p, w, scale, label_smoothing, n_classes
     loss = sum_p*torch.log(sum_e) - sum_pz
     if need_grad:
         buf.mul_(scale*sum_p/sum_e)
-        tmp.copy_(p).mul_(-scale)
-        buf.add_(tmp)
+        buf.addcmul_(p, torch.as_tensor(-scale, dtype=buf.dtype))
     return loss
 
 
@@ -155,8 +158,7 @@ def _block_probability_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, 
     loss = label_smoothing*sum_pz - label_smoothing*sum_z/n_classes - sum_pz + (-label_smoothing*sum_p + label_smoothing + sum_p)*torch.log(sum_e)
     if need_grad:
         buf.mul_(scale*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e)
-        tmp.copy_(p).mul_(scale*(label_smoothing - 1))
-        buf.add_(tmp)
+        buf.addcmul_(p, torch.as_tensor(scale*(label_smoothing - 1), dtype=buf.dtype))
         buf.add_(-label_smoothing*scale/n_classes)
     return loss
 
@@ -176,9 +178,8 @@ def _block_probability_weighted(x, buf, y, valid, p, w, scale, label_smoothing, 
     loss = sum_pw*torch.log(sum_e) - sum_pwz
     if need_grad:
         buf.mul_(scale*sum_pw/sum_e)
-        tmp.copy_(p).mul_(-scale)
-        tmp.mul_(w)
-        buf.add_(tmp)
+        torch.mul(p, -scale, out=tmp)
+        buf.addcmul_(tmp, w)
     return loss
 
 
@@ -199,11 +200,9 @@ def _block_probability_weighted_smoothed(x, buf, y, valid, p, w, scale, label_sm
     loss = label_smoothing*sum_pwz - label_smoothing*sum_wz/n_classes - sum_pwz + (-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)*torch.log(sum_e)
     if need_grad:
         buf.mul_(scale*(-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)/sum_e)
-        tmp.copy_(p).mul_(scale*(label_smoothing - 1))
-        tmp.mul_(w)
-        buf.add_(tmp)
-        tmp.copy_(w).mul_(-label_smoothing*scale/n_classes)
-        buf.add_(tmp)
+        torch.mul(p, scale*(label_smoothing - 1), out=tmp)
+        buf.addcmul_(tmp, w)
+        buf.addcmul_(w, torch.as_tensor(-label_smoothing*scale/n_classes, dtype=buf.dtype))
     return loss
 
 
@@ -217,14 +216,14 @@ _KERNELS = {
     ("probability", True, False): (_constants_probability_weighted, _block_probability_weighted),
     ("probability", True, True): (_constants_probability_weighted_smoothed, _block_probability_weighted_smoothed),
 }
-# kernels that add a product of arrays to the gradient, through a scratch block
+# kernels that add a product of two or more arrays to the gradient, through a scratch block
 _NEEDS_TMP = {
     ("index", False, False): False,
     ("index", False, True): False,
     ("index", True, False): False,
-    ("index", True, True): True,
-    ("probability", False, False): True,
-    ("probability", False, True): True,
+    ("index", True, True): False,
+    ("probability", False, False): False,
+    ("probability", False, True): False,
     ("probability", True, False): True,
     ("probability", True, True): True,
 }
