@@ -28,8 +28,9 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # split every operation on a block; the fork and join of each operation then
 # stays small against its work, and each thread's share stays near its L2
 _BLOCK_BYTES = 4 * 1048576
-# from this many positions on, (N, C, d1, ...) is processed in its own layout
-_SLAB_POSITIONS = 64
+# from this many positions on, (N, C, d1, ...) is processed in its own layout:
+# torch's reductions over the class axis then vectorise along the positions
+_SLAB_POSITIONS = 32
 
 
 def _class_dot(a, b):
@@ -276,8 +277,9 @@ def _tiles(n, s, n_classes, itemsize):
 
     ``(N, C)``: a block of samples.  ``(N, C, S)`` with few positions: a block
     of samples, transposed to one row per position (the class axis must be
-    contiguous for fast reductions).  Many positions: a slab ``(1, C, positions)``
-    of one sample as it lies, reduced along the classes position-wise.
+    contiguous for fast reductions).  Many positions: a block of whole samples
+    as they lie, reduced along the classes position-wise, or, for a sample
+    larger than a block, slabs ``(1, C, positions)`` of it.
     """
     rows = max(1, _BLOCK_BYTES // (n_classes * itemsize))
     if s == 1:
@@ -287,8 +289,12 @@ def _tiles(n, s, n_classes, itemsize):
         samples = max(1, rows // s)
         for n0 in range(0, n, samples):
             yield (slice(n0, min(n, n0 + samples)), slice(None), slice(None)), True
+    elif n_classes * s * itemsize <= _BLOCK_BYTES:
+        samples = max(1, rows // s)
+        for n0 in range(0, n, samples):
+            yield (slice(n0, min(n, n0 + samples)), slice(None), slice(None)), False
     else:
-        step = s if n_classes * s * itemsize <= 4 * _BLOCK_BYTES else max(_SLAB_POSITIONS, rows)
+        step = max(_SLAB_POSITIONS, rows)
         for i in range(n):
             for s0 in range(0, s, step):
                 yield (slice(i, i + 1), slice(None), slice(s0, min(s, s0 + step))), False
