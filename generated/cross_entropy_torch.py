@@ -35,12 +35,15 @@ _SLAB_POSITIONS = 32
 
 def _class_dot(a, b):
     """``Σ_j a_j b_j`` along the class axis: ``(rows, 1, positions)``."""
-    if a.shape[2] == 1 and b.shape[2] == 1:
-        if a.shape[0] == 1 or b.shape[0] == 1:
-            # per-class weights against every row: one matrix-vector product
-            # (a broadcast batched matmul would copy the weights once per row)
-            rows, vector = (b, a) if a.shape[0] == 1 else (a, b)
+    if a.shape[0] * a.shape[2] == 1 or b.shape[0] * b.shape[2] == 1:
+        # one per-class vector (the weights) against every row: a matrix
+        # product, no block-sized temporary (and, one position per row, a
+        # single mv: a broadcast batched matmul would copy the vector per row)
+        vector, rows = (a, b) if a.shape[0] * a.shape[2] == 1 else (b, a)
+        if rows.shape[2] == 1:
             return torch.mv(rows[:, :, 0], vector[0, :, 0]).view(-1, 1, 1)
+        return torch.matmul(vector.transpose(1, 2), rows)
+    if a.shape[2] == 1 and b.shape[2] == 1:
         return torch.matmul(a.transpose(1, 2), b)
     return torch.sum(a * b, dim=1, keepdim=True)
 
