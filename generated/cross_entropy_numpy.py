@@ -26,6 +26,13 @@ _SLAB_POSITIONS = 64
 
 def _class_dot(a, b):
     """``Σ_j a_j b_j`` along the class axis: ``(rows, 1, positions)``, no block temporary."""
+    if a.shape[0] * a.shape[2] == 1 or b.shape[0] * b.shape[2] == 1:
+        # one per-class vector (the weights) against every row: one matrix
+        # product (one gemv for one position per row), not a dot per row
+        vector, rows = (a, b) if a.shape[0] * a.shape[2] == 1 else (b, a)
+        if rows.shape[2] == 1:
+            return np.matmul(rows[:, :, 0], vector[0, :, 0]).reshape(-1, 1, 1)
+        return np.matmul(vector.transpose(0, 2, 1), rows)
     if a.shape[2] == 1 and b.shape[2] == 1:
         return np.matmul(a.transpose(0, 2, 1), b)
     a, b = np.broadcast_arrays(a, b)
