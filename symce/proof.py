@@ -119,11 +119,10 @@ class Derivation:
 
     def replace_step(self, name: str, **changes: Any) -> Derivation:
         """A copy with one step changed (``lhs``, ``rhs``, ``rule`` …), unchecked."""
+        self.step(name)  # KeyError for an unknown name
         steps = tuple(
             dataclasses.replace(s, **changes) if s.name == name else s for s in self.steps
         )
-        if steps == self.steps and name not in {s.name for s in self.steps}:
-            raise KeyError(f"no step named {name!r}")
         return dataclasses.replace(self, steps=steps)
 
     # -- rendering ------------------------------------------------------

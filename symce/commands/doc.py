@@ -25,13 +25,13 @@ def document_name(loss: str, fmt: str) -> str:
     return f"{loss}_derivation.{fmt}"
 
 
-def compile_pdf(tex: str, out: Path, name: str) -> Path:
-    """Run pdflatex twice in a scratch folder; copy the PDF to ``out``."""
+def compile_pdf(tex: str, target: Path) -> Path:
+    """Run pdflatex twice in a scratch folder; copy the PDF to ``target``."""
     pdflatex = shutil.which("pdflatex")
     if pdflatex is None:
         raise ValueError("pdflatex not found: install TeX Live (texlive-latex-base) for PDFs")
     with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / f"{name}.tex"
+        source = Path(tmp) / f"{target.stem}.tex"
         source.write_text(tex, encoding="utf-8")
         for _ in range(2):
             proc = subprocess.run(
@@ -41,8 +41,7 @@ def compile_pdf(tex: str, out: Path, name: str) -> Path:
             if proc.returncode != 0:
                 tail = "\n".join(proc.stdout.splitlines()[-15:])
                 raise ValueError(f"pdflatex failed on {source.name}:\n{tail}")
-        target = out / f"{name}.pdf"
-        shutil.copyfile(Path(tmp) / f"{name}.pdf", target)
+        shutil.copyfile(source.with_suffix(".pdf"), target)
     return target
 
 
@@ -51,11 +50,11 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"deriving {loss} and checking every step ...", file=sys.stderr)
     derivation = derive(loss)
+    target = args.out / document_name(loss, args.format)
     if args.format == "pdf":
-        target = compile_pdf(derivation.to_latex(), args.out, f"{loss}_derivation")
+        compile_pdf(derivation.to_latex(), target)
     else:
         text = derivation.to_latex() if args.format == "tex" else derivation.to_markdown()
-        target = args.out / document_name(loss, args.format)
         target.write_text(text, encoding="utf-8")
     print(f"wrote {target}")
     return 0
