@@ -69,6 +69,14 @@ def handtuned_numpy(x, y, block=32):
     return total / n, grad
 
 
+def handtuned_kdim(x, y):
+    """The hand-tuned way on (N, C, d) input: to rows (class axis last), run, back."""
+    n, c, d = x.shape
+    rows = np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, c)
+    loss, grad = handtuned_numpy(rows, y.reshape(-1))
+    return loss, np.ascontiguousarray(np.moveaxis(grad.reshape(n, d, c), -1, 1))
+
+
 # -- the cases --------------------------------------------------------------------
 def make_inputs(shape_key: str, option: str, seed: int = 0):
     n, c, d = {**SHAPES, **QUICK}[shape_key]
@@ -115,11 +123,28 @@ def variants(shape_key: str):
 
     out["numpy textbook"] = (flat_inputs, lambda s: textbook_numpy(*s))
     out["numpy hand-tuned"] = (flat_inputs, lambda s: handtuned_numpy(*s))
+    if d:
+        def kdim_inputs():
+            x, y, _ = make_inputs(shape_key, "plain")
+            return x, y
+        out["numpy hand-tuned, K-dim layout"] = (kdim_inputs, lambda s: handtuned_kdim(*s))
+
+    def with_threads(count, fn):
+        def run(s):
+            gen_np.set_num_threads(count)
+            try:
+                return fn(s[0], s[1], **s[2])
+            finally:
+                gen_np.set_num_threads(None)
+        return run
+
     for option in ("plain", "weight", "ignore_index", "label_smoothing", "probs", "all"):
         def setup(option=option):
             return make_inputs(shape_key, option)
         out[f"numpy generated [{option}]"] = (
-            setup, lambda s: gen_np.cross_entropy_with_grad(s[0], s[1], **s[2]))
+            setup, with_threads(None, gen_np.cross_entropy_with_grad))
+        out[f"numpy generated, 1 thread [{option}]"] = (
+            setup, with_threads(1, gen_np.cross_entropy_with_grad))
 
     def torch_setup(option="plain"):
         x, y, kw = make_inputs(shape_key, option)
@@ -144,8 +169,12 @@ def variants(shape_key: str):
     return out
 
 
-def time_all(shape_key: str, rounds: int) -> dict[str, float]:
+def time_all(shape_key: str, rounds: int, only=None) -> dict[str, float]:
     table = variants(shape_key)
+    if only:  # the references stay: the ratios need them
+        keep = ("numpy hand-tuned", "torch F.cross_entropy [")
+        table = {k: v for k, v in table.items()
+                 if any(t in k for t in only) or k.startswith(keep)}
     states = {}
     for name, (setup, run) in table.items():
         try:
@@ -211,6 +240,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--only", action="append", metavar="TEXT",
+                        help="only variants whose name contains TEXT (repeatable)")
     args = parser.parse_args()
     shapes = args.shape or list(QUICK if args.quick else SHAPES)
     print(f"machine: {machine()}")
@@ -218,20 +249,22 @@ def main() -> None:
     for key in shapes:
         print(f"\n## {key} (float32, loss + gradient, mean reduction), median of {args.rounds}",
               flush=True)
-        times = time_all(key, args.rounds)
+        times = time_all(key, args.rounds, args.only)
         ref_np = times.get("numpy hand-tuned")
+        ref_kdim = times.get("numpy hand-tuned, K-dim layout")
         ref_t = times.get("torch F.cross_entropy [plain]")
         ref_t_all = times.get("torch F.cross_entropy [all]")
         mem = {} if args.no_memory else {n: peak_extra_mb(key, n) for n in times}
-        print("| variant | median ms | vs hand-tuned NumPy | vs F.cross_entropy | "
-              "peak extra MB |")
-        print("|---|---:|---:|---:|---:|")
+        print("| variant | median ms | vs hand-tuned NumPy | vs hand-tuned, K-dim layout | "
+              "vs F.cross_entropy | peak extra MB |")
+        print("|---|---:|---:|---:|---:|---:|")
         for name, t in times.items():
             vs_np = f"{t / ref_np:.2f}x" if ref_np and name.startswith("numpy") else ""
+            vs_kd = f"{t / ref_kdim:.2f}x" if ref_kdim and name.startswith("numpy") else ""
             ref = ref_t_all if name.endswith("[all]") else ref_t
             vs_t = f"{t / ref:.2f}x" if ref and name.startswith("torch") else ""
             m = f"{mem[name]:.0f}" if name in mem else ""
-            print(f"| {name} | {t * 1e3:.1f} | {vs_np} | {vs_t} | {m} |", flush=True)
+            print(f"| {name} | {t * 1e3:.1f} | {vs_np} | {vs_kd} | {vs_t} | {m} |", flush=True)
         results[key] = {"times_s": times, "peak_extra_mb": mem}
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=2))

@@ -13,9 +13,14 @@ straight into the gradient buffer, exponentiated there in place and scaled
 into the gradient, so no other array of the input's size is allocated.
 """
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-__all__ = ["cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad"]
+__all__ = ["cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad",
+           "get_num_threads", "set_num_threads"]
 
 _REDUCTIONS = ("none", "mean", "sum")
 # bytes of logits per block: small enough to stay in L2 between the passes
@@ -24,26 +29,150 @@ _BLOCK_BYTES = 1048576
 _SLAB_POSITIONS = 64
 
 
-def _class_dot(a, b):
-    """``Σ_j a_j b_j`` along the class axis: ``(rows, 1, positions)``, no block temporary."""
-    if a.shape[0] * a.shape[2] == 1 or b.shape[0] * b.shape[2] == 1:
-        # one per-class vector (the weights) against every row: one matrix
-        # product (one gemv for one position per row), not a dot per row
-        vector, rows = (a, b) if a.shape[0] * a.shape[2] == 1 else (b, a)
-        if rows.shape[2] == 1:
-            return np.matmul(rows[:, :, 0], vector[0, :, 0]).reshape(-1, 1, 1)
-        return np.matmul(vector.transpose(0, 2, 1), rows)
-    if a.shape[2] == 1 and b.shape[2] == 1:
-        return np.matmul(a.transpose(0, 2, 1), b)
+# -- threads: blocks are independent, so they are shared out among threads ------
+# NumPy releases the GIL inside its loops, so threads run the blocks side by
+# side; each thread has its own scratch and writes only its own blocks' rows,
+# so the result is the same bit for bit whatever the number of threads.
+_threads = None  # set_num_threads(); None: $SYMCE_NUM_THREADS, else the usable cores
+_pool = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def get_num_threads():
+    """Threads used for inputs of more than one block (``set_num_threads`` to change)."""
+    if _threads is not None:
+        return _threads
+    env = os.environ.get("SYMCE_NUM_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"SYMCE_NUM_THREADS must be a positive integer, got {env!r}")
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_num_threads(n):
+    """Use ``n`` threads (``1``: everything on the calling thread; ``None``: the default)."""
+    global _threads
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"number of threads must be a positive integer or None, got {n!r}")
+    _threads = n
+
+
+def _forget_pool():
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0  # a forked child has none of its parent's threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _helpers(count):
+    """A pool of at least ``count`` helper threads, made once and kept."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool_size < count:
+            if _pool is not None:
+                _pool.shutdown(wait=False)  # its running work still finishes
+            _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="symce")
+            _pool_size = count
+        return _pool
+
+
+def _parallel(work, tiles):
+    """``work(take)`` on this thread and on helpers; ``take()`` hands out the next tile.
+
+    Tiles are handed out one at a time, so a thread slowed by other load on a
+    shared machine takes fewer of them.  The first error stops the handing out
+    and is raised here once every thread has finished.
+    """
+    threads = min(get_num_threads(), len(tiles))
+    source = iter(tiles)
+    if threads <= 1:
+        work(lambda: next(source, None))
+        return
+    lock = threading.Lock()
+    failed = []
+
+    def take():
+        with lock:
+            return None if failed else next(source, None)
+
+    def guarded():
+        try:
+            work(take)
+        except BaseException as exc:
+            failed.append(exc)
+            raise
+
+    futures = [_helpers(threads - 1).submit(guarded) for _ in range(threads - 1)]
+    try:
+        guarded()
+    finally:
+        for future in futures:
+            future.exception()  # waits; the error, if any, is in ``failed``
+    if failed:
+        raise failed[0]
+
+
+# products of block-sized arrays are formed in chunks of rows of about this
+# many elements (a heap allocation that stays in cache), never whole blocks
+_CHUNK_ELEMENTS = 32768
+
+
+def _row_chunks(block):
+    """Slices of the rows of ``block`` (rows, C, S), about ``_CHUNK_ELEMENTS`` each."""
+    rows = block.shape[0]
+    step = max(1, _CHUNK_ELEMENTS // max(1, block.shape[1] * block.shape[2]))
+    return [slice(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+
+def _part(a, rows):
+    """Rows ``rows`` of ``a`` if it varies by row; a scalar or per-class array as is."""
+    return a[rows] if np.ndim(a) == 3 and a.shape[0] != 1 else a
+
+
+def _class_dot(*arrays):
+    """``Σ_j a_j b_j …`` along the class axis: ``(rows, 1, positions)``.
+
+    No temporary of the block's size, and no BLAS call: BLAS's own threads
+    would contend with the blocks' threads for the same cores.
+    """
+    if len(arrays) > 2:  # a product of three or more, formed chunk by chunk
+        rows = max(arrays, key=lambda a: a.shape[0] * a.shape[2])
+        out = np.empty((rows.shape[0], 1, rows.shape[2]), dtype=np.result_type(*arrays))
+        for chunk in _row_chunks(rows):
+            parts = [_part(a, chunk) for a in arrays]
+            product = np.multiply(parts[0], parts[1])
+            for a in parts[2:-1]:
+                product *= a
+            out[chunk] = _class_dot(product, parts[-1])
+        return out
+    a, b = arrays
+    if a.shape[2] == 1 and b.shape[2] == 1:  # one position per row: a dot per row
+        return np.vecdot(a[:, :, 0], b[:, :, 0]).reshape(-1, 1, 1)
     a, b = np.broadcast_arrays(a, b)
     return np.einsum("rcs,rcs->rs", a, b)[:, None, :]
+
+
+def _add_product(buf, coef, *arrays):
+    """``buf += coef · Π arrays``, the product formed chunk by chunk of rows."""
+    for chunk in _row_chunks(buf):
+        product = np.multiply(_part(arrays[0], chunk), _part(coef, chunk))
+        for a in arrays[1:]:
+            product *= _part(a, chunk)
+        buf[chunk] += product
 
 
 def _constants_index(w, n_classes):
     return ()
 
 
-def _block_index(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
+def _block_index(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
@@ -61,7 +190,7 @@ def _constants_index_smoothed(w, n_classes):
     return ()
 
 
-def _block_index_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
+def _block_index_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
@@ -81,7 +210,7 @@ def _constants_index_weighted(w, n_classes):
     return ()
 
 
-def _block_index_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
+def _block_index_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
@@ -101,7 +230,7 @@ def _constants_index_weighted_smoothed(w, n_classes):
     return (sum_w, )
 
 
-def _block_index_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
+def _block_index_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
@@ -114,8 +243,7 @@ def _block_index_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_sm
     if need_grad:
         buf *= scale*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e
         buf.reshape(-1)[y_at] += scale*valid*w_y*(label_smoothing - 1)
-        np.multiply(w, -label_smoothing*scale*valid/n_classes, out=tmp)
-        buf += tmp
+        _add_product(buf, -label_smoothing*scale*valid/n_classes, w)
     return loss
 
 
@@ -123,7 +251,7 @@ def _constants_probability(w, n_classes):
     return ()
 
 
-def _block_probability(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
+def _block_probability(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
@@ -134,8 +262,7 @@ def _block_probability(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_c
     loss = sum_p*np.log(sum_e) - sum_pz
     if need_grad:
         buf *= scale*sum_p/sum_e
-        np.multiply(p, -scale, out=tmp)
-        buf += tmp
+        _add_product(buf, -scale, p)
     return loss
 
 
@@ -143,7 +270,7 @@ def _constants_probability_smoothed(w, n_classes):
     return ()
 
 
-def _block_probability_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
+def _block_probability_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
@@ -155,8 +282,7 @@ def _block_probability_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoot
     loss = label_smoothing*sum_pz - label_smoothing*sum_z/n_classes - sum_pz + (-label_smoothing*sum_p + label_smoothing + sum_p)*np.log(sum_e)
     if need_grad:
         buf *= scale*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e
-        np.multiply(p, scale*(label_smoothing - 1), out=tmp)
-        buf += tmp
+        _add_product(buf, scale*(label_smoothing - 1), p)
         buf += -label_smoothing*scale/n_classes
     return loss
 
@@ -165,20 +291,18 @@ def _constants_probability_weighted(w, n_classes):
     return ()
 
 
-def _block_probability_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp):
+def _block_probability_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_pw = _class_dot(p, w)
-    sum_pwz = _class_dot(p*w, buf)
+    sum_pwz = _class_dot(p, w, buf)
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = sum_pw*np.log(sum_e) - sum_pwz
     if need_grad:
         buf *= scale*sum_pw/sum_e
-        np.multiply(p, -scale, out=tmp)
-        tmp *= w
-        buf += tmp
+        _add_product(buf, -scale, p, w)
     return loss
 
 
@@ -187,23 +311,20 @@ def _constants_probability_weighted_smoothed(w, n_classes):
     return (sum_w, )
 
 
-def _block_probability_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, tmp, sum_w):
+def _block_probability_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes, need_grad, sum_w):
     """Loss per row of the block; the gradient into ``buf`` if ``need_grad``."""
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_pw = _class_dot(p, w)
-    sum_pwz = _class_dot(p*w, buf)
+    sum_pwz = _class_dot(p, w, buf)
     sum_wz = _class_dot(w, buf)
     np.exp(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = label_smoothing*sum_pwz - label_smoothing*sum_wz/n_classes - sum_pwz + (-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)*np.log(sum_e)
     if need_grad:
         buf *= scale*(-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)/sum_e
-        np.multiply(p, scale*(label_smoothing - 1), out=tmp)
-        tmp *= w
-        buf += tmp
-        np.multiply(w, -label_smoothing*scale/n_classes, out=tmp)
-        buf += tmp
+        _add_product(buf, scale*(label_smoothing - 1), p, w)
+        _add_product(buf, -label_smoothing*scale/n_classes, w)
     return loss
 
 
@@ -216,17 +337,6 @@ _KERNELS = {
     ("probability", False, True): (_constants_probability_smoothed, _block_probability_smoothed),
     ("probability", True, False): (_constants_probability_weighted, _block_probability_weighted),
     ("probability", True, True): (_constants_probability_weighted_smoothed, _block_probability_weighted_smoothed),
-}
-# kernels that add a product of arrays to the gradient, through a scratch block
-_NEEDS_TMP = {
-    ("index", False, False): False,
-    ("index", False, True): False,
-    ("index", True, False): False,
-    ("index", True, True): True,
-    ("probability", False, False): True,
-    ("probability", False, True): True,
-    ("probability", True, False): True,
-    ("probability", True, True): True,
 }
 
 
@@ -410,51 +520,55 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, grad_o
     itemsize = np.dtype(dtype).itemsize
     tiles = list(_tiles(n, s, n_classes, itemsize))
     block_size = max((x3[t].size for t, _ in tiles), default=0)
-    flat = {}
 
-    def scratch(name, shape):
-        """A contiguous block ``shape`` from a buffer reused by every tile."""
-        if name not in flat:
-            flat[name] = np.empty(block_size, dtype=dtype)
-        return flat[name][: int(np.prod(shape))].reshape(shape)
+    def work(take):
+        """The tiles ``take()`` hands out, with this thread's own scratch."""
+        flat = {}
 
-    for tile, transposed in tiles:
-        x = x3[tile]
-        if transposed:
-            x_shape = (x.shape[0] * x.shape[2], n_classes, 1)
-        else:
-            x_shape = x.shape
-        b, _, sb = x_shape
-        # the block must be contiguous (reductions, flat gathers); (N, C) inputs
-        # and whole slabs already are, and then the gradient block is the buffer
-        direct = (need_grad and not transposed and dtype == input.dtype
-                  and (s == 1 or sb == s))
-        buf = grad3[tile] if direct else scratch("buf", x_shape)
-        if transposed or (not direct and (dtype != input.dtype or not x.flags.c_contiguous)):
-            # rows made contiguous, or float16 widened before x - max is formed
-            x = _copy_rows(buf, x3, tile, transposed)
-        p_block = None
-        if p is not None:
-            p_block = p[tile]
-            if transposed or not p_block.flags.c_contiguous:
-                p_block = _copy_rows(scratch("p", x_shape), p, tile, transposed)
-        y_block = y_at = None
-        if y is not None:  # flat offsets of the targets in the contiguous block
-            y_block = _rows(y, tile, transposed)
-            y_at = ((np.arange(b).reshape(-1, 1, 1) * n_classes + y_block) * sb
-                    + np.arange(sb).reshape(1, 1, -1))
-        tmp = scratch("tmp", x_shape) if _NEEDS_TMP[kernel_key] else None
-        loss = block(
-            x, buf, y_block, y_at,
-            None if valid is None else _rows(valid_f, tile, transposed),
-            p_block,
-            w,
-            _rows(scale3, tile, transposed) if reduction == "none" else scale,
-            label_smoothing, n_classes, need_grad, tmp, *consts,
-        )
-        if need_grad and not direct:
-            _put_rows(grad3, tile, transposed, buf)
-        _put_rows(losses, tile, transposed, loss)
+        def scratch(name, shape):
+            """A contiguous block ``shape`` from a buffer reused by every tile."""
+            if name not in flat:
+                flat[name] = np.empty(block_size, dtype=dtype)
+            return flat[name][: int(np.prod(shape))].reshape(shape)
+
+        for tile, transposed in iter(take, None):
+            x = x3[tile]
+            if transposed:
+                x_shape = (x.shape[0] * x.shape[2], n_classes, 1)
+            else:
+                x_shape = x.shape
+            b, _, sb = x_shape
+            # the block must be contiguous (reductions, flat gathers); (N, C) inputs
+            # and whole slabs already are, and then the gradient block is the buffer
+            direct = (need_grad and not transposed and dtype == input.dtype
+                      and (s == 1 or sb == s))
+            buf = grad3[tile] if direct else scratch("buf", x_shape)
+            if transposed or (not direct and (dtype != input.dtype or not x.flags.c_contiguous)):
+                # rows made contiguous, or float16 widened before x - max is formed
+                x = _copy_rows(buf, x3, tile, transposed)
+            p_block = None
+            if p is not None:
+                p_block = p[tile]
+                if transposed or not p_block.flags.c_contiguous:
+                    p_block = _copy_rows(scratch("p", x_shape), p, tile, transposed)
+            y_block = y_at = None
+            if y is not None:  # flat offsets of the targets in the contiguous block
+                y_block = _rows(y, tile, transposed)
+                y_at = ((np.arange(b).reshape(-1, 1, 1) * n_classes + y_block) * sb
+                        + np.arange(sb).reshape(1, 1, -1))
+            loss = block(
+                x, buf, y_block, y_at,
+                None if valid is None else _rows(valid_f, tile, transposed),
+                p_block,
+                w,
+                _rows(scale3, tile, transposed) if reduction == "none" else scale,
+                label_smoothing, n_classes, need_grad, *consts,
+            )
+            if need_grad and not direct:
+                _put_rows(grad3, tile, transposed, buf)
+            _put_rows(losses, tile, transposed, loss)
+
+    _parallel(work, tiles)
     out = None
     if need_loss:
         if reduction == "none":

@@ -33,8 +33,12 @@ _BLOCK_BYTES = 4 * 1048576
 _SLAB_POSITIONS = 32
 
 
-def _class_dot(a, b):
-    """``Σ_j a_j b_j`` along the class axis: ``(rows, 1, positions)``."""
+def _class_dot(*arrays):
+    """``Σ_j a_j b_j …`` along the class axis: ``(rows, 1, positions)``."""
+    *first, b = arrays
+    a = first[0]
+    for factor in first[1:]:
+        a = a * factor
     if a.shape[0] * a.shape[2] == 1 or b.shape[0] * b.shape[2] == 1:
         # one per-class vector (the weights) against every row: a matrix
         # product, no block-sized temporary (and, one position per row, a
@@ -176,7 +180,7 @@ def _block_probability_weighted(x, buf, y, valid, p, w, scale, label_smoothing, 
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_pw = _class_dot(p, w)
-    sum_pwz = _class_dot(p*w, buf)
+    sum_pwz = _class_dot(p, w, buf)
     buf.exp_()
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = sum_pw*torch.log(sum_e) - sum_pwz
@@ -197,7 +201,7 @@ def _block_probability_weighted_smoothed(x, buf, y, valid, p, w, scale, label_sm
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_pw = _class_dot(p, w)
-    sum_pwz = _class_dot(p*w, buf)
+    sum_pwz = _class_dot(p, w, buf)
     sum_wz = _class_dot(w, buf)
     buf.exp_()
     sum_e = torch.sum(buf, dim=1, keepdim=True)

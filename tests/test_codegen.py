@@ -1,6 +1,7 @@
 """Code generation: in sync with generated/, deterministic, standalone, driven by the derivation."""
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,11 @@ def test_module_is_standalone_with_header(name):
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
-    assert imported <= {"numpy", "torch"}
+    # standalone (DESIGN: a user copies one file): numpy / torch and the
+    # standard library (the NumPy module's threads), never symce
+    third_party = imported - set(sys.stdlib_module_names)
+    assert third_party <= {"numpy", "torch"}, third_party
+    assert "symce" not in imported
 
 
 def test_unknown_loss_is_a_one_line_error(capsys):

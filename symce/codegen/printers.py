@@ -73,10 +73,10 @@ class ArrayPrinterMixin:
             raise ValueError(f"only sums over all classes can be printed, not {expr}")
         factors = sp.Mul.make_args(expr.function)
         if len(factors) > 1 and all(isinstance(f, sp.Indexed) for f in factors):
-            # Σ_j a_j b_j as a batched dot product: no temporary of the block's size
-            *first, last = factors
+            # Σ_j a_j b_j (c_j …) as a batched dot product of the factors: the
+            # module's helper forms no temporary of the block's size
             return self.templates["class_dot"].format(
-                left=self._print(sp.Mul(*first)), right=self._print(last))
+                factors=", ".join(self._print(f) for f in factors))
         return self.templates["class_sum"].format(body=self._print(expr.function))
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
@@ -95,7 +95,7 @@ class NumpyArrayPrinter(ArrayPrinterMixin, NumPyPrinter):
     templates = {
         "class_sum": "np.sum({body}, axis=1, keepdims=True)",
         # Σ_j a_j b_j: the module's helper picks a batched matmul or einsum by layout
-        "class_dot": "_class_dot({left}, {right})",
+        "class_dot": "_class_dot({factors})",
         # y_at: flat offsets row * C + y of the targets in the contiguous block
         "row_gather": "{array}.reshape(-1)[y_at]",
         "class_gather": "{array}.reshape(-1)[{index}]",
@@ -107,7 +107,7 @@ class TorchArrayPrinter(ArrayPrinterMixin, TorchPrinter):
 
     templates = {
         "class_sum": "torch.sum({body}, dim=1, keepdim=True)",
-        "class_dot": "_class_dot({left}, {right})",
+        "class_dot": "_class_dot({factors})",
         "row_gather": "torch.gather({array}, 1, {index})",
         "class_gather": "{array}.reshape(-1)[{index}]",
     }
