@@ -263,7 +263,7 @@ def main() -> None:
             vs_kd = f"{t / ref_kdim:.2f}x" if ref_kdim and name.startswith("numpy") else ""
             ref = ref_t_all if name.endswith("[all]") else ref_t
             vs_t = f"{t / ref:.2f}x" if ref and name.startswith("torch") else ""
-            m = f"{mem[name]:.0f}" if name in mem else ""
+            m = f"{mem[name]:.1f}" if name in mem else ""
             print(f"| {name} | {t * 1e3:.1f} | {vs_np} | {vs_kd} | {vs_t} | {m} |", flush=True)
         results[key] = {"times_s": times, "peak_extra_mb": mem}
     if args.json:

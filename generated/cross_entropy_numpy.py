@@ -11,6 +11,10 @@ the input's shape).  The loss and its gradient are computed in one pass over
 blocks of rows that fit in cache: the shifted logits ``x - max`` are written
 straight into the gradient buffer, exponentiated there in place and scaled
 into the gradient, so no other array of the input's size is allocated.
+Inputs of more than one block are shared out among threads (NumPy releases
+the GIL in its loops): all usable cores by default, or ``set_num_threads(n)``
+or the environment variable ``SYMCE_NUM_THREADS``; the result does not depend
+on the number of threads.
 """
 
 import os
@@ -76,8 +80,8 @@ def _helpers(count):
     global _pool, _pool_size
     with _pool_lock:
         if _pool_size < count:
-            if _pool is not None:
-                _pool.shutdown(wait=False)  # its running work still finishes
+            # the old pool is not shut down: a call on another thread may still
+            # be handing it work; unreferenced, its idle threads exit
             _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="symce")
             _pool_size = count
         return _pool

@@ -89,3 +89,105 @@ def test_float16_input_is_computed_in_float32(target):
     case = Case("numpy-float16", (6, 33), target=target, dtype="float16", weight=True,
                 label_smoothing=0.1, ignore="some" if target == "index" else "none")
     assert_parity(ce, case)
+
+
+# -- threads and chunked products ------------------------------------------------
+THREAD_CASES = (
+    Case("threads-2d", (37, 9), weight=True, ignore="some", label_smoothing=0.1),
+    Case("threads-prob", (37, 9), target="probability", weight=True, label_smoothing=0.2,
+         reduction="none"),
+    Case("threads-kdim", (5, 9, 7), target="probability", weight=True, label_smoothing=0.2),
+    Case("threads-slab", (3, 9, 150), weight=True, ignore="some", label_smoothing=0.2,
+         reduction="none"),
+    Case("threads-slab-prob", (3, 9, 150), target="probability", weight=True,
+         label_smoothing=0.1),
+)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of a few rows and product chunks of a row or two: many of each per call."""
+    monkeypatch.setattr(ce, "_BLOCK_BYTES", 256)
+    monkeypatch.setattr(ce, "_CHUNK_ELEMENTS", 12)
+    yield
+    ce.set_num_threads(None)
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=lambda c: c.name)
+def test_threads_agree_with_torch_and_with_one_thread_bit_for_bit(small_blocks, case):
+    from symce.verify.parity import make_inputs
+
+    x, target, weight, _ = make_inputs(case)
+    results = []
+    for threads in (1, 3):
+        ce.set_num_threads(threads)
+        assert ce.get_num_threads() == threads
+        assert_parity(ce, case)
+        results.append(ce.cross_entropy_with_grad(x, target, weight=weight,
+                                                  reduction=case.reduction,
+                                                  label_smoothing=case.label_smoothing))
+    (loss1, grad1), (loss3, grad3) = results
+    np.testing.assert_array_equal(loss1, loss3)
+    np.testing.assert_array_equal(grad1, grad3)
+
+
+def test_error_in_one_block_is_raised_and_the_pool_survives(small_blocks, monkeypatch):
+    key = ("index", False, False)
+    constants, block = ce._KERNELS[key]
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise FloatingPointError("block four")
+        return block(*args, **kwargs)
+
+    monkeypatch.setitem(ce._KERNELS, key, (constants, failing))
+    ce.set_num_threads(3)
+    x = np.random.default_rng(0).standard_normal((40, 9))
+    y = np.arange(40) % 9
+    with pytest.raises(FloatingPointError, match="block four"):
+        ce.cross_entropy_with_grad(x, y)
+    monkeypatch.setitem(ce._KERNELS, key, (constants, block))
+    ce.set_num_threads(3)
+    loss, grad = ce.cross_entropy_with_grad(x, y)
+    ce.set_num_threads(1)
+    loss1, grad1 = ce.cross_entropy_with_grad(x, y)
+    assert loss == loss1
+    np.testing.assert_array_equal(grad, grad1)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_forked_child_computes_with_threads(small_blocks):
+    import os
+
+    ce.set_num_threads(2)
+    x = np.random.default_rng(1).standard_normal((30, 9))
+    y = np.arange(30) % 9
+    want = ce.cross_entropy(x, y)  # the parent's pool now exists
+    pid = os.fork()
+    if pid == 0:  # the child: a pool's threads do not survive fork
+        ok = False
+        try:
+            ok = ce.cross_entropy(x, y) == want
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_num_threads_rejects_non_positive_integers(bad):
+    with pytest.raises(ValueError, match="positive integer"):
+        ce.set_num_threads(bad)
+
+
+def test_thread_count_from_environment(monkeypatch):
+    ce.set_num_threads(None)
+    monkeypatch.setenv("SYMCE_NUM_THREADS", "3")
+    assert ce.get_num_threads() == 3
+    monkeypatch.setenv("SYMCE_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="SYMCE_NUM_THREADS"):
+        ce.get_num_threads()
+    monkeypatch.delenv("SYMCE_NUM_THREADS")
+    assert ce.get_num_threads() >= 1
