@@ -31,6 +31,8 @@ _REDUCTIONS = ("none", "mean", "sum")
 _BLOCK_BYTES = 1048576
 # from this many positions on, (N, C, d1, ...) is processed in its own layout
 _SLAB_POSITIONS = 64
+# log2(e): exp(z) is computed as exp2(z·log2(e))
+_LOG2_E = 1.4426950408889634
 
 
 # -- threads: blocks are independent, so they are shared out among threads ------
@@ -181,7 +183,12 @@ def _block_index(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     z_y = buf.reshape(-1)[y_at]
-    np.exp(buf, out=buf)
+    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
+    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
+    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
+    # z near 0 are the ones that count in Σe)
+    buf *= _LOG2_E
+    np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*(-z_y + np.log(sum_e))
     if need_grad:
@@ -200,7 +207,12 @@ def _block_index_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, 
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_z = np.sum(buf, axis=1, keepdims=True)
     z_y = buf.reshape(-1)[y_at]
-    np.exp(buf, out=buf)
+    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
+    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
+    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
+    # z near 0 are the ones that count in Σe)
+    buf *= _LOG2_E
+    np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*(label_smoothing*z_y - label_smoothing*sum_z/n_classes - z_y + np.log(sum_e))
     if need_grad:
@@ -220,7 +232,12 @@ def _block_index_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoothing, 
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     w_y = w.reshape(-1)[y]
     z_y = buf.reshape(-1)[y_at]
-    np.exp(buf, out=buf)
+    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
+    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
+    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
+    # z near 0 are the ones that count in Σe)
+    buf *= _LOG2_E
+    np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*w_y*(-z_y + np.log(sum_e))
     if need_grad:
@@ -241,7 +258,12 @@ def _block_index_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_sm
     sum_wz = _class_dot(w, buf)
     w_y = w.reshape(-1)[y]
     z_y = buf.reshape(-1)[y_at]
-    np.exp(buf, out=buf)
+    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
+    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
+    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
+    # z near 0 are the ones that count in Σe)
+    buf *= _LOG2_E
+    np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*(label_smoothing*w_y*z_y - label_smoothing*sum_wz/n_classes - w_y*z_y + (-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)*np.log(sum_e))
     if need_grad:
@@ -261,7 +283,12 @@ def _block_probability(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_c
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_p = np.sum(p, axis=1, keepdims=True)
     sum_pz = _class_dot(p, buf)
-    np.exp(buf, out=buf)
+    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
+    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
+    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
+    # z near 0 are the ones that count in Σe)
+    buf *= _LOG2_E
+    np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = sum_p*np.log(sum_e) - sum_pz
     if need_grad:
@@ -281,7 +308,12 @@ def _block_probability_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoot
     sum_p = np.sum(p, axis=1, keepdims=True)
     sum_pz = _class_dot(p, buf)
     sum_z = np.sum(buf, axis=1, keepdims=True)
-    np.exp(buf, out=buf)
+    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
+    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
+    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
+    # z near 0 are the ones that count in Σe)
+    buf *= _LOG2_E
+    np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = label_smoothing*sum_pz - label_smoothing*sum_z/n_classes - sum_pz + (-label_smoothing*sum_p + label_smoothing + sum_p)*np.log(sum_e)
     if need_grad:
@@ -301,7 +333,12 @@ def _block_probability_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoot
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, buf)
-    np.exp(buf, out=buf)
+    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
+    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
+    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
+    # z near 0 are the ones that count in Σe)
+    buf *= _LOG2_E
+    np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = sum_pw*np.log(sum_e) - sum_pwz
     if need_grad:
@@ -322,7 +359,12 @@ def _block_probability_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, la
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, buf)
     sum_wz = _class_dot(w, buf)
-    np.exp(buf, out=buf)
+    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
+    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
+    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
+    # z near 0 are the ones that count in Σe)
+    buf *= _LOG2_E
+    np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = label_smoothing*sum_pwz - label_smoothing*sum_wz/n_classes - sum_pwz + (-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)*np.log(sum_e)
     if need_grad:
