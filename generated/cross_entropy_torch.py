@@ -312,7 +312,8 @@ def _tiles(n, s, n_classes, itemsize):
     of samples, transposed to one row per position (the class axis must be
     contiguous for fast reductions).  Many positions: a block of whole samples
     as they lie, reduced along the classes position-wise, or, for a sample
-    larger than a block, slabs ``(1, C, positions)`` of it.
+    larger than a block, slabs ``(1, C, positions)`` of it.  The first block
+    is the largest (scratch buffers are sized by it).
     """
     rows = max(1, _BLOCK_BYTES // (n_classes * itemsize))
     if s == 1:
@@ -363,10 +364,12 @@ def _put_rows(a3, tile, transposed, rows):
 
 
 def _targets(input, target, n_classes, ignore_index):
-    """``("index", y, valid)`` or ``("probability", p, None)``, validated, as (N, 1|C, S)."""
+    """``("index", y, valid)`` or ``("probability", p, None)``, validated, as (N, 1|C, S).
+
+    ``valid`` (0 where the target is ``ignore_index``) is None when no target is.
+    """
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    target = target.detach()
     shape = tuple(input.shape)
     batch_shape = () if input.dim() == 1 else (shape[0],) + shape[2:]
     if target.is_floating_point():
@@ -383,7 +386,7 @@ def _targets(input, target, n_classes, ignore_index):
             )
         if ignore_index != -100:  # as torch.nn.functional.cross_entropy
             raise ValueError("ignore_index is not supported for probability (float) targets")
-        p = target.to(dtype=_compute_dtype(input.dtype))
+        p = target.detach().to(dtype=_compute_dtype(input.dtype))
         return "probability", _layout(p, input.dim()), None
     if target.dtype == torch.bool or target.is_complex():
         raise ValueError(f"target must be integer class indices or float probabilities, "
@@ -394,6 +397,19 @@ def _targets(input, target, n_classes, ignore_index):
             f"{shape}, got {tuple(target.shape)}"
         )
     target = target.to(torch.int64)
+    positions = 1
+    for d in shape[2:]:
+        positions *= d
+    rows = (1, 1, 1) if input.dim() == 1 else (shape[0], 1, positions)
+    # the common case in one reduction: every target is a class.  Then no
+    # entry needs replacing, and if ignore_index lies outside the targets'
+    # range, none is ignored (valid None: every row counts)
+    low, high = (0, -1) if target.numel() == 0 else (int(v) for v in torch.aminmax(target))
+    if 0 <= low and high < n_classes:
+        if not low <= ignore_index <= high:
+            return "index", target.reshape(rows), None
+        # an ignored target is a class here: it is gathered, and valid zeroes it
+        return "index", target.reshape(rows), (target != ignore_index).reshape(rows)
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= n_classes))
     if bool(bad.any()):
@@ -402,10 +418,6 @@ def _targets(input, target, n_classes, ignore_index):
             f"classes (valid: 0..{n_classes - 1} or ignore_index={ignore_index})"
         )
     y = torch.where(valid, target, torch.zeros((), dtype=torch.int64, device=target.device))
-    positions = 1
-    for d in shape[2:]:
-        positions *= d
-    rows = (1, 1, 1) if input.dim() == 1 else (shape[0], 1, positions)
     return "index", y.reshape(rows), valid.reshape(rows)
 
 
@@ -420,11 +432,16 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
     x3 = _layout(input, input.dim())
     n, _, s = x3.shape
     y, p = (y_or_p, None) if kind == "index" else (None, y_or_p)
-    valid_f = None if valid is None else valid.to(dtype)
     w = None if weight is None else weight.reshape(1, -1, 1)
+    valid_f = None
+    if kind == "index":
+        if valid is None:  # nothing ignored
+            valid_f = torch.ones((n, 1, s), dtype=dtype, device=input.device)
+        else:
+            valid_f = valid.to(dtype)
 
     # the reduction: d(reduced loss)/d(row loss), and mean's denominator
-    if kind == "index":
+    if kind == "index" and (valid is not None or weight is not None):
         row_weight = valid_f if weight is None else valid_f * weight[y]
         denominator = float(row_weight.sum(dtype=torch.float64))
     else:
@@ -445,18 +462,16 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
         grad3 = _layout(grad, input.dim())
     losses = torch.empty((n, 1, s), dtype=dtype, device=input.device)
     itemsize = torch.empty((), dtype=dtype).element_size()
-    tiles = list(_tiles(n, s, n_classes, itemsize))
-    block_size = max((x3[t].numel() for t, _ in tiles), default=0)
     flat = {}
 
     def scratch(name, shape):
         """A contiguous block ``shape`` from a buffer reused by every tile."""
-        if name not in flat:
-            flat[name] = torch.empty(block_size, dtype=dtype, device=input.device)
         size = shape[0] * shape[1] * shape[2]
+        if name not in flat:  # the first tile is the largest
+            flat[name] = torch.empty(size, dtype=dtype, device=input.device)
         return flat[name][:size].view(shape)
 
-    for tile, transposed in tiles:
+    for tile, transposed in _tiles(n, s, n_classes, itemsize):
         x = x3[tile]
         if transposed:
             shape = (x.shape[0] * x.shape[2], n_classes, 1)
