@@ -33,6 +33,8 @@ _LOG2_E = 1.4426950408889634
 # from this many positions on, (N, C, d1, ...) is processed in its own layout:
 # torch's reductions over the class axis then vectorise along the positions
 _SLAB_POSITIONS = 32
+# blocks of whole (C, positions) samples as they lie hold this many blocks' bytes
+_LAID_OUT_BLOCKS = 4
 
 
 def _class_dot(*arrays):
@@ -310,9 +312,9 @@ def _tiles(n, s, n_classes, itemsize):
 
     ``(N, C)``: a block of samples.  ``(N, C, S)`` with few positions: a block
     of samples, transposed to one row per position (the class axis must be
-    contiguous for fast reductions).  Many positions: a block of whole samples
-    as they lie, reduced along the classes position-wise, or, for a sample
-    larger than a block, slabs ``(1, C, positions)`` of it.  The first block
+    contiguous for fast reductions).  Many positions: a larger block of whole
+    samples as they lie, reduced along the classes position-wise, or, for a
+    sample larger than that, slabs ``(1, C, positions)`` of it.  The first block
     is the largest (scratch buffers are sized by it).
     """
     rows = max(1, _BLOCK_BYTES // (n_classes * itemsize))
@@ -323,15 +325,19 @@ def _tiles(n, s, n_classes, itemsize):
         samples = max(1, rows // s)
         for n0 in range(0, n, samples):
             yield (slice(n0, min(n, n0 + samples)), slice(None), slice(None)), True
-    elif n_classes * s * itemsize <= _BLOCK_BYTES:
-        samples = max(1, rows // s)
-        for n0 in range(0, n, samples):
-            yield (slice(n0, min(n, n0 + samples)), slice(None), slice(None)), False
     else:
-        step = max(_SLAB_POSITIONS, rows)
-        for i in range(n):
-            for s0 in range(0, s, step):
-                yield (slice(i, i + 1), slice(None), slice(s0, min(s, s0 + step))), False
+        # as they lie, the class-axis reductions stream along the positions
+        # instead of looping per row: fewer, larger operations win (measured),
+        # so these blocks hold _LAID_OUT_BLOCKS blocks' worth of logits
+        positions = max(_SLAB_POSITIONS, _LAID_OUT_BLOCKS * rows)
+        if s <= positions:
+            samples = max(1, positions // s)
+            for n0 in range(0, n, samples):
+                yield (slice(n0, min(n, n0 + samples)), slice(None), slice(None)), False
+        else:
+            for i in range(n):
+                for s0 in range(0, s, positions):
+                    yield (slice(i, i + 1), slice(None), slice(s0, min(s, s0 + positions))), False
 
 
 def _rows(a3, tile, transposed):
