@@ -28,7 +28,10 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # split every operation on a block; the fork and join of each operation then
 # stays small against its work, and each thread's share stays near its L2
 _BLOCK_BYTES = 4 * 1048576
-# log2(e): exp(z) is computed as exp2(z·log2(e))
+# log2(e): exp(z) is computed as exp2(z·log2(e)), since torch's CPU exp2
+# kernel is about three times faster than its exp.  z = x - max is formed
+# exactly first, so e keeps exp's relative accuracy up to |z|·ulp (and the
+# z near 0 are what count in Σe)
 _LOG2_E = 1.4426950408889634
 # from this many positions on, (N, C, d1, ...) is processed in its own layout:
 # torch's reductions over the class axis then vectorise along the positions
@@ -65,10 +68,7 @@ def _block_index(x, buf, y, valid, p, w, scale, label_smoothing, n_classes, need
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     z_y = torch.gather(buf, 1, y)
-    # e = exp(z) = 2^(z log2(e)): torch's CPU exp2 kernel is several times
-    # faster than its exp; z is exact before the scaling, so e keeps exp's
-    # relative accuracy up to |z|·ulp (z near 0 is what counts in Σe)
-    buf.mul_(_LOG2_E).exp2_()
+    buf.mul_(_LOG2_E).exp2_()  # e = exp(z), as exp2 (see _LOG2_E)
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = valid*(-z_y + torch.log(sum_e))
     if need_grad:
@@ -87,10 +87,7 @@ def _block_index_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, n_clas
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_z = torch.sum(buf, dim=1, keepdim=True)
     z_y = torch.gather(buf, 1, y)
-    # e = exp(z) = 2^(z log2(e)): torch's CPU exp2 kernel is several times
-    # faster than its exp; z is exact before the scaling, so e keeps exp's
-    # relative accuracy up to |z|·ulp (z near 0 is what counts in Σe)
-    buf.mul_(_LOG2_E).exp2_()
+    buf.mul_(_LOG2_E).exp2_()  # e = exp(z), as exp2 (see _LOG2_E)
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = valid*(label_smoothing*z_y - label_smoothing*sum_z/n_classes - z_y + torch.log(sum_e))
     if need_grad:
@@ -110,10 +107,7 @@ def _block_index_weighted(x, buf, y, valid, p, w, scale, label_smoothing, n_clas
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     w_y = w.reshape(-1)[y]
     z_y = torch.gather(buf, 1, y)
-    # e = exp(z) = 2^(z log2(e)): torch's CPU exp2 kernel is several times
-    # faster than its exp; z is exact before the scaling, so e keeps exp's
-    # relative accuracy up to |z|·ulp (z near 0 is what counts in Σe)
-    buf.mul_(_LOG2_E).exp2_()
+    buf.mul_(_LOG2_E).exp2_()  # e = exp(z), as exp2 (see _LOG2_E)
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = valid*w_y*(-z_y + torch.log(sum_e))
     if need_grad:
@@ -134,10 +128,7 @@ def _block_index_weighted_smoothed(x, buf, y, valid, p, w, scale, label_smoothin
     sum_wz = _class_dot(w, buf)
     w_y = w.reshape(-1)[y]
     z_y = torch.gather(buf, 1, y)
-    # e = exp(z) = 2^(z log2(e)): torch's CPU exp2 kernel is several times
-    # faster than its exp; z is exact before the scaling, so e keeps exp's
-    # relative accuracy up to |z|·ulp (z near 0 is what counts in Σe)
-    buf.mul_(_LOG2_E).exp2_()
+    buf.mul_(_LOG2_E).exp2_()  # e = exp(z), as exp2 (see _LOG2_E)
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = valid*(label_smoothing*w_y*z_y - label_smoothing*sum_wz/n_classes - w_y*z_y + (-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)*torch.log(sum_e))
     if need_grad:
@@ -157,10 +148,7 @@ def _block_probability(x, buf, y, valid, p, w, scale, label_smoothing, n_classes
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_p = torch.sum(p, dim=1, keepdim=True)
     sum_pz = _class_dot(p, buf)
-    # e = exp(z) = 2^(z log2(e)): torch's CPU exp2 kernel is several times
-    # faster than its exp; z is exact before the scaling, so e keeps exp's
-    # relative accuracy up to |z|·ulp (z near 0 is what counts in Σe)
-    buf.mul_(_LOG2_E).exp2_()
+    buf.mul_(_LOG2_E).exp2_()  # e = exp(z), as exp2 (see _LOG2_E)
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = sum_p*torch.log(sum_e) - sum_pz
     if need_grad:
@@ -180,10 +168,7 @@ def _block_probability_smoothed(x, buf, y, valid, p, w, scale, label_smoothing, 
     sum_p = torch.sum(p, dim=1, keepdim=True)
     sum_pz = _class_dot(p, buf)
     sum_z = torch.sum(buf, dim=1, keepdim=True)
-    # e = exp(z) = 2^(z log2(e)): torch's CPU exp2 kernel is several times
-    # faster than its exp; z is exact before the scaling, so e keeps exp's
-    # relative accuracy up to |z|·ulp (z near 0 is what counts in Σe)
-    buf.mul_(_LOG2_E).exp2_()
+    buf.mul_(_LOG2_E).exp2_()  # e = exp(z), as exp2 (see _LOG2_E)
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = label_smoothing*sum_pz - label_smoothing*sum_z/n_classes - sum_pz + (-label_smoothing*sum_p + label_smoothing + sum_p)*torch.log(sum_e)
     if need_grad:
@@ -203,10 +188,7 @@ def _block_probability_weighted(x, buf, y, valid, p, w, scale, label_smoothing, 
     torch.sub(x, torch.amax(x, dim=1, keepdim=True), out=buf)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, buf)
-    # e = exp(z) = 2^(z log2(e)): torch's CPU exp2 kernel is several times
-    # faster than its exp; z is exact before the scaling, so e keeps exp's
-    # relative accuracy up to |z|·ulp (z near 0 is what counts in Σe)
-    buf.mul_(_LOG2_E).exp2_()
+    buf.mul_(_LOG2_E).exp2_()  # e = exp(z), as exp2 (see _LOG2_E)
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = sum_pw*torch.log(sum_e) - sum_pwz
     if need_grad:
@@ -228,10 +210,7 @@ def _block_probability_weighted_smoothed(x, buf, y, valid, p, w, scale, label_sm
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, buf)
     sum_wz = _class_dot(w, buf)
-    # e = exp(z) = 2^(z log2(e)): torch's CPU exp2 kernel is several times
-    # faster than its exp; z is exact before the scaling, so e keeps exp's
-    # relative accuracy up to |z|·ulp (z near 0 is what counts in Σe)
-    buf.mul_(_LOG2_E).exp2_()
+    buf.mul_(_LOG2_E).exp2_()  # e = exp(z), as exp2 (see _LOG2_E)
     sum_e = torch.sum(buf, dim=1, keepdim=True)
     loss = label_smoothing*sum_pwz - label_smoothing*sum_wz/n_classes - sum_pwz + (-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)*torch.log(sum_e)
     if need_grad:
