@@ -113,3 +113,43 @@ def test_legacy_reduction_arguments(module):
     x, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
     loss = module.CrossEntropyLoss(size_average=False)(x, y)
     torch.testing.assert_close(loss, F.cross_entropy(x, y, reduction="sum"))
+
+
+def _against_torch(module, x, target, **kwargs):
+    """Loss and gradient of ``module`` and of F.cross_entropy (float64 inputs)."""
+    got_x = x.clone().requires_grad_()
+    want_x = x.clone().requires_grad_()
+    got = module.cross_entropy(got_x, target, **kwargs)
+    want = F.cross_entropy(want_x, target, **kwargs)
+    if got.numel() and got.dim() == 0 and not torch.isnan(want):
+        got.backward()
+        want.backward()
+        torch.testing.assert_close(got_x.grad, want_x.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("targets, ignore_index", [
+    ([0, 2, 2, 1, 3], 2),    # ignore_index is a class, and present: those rows drop out
+    ([0, 1, 1, 3, 0], 2),    # a class, absent: nothing is ignored
+    ([0, 1, 1, 3, 0], -100),  # the default, absent
+    ([0, 1, -100, 3, 0], -100),  # the default, present
+    ([0, 1, 7, 3, 0], 7),    # outside the classes, present
+])
+def test_ignore_index_inside_and_outside_the_class_range(module, targets, ignore_index):
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for reduction in ("mean", "sum", "none"):
+        _against_torch(module, x, torch.tensor(targets), ignore_index=ignore_index,
+                       reduction=reduction)
+
+
+@pytest.mark.parametrize("targets", [[0, 4, -100], [-1, 0, 1], [0, 1, -100, 5]])
+def test_out_of_range_target_beside_ignored_ones_is_an_index_error(module, targets):
+    x = torch.randn(len(targets), 4, dtype=torch.float64)
+    with pytest.raises(IndexError, match="out of bounds"):
+        module.cross_entropy(x, torch.tensor(targets))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_batch_like_torch(module, reduction):
+    x = torch.zeros(0, 4, dtype=torch.float64)
+    _against_torch(module, x, torch.zeros(0, dtype=torch.int64), reduction=reduction)
