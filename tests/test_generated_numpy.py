@@ -84,11 +84,20 @@ def test_extreme_logits_are_finite():
     np.testing.assert_allclose(loss, [2e4, np.log(3)], rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(6, 33), (3, 5, 40)], ids=["2d", "kdim-as-it-lies"])
 @pytest.mark.parametrize("target", ["index", "probability"])
-def test_float16_input_is_computed_in_float32(target):
-    case = Case("numpy-float16", (6, 33), target=target, dtype="float16", weight=True,
+def test_float16_input_is_computed_in_float32(target, shape):
+    case = Case("numpy-float16", shape, target=target, dtype="float16", weight=True,
                 label_smoothing=0.1, ignore="some" if target == "index" else "none")
     assert_parity(ce, case)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kdim_with_many_positions_as_it_lies(dtype):
+    for target in ("index", "probability"):
+        assert_parity(ce, Case("kdim-40", (9, 6, 40), target=target, dtype=dtype, weight=True,
+                               label_smoothing=0.1, reduction="none",
+                               ignore="some" if target == "index" else "none"))
 
 
 # -- threads and chunked products ------------------------------------------------
@@ -97,6 +106,10 @@ THREAD_CASES = (
     Case("threads-prob", (37, 9), target="probability", weight=True, label_smoothing=0.2,
          reduction="none"),
     Case("threads-kdim", (5, 9, 7), target="probability", weight=True, label_smoothing=0.2),
+    # 3·40·8 = 960 bytes a sample: whole samples, two to a block of 2048 bytes
+    Case("threads-samples", (7, 3, 40), weight=True, ignore="some", label_smoothing=0.1),
+    Case("threads-samples-prob", (7, 3, 40), target="probability", weight=True,
+         reduction="none"),
     Case("threads-slab", (3, 9, 150), weight=True, ignore="some", label_smoothing=0.2,
          reduction="none"),
     Case("threads-slab-prob", (3, 9, 150), target="probability", weight=True,
@@ -114,8 +127,13 @@ def small_blocks(monkeypatch):
 
 
 @pytest.mark.parametrize("case", THREAD_CASES, ids=lambda c: c.name)
-def test_threads_agree_with_torch_and_with_one_thread_bit_for_bit(small_blocks, case):
+def test_threads_agree_with_torch_and_with_one_thread_bit_for_bit(small_blocks, monkeypatch,
+                                                                   case):
     from symce.verify.parity import make_inputs
+
+    if case.name.startswith("threads-samples"):
+        monkeypatch.setattr(ce, "_BLOCK_BYTES", 2048)
+        assert len(list(ce._tiles(7, 40, 3, 8))) == 4  # the layout this case is for
 
     x, target, weight, _ = make_inputs(case)
     results = []
