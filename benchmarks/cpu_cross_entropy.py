@@ -163,6 +163,14 @@ def variants(shape_key: str):
             return torch_setup(option)
         out[f"torch F.cross_entropy [{option}]"] = (ts, fwd_bwd(F.cross_entropy))
         out[f"torch generated [{option}]"] = (ts, fwd_bwd(gen_torch.cross_entropy))
+    def floor_setup():
+        x, _, _ = make_inputs(shape_key, "plain")
+        x = torch.from_numpy(x)
+        return x, torch.empty_like(x)
+
+    # the floor the issue names: one read of the logits and one write of a
+    # gradient-sized buffer (already faulted in), as one copy on torch's threads
+    out["floor: read logits + write gradient"] = (floor_setup, lambda s: s[1].copy_(s[0]))
     if os.environ.get("SYMCE_BENCH_COMPILE", "1") == "1":
         compiled = torch.compile(F.cross_entropy)
         out["torch.compile F.cross_entropy [plain]"] = (torch_setup, fwd_bwd(compiled))
@@ -172,7 +180,7 @@ def variants(shape_key: str):
 def time_all(shape_key: str, rounds: int, only=None) -> dict[str, float]:
     table = variants(shape_key)
     if only:  # the references stay: the ratios need them
-        keep = ("numpy hand-tuned", "torch F.cross_entropy [")
+        keep = ("numpy hand-tuned", "torch F.cross_entropy [", "floor:")
         table = {k: v for k, v in table.items()
                  if any(t in k for t in only) or k.startswith(keep)}
     states = {}
@@ -280,7 +288,7 @@ def main() -> None:
             vs_np = f"{t / ref_np:.2f}x" if ref_np and name.startswith("numpy") else ""
             vs_kd = f"{t / ref_kdim:.2f}x" if ref_kdim and name.startswith("numpy") else ""
             ref = ref_t_all if name.endswith("[all]") else ref_t
-            vs_t = f"{t / ref:.2f}x" if ref and name.startswith("torch") else ""
+            vs_t = (f"{t / ref:.2f}x" if ref and name.startswith(("torch", "floor")) else "")
             m = f"{mem[name]:.1f}" if name in mem else ""
             mw = f"{warm[name]:.1f}" if name in warm else ""
             print(f"| {name} | {t * 1e3:.1f} | {vs_np} | {vs_kd} | {vs_t} | {m} | {mw} |",

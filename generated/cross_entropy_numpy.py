@@ -44,7 +44,7 @@ _LOG2_E = 1.4426950408889634
 _threads = None  # set_num_threads(); None: $SYMCE_NUM_THREADS, else the usable cores
 _pool = None
 _pool_size = 0
-_pool_lock = threading.Lock()
+_pool_lock = threading.RLock()
 
 
 def get_num_threads():
@@ -56,6 +56,8 @@ def get_num_threads():
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"SYMCE_NUM_THREADS must be a positive integer, got {env!r}")
         return int(env)
+    if hasattr(os, "process_cpu_count"):  # Python 3.13: affinity and the -X cpu_count option
+        return max(1, os.process_cpu_count() or 1)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
@@ -71,8 +73,9 @@ def set_num_threads(n):
 
 
 def _forget_pool():
-    global _pool, _pool_size
-    _pool, _pool_size = None, 0  # a forked child has none of its parent's threads
+    """In a forked child: none of the parent's threads, and a lock nobody holds."""
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -95,8 +98,11 @@ def _parallel(work, tiles):
     """``work(take)`` on this thread and on helpers; ``take()`` hands out the next tile.
 
     Tiles are handed out one at a time, so a thread slowed by other load on a
-    shared machine takes fewer of them.  The first error stops the handing out
-    and is raised here once every thread has finished.
+    shared machine takes fewer of them.  The helpers run under the caller's
+    NumPy error settings (``np.errstate`` is per thread).  Once this thread
+    finds no tile left, helpers that have not started (queued behind another
+    call's) are cancelled rather than waited for.  The first error stops the
+    handing out and is raised here once every started helper has finished.
     """
     threads = min(get_num_threads(), len(tiles))
     source = iter(tiles)
@@ -105,55 +111,83 @@ def _parallel(work, tiles):
         return
     lock = threading.Lock()
     failed = []
+    settings, callback = np.geterr(), np.geterrcall()
 
     def take():
         with lock:
             return None if failed else next(source, None)
 
-    def guarded():
+    def guarded(helper):
         try:
-            work(take)
+            if helper:
+                with np.errstate(call=callback, **settings):
+                    work(take)
+            else:
+                work(take)
         except BaseException as exc:
             failed.append(exc)
             raise
 
-    futures = [_helpers(threads - 1).submit(guarded) for _ in range(threads - 1)]
+    futures = []
     try:
-        guarded()
+        pool = _helpers(threads - 1)
+        for _ in range(threads - 1):
+            futures.append(pool.submit(guarded, True))
+    except RuntimeError:  # no new threads at interpreter shutdown: this thread does it all
+        pass
+    try:
+        guarded(False)
     finally:
         for future in futures:
-            future.exception()  # waits; the error, if any, is in ``failed``
+            if not future.cancel():
+                future.exception()  # waits; the error, if any, is in ``failed``
     if failed:
         raise failed[0]
 
 
-# products of block-sized arrays are formed in chunks of rows of about this
-# many elements (a heap allocation that stays in cache), never whole blocks
+# products of block-sized arrays are formed in pieces of about this many
+# elements (a heap allocation that stays in cache), never whole blocks
 _CHUNK_ELEMENTS = 32768
+# a dot product per row without a temporary (NumPy >= 2.0; einsum before)
+_VECDOT = getattr(np, "vecdot", None)
 
 
-def _row_chunks(block):
-    """Slices of the rows of ``block`` (rows, C, S), about ``_CHUNK_ELEMENTS`` each."""
-    rows = block.shape[0]
-    step = max(1, _CHUNK_ELEMENTS // max(1, block.shape[1] * block.shape[2]))
-    return [slice(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+def _chunks(block):
+    """Index tuples covering ``block`` (rows, C, S), about ``_CHUNK_ELEMENTS`` each.
+
+    Whole rows where one fits, else one row's positions a few at a time (the
+    class axis is never split: a piece is at least one class vector).
+    """
+    rows, classes, positions = block.shape
+    per_row = max(1, classes * positions)
+    if per_row <= _CHUNK_ELEMENTS:
+        step = _CHUNK_ELEMENTS // per_row
+        return [(slice(r0, min(rows, r0 + step)), slice(None), slice(None))
+                for r0 in range(0, rows, step)]
+    step = max(1, _CHUNK_ELEMENTS // max(1, classes))
+    return [(slice(r, r + 1), slice(None), slice(s0, min(positions, s0 + step)))
+            for r in range(rows) for s0 in range(0, positions, step)]
 
 
-def _part(a, rows):
-    """Rows ``rows`` of ``a`` if it varies by row; a scalar or per-class array as is."""
-    return a[rows] if np.ndim(a) == 3 and a.shape[0] != 1 else a
+def _part(a, chunk):
+    """The piece ``chunk`` of ``a`` along the axes it varies on; a scalar as is."""
+    if np.ndim(a) != 3:
+        return a
+    rows, _, positions = chunk
+    return a[rows if a.shape[0] != 1 else slice(None), :,
+             positions if a.shape[2] != 1 else slice(None)]
 
 
 def _class_dot(*arrays):
     """``Σ_j a_j b_j …`` along the class axis: ``(rows, 1, positions)``.
 
-    No temporary of the block's size, and no BLAS call: BLAS's own threads
-    would contend with the blocks' threads for the same cores.
+    No temporary of the block's size, and no BLAS matrix product: OpenBLAS's
+    own threads for a gemv contended with the blocks' threads for the cores.
     """
-    if len(arrays) > 2:  # a product of three or more, formed chunk by chunk
-        rows = max(arrays, key=lambda a: a.shape[0] * a.shape[2])
-        out = np.empty((rows.shape[0], 1, rows.shape[2]), dtype=np.result_type(*arrays))
-        for chunk in _row_chunks(rows):
+    if len(arrays) > 2:  # a product of three or more, formed piece by piece
+        block = max(arrays, key=lambda a: a.shape[0] * a.shape[2])
+        out = np.empty((block.shape[0], 1, block.shape[2]), dtype=np.result_type(*arrays))
+        for chunk in _chunks(block):
             parts = [_part(a, chunk) for a in arrays]
             product = np.multiply(parts[0], parts[1])
             for a in parts[2:-1]:
@@ -162,14 +196,17 @@ def _class_dot(*arrays):
         return out
     a, b = arrays
     if a.shape[2] == 1 and b.shape[2] == 1:  # one position per row: a dot per row
-        return np.vecdot(a[:, :, 0], b[:, :, 0]).reshape(-1, 1, 1)
+        a, b = a[:, :, 0], b[:, :, 0]
+        if _VECDOT is not None:
+            return _VECDOT(a, b).reshape(-1, 1, 1)
+        return np.einsum("rc,rc->r", *np.broadcast_arrays(a, b)).reshape(-1, 1, 1)
     a, b = np.broadcast_arrays(a, b)
     return np.einsum("rcs,rcs->rs", a, b)[:, None, :]
 
 
 def _add_product(buf, coef, *arrays):
-    """``buf += coef · Π arrays``, the product formed chunk by chunk of rows."""
-    for chunk in _row_chunks(buf):
+    """``buf += coef · Π arrays``, the product formed piece by piece."""
+    for chunk in _chunks(buf):
         product = np.multiply(_part(arrays[0], chunk), _part(coef, chunk))
         for a in arrays[1:]:
             product *= _part(a, chunk)
@@ -441,6 +478,8 @@ def _tiles(n, s, n_classes, itemsize):
     (no copies, and the gradient block is the buffer), or, for a sample
     larger than that, slabs ``(1, C, positions)`` of it.
     """
+    if n * s == 0:  # no samples, or (N, C, 0): nothing to compute
+        return
     rows = max(1, _BLOCK_BYTES // (n_classes * itemsize))
     if s == 1:
         for n0 in range(0, n, rows):

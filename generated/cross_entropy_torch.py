@@ -296,6 +296,8 @@ def _tiles(n, s, n_classes, itemsize):
     sample larger than that, slabs ``(1, C, positions)`` of it.  The first block
     is the largest (scratch buffers are sized by it).
     """
+    if n * s == 0:  # no samples, or (N, C, 0): nothing to compute
+        return
     rows = max(1, _BLOCK_BYTES // (n_classes * itemsize))
     if s == 1:
         for n0 in range(0, n, rows):

@@ -209,3 +209,123 @@ def test_thread_count_from_environment(monkeypatch):
         ce.get_num_threads()
     monkeypatch.delenv("SYMCE_NUM_THREADS")
     assert ce.get_num_threads() >= 1
+
+
+def test_helpers_run_under_the_callers_error_settings(small_blocks):
+    x = np.random.default_rng(2).standard_normal((40, 9))
+    x[30, 4] = np.inf  # x - max = inf - inf in a block that a helper may take
+    y = np.arange(40) % 9
+    for threads in (1, 3):
+        ce.set_num_threads(threads)
+        with np.errstate(all="raise"), pytest.raises(FloatingPointError):
+            ce.cross_entropy_with_grad(x, y)
+
+
+def test_a_call_does_not_wait_for_helpers_queued_behind_another_call(small_blocks, monkeypatch):
+    import threading
+
+    key = ("index", False, False)
+    constants, block = ce._KERNELS[key]
+    inside, release = threading.Semaphore(0), threading.Event()
+
+    def held(*args, **kwargs):  # the big call's blocks wait until the small call is done
+        inside.release()
+        if not release.wait(timeout=30):
+            raise TimeoutError("the small call never finished")
+        return block(*args, **kwargs)
+
+    monkeypatch.setitem(ce._KERNELS, key, (constants, held))
+    ce.set_num_threads(2)  # one helper thread in the pool
+    rng = np.random.default_rng(3)
+    x_big, y_big = rng.standard_normal((40, 9)), np.arange(40) % 9
+    x_small, w = rng.standard_normal((40, 9)), rng.random(9) + 0.5
+    big = {}
+    caller = threading.Thread(target=lambda: big.update(out=ce.cross_entropy_with_grad(
+        x_big, y_big)))
+    caller.start()
+    assert inside.acquire(timeout=30) and inside.acquire(timeout=30)  # both threads held
+    small = {}
+    other = threading.Thread(target=lambda: small.update(out=ce.cross_entropy_with_grad(
+        x_small, y_big, weight=w)))  # another kernel: not held
+    other.start()
+    other.join(timeout=20)
+    finished_first = not other.is_alive()
+    release.set()
+    caller.join(timeout=30)
+    other.join(timeout=30)
+    assert finished_first, "the small call waited for a helper busy with the big call"
+    monkeypatch.setitem(ce._KERNELS, key, (constants, block))
+    ce.set_num_threads(1)
+    np.testing.assert_array_equal(big["out"][1], ce.cross_entropy_with_grad(x_big, y_big)[1])
+    np.testing.assert_array_equal(small["out"][1],
+                                  ce.cross_entropy_with_grad(x_small, y_big, weight=w)[1])
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_fork_while_another_thread_holds_the_pool_lock(small_blocks):
+    import os
+    import signal
+    import threading
+
+    ce.set_num_threads(2)
+    x = np.random.default_rng(4).standard_normal((30, 9))
+    y = np.arange(30) % 9
+    want = ce.cross_entropy(x, y)
+    held, done = threading.Event(), threading.Event()
+
+    def hold():
+        with ce._pool_lock:
+            held.set()
+            done.wait(timeout=30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(timeout=30)
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            signal.alarm(20)  # a hang becomes a failed exit, not a stuck test
+            ok = ce.cross_entropy(x, y) == want
+        finally:
+            os._exit(0 if ok else 1)
+    done.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_no_helper_threads_to_be_had_runs_on_the_calling_thread(small_blocks, monkeypatch):
+    def refused(count):
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    x = np.random.default_rng(5).standard_normal((40, 9))
+    y = np.arange(40) % 9
+    ce.set_num_threads(1)
+    want = ce.cross_entropy_with_grad(x, y)
+    monkeypatch.setattr(ce, "_helpers", refused)
+    ce.set_num_threads(3)
+    got = ce.cross_entropy_with_grad(x, y)
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_dot_products_without_np_vecdot(small_blocks, monkeypatch):
+    """NumPy 1.x has no vecdot: the einsum path gives the same result."""
+    monkeypatch.setattr(ce, "_VECDOT", None)
+    for case in THREAD_CASES[:2]:
+        assert_parity(ce, case)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("target", ["index", "probability"])
+def test_zero_positions_like_torch(reduction, target):
+    import torch
+    import torch.nn.functional as F
+
+    x = np.zeros((2, 3, 0))
+    t = np.zeros((2, 0), dtype=np.int64) if target == "index" else np.zeros((2, 3, 0))
+    loss, grad = ce.cross_entropy_with_grad(x, t, reduction=reduction)
+    want = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(t), reduction=reduction)
+    np.testing.assert_array_equal(np.abs(np.asarray(loss)), np.abs(want.numpy()))
+    assert grad.shape == x.shape

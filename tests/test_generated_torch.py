@@ -153,3 +153,9 @@ def test_out_of_range_target_beside_ignored_ones_is_an_index_error(module, targe
 def test_empty_batch_like_torch(module, reduction):
     x = torch.zeros(0, 4, dtype=torch.float64)
     _against_torch(module, x, torch.zeros(0, dtype=torch.int64), reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_zero_positions_like_torch(module, reduction):
+    x = torch.zeros(2, 3, 0, dtype=torch.float64)
+    _against_torch(module, x, torch.zeros(2, 0, dtype=torch.int64), reduction=reduction)
