@@ -148,6 +148,9 @@ def _parallel(work, tiles):
 # products of block-sized arrays are formed in pieces of about this many
 # elements (a heap allocation that stays in cache), never whole blocks
 _CHUNK_ELEMENTS = 32768
+# _scale_add folds alpha into coef only while alpha/coef stays far from
+# overflow in float32 (buf holds exp(z) <= 1 when it is scaled)
+_FOLD_LIMIT = 1e30
 # a dot product per row without a temporary (NumPy >= 2.0; einsum before)
 _VECDOT = getattr(np, "vecdot", None)
 
@@ -202,6 +205,24 @@ def _class_dot(*arrays):
         return np.einsum("rc,rc->r", *np.broadcast_arrays(a, b)).reshape(-1, 1, 1)
     a, b = np.broadcast_arrays(a, b)
     return np.einsum("rcs,rcs->rs", a, b)[:, None, :]
+
+
+def _scale_add(buf, alpha, coef, array):
+    """``buf = alpha·buf + coef·array``: as ``coef·((alpha/coef)·buf + array)``.
+
+    Three in-place passes over the block and no temporary, where every
+    coefficient is non-zero and the ratio finite; else ``buf *= alpha`` and
+    the product through pieces.
+    """
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        ratio = np.divide(alpha, coef)
+    if np.all(np.asarray(coef) != 0) and np.all(np.abs(ratio) < _FOLD_LIMIT):
+        buf *= ratio
+        buf += array
+        buf *= coef
+    else:
+        buf *= alpha
+        _add_product(buf, coef, array)
 
 
 def _add_product(buf, coef, *arrays):
@@ -306,9 +327,8 @@ def _block_index_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_sm
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*(label_smoothing*w_y*z_y - label_smoothing*sum_wz/n_classes - w_y*z_y + (-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)*np.log(sum_e))
     if need_grad:
-        buf *= scale*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e
+        _scale_add(buf, scale*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e, -label_smoothing*scale*valid/n_classes, w)
         buf.reshape(-1)[y_at] += scale*valid*w_y*(label_smoothing - 1)
-        _add_product(buf, -label_smoothing*scale*valid/n_classes, w)
     return loss
 
 
@@ -331,8 +351,7 @@ def _block_probability(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_c
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = sum_p*np.log(sum_e) - sum_pz
     if need_grad:
-        buf *= scale*sum_p/sum_e
-        _add_product(buf, -scale, p)
+        _scale_add(buf, scale*sum_p/sum_e, -scale, p)
     return loss
 
 
@@ -356,8 +375,7 @@ def _block_probability_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoot
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = label_smoothing*sum_pz - label_smoothing*sum_z/n_classes - sum_pz + (-label_smoothing*sum_p + label_smoothing + sum_p)*np.log(sum_e)
     if need_grad:
-        buf *= scale*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e
-        _add_product(buf, scale*(label_smoothing - 1), p)
+        _scale_add(buf, scale*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e, scale*(label_smoothing - 1), p)
         buf += -label_smoothing*scale/n_classes
     return loss
 
@@ -407,9 +425,8 @@ def _block_probability_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, la
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = label_smoothing*sum_pwz - label_smoothing*sum_wz/n_classes - sum_pwz + (-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)*np.log(sum_e)
     if need_grad:
-        buf *= scale*(-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)/sum_e
+        _scale_add(buf, scale*(-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)/sum_e, -label_smoothing*scale/n_classes, w)
         _add_product(buf, scale*(label_smoothing - 1), p, w)
-        _add_product(buf, -label_smoothing*scale/n_classes, w)
     return loss
 
 

@@ -329,3 +329,36 @@ def test_zero_positions_like_torch(reduction, target):
     want = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(t), reduction=reduction)
     np.testing.assert_array_equal(np.abs(np.asarray(loss)), np.abs(want.numpy()))
     assert grad.shape == x.shape
+
+
+FOLD_CASES = (
+    Case("fold-prob", (7, 11), target="probability", reduction="none"),
+    Case("fold-prob-smoothed", (7, 11), target="probability", label_smoothing=0.3),
+    Case("fold-index-weighted-smoothed", (7, 11), weight=True, label_smoothing=0.2),
+    Case("fold-prob-weighted-smoothed", (3, 11, 40), target="probability", weight=True,
+         label_smoothing=0.2, dtype="float32"),
+    Case("fold-ignored-rows", (9, 11), weight=True, ignore="some", label_smoothing=0.2),
+)
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "not-folded"])
+@pytest.mark.parametrize("case", FOLD_CASES, ids=lambda c: c.name)
+def test_alpha_folded_into_a_dense_term_or_not(monkeypatch, case, fold):
+    """``alpha·e + coef·a`` as ``coef·((alpha/coef)·e + a)``, and the plain way."""
+    if not fold:
+        monkeypatch.setattr(ce, "_FOLD_LIMIT", 0.0)
+    assert_parity(ce, case)
+
+
+def test_zero_upstream_gradients_do_not_break_the_fold():
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(6)
+    x, p = rng.standard_normal((6, 5)), rng.random((6, 5))
+    g = np.array([0.0, 1.5, 0.0, -2.0, 0.3, 0.0])
+    got = ce.cross_entropy_backward(x, p, grad_output=g, reduction="none", label_smoothing=0.1)
+    xt = torch.tensor(x, requires_grad=True)
+    F.cross_entropy(xt, torch.tensor(p), reduction="none", label_smoothing=0.1).backward(
+        torch.tensor(g))
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-12, atol=1e-15)
