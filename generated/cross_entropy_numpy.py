@@ -210,13 +210,17 @@ def _class_dot(*arrays):
 def _scale_add(buf, alpha, coef, array):
     """``buf = alpha·buf + coef·array``: as ``coef·((alpha/coef)·buf + array)``.
 
-    Three in-place passes over the block and no temporary, where every
-    coefficient is non-zero and the ratio finite; else ``buf *= alpha`` and
-    the product through pieces.
+    Three in-place passes over the block and no temporary.  Rows whose
+    ``coef`` is 0 need ``alpha`` 0 too (ignored rows, zero upstream gradients:
+    their gradient is 0 either way); otherwise, or where the ratio could
+    overflow, ``buf *= alpha`` and the product through pieces.
     """
+    alpha_, coef_ = np.asarray(alpha), np.asarray(coef)
+    zero = coef_ == 0
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        ratio = np.divide(alpha, coef)
-    if np.all(np.asarray(coef) != 0) and np.all(np.abs(ratio) < _FOLD_LIMIT):
+        ratio = np.where(zero, 0.0, alpha_ / np.where(zero, 1.0, coef_)).astype(
+            np.result_type(alpha_, coef_), copy=False)
+    if np.all(~zero | (alpha_ == 0)) and np.all(np.abs(ratio) < _FOLD_LIMIT):
         buf *= ratio
         buf += array
         buf *= coef
