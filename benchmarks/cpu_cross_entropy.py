@@ -179,10 +179,14 @@ def variants(shape_key: str):
 
 def time_all(shape_key: str, rounds: int, only=None) -> dict[str, float]:
     table = variants(shape_key)
-    if only:  # the references stay: the ratios need them
-        keep = ("numpy hand-tuned", "torch F.cross_entropy [", "floor:")
-        table = {k: v for k, v in table.items()
-                 if any(t in k for t in only) or k.startswith(keep)}
+    if only:  # the references of the selected kinds stay: the ratios need them
+        chosen = {k for k in table if any(t in k for t in only)}
+        keep = ["floor:"]
+        if any(k.startswith("numpy") for k in chosen):
+            keep.append("numpy hand-tuned")
+        if any(k.startswith("torch") for k in chosen):
+            keep.append("torch F.cross_entropy [")
+        table = {k: v for k, v in table.items() if k in chosen or k.startswith(tuple(keep))}
     states = {}
     for name, (setup, run) in table.items():
         try:
