@@ -33,7 +33,10 @@ _BLOCK_BYTES = 1048576
 # NumPy's reductions over the class axis then run along the positions (with
 # fewer, a transposed copy of each block is faster: measured at 4 to 32)
 _SLAB_POSITIONS = 32
-# log2(e): exp(z) is computed as exp2(z·log2(e))
+# log2(e): exp(z) is computed as exp2(z·log2(e)), since NumPy's float32 exp2
+# loop is about twice as fast as its exp and the scaling is a cheap pass.
+# z = x - max is formed exactly first, so e keeps exp's relative accuracy up
+# to |z|·ulp (the terms with z near 0 are the ones that count in Σe)
 _LOG2_E = 1.4426950408889634
 
 
@@ -181,6 +184,15 @@ def _part(a, chunk):
              positions if a.shape[2] != 1 else slice(None)]
 
 
+def _piece_product(factors, chunk):
+    """``Π factors`` over the piece ``chunk``: a new array of the piece's size."""
+    parts = [_part(a, chunk) for a in factors]
+    product = np.multiply(parts[0], parts[1])
+    for a in parts[2:]:
+        product *= a
+    return product
+
+
 def _class_dot(*arrays):
     """``Σ_j a_j b_j …`` along the class axis: ``(rows, 1, positions)``.
 
@@ -191,11 +203,7 @@ def _class_dot(*arrays):
         block = max(arrays, key=lambda a: a.shape[0] * a.shape[2])
         out = np.empty((block.shape[0], 1, block.shape[2]), dtype=np.result_type(*arrays))
         for chunk in _chunks(block):
-            parts = [_part(a, chunk) for a in arrays]
-            product = np.multiply(parts[0], parts[1])
-            for a in parts[2:-1]:
-                product *= a
-            out[chunk] = _class_dot(product, parts[-1])
+            out[chunk] = _class_dot(_piece_product(arrays[:-1], chunk), _part(arrays[-1], chunk))
         return out
     a, b = arrays
     if a.shape[2] == 1 and b.shape[2] == 1:  # one position per row: a dot per row
@@ -232,10 +240,7 @@ def _scale_add(buf, alpha, coef, array):
 def _add_product(buf, coef, *arrays):
     """``buf += coef · Π arrays``, the product formed piece by piece."""
     for chunk in _chunks(buf):
-        product = np.multiply(_part(arrays[0], chunk), _part(coef, chunk))
-        for a in arrays[1:]:
-            product *= _part(a, chunk)
-        buf[chunk] += product
+        buf[chunk] += _piece_product((arrays[0], coef) + arrays[1:], chunk)
 
 
 def _constants_index(w, n_classes):
@@ -247,11 +252,7 @@ def _block_index(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_classes
     # buf holds z = x - max (the stable rewrite's shifted logits), then e = exp(z)
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     z_y = buf.reshape(-1)[y_at]
-    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
-    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
-    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
-    # z near 0 are the ones that count in Σe)
-    buf *= _LOG2_E
+    buf *= _LOG2_E  # e = exp(z), as exp2 (see _LOG2_E)
     np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*(-z_y + np.log(sum_e))
@@ -271,11 +272,7 @@ def _block_index_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoothing, 
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_z = np.sum(buf, axis=1, keepdims=True)
     z_y = buf.reshape(-1)[y_at]
-    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
-    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
-    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
-    # z near 0 are the ones that count in Σe)
-    buf *= _LOG2_E
+    buf *= _LOG2_E  # e = exp(z), as exp2 (see _LOG2_E)
     np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*(label_smoothing*z_y - label_smoothing*sum_z/n_classes - z_y + np.log(sum_e))
@@ -296,11 +293,7 @@ def _block_index_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoothing, 
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     w_y = w.reshape(-1)[y]
     z_y = buf.reshape(-1)[y_at]
-    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
-    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
-    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
-    # z near 0 are the ones that count in Σe)
-    buf *= _LOG2_E
+    buf *= _LOG2_E  # e = exp(z), as exp2 (see _LOG2_E)
     np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*w_y*(-z_y + np.log(sum_e))
@@ -322,11 +315,7 @@ def _block_index_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, label_sm
     sum_wz = _class_dot(w, buf)
     w_y = w.reshape(-1)[y]
     z_y = buf.reshape(-1)[y_at]
-    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
-    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
-    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
-    # z near 0 are the ones that count in Σe)
-    buf *= _LOG2_E
+    buf *= _LOG2_E  # e = exp(z), as exp2 (see _LOG2_E)
     np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = valid*(label_smoothing*w_y*z_y - label_smoothing*sum_wz/n_classes - w_y*z_y + (-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)*np.log(sum_e))
@@ -346,11 +335,7 @@ def _block_probability(x, buf, y, y_at, valid, p, w, scale, label_smoothing, n_c
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_p = np.sum(p, axis=1, keepdims=True)
     sum_pz = _class_dot(p, buf)
-    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
-    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
-    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
-    # z near 0 are the ones that count in Σe)
-    buf *= _LOG2_E
+    buf *= _LOG2_E  # e = exp(z), as exp2 (see _LOG2_E)
     np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = sum_p*np.log(sum_e) - sum_pz
@@ -370,11 +355,7 @@ def _block_probability_smoothed(x, buf, y, y_at, valid, p, w, scale, label_smoot
     sum_p = np.sum(p, axis=1, keepdims=True)
     sum_pz = _class_dot(p, buf)
     sum_z = np.sum(buf, axis=1, keepdims=True)
-    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
-    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
-    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
-    # z near 0 are the ones that count in Σe)
-    buf *= _LOG2_E
+    buf *= _LOG2_E  # e = exp(z), as exp2 (see _LOG2_E)
     np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = label_smoothing*sum_pz - label_smoothing*sum_z/n_classes - sum_pz + (-label_smoothing*sum_p + label_smoothing + sum_p)*np.log(sum_e)
@@ -394,11 +375,7 @@ def _block_probability_weighted(x, buf, y, y_at, valid, p, w, scale, label_smoot
     np.subtract(x, np.max(x, axis=1, keepdims=True), out=buf)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, buf)
-    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
-    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
-    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
-    # z near 0 are the ones that count in Σe)
-    buf *= _LOG2_E
+    buf *= _LOG2_E  # e = exp(z), as exp2 (see _LOG2_E)
     np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = sum_pw*np.log(sum_e) - sum_pwz
@@ -420,11 +397,7 @@ def _block_probability_weighted_smoothed(x, buf, y, y_at, valid, p, w, scale, la
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, buf)
     sum_wz = _class_dot(w, buf)
-    # e = exp(z) = 2^(z·log2 e): NumPy's float32 exp2 loop is about twice as
-    # fast as its exp, and the scaling is a cheap pass; z is formed exactly
-    # first, so e keeps exp's relative accuracy up to |z|·ulp (the terms with
-    # z near 0 are the ones that count in Σe)
-    buf *= _LOG2_E
+    buf *= _LOG2_E  # e = exp(z), as exp2 (see _LOG2_E)
     np.exp2(buf, out=buf)
     sum_e = np.sum(buf, axis=1, keepdims=True)
     loss = label_smoothing*sum_pwz - label_smoothing*sum_wz/n_classes - sum_pwz + (-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)*np.log(sum_e)
