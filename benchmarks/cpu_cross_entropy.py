@@ -69,11 +69,15 @@ def handtuned_numpy(x, y, block=32):
     return total / n, grad
 
 
+def to_rows(x):
+    """(N, C, d) as a row-major (N·d, C) copy: the class axis last."""
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, x.shape[1])
+
+
 def handtuned_kdim(x, y):
     """The hand-tuned way on (N, C, d) input: to rows (class axis last), run, back."""
     n, c, d = x.shape
-    rows = np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, c)
-    loss, grad = handtuned_numpy(rows, y.reshape(-1))
+    loss, grad = handtuned_numpy(to_rows(x), y.reshape(-1))
     return loss, np.ascontiguousarray(np.moveaxis(grad.reshape(n, d, c), -1, 1))
 
 
@@ -117,8 +121,7 @@ def variants(shape_key: str):
     def flat_inputs():
         x, y, _ = make_inputs(shape_key, "plain")
         if d:  # the baselines take (rows, C): the same numbers, class axis last
-            x = np.ascontiguousarray(np.moveaxis(x, 1, -1).reshape(-1, c))
-            y = y.reshape(-1)
+            x, y = to_rows(x), y.reshape(-1)
         return x, y
 
     out["numpy textbook"] = (flat_inputs, lambda s: textbook_numpy(*s))
@@ -163,6 +166,7 @@ def variants(shape_key: str):
             return torch_setup(option)
         out[f"torch F.cross_entropy [{option}]"] = (ts, fwd_bwd(F.cross_entropy))
         out[f"torch generated [{option}]"] = (ts, fwd_bwd(gen_torch.cross_entropy))
+
     def floor_setup():
         x, _, _ = make_inputs(shape_key, "plain")
         x = torch.from_numpy(x)
@@ -230,7 +234,7 @@ def first_samples(state):
     def cut(a):
         if isinstance(a, (np.ndarray, torch.Tensor)) and a.ndim and a.shape[0] > 2:
             a = a[:2]
-            if isinstance(a, torch.Tensor) and a.is_leaf is False:
+            if isinstance(a, torch.Tensor) and not a.is_leaf:
                 a = a.detach().requires_grad_()
         return a
     return tuple(cut(a) for a in state[:2]) + tuple(state[2:])
