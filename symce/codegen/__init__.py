@@ -16,6 +16,8 @@ import functools
 import itertools
 
 from symce.api import derive
+from symce.codegen.c import SLAB_POSITIONS, c_source
+from symce.codegen.c import kernel_context as c_kernel_context
 from symce.codegen.expressions import TARGET_KINDS, KernelExpressions, kernel_expressions
 from symce.codegen.printers import array_code
 from symce.codegen.triton import kernel_context as triton_kernel_context
@@ -26,6 +28,9 @@ BACKENDS: tuple[str, ...] = ("numpy", "torch", "triton")
 
 #: backends whose templates take their own kernel context instead of :func:`_printed`
 _KERNEL_CONTEXTS = {"triton": triton_kernel_context}
+
+#: backends whose modules carry the C kernels (compiled on first use)
+_WITH_C = ("numpy", "torch")
 
 #: losses that have backend templates
 GENERATED_LOSSES: tuple[str, ...] = ("cross_entropy",)
@@ -82,7 +87,13 @@ def generate(loss: str = "cross_entropy", backend: str = "numpy") -> str:
     context = _KERNEL_CONTEXTS.get(backend)
     kernels = [context(k, kernel_name(k)) if context else _printed(k, backend)
                for k in _kernels(loss)]
-    return render(template, header=header, kernels=kernels, block_bytes=BLOCK_BYTES)
+    extra = {}
+    if backend in _WITH_C:
+        pairs = [(k, kernel_name(k)) for k in _kernels(loss)]
+        extra = {"c_source": c_source(pairs, header),
+                 "c_kernels": [c_kernel_context(k, name) for k, name in pairs],
+                 "slab_positions": SLAB_POSITIONS}
+    return render(template, header=header, kernels=kernels, block_bytes=BLOCK_BYTES, **extra)
 
 
 def generated_files() -> dict[str, str]:
