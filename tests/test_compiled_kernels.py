@@ -1,0 +1,255 @@
+"""The C kernels the NumPy and torch modules compile on first use (float32, CPU).
+
+Every check runs the compiled path explicitly (``use_compiled(True)``, with a
+spy that the kernel was called) against torch float64, or against the same
+module's array code; the fallback and the build cache are checked on fresh
+copies of the modules with their own cache folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.parity import CASES, Case, assert_parity, load_generated
+
+NAMES = ("cross_entropy_numpy", "cross_entropy_torch")
+HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+pytestmark = pytest.mark.skipif(not HAVE_CC, reason="no C compiler on this machine")
+FLOAT32 = [c for c in CASES if c.dtype == "float32"]
+
+
+@pytest.fixture(scope="module")
+def modules():
+    loaded = {name: load_generated(name) for name in NAMES}
+    for module in loaded.values():
+        assert module.compiled_library() is not None, "a C compiler is present: the build must work"
+    return loaded
+
+
+@pytest.fixture(params=NAMES)
+def compiled(request, modules, monkeypatch):
+    """A module forced onto its compiled path; counts the kernel calls."""
+    module = modules[request.param]
+    module.use_compiled(True)
+    calls = []
+    real = module._c_call
+
+    def spy(function, args, threads):
+        calls.append(function.__name__)
+        return real(function, args, threads)
+
+    monkeypatch.setattr(module, "_c_call", spy)
+    module.calls = calls
+    yield module
+    module.use_compiled(None)
+
+
+@pytest.mark.parametrize("case", FLOAT32, ids=lambda c: c.name)
+def test_parity_table_float32(compiled, case):
+    assert_parity(compiled, case)
+    if np.prod(case.shape) > 0:
+        assert compiled.calls, "the compiled kernel did not run"
+
+
+# positions: 1 (rows), 2..15 (samples transposed to rows), 16 (one vector of
+# positions), 17+ (vectors and a remainder); classes past 512 (two blocks)
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    shape=st.one_of(
+        st.tuples(st.integers(1, 9), st.sampled_from([1, 2, 7, 600])),
+        st.tuples(st.integers(1, 3), st.sampled_from([1, 3, 40]),
+                  st.sampled_from([1, 2, 5, 15, 16, 17, 40])),
+    ),
+    target=st.sampled_from(["index", "probability"]),
+    weight=st.booleans(),
+    ignore=st.sampled_from(["none", "some", "all"]),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    label_smoothing=st.sampled_from([0.0, 0.1, 1.0]),
+    magnitude=st.sampled_from([1.0, 30.0, 1e4]),
+    seed=st.integers(0, 2**16),
+)
+def test_parity_random_float32(modules, shape, target, weight, ignore, reduction,
+                               label_smoothing, magnitude, seed):
+    if target == "probability":
+        ignore = "none"
+    case = Case("random-c", shape, target=target, weight=weight, ignore=ignore,
+                reduction=reduction, label_smoothing=label_smoothing, dtype="float32",
+                magnitude=magnitude, seed=seed)
+    for module in modules.values():
+        module.use_compiled(True)
+        try:
+            assert_parity(module, case)
+        finally:
+            module.use_compiled(None)
+
+
+def _numpy_and_torch(module, x, y, **kw):
+    """Loss and gradient (float64 arrays) from either module's API."""
+    if hasattr(module, "cross_entropy_with_grad"):
+        loss, grad = module.cross_entropy_with_grad(x.numpy(), y.numpy(), **kw)
+        return np.float64(loss), np.asarray(grad, np.float64)
+    xt = x.detach().requires_grad_()  # the same storage and strides
+    kw = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    loss = module.cross_entropy(xt, y, **kw)
+    loss.backward()
+    return np.float64(loss.item()), xt.grad.double().numpy()
+
+
+def test_exponential_is_accurate_to_float32(compiled):
+    """Two classes [0, z]: the gradient at class 1 is q = e/(1 + e), e = exp(z).
+
+    z runs over [-104, 0] (past float32's smallest normal, 2^-126 = e^-87.3);
+    against float64, q must be within 4 float32 ulps relative where q is
+    normal, and within 2^-126 absolute below (flushed to 0 there)."""
+    z = -np.linspace(0.0, 104.0, 20001)
+    x = torch.from_numpy(np.stack([np.zeros_like(z), z], axis=1).astype(np.float32))
+    y = torch.zeros(len(z), dtype=torch.int64)
+    _, grad = _numpy_and_torch(compiled, x, y, reduction="sum")
+    zf = x[:, 1].double().numpy()  # the float32 z the kernel saw
+    want = np.exp(zf) / (1 + np.exp(zf))
+    normal = want > 2.0**-126
+    rel = np.abs(grad[normal, 1] - want[normal]) / want[normal]
+    assert rel.max() < 4 * 2.0**-24, rel.max()
+    assert np.abs(grad[~normal, 1] - want[~normal]).max() <= 2.0**-126
+    assert compiled.calls
+
+
+@pytest.mark.parametrize("row", [
+    [0.0, float("nan"), 1.0],
+    [float("inf"), 0.0, 1.0],
+    [float("-inf"), 0.0, 1.0],
+    [float("-inf")] * 3,
+])
+def test_non_finite_logits_like_torch(compiled, row):
+    x = torch.tensor([row, [0.5, 0.25, -1.0]], dtype=torch.float32)
+    y = torch.tensor([1, 2])
+    loss, grad = _numpy_and_torch(compiled, x, y, reduction="sum")
+    xr = x.double().requires_grad_()
+    want = F.cross_entropy(xr, y, reduction="sum")
+    want.backward()
+    np.testing.assert_allclose(loss, want.item(), rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(grad, xr.grad.numpy(), rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", [(7, 600), (3, 40, 17), (4, 9, 5)])
+def test_result_does_not_depend_on_threads(compiled, monkeypatch, shape):
+    """Many small units over 1, 2 and 3 threads: the same bits."""
+    monkeypatch.setattr(compiled, "_C_UNIT_BYTES", 64)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(*shape, generator=gen) * 5
+    y = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=gen)
+    w = np.linspace(0.5, 2.0, shape[1], dtype=np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        if hasattr(compiled, "set_num_threads"):
+            compiled.set_num_threads(threads)
+        else:
+            monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+        try:
+            results.append(_numpy_and_torch(compiled, x, y, weight=w, label_smoothing=0.1))
+        finally:
+            if hasattr(compiled, "set_num_threads"):
+                compiled.set_num_threads(None)
+    for loss, grad in results[1:]:
+        assert loss == results[0][0]
+        assert np.array_equal(grad, results[0][1])
+
+
+def test_compiled_and_array_code_agree_closely(modules):
+    """Both float32 paths of one module, 1e-6 apart relative to the largest entry."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(33, 300, 3, generator=gen) * 4
+    p = torch.softmax(torch.randn(33, 300, 3, generator=gen), dim=1)
+    w = np.linspace(0.5, 2.0, 300, dtype=np.float32)
+    for module in modules.values():
+        out = {}
+        for flag in (True, False):
+            module.use_compiled(flag)
+            try:
+                out[flag] = _numpy_and_torch(module, x, p, weight=w, label_smoothing=0.2)
+            finally:
+                module.use_compiled(None)
+        (lc, gc), (la, ga) = out[True], out[False]
+        assert abs(lc - la) <= 1e-6 * abs(la)
+        assert np.abs(gc - ga).max() <= 1e-6 * np.abs(ga).max()
+
+
+def test_numpy_per_row_upstream_gradient(modules):
+    """reduction="none" with a grad_output per row: the kernel's per-row scales."""
+    module = modules["cross_entropy_numpy"]
+    gen = np.random.default_rng(2)
+    x = gen.standard_normal((6, 5, 20)).astype(np.float32)
+    y = gen.integers(0, 5, (6, 20))
+    go = gen.standard_normal((6, 20)).astype(np.float32)
+    module.use_compiled(True)
+    try:
+        got = module.cross_entropy_backward(x, y, grad_output=go, reduction="none",
+                                            label_smoothing=0.3)
+    finally:
+        module.use_compiled(None)
+    xr = torch.from_numpy(x).double().requires_grad_()
+    loss = F.cross_entropy(xr, torch.from_numpy(y), reduction="none", label_smoothing=0.3)
+    loss.backward(torch.from_numpy(go).double())
+    np.testing.assert_allclose(got, xr.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_non_contiguous_input_takes_the_array_code(compiled):
+    x = torch.randn(6, 10, 4)[:, :, ::2]
+    y = torch.randint(0, 10, (6, 2))
+    loss, grad = _numpy_and_torch(compiled, x, y)
+    xr = x.double().requires_grad_()
+    F.cross_entropy(xr, y).backward()
+    np.testing.assert_allclose(grad, xr.grad.numpy(), rtol=1e-5, atol=1e-7)
+    assert not compiled.calls
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_without_a_compiler_the_array_code_runs_and_says_why(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMCE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    module = load_generated(name)
+    with pytest.warns(RuntimeWarning, match="array code runs instead"):
+        assert module.compiled_library() is None
+    x = torch.randn(4, 7)
+    y = torch.tensor([0, 6, 3, 3])
+    loss, grad = _numpy_and_torch(module, x, y)
+    xr = x.double().requires_grad_()
+    want = F.cross_entropy(xr, y)
+    want.backward()
+    assert loss == pytest.approx(want.item(), rel=1e-5)
+    np.testing.assert_allclose(grad, xr.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_build_is_cached_per_source(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMCE_CACHE_DIR", str(tmp_path))
+    first = load_generated(name)
+    assert first.compiled_library() is not None
+    built = sorted(p.name for p in tmp_path.iterdir())
+    assert len(built) == 1 and built[0].endswith(".so")  # no temporary left behind
+    second = load_generated(name)
+
+    def no_compiler(*args, **kwargs):
+        raise AssertionError("the cached build should have been used")
+
+    monkeypatch.setattr(second.subprocess, "run", no_compiler)
+    assert second.compiled_library() is not None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_switches(name, monkeypatch, recwarn):
+    module = load_generated(name)
+    monkeypatch.setenv("SYMCE_COMPILE", "0")
+    assert module.compiled_library() is None
+    assert not recwarn.list  # turned off on purpose: no warning
+    module.use_compiled(True)
+    assert module.compiled_library() is not None
+    with pytest.raises(ValueError, match="True, False or None"):
+        module.use_compiled("yes")
