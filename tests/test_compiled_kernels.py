@@ -8,7 +8,11 @@ copies of the modules with their own cache folder.
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
+import time
+import warnings
 
 import numpy as np
 import pytest
@@ -253,3 +257,75 @@ def test_switches(name, monkeypatch, recwarn):
     assert module.compiled_library() is not None
     with pytest.raises(ValueError, match="True, False or None"):
         module.use_compiled("yes")
+
+
+@pytest.mark.parametrize("positions", [1, 16])
+def test_class_sums_keep_small_terms(compiled, positions):
+    """One logit 0 and 99999 at -17: Σe = 1 + 99999·e^-17 (each small term is
+    below half a float32 ulp of 1).  Summed in float32 one at a time, the loss
+    was 0 (positions 16) or 1 % off; the kernels add blocks in double."""
+    x = np.full((1, 100000, positions), -17.0, np.float32)
+    x[0, 0] = 0.0
+    y = torch.zeros((1, positions), dtype=torch.int64)
+    loss, grad = _numpy_and_torch(compiled, torch.from_numpy(x), y)
+    exact = np.log1p(99999 * np.exp(np.float64(np.float32(-17.0))))
+    assert abs(loss - exact) <= 1e-3 * exact
+    q0 = 1 / (1 + 99999 * np.exp(np.float64(np.float32(-17.0))))
+    assert abs(grad[0, 0, 0] - (q0 - 1) / positions) <= 1e-3 * abs(q0 - 1) / positions
+    assert compiled.calls
+
+
+def test_unaligned_numpy_input_takes_the_array_code(compiled):
+    if not hasattr(compiled, "cross_entropy_with_grad"):
+        pytest.skip("NumPy arrays only")
+    raw = np.frombuffer(bytearray(4 * 40 + 1), dtype=np.float32, count=40, offset=1)
+    x = raw.reshape(4, 10)
+    x[...] = np.linspace(-3, 3, 40, dtype=np.float32).reshape(4, 10)
+    assert not x.flags.aligned
+    y = np.array([0, 9, 3, 3])
+    loss, grad = compiled.cross_entropy_with_grad(x, y)
+    xr = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    want = F.cross_entropy(xr, torch.from_numpy(y))
+    want.backward()
+    assert float(loss) == pytest.approx(want.item(), rel=1e-5)
+    np.testing.assert_allclose(grad, xr.grad.numpy(), rtol=1e-5, atol=1e-7)
+    assert not compiled.calls
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("name", NAMES)
+def test_fork_while_another_thread_builds(name, tmp_path, monkeypatch):
+    """A child forked while a thread of the parent compiles must not wait on
+    the parent's build lock (held by a thread that does not exist there)."""
+    compiler = tmp_path / "slow-cc"
+    compiler.write_text(f"#!/bin/sh\nsleep 2\nexec {shutil.which('cc') or 'gcc'} \"$@\"\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("SYMCE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(compiler))
+    module = load_generated(name)
+    builder = threading.Thread(target=module.compiled_library)
+    builder.start()
+    time.sleep(0.5)  # the build lock is held now
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # the child: compute, exit with the verdict
+        code = 1
+        try:
+            x = torch.tensor([[0.0, 1.0, 2.0]])
+            loss, _ = _numpy_and_torch(module, x, torch.tensor([2]))
+            code = 0 if abs(loss - 0.40760596) < 1e-5 else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on the build lock")
+        time.sleep(0.1)
+    builder.join()
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -25,9 +25,13 @@ while it sits in the L2 cache:
 and ``|f| ≤ ½``, ``2^k`` built from its exponent bits and ``2^f`` the Taylor
 polynomial that :func:`exp2_coefficients` takes from SymPy (relative error
 below 1e-8, under float32's rounding), so the compiler vectorises the loop
-without ``-ffast-math``  The rounding error of ``t`` is carried into ``f``
-(:func:`log2e_split`, and the product's exact error from an FMA), so ``e``
-stays within a few float32 ulps for every ``z``.
+without ``-ffast-math`` (on CPUs with FMA, which the ``-march=native`` build
+uses; elsewhere ``fmaf`` is a library call).  The rounding error of ``t`` is
+carried into ``f`` (:func:`log2e_split`, and the product's exact error from
+an FMA), so ``e`` is within 1.3 float32 ulps wherever it is a normal float;
+below ``2^-126.5`` (``z < −87.7``) it is 0 rather than a subnormal.  Class
+sums are added in float32 within blocks of classes (at most 32 terms per
+vector lane) and in double across blocks.
 
 >>> import sympy as sp
 >>> from symce.codegen.expressions import P, Y, Z
