@@ -621,6 +621,19 @@ void symce_index(const float *x, float *g, float *loss, const int64_t *y,
     }
     free(scratch);
 }
+#ifdef _OPENMP
+
+/* symce_index on an OpenMP team of `threads` (the caller among them) */
+void symce_index_omp(const float *x, float *g, float *loss, const int64_t *y,
+        const float *valid, const float *p, const float *w, const float *scales, int64_t n,
+        int64_t C, int64_t S, double scale, double label_smoothing, int64_t unit,
+        int64_t *next, int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index(x, g, loss, y, valid, p, w, scales, n, C, S, scale, label_smoothing,
+            unit, next);
+}
+#endif
 
 /* -- index_smoothed -------------------------------------------------------- */
 
@@ -878,6 +891,19 @@ void symce_index_smoothed(const float *x, float *g, float *loss, const int64_t *
     }
     free(scratch);
 }
+#ifdef _OPENMP
+
+/* symce_index_smoothed on an OpenMP team of `threads` (the caller among them) */
+void symce_index_smoothed_omp(const float *x, float *g, float *loss, const int64_t *y,
+        const float *valid, const float *p, const float *w, const float *scales, int64_t n,
+        int64_t C, int64_t S, double scale, double label_smoothing, int64_t unit,
+        int64_t *next, int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index_smoothed(x, g, loss, y, valid, p, w, scales, n, C, S, scale, label_smoothing,
+            unit, next);
+}
+#endif
 
 /* -- index_weighted -------------------------------------------------------- */
 
@@ -1118,6 +1144,19 @@ void symce_index_weighted(const float *x, float *g, float *loss, const int64_t *
     }
     free(scratch);
 }
+#ifdef _OPENMP
+
+/* symce_index_weighted on an OpenMP team of `threads` (the caller among them) */
+void symce_index_weighted_omp(const float *x, float *g, float *loss, const int64_t *y,
+        const float *valid, const float *p, const float *w, const float *scales, int64_t n,
+        int64_t C, int64_t S, double scale, double label_smoothing, int64_t unit,
+        int64_t *next, int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index_weighted(x, g, loss, y, valid, p, w, scales, n, C, S, scale, label_smoothing,
+            unit, next);
+}
+#endif
 
 /* -- index_weighted_smoothed -------------------------------------------------------- */
 
@@ -1382,6 +1421,19 @@ void symce_index_weighted_smoothed(const float *x, float *g, float *loss, const 
     }
     free(scratch);
 }
+#ifdef _OPENMP
+
+/* symce_index_weighted_smoothed on an OpenMP team of `threads` (the caller among them) */
+void symce_index_weighted_smoothed_omp(const float *x, float *g, float *loss, const int64_t *y,
+        const float *valid, const float *p, const float *w, const float *scales, int64_t n,
+        int64_t C, int64_t S, double scale, double label_smoothing, double sum_w, int64_t unit,
+        int64_t *next, int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index_weighted_smoothed(x, g, loss, y, valid, p, w, scales, n, C, S, scale, label_smoothing, sum_w,
+            unit, next);
+}
+#endif
 
 /* -- probability -------------------------------------------------------- */
 
@@ -1652,6 +1704,19 @@ void symce_probability(const float *x, float *g, float *loss, const int64_t *y,
     }
     free(scratch);
 }
+#ifdef _OPENMP
+
+/* symce_probability on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_omp(const float *x, float *g, float *loss, const int64_t *y,
+        const float *valid, const float *p, const float *w, const float *scales, int64_t n,
+        int64_t C, int64_t S, double scale, double label_smoothing, int64_t unit,
+        int64_t *next, int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability(x, g, loss, y, valid, p, w, scales, n, C, S, scale, label_smoothing,
+            unit, next);
+}
+#endif
 
 /* -- probability_smoothed -------------------------------------------------------- */
 
@@ -1941,6 +2006,19 @@ void symce_probability_smoothed(const float *x, float *g, float *loss, const int
     }
     free(scratch);
 }
+#ifdef _OPENMP
+
+/* symce_probability_smoothed on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_smoothed_omp(const float *x, float *g, float *loss, const int64_t *y,
+        const float *valid, const float *p, const float *w, const float *scales, int64_t n,
+        int64_t C, int64_t S, double scale, double label_smoothing, int64_t unit,
+        int64_t *next, int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability_smoothed(x, g, loss, y, valid, p, w, scales, n, C, S, scale, label_smoothing,
+            unit, next);
+}
+#endif
 
 /* -- probability_weighted -------------------------------------------------------- */
 
@@ -2216,6 +2294,19 @@ void symce_probability_weighted(const float *x, float *g, float *loss, const int
     }
     free(scratch);
 }
+#ifdef _OPENMP
+
+/* symce_probability_weighted on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_weighted_omp(const float *x, float *g, float *loss, const int64_t *y,
+        const float *valid, const float *p, const float *w, const float *scales, int64_t n,
+        int64_t C, int64_t S, double scale, double label_smoothing, int64_t unit,
+        int64_t *next, int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability_weighted(x, g, loss, y, valid, p, w, scales, n, C, S, scale, label_smoothing,
+            unit, next);
+}
+#endif
 
 /* -- probability_weighted_smoothed -------------------------------------------------------- */
 
@@ -2510,9 +2601,25 @@ void symce_probability_weighted_smoothed(const float *x, float *g, float *loss, 
     }
     free(scratch);
 }
+#ifdef _OPENMP
+
+/* symce_probability_weighted_smoothed on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_weighted_smoothed_omp(const float *x, float *g, float *loss, const int64_t *y,
+        const float *valid, const float *p, const float *w, const float *scales, int64_t n,
+        int64_t C, int64_t S, double scale, double label_smoothing, double sum_w, int64_t unit,
+        int64_t *next, int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability_weighted_smoothed(x, g, loss, y, valid, p, w, scales, n, C, S, scale, label_smoothing, sum_w,
+            unit, next);
+}
+#endif
 """
 _C_FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno")
 _C_LIBS = ("-lm",)  # after the source, so the library records its libm dependency
+# OpenMP: loaded after torch, the library's libgomp.so.1 is torch's own, so
+# its threads are the ones torch's operations use (see _c_call)
+_C_OPENMP = True
 # kernel key → (C function, number of per-call constants it takes)
 _C_KERNELS = {
     ("index", False, False): ("symce_index", 0),
@@ -2526,14 +2633,16 @@ _C_KERNELS = {
 }
 # bytes of logits in one unit of work (a unit's rows stay in L2 over the walks)
 _C_UNIT_BYTES = 1 << 16
-_compiled = {"enabled": None, "library": None, "tried": False}
+_compiled = {"enabled": None, "library": None, "tried": False, "forked": False}
 _compiled_lock = threading.Lock()
 
 
 def _forget_build_lock():
-    """In a forked child: a lock nobody holds (a build under way in the parent is not)."""
+    """In a forked child: a lock nobody holds (a build under way in the parent is not),
+    and no OpenMP team (GNU libgomp's threads are not there: a team would hang)."""
     global _compiled_lock
     _compiled_lock = threading.Lock()
+    _compiled["forked"] = True
 
 
 if hasattr(os, "register_at_fork"):
@@ -2599,7 +2708,11 @@ def _build():
     directory = _cache_dir()
     os.makedirs(directory, exist_ok=True)
     failures = []
-    for extra in (("-march=native",), ()):  # the host's vector width, else the baseline
+    # the host's vector width (and OpenMP, see _C_OPENMP) where they work, else without
+    attempts = [("-march=native",), ()]
+    if _C_OPENMP:
+        attempts = [(*extra, "-fopenmp") for extra in attempts] + attempts
+    for extra in attempts:
         flags = _C_FLAGS + extra
         key = hashlib.sha256("\0".join((_C_SOURCE, compiler, *flags, *_C_LIBS,
                                          _cpu())).encode())
@@ -2632,10 +2745,16 @@ def _load(path):
     library = ctypes.CDLL(path)
     pointer, integer, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     for name, constants in _C_KERNELS.values():
+        arguments = [pointer] * 8 + [integer] * 3 + [real] * (2 + constants) + [integer, pointer]
         function = getattr(library, name)
-        function.argtypes = ([pointer] * 8 + [integer] * 3 + [real] * (2 + constants)
-                             + [integer, pointer])
+        function.argtypes = arguments
         function.restype = None
+        try:  # built with OpenMP: the same entry point on an OpenMP team
+            team = getattr(library, name + "_omp")
+        except AttributeError:
+            continue
+        team.argtypes = arguments + [ctypes.c_int]
+        team.restype = None
     return library
 
 
@@ -2645,15 +2764,31 @@ def _c_unit(n_classes, positions):
 
 
 def _c_call(function, args, threads):
-    """``function(*args, counter)`` on this thread and ``threads - 1`` helpers.
+    """``function(*args, counter)`` on ``threads`` threads, this one among them.
 
     The units are handed out by the kernel itself (an atomic counter), so each
     thread takes units until none is left; each unit is computed alone, so the
-    result does not depend on the number of threads.  Helpers still queued
-    behind another call's work once this thread is done are cancelled.
+    result does not depend on the number of threads.  Where the library was
+    built with OpenMP, the threads are an OpenMP team: in a process with torch
+    that is torch's own runtime (libgomp is loaded once), so the kernel runs on
+    the threads torch's operations just used, instead of beside them while
+    they spin-wait.  Otherwise (and in a forked child, where libgomp's team
+    threads do not exist) helper threads from a pool run it; helpers still
+    queued behind another call's work once this thread is done are cancelled.
     """
     counter = ctypes.c_int64(0)
     args = (*args, ctypes.addressof(counter))
+    if threads > 1 and not _compiled["forked"]:
+        team = getattr(function, "team", None)
+        if team is None:
+            try:
+                team = getattr(_compiled["library"], function.__name__ + "_omp")
+            except AttributeError:
+                team = False
+            function.team = team
+        if team:
+            team(*args, threads)
+            return
     futures = []
     if threads > 1:
         try:

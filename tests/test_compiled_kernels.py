@@ -329,3 +329,60 @@ def test_fork_while_another_thread_builds(name, tmp_path, monkeypatch):
         time.sleep(0.1)
     builder.join()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_openmp_team_and_helper_threads_agree_bit_for_bit(modules, monkeypatch):
+    """torch's module runs its units on an OpenMP team where the build has one;
+    the helper-thread way (a forked child's) must give the same bits."""
+    module = modules["cross_entropy_torch"]
+    library = module.compiled_library()
+    if not hasattr(library, "symce_probability_weighted_smoothed_omp"):
+        pytest.skip("built without OpenMP here")
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(300, 70, generator=gen)
+    p = torch.softmax(torch.randn(300, 70, generator=gen), dim=1)
+    w = np.linspace(0.5, 2.0, 70, dtype=np.float32)
+    monkeypatch.setattr(module, "_C_UNIT_BYTES", 256)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    module.use_compiled(True)
+    try:
+        team = _numpy_and_torch(module, x, p, weight=w, label_smoothing=0.1)
+        monkeypatch.setitem(module._compiled, "forked", True)
+        helpers = _numpy_and_torch(module, x, p, weight=w, label_smoothing=0.1)
+    finally:
+        module.use_compiled(None)
+    assert team[0] == helpers[0]
+    assert np.array_equal(team[1], helpers[1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_after_an_openmp_team_computes(modules):
+    """GNU libgomp's team threads do not exist in a forked child (a team there
+    would hang): the child runs the units on helper threads instead."""
+    module = modules["cross_entropy_torch"]
+    x = torch.randn(64, 500)
+    y = torch.randint(0, 500, (64,))
+    want = F.cross_entropy(x.double(), y).item()
+    _numpy_and_torch(module, x, y)  # the parent's team exists now
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            torch.set_num_threads(2)
+            loss, _ = _numpy_and_torch(module, x, y)
+            code = 0 if abs(loss - want) < 1e-5 * abs(want) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.1)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -92,7 +92,7 @@ def generate(loss: str = "cross_entropy", backend: str = "numpy") -> str:
         pairs = [(k, kernel_name(k)) for k in _kernels(loss)]
         extra = {"c_source": c_source(pairs, header),
                  "c_kernels": [c_kernel_context(k, name) for k, name in pairs],
-                 "slab_positions": SLAB_POSITIONS}
+                 "slab_positions": SLAB_POSITIONS, "c_openmp": backend == "torch"}
     return render(template, header=header, kernels=kernels, block_bytes=BLOCK_BYTES, **extra)
 
 
