@@ -1,14 +1,12 @@
-"""What a fused CPU kernel reaches: a hand-written C++ reference, not generated code.
+"""A hand-written fused CPU kernel as a yardstick for the generated one.
 
-The generated torch module makes six passes over each block of logits (max,
-x − max, ·log2 e, exp2, Σ, scaling), one torch operation each; eager torch has
-no fused operation for them. This script compiles (about 30 s, needs a C++
-compiler) a hand-written kernel for plain class-index targets and mean
-reduction that does the same mathematics in three passes per row while the
-row is in cache, and times it beside ``F.cross_entropy`` forward + backward,
-the generated module and the floor (one read of the logits, one write of a
-gradient-sized buffer). It measures the gap a generated fused kernel could
-close; it is not used by symce.
+The generated modules now carry their own fused kernel (C printed from the
+derivation by symce/codegen/c.py, compiled on first use). This script
+compiles (about 30 s, needs a C++ compiler) a hand-written C++ kernel for
+plain class-index targets and mean reduction, the same three walks per row
+while the row is in cache, and times it beside ``F.cross_entropy`` forward +
+backward, the generated module and the floor (one read of the logits, one
+write of a gradient-sized buffer). It is not used by symce.
 
     python benchmarks/cpu_fused_reference.py [--rounds 15]
 

@@ -146,6 +146,7 @@ def test_non_finite_logits_like_torch(compiled, row):
 def test_result_does_not_depend_on_threads(compiled, monkeypatch, shape):
     """Many small units over 1, 2 and 3 threads: the same bits."""
     monkeypatch.setattr(compiled, "_C_UNIT_BYTES", 64)
+    monkeypatch.setattr(compiled, "_C_SLAB_UNIT_BYTES", 64)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(*shape, generator=gen) * 5
     y = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=gen)
