@@ -14,7 +14,10 @@ into the gradient, so no other array of the input's size is allocated.
 Inputs of more than one block are shared out among threads (NumPy releases
 the GIL in its loops): all usable cores by default, or ``set_num_threads(n)``
 or the environment variable ``SYMCE_NUM_THREADS``; the result does not depend
-on the number of threads.
+on the number of threads.  float32 arrays run compiled kernels (C printed
+from the same derivation, built on first use with a C compiler and cached;
+see ``compiled_library`` and ``use_compiled``) on the same threads; other
+dtypes, or where no compiler works, run the array code.
 """
 
 import ctypes

@@ -10,11 +10,17 @@ indices (integer tensors, with ``ignore_index``) or class probabilities
 (floating tensors of the input's shape).  float16 and bfloat16 inputs are
 computed in float32 and returned in their own dtype.
 
-The forward computes the gradient too, block by block, into one buffer: the
-shifted logits ``x - max`` are written into it, exponentiated in place and
-scaled into the gradient.  The backward only scales that buffer by
-``grad_output`` (in place), so no other tensor of the input's size exists.
-Gradients flow to ``input`` only (not to probability targets or weights).
+The forward computes the gradient too, into one buffer: the shifted logits
+``x - max`` are written into it, exponentiated in place and scaled into the
+gradient.  The backward only scales that buffer by ``grad_output`` (in place),
+so no other tensor of the input's size exists.  Gradients flow to ``input``
+only (not to probability targets or weights).
+
+float32 inputs on the CPU run compiled kernels (C printed from the same
+derivation, built on first use with a C compiler and cached; see
+``compiled_library`` and ``use_compiled``), which read the logits once and
+write the gradient once; everything else, or where no compiler works, runs
+the array code below, block by block.
 """
 
 import ctypes
