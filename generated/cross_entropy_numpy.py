@@ -160,8 +160,9 @@ _C_SOURCE = r"""
 /* e^z for z <= 0 (NaN gives NaN), as 2^t with t = z * log2(e) = k + f: k an
  * integer, |f| <= 1/2.  t's rounding error (up to |t| * 2^-24, 7e-6 relative
  * in e^z near z = -87) is carried into f: log2(e) = LOG2E_HI + LOG2E_LO and
- * the product's exact error from an FMA (within 1.3 ulp where e^z is a normal
- * float).  2^f is the Taylor polynomial from SymPy, 2^k is made from exponent
+ * the product's exact error from an FMA (a few ulps where e^z is a normal
+ * float).  2^f is SymPy's polynomial through the Chebyshev nodes of [-1/2, 1/2]
+ * (degree 6, 4e-9 relative), 2^k is made from exponent
  * bits; below 2^-126.5 (z < -87.7) the result is 0, not a subnormal.  k is
  * t rounded to nearest by adding and subtracting 1.5 * 2^23 (floorf would
  * not vectorise without -fno-trapping-math). */
@@ -172,13 +173,12 @@ static inline float symce_exp(float z)
     const float tc = t < -127.0f || t != t ? -127.0f : t;  /* NaN: k stays an integer */
     const float k = (tc + 12582912.0f) - 12582912.0f;
     const float f = (tc - k) + (t < -127.0f ? 0.0f : t_error);  /* z = -inf: 0, not NaN */
-    float poly = 1.525273380405984e-05f;
-    poly = poly * f + 0.0001540353039338161f;
-    poly = poly * f + 0.0013333558146428443f;
-    poly = poly * f + 0.009618129107628477f;
-    poly = poly * f + 0.05550410866482158f;
-    poly = poly * f + 0.24022650695910072f;
-    poly = poly * f + 0.6931471805599453f;
+    float poly = 0.0001546144469856913f;
+    poly = poly * f + 0.0013400428177615838f;
+    poly = poly * f + 0.009618056678524637f;
+    poly = poly * f + 0.05550327226670302f;
+    poly = poly * f + 0.24022650922288757f;
+    poly = poly * f + 0.6931472067028326f;
     poly = poly * f + 1.0f;
     const union { uint32_t bits; float value; } two_k = {(uint32_t)((int32_t)k + 127) << 23};
     return poly * two_k.value;
@@ -250,11 +250,14 @@ static void row_index(const float *restrict xr, float *restrict gr, const float 
 
 /* P <= SYMCE_SLAB positions of one sample: position s of class c at c*S + s.
  * Inlined where it is called with P == SYMCE_SLAB, so that the position loops
- * have a fixed length: one vector wide, the per-position values in registers. */
+ * have a fixed length: one vector wide, the per-position values in registers.
+ * xn, pn (or NULL): the same positions of this thread's next unit, prefetched
+ * during the second walk, so its first walk finds them in cache. */
 static inline __attribute__((always_inline)) void slab_index(const float *restrict xs, float *restrict gs,
         const float *restrict ps, const float *restrict w, int64_t C, int64_t S, int64_t P,
         const int64_t *restrict ys, const float *restrict vs, const float *restrict ss,
-        double scale0, double label_smoothing, float *loss_out, float *restrict es)
+        double scale0, double label_smoothing, float *loss_out, float *restrict es,
+        const float *xn, const float *pn)
 {
     const int64_t cs = S;
     const double n_classes = (double)C;
@@ -288,6 +291,9 @@ static inline __attribute__((always_inline)) void slab_index(const float *restri
         }
         for (int64_t c = c0; c < c1; ++c) {
             const float *restrict xc = xs + c * S;
+            if (xn) {
+                __builtin_prefetch(xn + c * S);
+            }
             if (gs) {
                 float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
 #pragma omp simd
@@ -380,14 +386,16 @@ void symce_index(const float *x, float *g, float *loss, const int64_t *y,
         unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
     const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
     const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
-    for (;;) {
-        const int64_t u = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-        if (u >= units)
-            break;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t u = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (S == 1) {
             const int64_t r1 = (u + 1) * unit < n ? (u + 1) * unit : n;
             for (int64_t r = u * unit; r < r1; ++r) {
-                const int64_t rn = r + 1 < n ? r + 1 : r;
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
                 row_index(x + r * C, g ? g + r * C : 0, p ? p + r * C : 0, w, C,
                         y ? y[r] : 0, valid ? (double)valid[r] : 1.0,
                         scales ? (double)scales[r] : scale, label_smoothing,
@@ -416,21 +424,28 @@ void symce_index(const float *x, float *g, float *loss, const int64_t *y,
         } else {
             /* a unit's chunks one after another: the positions of a class are
              * contiguous, so a chunk's neighbour finds its lines in cache */
-            const int64_t i = u / chunks;
-            const int64_t s1 = (u % chunks + 1) * unit < S ? (u % chunks + 1) * unit : S;
-            for (int64_t s0 = (u % chunks) * unit; s0 < s1; s0 += SYMCE_SLAB) {
+            const int64_t i = u / chunks, first = (u % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
                 const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
                 const int64_t at = i * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                const float *xn = ahead ? x + next_at : 0;
+                const float *pn = ahead && p ? p + next_at : 0;
                 if (P == SYMCE_SLAB)
                     slab_index(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S,
                             SYMCE_SLAB, y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
                 else
                     slab_index(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S, P,
                             y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
             }
         }
     }
@@ -528,11 +543,14 @@ static void row_index_smoothed(const float *restrict xr, float *restrict gr, con
 
 /* P <= SYMCE_SLAB positions of one sample: position s of class c at c*S + s.
  * Inlined where it is called with P == SYMCE_SLAB, so that the position loops
- * have a fixed length: one vector wide, the per-position values in registers. */
+ * have a fixed length: one vector wide, the per-position values in registers.
+ * xn, pn (or NULL): the same positions of this thread's next unit, prefetched
+ * during the second walk, so its first walk finds them in cache. */
 static inline __attribute__((always_inline)) void slab_index_smoothed(const float *restrict xs, float *restrict gs,
         const float *restrict ps, const float *restrict w, int64_t C, int64_t S, int64_t P,
         const int64_t *restrict ys, const float *restrict vs, const float *restrict ss,
-        double scale0, double label_smoothing, float *loss_out, float *restrict es)
+        double scale0, double label_smoothing, float *loss_out, float *restrict es,
+        const float *xn, const float *pn)
 {
     const int64_t cs = S;
     const double n_classes = (double)C;
@@ -571,6 +589,9 @@ static inline __attribute__((always_inline)) void slab_index_smoothed(const floa
         }
         for (int64_t c = c0; c < c1; ++c) {
             const float *restrict xc = xs + c * S;
+            if (xn) {
+                __builtin_prefetch(xn + c * S);
+            }
             if (gs) {
                 float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
 #pragma omp simd
@@ -669,14 +690,16 @@ void symce_index_smoothed(const float *x, float *g, float *loss, const int64_t *
         unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
     const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
     const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
-    for (;;) {
-        const int64_t u = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-        if (u >= units)
-            break;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t u = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (S == 1) {
             const int64_t r1 = (u + 1) * unit < n ? (u + 1) * unit : n;
             for (int64_t r = u * unit; r < r1; ++r) {
-                const int64_t rn = r + 1 < n ? r + 1 : r;
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
                 row_index_smoothed(x + r * C, g ? g + r * C : 0, p ? p + r * C : 0, w, C,
                         y ? y[r] : 0, valid ? (double)valid[r] : 1.0,
                         scales ? (double)scales[r] : scale, label_smoothing,
@@ -705,21 +728,28 @@ void symce_index_smoothed(const float *x, float *g, float *loss, const int64_t *
         } else {
             /* a unit's chunks one after another: the positions of a class are
              * contiguous, so a chunk's neighbour finds its lines in cache */
-            const int64_t i = u / chunks;
-            const int64_t s1 = (u % chunks + 1) * unit < S ? (u % chunks + 1) * unit : S;
-            for (int64_t s0 = (u % chunks) * unit; s0 < s1; s0 += SYMCE_SLAB) {
+            const int64_t i = u / chunks, first = (u % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
                 const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
                 const int64_t at = i * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                const float *xn = ahead ? x + next_at : 0;
+                const float *pn = ahead && p ? p + next_at : 0;
                 if (P == SYMCE_SLAB)
                     slab_index_smoothed(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S,
                             SYMCE_SLAB, y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
                 else
                     slab_index_smoothed(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S, P,
                             y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
             }
         }
     }
@@ -810,11 +840,14 @@ static void row_index_weighted(const float *restrict xr, float *restrict gr, con
 
 /* P <= SYMCE_SLAB positions of one sample: position s of class c at c*S + s.
  * Inlined where it is called with P == SYMCE_SLAB, so that the position loops
- * have a fixed length: one vector wide, the per-position values in registers. */
+ * have a fixed length: one vector wide, the per-position values in registers.
+ * xn, pn (or NULL): the same positions of this thread's next unit, prefetched
+ * during the second walk, so its first walk finds them in cache. */
 static inline __attribute__((always_inline)) void slab_index_weighted(const float *restrict xs, float *restrict gs,
         const float *restrict ps, const float *restrict w, int64_t C, int64_t S, int64_t P,
         const int64_t *restrict ys, const float *restrict vs, const float *restrict ss,
-        double scale0, double label_smoothing, float *loss_out, float *restrict es)
+        double scale0, double label_smoothing, float *loss_out, float *restrict es,
+        const float *xn, const float *pn)
 {
     const int64_t cs = S;
     const double n_classes = (double)C;
@@ -848,6 +881,9 @@ static inline __attribute__((always_inline)) void slab_index_weighted(const floa
         }
         for (int64_t c = c0; c < c1; ++c) {
             const float *restrict xc = xs + c * S;
+            if (xn) {
+                __builtin_prefetch(xn + c * S);
+            }
             if (gs) {
                 float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
 #pragma omp simd
@@ -941,14 +977,16 @@ void symce_index_weighted(const float *x, float *g, float *loss, const int64_t *
         unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
     const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
     const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
-    for (;;) {
-        const int64_t u = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-        if (u >= units)
-            break;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t u = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (S == 1) {
             const int64_t r1 = (u + 1) * unit < n ? (u + 1) * unit : n;
             for (int64_t r = u * unit; r < r1; ++r) {
-                const int64_t rn = r + 1 < n ? r + 1 : r;
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
                 row_index_weighted(x + r * C, g ? g + r * C : 0, p ? p + r * C : 0, w, C,
                         y ? y[r] : 0, valid ? (double)valid[r] : 1.0,
                         scales ? (double)scales[r] : scale, label_smoothing,
@@ -977,21 +1015,28 @@ void symce_index_weighted(const float *x, float *g, float *loss, const int64_t *
         } else {
             /* a unit's chunks one after another: the positions of a class are
              * contiguous, so a chunk's neighbour finds its lines in cache */
-            const int64_t i = u / chunks;
-            const int64_t s1 = (u % chunks + 1) * unit < S ? (u % chunks + 1) * unit : S;
-            for (int64_t s0 = (u % chunks) * unit; s0 < s1; s0 += SYMCE_SLAB) {
+            const int64_t i = u / chunks, first = (u % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
                 const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
                 const int64_t at = i * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                const float *xn = ahead ? x + next_at : 0;
+                const float *pn = ahead && p ? p + next_at : 0;
                 if (P == SYMCE_SLAB)
                     slab_index_weighted(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S,
                             SYMCE_SLAB, y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
                 else
                     slab_index_weighted(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S, P,
                             y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
             }
         }
     }
@@ -1093,11 +1138,14 @@ static void row_index_weighted_smoothed(const float *restrict xr, float *restric
 
 /* P <= SYMCE_SLAB positions of one sample: position s of class c at c*S + s.
  * Inlined where it is called with P == SYMCE_SLAB, so that the position loops
- * have a fixed length: one vector wide, the per-position values in registers. */
+ * have a fixed length: one vector wide, the per-position values in registers.
+ * xn, pn (or NULL): the same positions of this thread's next unit, prefetched
+ * during the second walk, so its first walk finds them in cache. */
 static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(const float *restrict xs, float *restrict gs,
         const float *restrict ps, const float *restrict w, int64_t C, int64_t S, int64_t P,
         const int64_t *restrict ys, const float *restrict vs, const float *restrict ss,
-        double scale0, double label_smoothing, double sum_w, float *loss_out, float *restrict es)
+        double scale0, double label_smoothing, double sum_w, float *loss_out, float *restrict es,
+        const float *xn, const float *pn)
 {
     const int64_t cs = S;
     const double n_classes = (double)C;
@@ -1136,6 +1184,9 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(c
         }
         for (int64_t c = c0; c < c1; ++c) {
             const float *restrict xc = xs + c * S;
+            if (xn) {
+                __builtin_prefetch(xn + c * S);
+            }
             const float wv = w[c];
             if (gs) {
                 float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
@@ -1237,14 +1288,16 @@ void symce_index_weighted_smoothed(const float *x, float *g, float *loss, const 
         unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
     const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
     const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
-    for (;;) {
-        const int64_t u = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-        if (u >= units)
-            break;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t u = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (S == 1) {
             const int64_t r1 = (u + 1) * unit < n ? (u + 1) * unit : n;
             for (int64_t r = u * unit; r < r1; ++r) {
-                const int64_t rn = r + 1 < n ? r + 1 : r;
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
                 row_index_weighted_smoothed(x + r * C, g ? g + r * C : 0, p ? p + r * C : 0, w, C,
                         y ? y[r] : 0, valid ? (double)valid[r] : 1.0,
                         scales ? (double)scales[r] : scale, label_smoothing, sum_w,
@@ -1273,21 +1326,28 @@ void symce_index_weighted_smoothed(const float *x, float *g, float *loss, const 
         } else {
             /* a unit's chunks one after another: the positions of a class are
              * contiguous, so a chunk's neighbour finds its lines in cache */
-            const int64_t i = u / chunks;
-            const int64_t s1 = (u % chunks + 1) * unit < S ? (u % chunks + 1) * unit : S;
-            for (int64_t s0 = (u % chunks) * unit; s0 < s1; s0 += SYMCE_SLAB) {
+            const int64_t i = u / chunks, first = (u % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
                 const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
                 const int64_t at = i * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                const float *xn = ahead ? x + next_at : 0;
+                const float *pn = ahead && p ? p + next_at : 0;
                 if (P == SYMCE_SLAB)
                     slab_index_weighted_smoothed(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S,
                             SYMCE_SLAB, y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, sum_w, loss + i * S + s0, es);
+                            label_smoothing, sum_w, loss + i * S + s0, es, xn, pn);
                 else
                     slab_index_weighted_smoothed(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S, P,
                             y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, sum_w, loss + i * S + s0, es);
+                            label_smoothing, sum_w, loss + i * S + s0, es, xn, pn);
             }
         }
     }
@@ -1392,11 +1452,14 @@ static void row_probability(const float *restrict xr, float *restrict gr, const 
 
 /* P <= SYMCE_SLAB positions of one sample: position s of class c at c*S + s.
  * Inlined where it is called with P == SYMCE_SLAB, so that the position loops
- * have a fixed length: one vector wide, the per-position values in registers. */
+ * have a fixed length: one vector wide, the per-position values in registers.
+ * xn, pn (or NULL): the same positions of this thread's next unit, prefetched
+ * during the second walk, so its first walk finds them in cache. */
 static inline __attribute__((always_inline)) void slab_probability(const float *restrict xs, float *restrict gs,
         const float *restrict ps, const float *restrict w, int64_t C, int64_t S, int64_t P,
         const int64_t *restrict ys, const float *restrict vs, const float *restrict ss,
-        double scale0, double label_smoothing, float *loss_out, float *restrict es)
+        double scale0, double label_smoothing, float *loss_out, float *restrict es,
+        const float *xn, const float *pn)
 {
     const int64_t cs = S;
     const double n_classes = (double)C;
@@ -1439,6 +1502,10 @@ static inline __attribute__((always_inline)) void slab_probability(const float *
         }
         for (int64_t c = c0; c < c1; ++c) {
             const float *restrict xc = xs + c * S;
+            if (xn) {
+                __builtin_prefetch(xn + c * S);
+                __builtin_prefetch(pn + c * S);
+            }
             const float *restrict pc = ps + c * S;
             if (gs) {
                 float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
@@ -1541,14 +1608,16 @@ void symce_probability(const float *x, float *g, float *loss, const int64_t *y,
         unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
     const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
     const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
-    for (;;) {
-        const int64_t u = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-        if (u >= units)
-            break;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t u = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (S == 1) {
             const int64_t r1 = (u + 1) * unit < n ? (u + 1) * unit : n;
             for (int64_t r = u * unit; r < r1; ++r) {
-                const int64_t rn = r + 1 < n ? r + 1 : r;
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
                 row_probability(x + r * C, g ? g + r * C : 0, p ? p + r * C : 0, w, C,
                         y ? y[r] : 0, valid ? (double)valid[r] : 1.0,
                         scales ? (double)scales[r] : scale, label_smoothing,
@@ -1577,21 +1646,28 @@ void symce_probability(const float *x, float *g, float *loss, const int64_t *y,
         } else {
             /* a unit's chunks one after another: the positions of a class are
              * contiguous, so a chunk's neighbour finds its lines in cache */
-            const int64_t i = u / chunks;
-            const int64_t s1 = (u % chunks + 1) * unit < S ? (u % chunks + 1) * unit : S;
-            for (int64_t s0 = (u % chunks) * unit; s0 < s1; s0 += SYMCE_SLAB) {
+            const int64_t i = u / chunks, first = (u % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
                 const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
                 const int64_t at = i * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                const float *xn = ahead ? x + next_at : 0;
+                const float *pn = ahead && p ? p + next_at : 0;
                 if (P == SYMCE_SLAB)
                     slab_probability(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S,
                             SYMCE_SLAB, y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
                 else
                     slab_probability(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S, P,
                             y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
             }
         }
     }
@@ -1704,11 +1780,14 @@ static void row_probability_smoothed(const float *restrict xr, float *restrict g
 
 /* P <= SYMCE_SLAB positions of one sample: position s of class c at c*S + s.
  * Inlined where it is called with P == SYMCE_SLAB, so that the position loops
- * have a fixed length: one vector wide, the per-position values in registers. */
+ * have a fixed length: one vector wide, the per-position values in registers.
+ * xn, pn (or NULL): the same positions of this thread's next unit, prefetched
+ * during the second walk, so its first walk finds them in cache. */
 static inline __attribute__((always_inline)) void slab_probability_smoothed(const float *restrict xs, float *restrict gs,
         const float *restrict ps, const float *restrict w, int64_t C, int64_t S, int64_t P,
         const int64_t *restrict ys, const float *restrict vs, const float *restrict ss,
-        double scale0, double label_smoothing, float *loss_out, float *restrict es)
+        double scale0, double label_smoothing, float *loss_out, float *restrict es,
+        const float *xn, const float *pn)
 {
     const int64_t cs = S;
     const double n_classes = (double)C;
@@ -1756,6 +1835,10 @@ static inline __attribute__((always_inline)) void slab_probability_smoothed(cons
         }
         for (int64_t c = c0; c < c1; ++c) {
             const float *restrict xc = xs + c * S;
+            if (xn) {
+                __builtin_prefetch(xn + c * S);
+                __builtin_prefetch(pn + c * S);
+            }
             const float *restrict pc = ps + c * S;
             if (gs) {
                 float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
@@ -1864,14 +1947,16 @@ void symce_probability_smoothed(const float *x, float *g, float *loss, const int
         unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
     const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
     const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
-    for (;;) {
-        const int64_t u = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-        if (u >= units)
-            break;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t u = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (S == 1) {
             const int64_t r1 = (u + 1) * unit < n ? (u + 1) * unit : n;
             for (int64_t r = u * unit; r < r1; ++r) {
-                const int64_t rn = r + 1 < n ? r + 1 : r;
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
                 row_probability_smoothed(x + r * C, g ? g + r * C : 0, p ? p + r * C : 0, w, C,
                         y ? y[r] : 0, valid ? (double)valid[r] : 1.0,
                         scales ? (double)scales[r] : scale, label_smoothing,
@@ -1900,21 +1985,28 @@ void symce_probability_smoothed(const float *x, float *g, float *loss, const int
         } else {
             /* a unit's chunks one after another: the positions of a class are
              * contiguous, so a chunk's neighbour finds its lines in cache */
-            const int64_t i = u / chunks;
-            const int64_t s1 = (u % chunks + 1) * unit < S ? (u % chunks + 1) * unit : S;
-            for (int64_t s0 = (u % chunks) * unit; s0 < s1; s0 += SYMCE_SLAB) {
+            const int64_t i = u / chunks, first = (u % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
                 const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
                 const int64_t at = i * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                const float *xn = ahead ? x + next_at : 0;
+                const float *pn = ahead && p ? p + next_at : 0;
                 if (P == SYMCE_SLAB)
                     slab_probability_smoothed(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S,
                             SYMCE_SLAB, y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
                 else
                     slab_probability_smoothed(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S, P,
                             y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
             }
         }
     }
@@ -2022,11 +2114,14 @@ static void row_probability_weighted(const float *restrict xr, float *restrict g
 
 /* P <= SYMCE_SLAB positions of one sample: position s of class c at c*S + s.
  * Inlined where it is called with P == SYMCE_SLAB, so that the position loops
- * have a fixed length: one vector wide, the per-position values in registers. */
+ * have a fixed length: one vector wide, the per-position values in registers.
+ * xn, pn (or NULL): the same positions of this thread's next unit, prefetched
+ * during the second walk, so its first walk finds them in cache. */
 static inline __attribute__((always_inline)) void slab_probability_weighted(const float *restrict xs, float *restrict gs,
         const float *restrict ps, const float *restrict w, int64_t C, int64_t S, int64_t P,
         const int64_t *restrict ys, const float *restrict vs, const float *restrict ss,
-        double scale0, double label_smoothing, float *loss_out, float *restrict es)
+        double scale0, double label_smoothing, float *loss_out, float *restrict es,
+        const float *xn, const float *pn)
 {
     const int64_t cs = S;
     const double n_classes = (double)C;
@@ -2069,6 +2164,10 @@ static inline __attribute__((always_inline)) void slab_probability_weighted(cons
         }
         for (int64_t c = c0; c < c1; ++c) {
             const float *restrict xc = xs + c * S;
+            if (xn) {
+                __builtin_prefetch(xn + c * S);
+                __builtin_prefetch(pn + c * S);
+            }
             const float *restrict pc = ps + c * S;
             const float wv = w[c];
             if (gs) {
@@ -2173,14 +2272,16 @@ void symce_probability_weighted(const float *x, float *g, float *loss, const int
         unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
     const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
     const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
-    for (;;) {
-        const int64_t u = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-        if (u >= units)
-            break;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t u = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (S == 1) {
             const int64_t r1 = (u + 1) * unit < n ? (u + 1) * unit : n;
             for (int64_t r = u * unit; r < r1; ++r) {
-                const int64_t rn = r + 1 < n ? r + 1 : r;
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
                 row_probability_weighted(x + r * C, g ? g + r * C : 0, p ? p + r * C : 0, w, C,
                         y ? y[r] : 0, valid ? (double)valid[r] : 1.0,
                         scales ? (double)scales[r] : scale, label_smoothing,
@@ -2209,21 +2310,28 @@ void symce_probability_weighted(const float *x, float *g, float *loss, const int
         } else {
             /* a unit's chunks one after another: the positions of a class are
              * contiguous, so a chunk's neighbour finds its lines in cache */
-            const int64_t i = u / chunks;
-            const int64_t s1 = (u % chunks + 1) * unit < S ? (u % chunks + 1) * unit : S;
-            for (int64_t s0 = (u % chunks) * unit; s0 < s1; s0 += SYMCE_SLAB) {
+            const int64_t i = u / chunks, first = (u % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
                 const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
                 const int64_t at = i * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                const float *xn = ahead ? x + next_at : 0;
+                const float *pn = ahead && p ? p + next_at : 0;
                 if (P == SYMCE_SLAB)
                     slab_probability_weighted(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S,
                             SYMCE_SLAB, y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
                 else
                     slab_probability_weighted(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S, P,
                             y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, loss + i * S + s0, es);
+                            label_smoothing, loss + i * S + s0, es, xn, pn);
             }
         }
     }
@@ -2339,11 +2447,14 @@ static void row_probability_weighted_smoothed(const float *restrict xr, float *r
 
 /* P <= SYMCE_SLAB positions of one sample: position s of class c at c*S + s.
  * Inlined where it is called with P == SYMCE_SLAB, so that the position loops
- * have a fixed length: one vector wide, the per-position values in registers. */
+ * have a fixed length: one vector wide, the per-position values in registers.
+ * xn, pn (or NULL): the same positions of this thread's next unit, prefetched
+ * during the second walk, so its first walk finds them in cache. */
 static inline __attribute__((always_inline)) void slab_probability_weighted_smoothed(const float *restrict xs, float *restrict gs,
         const float *restrict ps, const float *restrict w, int64_t C, int64_t S, int64_t P,
         const int64_t *restrict ys, const float *restrict vs, const float *restrict ss,
-        double scale0, double label_smoothing, double sum_w, float *loss_out, float *restrict es)
+        double scale0, double label_smoothing, double sum_w, float *loss_out, float *restrict es,
+        const float *xn, const float *pn)
 {
     const int64_t cs = S;
     const double n_classes = (double)C;
@@ -2391,6 +2502,10 @@ static inline __attribute__((always_inline)) void slab_probability_weighted_smoo
         }
         for (int64_t c = c0; c < c1; ++c) {
             const float *restrict xc = xs + c * S;
+            if (xn) {
+                __builtin_prefetch(xn + c * S);
+                __builtin_prefetch(pn + c * S);
+            }
             const float *restrict pc = ps + c * S;
             const float wv = w[c];
             if (gs) {
@@ -2501,14 +2616,16 @@ void symce_probability_weighted_smoothed(const float *x, float *g, float *loss, 
         unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
     const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
     const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
-    for (;;) {
-        const int64_t u = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-        if (u >= units)
-            break;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t u = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (S == 1) {
             const int64_t r1 = (u + 1) * unit < n ? (u + 1) * unit : n;
             for (int64_t r = u * unit; r < r1; ++r) {
-                const int64_t rn = r + 1 < n ? r + 1 : r;
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
                 row_probability_weighted_smoothed(x + r * C, g ? g + r * C : 0, p ? p + r * C : 0, w, C,
                         y ? y[r] : 0, valid ? (double)valid[r] : 1.0,
                         scales ? (double)scales[r] : scale, label_smoothing, sum_w,
@@ -2537,21 +2654,28 @@ void symce_probability_weighted_smoothed(const float *x, float *g, float *loss, 
         } else {
             /* a unit's chunks one after another: the positions of a class are
              * contiguous, so a chunk's neighbour finds its lines in cache */
-            const int64_t i = u / chunks;
-            const int64_t s1 = (u % chunks + 1) * unit < S ? (u % chunks + 1) * unit : S;
-            for (int64_t s0 = (u % chunks) * unit; s0 < s1; s0 += SYMCE_SLAB) {
+            const int64_t i = u / chunks, first = (u % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
                 const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
                 const int64_t at = i * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                const float *xn = ahead ? x + next_at : 0;
+                const float *pn = ahead && p ? p + next_at : 0;
                 if (P == SYMCE_SLAB)
                     slab_probability_weighted_smoothed(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S,
                             SYMCE_SLAB, y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, sum_w, loss + i * S + s0, es);
+                            label_smoothing, sum_w, loss + i * S + s0, es, xn, pn);
                 else
                     slab_probability_weighted_smoothed(x + at, g ? g + at : 0, p ? p + at : 0, w, C, S, P,
                             y ? y + i * S + s0 : 0, valid ? valid + i * S + s0 : 0,
                             scales ? scales + i * S + s0 : 0, scale,
-                            label_smoothing, sum_w, loss + i * S + s0, es);
+                            label_smoothing, sum_w, loss + i * S + s0, es, xn, pn);
             }
         }
     }
