@@ -376,9 +376,10 @@ void symce_index(const float *x, float *g, float *loss, const int64_t *y,
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -680,9 +681,10 @@ void symce_index_smoothed(const float *x, float *g, float *loss, const int64_t *
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -967,9 +969,10 @@ void symce_index_weighted(const float *x, float *g, float *loss, const int64_t *
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -1278,9 +1281,10 @@ void symce_index_weighted_smoothed(const float *x, float *g, float *loss, const 
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -1598,9 +1602,10 @@ void symce_probability(const float *x, float *g, float *loss, const int64_t *y,
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -1937,9 +1942,10 @@ void symce_probability_smoothed(const float *x, float *g, float *loss, const int
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -2262,9 +2268,10 @@ void symce_probability_weighted(const float *x, float *g, float *loss, const int
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -2606,9 +2613,10 @@ void symce_probability_weighted_smoothed(const float *x, float *g, float *loss, 
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;

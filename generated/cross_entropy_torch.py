@@ -588,9 +588,10 @@ void symce_index(const float *x, float *g, float *loss, const int64_t *y,
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -892,9 +893,10 @@ void symce_index_smoothed(const float *x, float *g, float *loss, const int64_t *
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -1179,9 +1181,10 @@ void symce_index_weighted(const float *x, float *g, float *loss, const int64_t *
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -1490,9 +1493,10 @@ void symce_index_weighted_smoothed(const float *x, float *g, float *loss, const 
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -1810,9 +1814,10 @@ void symce_probability(const float *x, float *g, float *loss, const int64_t *y,
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -2149,9 +2154,10 @@ void symce_probability_smoothed(const float *x, float *g, float *loss, const int
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -2474,9 +2480,10 @@ void symce_probability_weighted(const float *x, float *g, float *loss, const int
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;
@@ -2818,9 +2825,10 @@ void symce_probability_weighted_smoothed(const float *x, float *g, float *loss, 
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
         scratch = malloc((size_t)(p ? 3 : 2) * (size_t)(C * S) * sizeof(float));
-    /* a slab unit's exponentials, 16 positions per class (NULL: kept in g) */
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
     float *es = 0;
-    if (S > 1 && !scratch && g)
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
         es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
     if (unit < 1 || scratch)
         unit = 1;

@@ -387,3 +387,13 @@ def test_forked_child_after_an_openmp_team_computes(modules):
             pytest.fail("the forked child hung")
         time.sleep(0.1)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("target", ["index", "probability"])
+def test_slab_too_wide_for_the_exponentials_scratch(compiled, target):
+    """20000 classes × 16 positions exceed the 1 MiB scratch: the exponentials
+    stay in the gradient (written twice), with the same results."""
+    case = Case("wide-slab", (2, 20000, 17), target=target, weight=True,
+                label_smoothing=0.1, dtype="float32", reduction="none")
+    assert_parity(compiled, case)
+    assert compiled.calls
