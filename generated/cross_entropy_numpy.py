@@ -2772,11 +2772,22 @@ def compiled_library():
 
 
 def _cache_dir():
+    """$SYMCE_CACHE_DIR, else ~/.cache/symce, else (not writable) a folder in the temp dir."""
     root = os.environ.get("SYMCE_CACHE_DIR")
     if root:
+        os.makedirs(root, exist_ok=True)
         return root
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "symce")
+    for directory in (os.path.join(base, "symce"),
+                      os.path.join(tempfile.gettempdir(), f"symce-{os.getuid()}"
+                                   if hasattr(os, "getuid") else "symce")):
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(directory, os.W_OK):
+            return directory
+    raise OSError(f"no writable folder for the compiled kernels under {base} or the temp dir")
 
 
 def _cpu():
@@ -2798,7 +2809,6 @@ def _build():
     if compiler is None:
         raise OSError("no C compiler found (install gcc or clang, or set CC)")
     directory = _cache_dir()
-    os.makedirs(directory, exist_ok=True)
     failures = []
     # the host's vector width (and OpenMP, see _C_OPENMP) where they work, else without
     attempts = [("-march=native",), ()]

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -397,3 +399,16 @@ def test_slab_too_wide_for_the_exponentials_scratch(compiled, target):
                 label_smoothing=0.1, dtype="float32", reduction="none")
     assert_parity(compiled, case)
     assert compiled.calls
+
+
+def test_unusable_cache_folder_falls_back_to_the_temp_dir(tmp_path, monkeypatch):
+    """~/.cache cannot hold a folder (here: it is a file): the build goes to the temp dir."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.delenv("SYMCE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    module = load_generated("cross_entropy_numpy")
+    assert module.compiled_library() is not None
+    assert module._cache_dir().startswith(str(tmp_path))
+    assert any(p.suffix == ".so" for p in Path(module._cache_dir()).iterdir())
