@@ -115,7 +115,7 @@ def _helpers(count):
 # A chain of array operations streams every block through the cache once per
 # operation; the C kernels walk each row while it sits in L2 (read the logits
 # once, write the gradient once).  Built on first use with $CC (else cc, gcc
-# or clang) into $SYMCE_CACHE_DIR (else ~/.cache/symce), loaded with ctypes
+# or clang) into a cache folder (see _cache_dir), loaded with ctypes
 # (which releases the GIL, so helper threads run units side by side).  Where
 # no compiler works, a warning says why and the array code runs instead.
 # Both are float32 code from the same expressions (the kernels add class sums
@@ -2851,12 +2851,14 @@ def _load(path):
         function = getattr(library, name)
         function.argtypes = arguments
         function.restype = None
+        function.team = None
         try:  # built with OpenMP: the same entry point on an OpenMP team
             team = getattr(library, name + "_omp")
         except AttributeError:
             continue
         team.argtypes = arguments + [ctypes.c_int]
         team.restype = None
+        function.team = team
     return library
 
 
@@ -2871,6 +2873,19 @@ def _c_unit(n_classes, positions):
     if positions == 1:
         return max(1, _C_UNIT_BYTES // (4 * n_classes))
     return max(1, _C_SLAB_UNIT_BYTES // (4 * n_classes))
+
+
+def _c_run(library, kernel_key, pointers, n, n_classes, positions, scale, label_smoothing,
+           constants, threads):
+    """The kernel for ``kernel_key`` over logits ``(n, n_classes, positions)``.
+
+    ``pointers``: the addresses (or None) of x, g, loss, y, valid, p, w and the
+    per-row scales, in the C entry point's order; ``constants``: the per-call
+    sums, as floats.
+    """
+    function = getattr(library, _C_KERNELS[kernel_key][0])
+    _c_call(function, (*pointers, n, n_classes, positions, scale, label_smoothing, *constants,
+                       _c_unit(n_classes, positions)), threads)
 
 
 def _c_call(function, args, threads):
@@ -2888,17 +2903,9 @@ def _c_call(function, args, threads):
     """
     counter = ctypes.c_int64(0)
     args = (*args, ctypes.addressof(counter))
-    if threads > 1 and not _compiled["forked"]:
-        team = getattr(function, "team", None)
-        if team is None:
-            try:
-                team = getattr(_compiled["library"], function.__name__ + "_omp")
-            except AttributeError:
-                team = False
-            function.team = team
-        if team:
-            team(*args, threads)
-            return
+    if threads > 1 and function.team is not None and not _compiled["forked"]:
+        function.team(*args, threads)
+        return
     futures = []
     if threads > 1:
         try:
@@ -3424,18 +3431,15 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, grad_o
             and (p is None or (p.flags.c_contiguous and p.flags.aligned))):
         library = compiled_library()
     if library is not None:
-        function = getattr(library, _C_KERNELS[kernel_key][0])
-
-        def address(a, dtype=np.float32):
+        def contiguous(a, dtype=np.float32):
             return None if a is None else np.ascontiguousarray(a, dtype=dtype)
 
         arrays = [x3, grad3 if need_grad else None, losses,
-                  address(y, np.int64), address(valid_f if kind == "index" else None), p,
-                  address(weight), address(scale3) if reduction == "none" else None]
-        args = [None if a is None else a.ctypes.data for a in arrays]
-        args += [n, n_classes, s, 0.0 if reduction == "none" else scale, label_smoothing,
-                 *[float(np.reshape(v, -1)[0]) for v in consts], _c_unit(n_classes, s)]
-        _c_call(function, args, get_num_threads())
+                  contiguous(y, np.int64), contiguous(valid_f if kind == "index" else None), p,
+                  contiguous(weight), contiguous(scale3) if reduction == "none" else None]
+        _c_run(library, kernel_key, [None if a is None else a.ctypes.data for a in arrays],
+               n, n_classes, s, 0.0 if reduction == "none" else scale, label_smoothing,
+               [float(np.reshape(v, -1)[0]) for v in consts], get_num_threads())
         tiles = []
     else:
         tiles = list(_tiles(n, s, n_classes, np.dtype(dtype).itemsize))

@@ -327,7 +327,7 @@ def _helpers(count):
 # A chain of array operations streams every block through the cache once per
 # operation; the C kernels walk each row while it sits in L2 (read the logits
 # once, write the gradient once).  Built on first use with $CC (else cc, gcc
-# or clang) into $SYMCE_CACHE_DIR (else ~/.cache/symce), loaded with ctypes
+# or clang) into a cache folder (see _cache_dir), loaded with ctypes
 # (which releases the GIL, so helper threads run units side by side).  Where
 # no compiler works, a warning says why and the array code runs instead.
 # Both are float32 code from the same expressions (the kernels add class sums
@@ -3064,12 +3064,14 @@ def _load(path):
         function = getattr(library, name)
         function.argtypes = arguments
         function.restype = None
+        function.team = None
         try:  # built with OpenMP: the same entry point on an OpenMP team
             team = getattr(library, name + "_omp")
         except AttributeError:
             continue
         team.argtypes = arguments + [ctypes.c_int]
         team.restype = None
+        function.team = team
     return library
 
 
@@ -3084,6 +3086,19 @@ def _c_unit(n_classes, positions):
     if positions == 1:
         return max(1, _C_UNIT_BYTES // (4 * n_classes))
     return max(1, _C_SLAB_UNIT_BYTES // (4 * n_classes))
+
+
+def _c_run(library, kernel_key, pointers, n, n_classes, positions, scale, label_smoothing,
+           constants, threads):
+    """The kernel for ``kernel_key`` over logits ``(n, n_classes, positions)``.
+
+    ``pointers``: the addresses (or None) of x, g, loss, y, valid, p, w and the
+    per-row scales, in the C entry point's order; ``constants``: the per-call
+    sums, as floats.
+    """
+    function = getattr(library, _C_KERNELS[kernel_key][0])
+    _c_call(function, (*pointers, n, n_classes, positions, scale, label_smoothing, *constants,
+                       _c_unit(n_classes, positions)), threads)
 
 
 def _c_call(function, args, threads):
@@ -3101,17 +3116,9 @@ def _c_call(function, args, threads):
     """
     counter = ctypes.c_int64(0)
     args = (*args, ctypes.addressof(counter))
-    if threads > 1 and not _compiled["forked"]:
-        team = getattr(function, "team", None)
-        if team is None:
-            try:
-                team = getattr(_compiled["library"], function.__name__ + "_omp")
-            except AttributeError:
-                team = False
-            function.team = team
-        if team:
-            team(*args, threads)
-            return
+    if threads > 1 and function.team is not None and not _compiled["forked"]:
+        function.team(*args, threads)
+        return
     futures = []
     if threads > 1:
         try:
@@ -3337,18 +3344,14 @@ def _run(input, target, weight, ignore_index, reduction, label_smoothing, need_g
             and (p is None or p.is_contiguous())):
         library = compiled_library()
     if library is not None:
-        function = getattr(library, _C_KERNELS[kernel_key][0])
+        def contiguous(t):
+            return None if t is None else t.contiguous()
 
-        def address(t):
-            return None if t is None else t.data_ptr()
-
-        y_c = None if y is None else y.contiguous()
-        valid_c = None if valid_f is None else valid_f.contiguous()
-        w_c = None if weight is None else weight.contiguous()
-        args = (address(x3), address(grad3), address(losses), address(y_c), address(valid_c),
-                address(p), address(w_c), None, n, n_classes, s, scale, label_smoothing,
-                *[float(v) for v in consts], _c_unit(n_classes, s))
-        _c_call(function, args, torch.get_num_threads())
+        tensors = [x3, grad3, losses, contiguous(y), contiguous(valid_f), p,
+                   contiguous(weight), None]
+        _c_run(library, kernel_key, [None if t is None else t.data_ptr() for t in tensors],
+               n, n_classes, s, scale, label_smoothing, [float(v) for v in consts],
+               torch.get_num_threads())
         tiles = ()
     else:
         tiles = _tiles(n, s, n_classes, torch.empty((), dtype=dtype).element_size())
