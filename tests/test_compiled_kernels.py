@@ -13,7 +13,6 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.forking import passes_in_forked_child
 from tests.parity import CASES, Case, assert_parity, load_generated
 
 NAMES = ("cross_entropy_numpy", "cross_entropy_torch")
@@ -309,29 +309,15 @@ def test_fork_while_another_thread_builds(name, tmp_path, monkeypatch):
     builder = threading.Thread(target=module.compiled_library)
     builder.start()
     time.sleep(0.5)  # the build lock is held now
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
-        pid = os.fork()
-    if pid == 0:  # the child: compute, exit with the verdict
-        code = 1
-        try:
-            x = torch.tensor([[0.0, 1.0, 2.0]])
-            loss, _ = _numpy_and_torch(module, x, torch.tensor([2]))
-            code = 0 if abs(loss - 0.40760596) < 1e-5 else 2
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 60
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung on the build lock")
-        time.sleep(0.1)
-    builder.join()
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child():
+        loss, _ = _numpy_and_torch(module, torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([2]))
+        return abs(loss - 0.40760596) < 1e-5
+
+    try:
+        assert passes_in_forked_child(child)
+    finally:
+        builder.join()
 
 
 def test_openmp_team_and_helper_threads_agree_bit_for_bit(modules, monkeypatch):
@@ -367,28 +353,13 @@ def test_forked_child_after_an_openmp_team_computes(modules):
     y = torch.randint(0, 500, (64,))
     want = F.cross_entropy(x.double(), y).item()
     _numpy_and_torch(module, x, y)  # the parent's team exists now
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
-        pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            torch.set_num_threads(2)
-            loss, _ = _numpy_and_torch(module, x, y)
-            code = 0 if abs(loss - want) < 1e-5 * abs(want) else 2
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 60
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung")
-        time.sleep(0.1)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child():
+        torch.set_num_threads(2)
+        loss, _ = _numpy_and_torch(module, x, y)
+        return abs(loss - want) < 1e-5 * abs(want)
+
+    assert passes_in_forked_child(child)
 
 
 @pytest.mark.parametrize("target", ["index", "probability"])

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.forking import passes_in_forked_child
 from tests.parity import CASES, Case, assert_parity, load_generated
 
 ce = load_generated("cross_entropy_numpy")
@@ -177,21 +178,12 @@ def test_error_in_one_block_is_raised_and_the_pool_survives(small_blocks, monkey
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 def test_forked_child_computes_with_threads(small_blocks):
-    import os
-
     ce.set_num_threads(2)
     x = np.random.default_rng(1).standard_normal((30, 9))
     y = np.arange(30) % 9
     want = ce.cross_entropy(x, y)  # the parent's pool now exists
-    pid = os.fork()
-    if pid == 0:  # the child: a pool's threads do not survive fork
-        ok = False
-        try:
-            ok = ce.cross_entropy(x, y) == want
-        finally:
-            os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    # the child: a pool's threads do not survive fork
+    assert passes_in_forked_child(lambda: ce.cross_entropy(x, y) == want)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
@@ -263,8 +255,6 @@ def test_a_call_does_not_wait_for_helpers_queued_behind_another_call(small_block
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 def test_fork_while_another_thread_holds_the_pool_lock(small_blocks):
-    import os
-    import signal
     import threading
 
     ce.set_num_threads(2)
@@ -281,18 +271,11 @@ def test_fork_while_another_thread_holds_the_pool_lock(small_blocks):
     holder = threading.Thread(target=hold)
     holder.start()
     held.wait(timeout=30)
-    pid = os.fork()
-    if pid == 0:
-        ok = False
-        try:
-            signal.alarm(20)  # a hang becomes a failed exit, not a stuck test
-            ok = ce.cross_entropy(x, y) == want
-        finally:
-            os._exit(0 if ok else 1)
-    done.set()
-    holder.join()
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    try:
+        assert passes_in_forked_child(lambda: ce.cross_entropy(x, y) == want, timeout=20)
+    finally:
+        done.set()
+        holder.join()
 
 
 def test_no_helper_threads_to_be_had_runs_on_the_calling_thread(small_blocks, monkeypatch):
