@@ -65,6 +65,8 @@ class Derivation:
     steps: tuple[Step, ...]
     context: Context
     result_step: str = "gradient"
+    #: per term of the loss, the names of its result steps (``TermSteps``)
+    terms: tuple[Any, ...] = ()
 
     # -- lookup ---------------------------------------------------------
     def step(self, name: str) -> Step:
@@ -84,8 +86,12 @@ class Derivation:
 
     @property
     def normalised_result(self) -> Any:
-        """The gradient under the stated assumption ``Σc = 1``: ``q − p``."""
-        return self.step("normalised").rhs
+        """The gradient under ``Σc = 1`` (``q − p`` for cross-entropy).
+
+        The result itself where the gradient has no ``Σc`` to normalise.
+        """
+        names = {s.name for s in self.steps}
+        return self.step("normalised").rhs if "normalised" in names else self.result
 
     @property
     def assumptions(self) -> Mapping[str, str]:
@@ -115,7 +121,22 @@ class Derivation:
                     f"{_short(step.lhs)} = {_short(step.rhs)} is not proved by "
                     f"'{step.rule}' under assumptions {list(step.assumptions) or 'none'}"
                 )
+            self._check_assumptions_needed(number, step)
         return self
+
+    def _check_assumptions_needed(self, number: int, step: Step) -> None:
+        """Every named assumption a step states must be needed: without it, no proof."""
+        for name in step.assumptions:
+            rest = tuple(a for a in step.assumptions if a != name)
+            try:
+                holds = self.context.equal_quickly(step.lhs, step.rhs, rest)
+            except Exception:  # SymPy gave up without the assumption: it is needed
+                holds = False
+            if holds:
+                raise ProofError(
+                    f"step {number} '{step.name}' states the assumption '{name}', "
+                    "but it is proved without it"
+                )
 
     def replace_step(self, name: str, **changes: Any) -> Derivation:
         """A copy with one step changed (``lhs``, ``rhs``, ``rule`` …), unchecked."""

@@ -16,9 +16,11 @@ import symce
 from symce.engine import ConcreteContext
 
 STEP_NAMES = [
-    "softmax", "shift_sum", "shift_invariance", "lse_gradient", "jacobian",
+    "softmax", "lse", "shift_sum", "shift_invariance", "lse_gradient", "jacobian",
     "jacobian_matrix", "loss", "loss_lse", "dl_dq", "chain_rule", "gradient",
-    "normalised", "hessian", "log_softmax_nll", "kl_decomposition", "kl_gradient",
+    "normalised", "hessian", "dl_dc", "z_loss", "z_dl_dlse", "z_chain_rule", "z_gradient",
+    "z_hessian", "transform", "transform_derivative", "transform_chain", "z_transform_chain",
+    "log_softmax_nll", "kl_decomposition", "kl_gradient",
 ]
 
 
@@ -91,8 +93,9 @@ def test_tampered_lhs_fails(derivation):
 
 def test_check_passes_with_cold_caches(derivation):
     ctx = derivation.context
-    fresh = ConcreteContext(derivation.n)
-    fresh.loss_definition(ctx._loss_body)
+    fresh = ConcreteContext(derivation.n, ctx.loss)
+    for symbol, formula in ctx._terms.items():
+        fresh.define_term(symbol, formula)
     dataclasses.replace(derivation, context=fresh).check()
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sympy as sp
 from sympy.core.mul import _args_sortkey
@@ -42,6 +42,9 @@ from sympy.polys.monomials import monomial_div, monomial_gcd
 from sympy.polys.rings import PolyElement, PolyRing, ring
 
 from symce.engine.context import Context
+
+if TYPE_CHECKING:
+    from symce.losses.spec import Loss
 
 
 class _Opaque(Exception):
@@ -101,17 +104,31 @@ class _Row:
 class ConcreteContext(Context):
     """Derivations for ``n`` classes, written out."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, loss: Loss | None = None) -> None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
+        super().__init__(loss)
         self.n = n
         names = range(1, n + 1)
         self._x = tuple(sp.Symbol(f"x_{a}", real=True) for a in names)
+        self._u = tuple(sp.Symbol(f"u_{a}", real=True) for a in names)
+        self._t = tuple(sp.Symbol(f"t_{a}", real=True) for a in names)
         self._q = tuple(sp.Symbol(f"q_{a}", positive=True) for a in names)
-        self._c = tuple(sp.Symbol(f"c_{a}", real=True) for a in names)
-        self._p = tuple(sp.Symbol(f"p_{a}", real=True) for a in names)
-        self.ell = sp.Symbol("ell", real=True)
+        if self.teacher:  # the teacher's coefficients are its softmax, written p (positive)
+            self._c = tuple(sp.Symbol(f"p_{a}", positive=True) for a in names)
+            self._p = self._c
+        else:
+            self._c = tuple(sp.Symbol(f"c_{a}", real=True) for a in names)
+            self._p = tuple(sp.Symbol(f"p_{a}", real=True) for a in names)
+        self._c_positive = {c: sp.Symbol(c.name, positive=True) for c in self._c}
+        self._params = frozenset(p.symbol for p in loss.params) if loss is not None else frozenset()
         self._x_pos = {v: a for a, v in enumerate(self._x)}
+        self._c_set = frozenset(self._c)
+        self._u_pos = {v: a for a, v in enumerate(self._u)}
+        self._t_pos = {v: a for a, v in enumerate(self._t)}
+        self._init_caches()
+
+    def _init_caches(self) -> None:
         self._q_set = frozenset(self._q)
         self._z = sp.Add(*[sp.exp(x) for x in self._x])
         self._csum = sp.Add(*self._c)
@@ -121,7 +138,6 @@ class ConcreteContext(Context):
         self._q_def = {q: sp.exp(x - self.ell) for q, x in zip(self._q, self._x, strict=True)}
         # exp(x_a − ℓ) → q_a directly; other powers exp(k·(x_a − ℓ)) go through fold
         self._q_fold = {e: q for q, e in self._q_def.items()}
-        self._loss_body: Callable[[Any], sp.Expr] | None = None
         self._cache: dict[sp.Basic, sp.Expr] = {}
         # -- the polynomial fast path --
         self._order = {
@@ -141,15 +157,34 @@ class ConcreteContext(Context):
         self._monomials: dict[tuple[Any, frozenset[tuple[sp.Expr, int]]], sp.Expr] = {}
         self._wrt = {v: sp.Tuple(v, sp.S.One) for v in self._x + self._q}
 
-    def loss_definition(self, per_class: Callable[[Any], sp.Expr]) -> None:
-        if self._loss_body is not None and per_class is not self._loss_body:
-            # cached values of expressions that contain L depend on its definition
-            self.__init__(self.n)
-        super().loss_definition(per_class)
+    def _reset_caches(self) -> None:
+        # cached values of expressions that contain a term depend on its definition
+        self._init_caches()
+        self._term_cache.clear()
 
     # -- vocabulary -----------------------------------------------------
     def x(self, a: int) -> sp.Expr:
         return self._x[a]
+
+    def u(self, a: int) -> sp.Expr:
+        return self._u[a]
+
+    def t(self, a: int) -> sp.Expr:
+        return self._t[a]
+
+    def log_softmax_form(self, expr: sp.Expr) -> sp.Expr:
+        logs = {sp.log(q): x - self.ell for q, x in zip(self._q, self._x, strict=True)}
+        replaced = expr.xreplace(logs)
+        return replaced if replaced == expr else sp.collect(sp.expand(replaced), self.ell)
+
+    def depends_on_q(self, expr: sp.Expr) -> bool:
+        return bool(expr.free_symbols & self._q_set)
+
+    def depends_on_x_directly(self, expr: sp.Expr) -> bool:
+        return bool(expr.free_symbols & set(self._x))
+
+    def has_coefficient_sum(self, expr: Any) -> bool:
+        return expr.has(self._csum)
 
     def q(self, a: int) -> sp.Expr:
         return self._q[a]
@@ -172,9 +207,6 @@ class ConcreteContext(Context):
     def entry(self, obj: Any, *index: int) -> Any:
         return obj[index[0], 0] if len(index) == 1 else obj[index]
 
-    def lse(self) -> sp.Expr:
-        return self.ell
-
     def D(self, expr: sp.Expr, var: sp.Expr) -> sp.Expr:
         wrt = self._wrt.get(var)
         if wrt is None or not isinstance(expr, sp.Expr) or isinstance(expr, sp.Derivative):
@@ -189,11 +221,7 @@ class ConcreteContext(Context):
 
     # -- definitions ----------------------------------------------------
     def _substitute_loss(self, expr: sp.Expr) -> sp.Expr:
-        if self._loss_body is not None and expr.has(self.L):
-            if ("L", self._loss_body) not in self._cache:
-                self._cache[("L", self._loss_body)] = self.sum(self._loss_body)
-            expr = expr.xreplace({self.L: self._cache[("L", self._loss_body)]})
-        return expr
+        return self._substitute_terms(expr)
 
     def _substitute_q(self, expr: sp.Expr) -> sp.Expr:
         return expr.xreplace(self._q_def)
@@ -210,6 +238,14 @@ class ConcreteContext(Context):
 
     def _diff(self, f: sp.Expr, var: sp.Symbol) -> sp.Expr:
         """∂f/∂var, through ℓ by the chain rule when var is a logit."""
+        if var in self._u_pos:  # x_b = φ(u_b) depends on u_b alone
+            b = self._u_pos[var]
+            in_x = self._normal_form(self.D(f, self._x[b]))
+            if in_x is None:
+                in_x = self._diff(f, self._x[b])
+            return in_x * self._transform_factor(b)
+        if var in self._t_pos:
+            return self._diff_teacher(f, var)
         key = ("prepared", f)
         if key not in self._cache:
             self._cache[key] = self._substitute_loss(f).xreplace({self._csum: self._C})
@@ -227,6 +263,46 @@ class ConcreteContext(Context):
         if key not in self._cache:
             self._cache[key] = sp.diff(f, self.ell)
         return _diff_terms(f, var) + self._cache[key] * self._dell(var)
+
+    def _transform_factor(self, b: int) -> sp.Expr:
+        """``∂x_b/∂u_b = φ'(u_b)`` by SymPy, written in ``x_b`` (``u_b = φ⁻¹(x_b)``)."""
+        key = ("transform factor",)
+        if key not in self._cache:  # once, for a template pair (u, x), then renamed
+            u, x = sp.Symbol("u", real=True), sp.Symbol("x", real=True)
+            self._cache[key] = (sp.diff(self.transform.apply(u), u).xreplace(
+                {u: self.transform.inverse(x)}), x)
+        factor, x = self._cache[key]
+        return factor.xreplace({x: self._x[b]})
+
+    def _fold_u(self, expr: sp.Expr) -> sp.Expr:
+        if self.transform is None or not expr.free_symbols & set(self._u):
+            return expr
+        return expr.xreplace({u: self.transform.inverse(x)
+                              for u, x in zip(self._u, self._x, strict=True)})
+
+    def _teacher_definitions(self) -> dict[sp.Symbol, sp.Expr]:
+        key = ("teacher definitions",)
+        if key not in self._cache:
+            z = sp.Add(*[sp.exp(self.teacher_logit(a)) for a in range(self.n)])
+            found = {c: sp.exp(self.teacher_logit(a)) / z for a, c in enumerate(self._c)}
+            found[self.ell_t] = sp.log(z)
+            self._cache[key] = found
+        return self._cache[key]
+
+    def _diff_teacher(self, f: sp.Expr, var: sp.Symbol) -> sp.Expr:
+        """``∂f/∂t_b``: the teacher's softmax written out, differentiated, folded back."""
+        f = self._substitute_loss(f).xreplace(self._teacher_definitions())
+        return self._fold_teacher(sp.diff(f, var))
+
+    def _fold_teacher(self, expr: sp.Expr) -> sp.Expr:
+        """``e^{φ(t_a)} = p_a e^{ℓ_t}``: back to the teacher's probabilities."""
+        z_sum = sp.Add(*[sp.exp(self.teacher_logit(a)) for a in range(self.n)])
+        z = sp.Dummy("Z", positive=True)
+        expr = expr.xreplace({z_sum: z})
+        expr = expr.xreplace({sp.exp(self.teacher_logit(a)): c * z
+                              for a, c in enumerate(self._c)})
+        expr = sp.expand(sp.expand_log(sp.expand(expr)))
+        return expr.xreplace({sp.log(z): self.ell_t}).xreplace({z: sp.exp(self.ell_t)})
 
     def _dell(self, var: sp.Symbol) -> sp.Expr:
         """The lemma ``∂ℓ/∂x_b = q_b`` (as ``exp(x_b − ℓ)``); zero for other symbols."""
@@ -251,7 +327,7 @@ class ConcreteContext(Context):
                 return t
             return sp.Mul(*[self._q[self._x_pos[v]] ** k for v, k in xs])
 
-        expr = expr.xreplace(self._q_fold)
+        expr = self._fold_u(expr).xreplace(self._q_fold)
         if not expr.has(sp.exp):
             return expr
         if expr.has(self._z):  # exp(x_a) / Σ exp(x_j) = exp(x_a − ℓ), ℓ's definition
@@ -262,11 +338,6 @@ class ConcreteContext(Context):
         return expr.replace(lambda t: isinstance(t, sp.exp), fold)
 
     # -- polynomial fast path -------------------------------------------
-    def _loss(self) -> sp.Expr:
-        if ("L", self._loss_body) not in self._cache:
-            self._cache[("L", self._loss_body)] = self.sum(self._loss_body)
-        return self._cache[("L", self._loss_body)]
-
     def _is_plain(self, u: sp.Expr) -> bool:
         """``u`` is built from ``q``, ``c``, ``p`` and rationals by +, ×, integer powers."""
         if u in self._order or u.is_Rational:
@@ -280,10 +351,10 @@ class ConcreteContext(Context):
         hit = self._atoms_memo.get(e)
         if hit is not None:
             return hit
-        if e in self._order or e == self._csum_atom:
+        if e in self._order or e == self._csum_atom or e == self.ell or e in self._params:
             found = frozenset((e,))
-        elif e == self.L and self._loss_body is not None:
-            found = self._atoms(self._loss())
+        elif e in self._terms:
+            found = self._atoms(self.term_value(e))
         elif e.is_Rational:
             found = frozenset()
         elif isinstance(e, (sp.Add, sp.Mul)):
@@ -326,8 +397,8 @@ class ConcreteContext(Context):
         slot = local.index.get(e)
         if slot is not None:
             found = local.gens[slot]
-        elif e == self.L and self._loss_body is not None:
-            found = self._poly(self._loss(), local)
+        elif e in self._terms:
+            found = self._poly(self.term_value(e), local)
         elif e.is_Rational:
             found = local.ring.ground_new(sp.QQ(e.p, e.q))
         elif isinstance(e, sp.Add):
@@ -417,7 +488,11 @@ class ConcreteContext(Context):
                 euler += dP * h
         if local.c_range is not None:  # a short Σc-part makes every q_b·(...) below cheap
             euler = self._gather_csum(euler, local)
-        row = _Row(local, P, euler * local.ring.ground_new(self._through_ell), log_slots)
+        through = euler * local.ring.ground_new(self._through_ell)
+        ell_slot = local.index.get(self.ell)
+        if ell_slot is not None:  # ∂P/∂ℓ · ∂ℓ/∂x_b, the lemma ∂ℓ/∂x_b = q_b
+            through = through + P.diff(ell_slot)
+        row = _Row(local, P, through, log_slots)
         self._rows[f] = row
         return row
 
@@ -457,6 +532,19 @@ class ConcreteContext(Context):
         ((monom, coeff),) = numerator.items()
         head = [local.atoms[i] if e == 1 else local.atoms[i] ** e for i, e in enumerate(monom) if e]
         return _product(local.ring.domain.to_sympy(coeff), [*head, q**-1])
+
+    def _dc(self, f: sp.Expr, c: sp.Symbol) -> sp.Expr:
+        """``∂f/∂c`` in the ring: ``c``'s own slot, and the atom ``Σc`` (∂Σc/∂c = 1)."""
+        local = self._local(self._atoms(f))
+        P = self._poly(f, local)
+        if any(isinstance(a, sp.log) and a.has(c) for a in local.atoms):
+            raise _Opaque  # a log of c: its derivative is not a ring operation here
+        d = local.ring.zero
+        if c in local.index:
+            d += P.diff(local.index[c])
+        if self._csum_atom in local.index and self._csum_atom != c:
+            d += P.diff(local.index[self._csum_atom])
+        return self._to_expr(d, local, local.atoms)
 
     def _to_expr(self, P: PolyElement, local: _Local, names: tuple[sp.Expr, ...]) -> sp.Expr:
         """Print a ring element: ``Σ_j c_j`` gathered into ``Σc``, monomial content in front."""
@@ -519,6 +607,14 @@ class ConcreteContext(Context):
                     found = self._dx(e.expr, self._x_pos[var])
                 elif var in self._q_set:
                     found = self._dq(e.expr, var)
+                elif var in self._c_set:
+                    found = self._dc(e.expr, var)
+                elif var in self._u_pos:  # x_b = φ(u_b): ∂f/∂u_b = ∂f/∂x_b · φ'(u_b)
+                    b = self._u_pos[var]
+                    inner = self._normal_form(self.D(e.expr, self._x[b]))
+                    if inner is None:
+                        raise _Opaque
+                    found = inner * self._transform_factor(b)
                 else:
                     raise _Opaque
             else:
@@ -552,9 +648,11 @@ class ConcreteContext(Context):
         if isinstance(expr, sp.MatrixBase):
             return expr.applyfunc(self.normalise).as_immutable()
         expr = expr.xreplace({self._csum: sp.S.One})
+        if self.teacher:
+            return expr
         return expr.xreplace(dict(zip(self._c, self._p, strict=True)))
 
-    def equal(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:
+    def decide(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:
         lhs_m, rhs_m = isinstance(lhs, sp.MatrixBase), isinstance(rhs, sp.MatrixBase)
         if lhs_m != rhs_m or (lhs_m and lhs.shape != rhs.shape):
             return False
@@ -564,7 +662,16 @@ class ConcreteContext(Context):
             self._entry_equal(a, b, assumptions) for a, b in zip(lhs, rhs, strict=True)
         )
 
-    def _entry_equal(self, lhs: sp.Expr, rhs: sp.Expr, assumptions: Sequence[str]) -> bool:
+    def equal_quickly(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:
+        """The normal forms and the first rewriting in ``q`` only (see the base class)."""
+        if isinstance(lhs, sp.MatrixBase) != isinstance(rhs, sp.MatrixBase):
+            return False
+        pairs = zip(lhs, rhs, strict=True) if isinstance(lhs, sp.MatrixBase) else [(lhs, rhs)]
+        return all(self._entry_equal(sp.sympify(a), sp.sympify(b), assumptions, quick=True)
+                   for a, b in pairs)
+
+    def _entry_equal(self, lhs: sp.Expr, rhs: sp.Expr, assumptions: Sequence[str],
+                     quick: bool = False) -> bool:
         if lhs == rhs:  # the same expression
             return True
         # Normal forms are exact rewritings of their expressions (no assumption
@@ -572,15 +679,26 @@ class ConcreteContext(Context):
         left = self._normal_form(lhs)
         if left is not None and (left == rhs or left == self._normal_form(rhs)):
             return True
-        return self._entry_zero(lhs - rhs, assumptions)
+        return self._entry_zero(lhs - rhs, assumptions, quick)
 
-    def _entry_zero(self, e: sp.Expr, assumptions: Sequence[str]) -> bool:
+    def _entry_zero(self, e: sp.Expr, assumptions: Sequence[str], quick: bool = False) -> bool:
         e = self._derivatives(e.xreplace({self._csum: self._C}))
         e = self._substitute_loss(e)
+        if self.transform is not None and e.free_symbols & set(self._u):
+            # a statement about the raw logits: in u alone (x = φ(u))
+            e = e.xreplace({self._C: self._csum}).xreplace(
+                {x: self.transform.apply(u) for x, u in zip(self._x, self._u, strict=True)})
+            return _rational_zero(sp.expand(_expand_log(e)))
+        if "positive_targets" in assumptions:  # the assumption, applied in its own step
+            e = e.xreplace(self._c_positive)
+            positive = tuple(self._c_positive[c] for c in self._c)
+            e = e.xreplace({self._C: sp.Add(*positive)}) if self.n > 1 else e
         if "normalised" in assumptions:
             e = e.xreplace(dict(zip(self._p, self._c, strict=True))).xreplace({self._C: 1})
         if sp.expand(self._to_q(e)) == 0:
             return True
+        if quick:
+            return False
         e = e.xreplace({self._C: self._csum})
         if "normalised" in assumptions:
             e = e.xreplace({self._c[-1]: 1 - sp.Add(*self._c[:-1])})
@@ -591,7 +709,13 @@ class ConcreteContext(Context):
             return True
         # ℓ = log Σ exp(x_j): everything in the logits alone.
         e = sp.expand(_expand_log(e.xreplace({self.ell: sp.log(self._z)})))
-        return sp.factor_terms(e) == 0 or _rational_zero(e)
+        if sp.factor_terms(e) == 0 or _rational_zero(e):
+            return True
+        if self.teacher:  # the teacher's softmax written out
+            e = sp.expand(_expand_log(e.xreplace(self._teacher_definitions())))
+            if sp.factor_terms(e) == 0 or _rational_zero(e):
+                return True
+        return False
 
 
 def _product(coeff: sp.Rational, factors: list[sp.Expr]) -> sp.Expr:
@@ -626,9 +750,9 @@ def _diff_terms(f: sp.Expr, var: sp.Symbol) -> sp.Expr:
 
 
 def _expand_log(e: sp.Expr) -> sp.Expr:
-    # log(a·b) = log a + log b holds here: every log argument is positive
-    # (softmax entries, Σ exp, and targets under 'positive_targets').
-    return sp.expand_log(e, force=True) if e.has(sp.log) else e
+    # only where SymPy knows the arguments positive (softmax entries, Σ exp,
+    # targets under 'positive_targets'): never forced
+    return sp.expand_log(e) if e.has(sp.log) else e
 
 
 def _rational_zero(e: sp.Expr) -> bool:

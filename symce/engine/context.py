@@ -1,32 +1,50 @@
 """The two worlds a derivation lives in: symbolic ``n`` and concrete ``n``.
 
-Both contexts offer the same small vocabulary to the loss modules (``x(a)``,
-``q(a)``, ``sum``, ``vector``, ``matrix``, ``D``) so that a derivation is
-written once.  They differ in how SymPy is steered to decide ``lhs = rhs``:
+Both contexts offer the same small vocabulary to the loss declarations and the
+step builder (``x(a)``, ``q(a)``, ``c(a)``, ``lse()``, ``sum``, ``vector``,
+``matrix``, ``D``), so that a derivation is written once.  The vocabulary has
+*definitions*, which the contexts substitute where a derivative needs them:
 
-* :class:`~symce.engine.symbolic.SymbolicContext` works with ``IndexedBase``,
-  ``Sum`` and ``KroneckerDelta``; it sifts deltas with ``doit()``, removes the
-  ``Piecewise`` that sifting leaves with the index range ``1 ≤ k ≤ n``, makes
-  sums linear, and compares with every sum treated as an atom.
-* :class:`~symce.engine.concrete.ConcreteContext` works with explicit symbols
-  ``x_1 … x_n`` and differentiates through ``ℓ = log Σ exp(x_j)`` with the
-  proved lemma ``∂ℓ/∂x_k = q_k``, so that an ``n × n`` Jacobian costs ``n²``
-  small expressions instead of ``n³``.
+* ``q_a = e^{x_a} / Σ_j e^{x_j}`` and ``ℓ = log Σ_j e^{x_j}`` (``lse()``);
+* with a transform, ``x_a = φ(u_a)`` of the raw logits ``u``;
+* with the teacher target model, ``c_a = e^{φ(t_a)} / Σ_j e^{φ(t_j)}`` (and
+  ``ℓ_t`` its log-sum-exp); the teacher's ``c`` is written ``p``;
+* each term's loss symbol (``L``, ``L_z`` …) is its formula.
+
+A derivative with respect to a variable substitutes the definitions of
+exactly the symbols that depend on it (``∂L/∂q_k`` keeps ``q`` and ``ℓ``
+independent; ``∂L/∂x_k`` substitutes ``q`` and ``ℓ``; ``∂L/∂t_k`` the
+teacher's ``c``), then SymPy differentiates.
+
+:class:`~symce.engine.symbolic.SymbolicContext` decides ``lhs = rhs`` with
+``IndexedBase``, ``Sum`` and ``KroneckerDelta``;
+:class:`~symce.engine.concrete.ConcreteContext` with explicit symbols.
+Neither expands a logarithm beyond what positivity justifies (``q``,
+``Σ exp``, a softmax, and ``c`` under the named assumption
+``positive_targets``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sympy as sp
 
+if TYPE_CHECKING:
+    from symce.losses.spec import Loss
+
 #: Named assumptions a step may use, beyond the standing facts (softmax
 #: entries and Σ exp are positive, logits are real, indices lie in 1..n).
+#: Each is LaTeX; :data:`ASSUMPTION_TEXT` says the same in words.
 ASSUMPTIONS: dict[str, str] = {
-    "normalised": r"\sum_{i} c_i = 1 \text{ and we write } p_i = c_i",
+    "normalised": r"\sum_{i} c_i = 1",
     "positive_targets": r"c_i > 0 \text{ for every } i",
+}
+ASSUMPTION_TEXT: dict[str, str] = {
+    "normalised": "Σᵢ cᵢ = 1",
+    "positive_targets": "cᵢ > 0 for every i",
 }
 
 
@@ -37,10 +55,31 @@ class Context(ABC):
     assumptions: dict[str, str] = ASSUMPTIONS
     L: sp.Symbol = sp.Symbol("L")
     m: sp.Symbol = sp.Symbol("m", real=True)
+    ell: sp.Symbol = sp.Symbol("ell", real=True)
+    ell_t: sp.Symbol = sp.Symbol("ell_t", real=True)
+
+    def __init__(self, loss: Loss | None = None) -> None:
+        self.loss = loss
+        self._terms: dict[sp.Symbol, Callable[[], sp.Expr]] = {}
+        self._decided: dict[tuple, bool] = {}
+        self._term_cache: dict[sp.Symbol, sp.Expr] = {}
+        transform = loss.transform if loss is not None else None
+        self.transform = transform
+        self.teacher = loss is not None and loss.targets.name == "teacher"
+        self.teacher_transform = transform if transform is not None and transform.teacher else None
 
     # -- vocabulary -----------------------------------------------------
     @abstractmethod
-    def x(self, a: Any) -> sp.Expr: ...
+    def x(self, a: Any) -> sp.Expr:
+        """The logits the softmax sees (after the loss's transform)."""
+
+    @abstractmethod
+    def u(self, a: Any) -> sp.Expr:
+        """The raw logits (before the transform)."""
+
+    @abstractmethod
+    def t(self, a: Any) -> sp.Expr:
+        """The teacher's raw logits (teacher target model)."""
 
     @abstractmethod
     def q(self, a: Any) -> sp.Expr: ...
@@ -67,9 +106,14 @@ class Context(ABC):
     def entry(self, obj: Any, *index: Any) -> Any:
         """One entry of a vector or matrix built by :meth:`vector` / :meth:`matrix`."""
 
-    @abstractmethod
     def lse(self) -> sp.Expr:
-        """The log-sum-exp of the logits as it appears in the derivation."""
+        """``ℓ = log Σ_j e^{x_j}``, the log-sum-exp of the logits, as one symbol."""
+        return self.ell
+
+    def param(self, name: str) -> sp.Symbol:
+        if self.loss is None:
+            raise KeyError(f"no loss declares a parameter {name!r}")
+        return self.loss.param(name).symbol
 
     def delta(self, a: Any, b: Any) -> sp.Expr:
         return sp.KroneckerDelta(a, b)
@@ -82,14 +126,51 @@ class Context(ABC):
         """``exp(x_a) / Σ_j exp(x_j)`` written out."""
         return sp.exp(self.x(a)) / self.sum(lambda j: sp.exp(self.x(j)))
 
+    def lse_explicit(self) -> sp.Expr:
+        return sp.log(self.sum(lambda j: sp.exp(self.x(j))))
+
+    def teacher_logit(self, a: Any) -> sp.Expr:
+        """``φ(t_a)``: the teacher's logit as its softmax sees it."""
+        t = self.t(a)
+        return self.teacher_transform.apply(t) if self.teacher_transform else t
+
+    def teacher_softmax_explicit(self, a: Any) -> sp.Expr:
+        return sp.exp(self.teacher_logit(a)) / self.sum(
+            lambda j: sp.exp(self.teacher_logit(j)))
+
+    # -- loss symbols ----------------------------------------------------
+    def term_symbol(self, name: str) -> sp.Symbol:
+        return self.L if name == "L" else sp.Symbol(name)
+
+    def define_term(self, symbol: sp.Symbol, formula: Callable[[], sp.Expr]) -> None:
+        """Declare ``symbol := formula()`` (a term of the per-row loss)."""
+        if symbol in self._terms and self._terms[symbol] is not formula:
+            self._decided.clear()
+            self._reset_caches()
+        self._terms[symbol] = formula
+        self._term_cache.pop(symbol, None)
+
     def loss_definition(self, per_class: Callable[[Any], sp.Expr]) -> None:
-        """Declare ``L := Σ_i per_class(i)`` (in terms of ``q`` and ``c``)."""
-        self._loss_body = per_class
+        """Declare ``L := Σ_i per_class(i)`` (kept for callers of the old API)."""
+        self.define_term(self.L, lambda: self.sum(per_class))
+
+    def term_value(self, symbol: sp.Symbol) -> sp.Expr:
+        if symbol not in self._term_cache:
+            self._term_cache[symbol] = self._terms[symbol]()
+        return self._term_cache[symbol]
+
+    def _substitute_terms(self, expr: sp.Expr) -> sp.Expr:
+        found = {s for s in self._terms if expr.has(s)}
+        return expr.xreplace({s: self.term_value(s) for s in found}) if found else expr
+
+    def _reset_caches(self) -> None:
+        """Called when a term is redefined: cached values that used it are stale."""
+        self._term_cache.clear()
 
     # -- deciding -------------------------------------------------------
     @abstractmethod
     def evaluate(self, expr: Any) -> Any:
-        """Compute a closed form of ``expr`` in terms of ``q`` and ``c``.
+        """Compute a closed form of ``expr`` in terms of ``q``, ``c``, ``ℓ``.
 
         Used to *derive* right-hand sides: derivatives are evaluated, deltas
         sifted, sums made linear, the result is rewritten in ``q`` and tidied.
@@ -99,6 +180,26 @@ class Context(ABC):
     def normalise(self, expr: Any) -> Any:
         """Apply the assumption ``Σc = 1`` and rename ``c`` to ``p``."""
 
-    @abstractmethod
     def equal(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:
-        """Decide ``lhs = rhs`` under the standing facts and ``assumptions``."""
+        """Decide ``lhs = rhs`` under the standing facts and ``assumptions``.
+
+        Decisions are remembered (the same question always has the same
+        answer), so re-checking an unchanged step costs a lookup.
+        """
+        key = (lhs, rhs, tuple(assumptions))
+        decided = self._decided.get(key)
+        if decided is None:
+            decided = self._decided[key] = bool(self.decide(lhs, rhs, assumptions))
+        return decided
+
+    @abstractmethod
+    def decide(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:
+        """:meth:`equal` without the memory."""
+
+    def equal_quickly(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:
+        """:meth:`equal`, or a cheaper test that proves less (never more).
+
+        Used to show a stated assumption is needed (the step must not follow
+        without it); a context may trade completeness for speed here.
+        """
+        return self.equal(lhs, rhs, assumptions)

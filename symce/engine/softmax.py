@@ -14,13 +14,14 @@ def softmax_steps(ctx: Context) -> list[Step]:
     shifted_sum = ctx.sum(lambda j: sp.exp(ctx.x(j) - ctx.m))
     factored_sum = sp.exp(-ctx.m) * ctx.sum(lambda j: sp.exp(ctx.x(j)))
     shifted = ctx.vector(lambda a: sp.exp(ctx.x(a) - ctx.m) / factored_sum)
-    lse = sp.log(ctx.sum(lambda j: sp.exp(ctx.x(j))))
-    dlse = ctx.vector(lambda a: ctx.D(lse, ctx.x(a)))
+    dlse = ctx.vector(lambda a: ctx.D(ctx.ell, ctx.x(a)))
     jac = ctx.matrix(lambda a, b: ctx.D(ctx.q(a), ctx.x(b)))
     jac_rhs = ctx.evaluate(jac)
     outer = ctx.matrix(lambda a, b: ctx.delta(a, b) * ctx.q(a) - ctx.q(a) * ctx.q(b))
     return [
         Step("softmax", "Softmax", ctx.vector(ctx.q), softmax, "definition of the softmax"),
+        Step("lse", "Log-sum-exp", ctx.ell, ctx.lse_explicit(),
+             r"definition: $\ell$ is the log-sum-exp of the logits"),
         Step(
             "shift_sum",
             "Shifting the logits",
@@ -57,4 +58,16 @@ def softmax_steps(ctx: Context) -> list[Step]:
             outer,
             "expand: $\\operatorname{diag}(q) - q q^{T}$",
         ),
+    ]
+
+
+def teacher_softmax_steps(ctx: Context) -> list[Step]:
+    """The teacher's softmax ``p = softmax(φ(t))`` and its Jacobian in ``t``."""
+    jac = ctx.matrix(lambda a, b: ctx.D(ctx.c(a), ctx.t(b)))
+    return [
+        Step("teacher_softmax", "The teacher's softmax", ctx.vector(ctx.c),
+             ctx.vector(ctx.teacher_softmax_explicit),
+             "definition: the teacher's probabilities are the softmax of its logits"),
+        Step("teacher_jacobian", "The teacher's softmax Jacobian", jac, ctx.evaluate(jac),
+             "quotient rule; Kronecker-delta sifting; substitute the softmax definition"),
     ]

@@ -3,44 +3,67 @@
 Plain ``simplify`` on the derivative of a ``Sum`` of ``Indexed`` terms fails or
 raises, so equality is decided by a fixed pipeline that steers SymPy:
 
-1. evaluate derivatives (after substituting the definitions of ``L`` and ``q``
-   down to the variable being differentiated) and ``doit()``, which sifts
-   ``Σ_j δ_jk f_j`` to ``Piecewise((f_k, 1 ≤ k ≤ n), …)``;
-2. drop each ``Piecewise`` whose first condition the index range ``1 ≤ k ≤ n``
-   makes true (the range is a standing fact about every index);
-3. expand logs and exponentials (``q > 0``, ``Σ exp > 0``, ``x`` real);
-4. make every sum linear and rename its dummy canonically;
-5. apply the step's named assumptions (``Σ c = 1``);
-6. replace each remaining sum by an atom and decide with ``cancel``.
+1. evaluate each derivative: substitute the definitions of the symbols that
+   depend on the variable (the loss's terms, ``q``, ``ℓ``, ``x = φ(u)``, the
+   teacher's ``c``), differentiate, ``doit()`` (which sifts ``Σ_j δ_jk f_j``
+   to ``Piecewise((f_k, 1 ≤ k ≤ n), …)``), drop each ``Piecewise`` whose
+   condition the index range ``1 ≤ k ≤ n`` decides, and fold the result back
+   into the vocabulary (``e^{x_a} = q_a e^ℓ``, ``u_a = φ⁻¹(x_a)``);
+2. apply the step's named assumptions (``Σc = 1``; ``c > 0``), and nothing
+   else: logarithms are expanded only where positivity holds (``q``, sums of
+   exponentials, softmax entries, ``c`` under ``positive_targets``);
+3. decide ``lhs − rhs = 0`` with ``q``, ``ℓ``, ``x``, ``c`` as independent
+   atoms (an identity there holds for the softmax too), every sum made
+   linear, renamed canonically, its body in a normal form, and replaced by an
+   atom;
+4. failing that, substitute the definitions of ``q``, ``ℓ`` and ``c`` and
+   decide again in the logits alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sympy as sp
 
 from symce.engine.context import Context
+from symce.errors import ProofError
+
+if TYPE_CHECKING:
+    from symce.losses.spec import Loss
 
 
 class SymbolicContext(Context):
     """Derivations for a symbolic number of classes ``n``."""
 
-    def __init__(self) -> None:
+    def __init__(self, loss: Loss | None = None) -> None:
+        super().__init__(loss)
         self.n = sp.Symbol("n", integer=True, positive=True)
         self.i, self.k, self.l = sp.symbols("i k l", integer=True)
         self.j = sp.Symbol("j", integer=True)
         self._x = sp.IndexedBase("x", real=True)
+        self._u = sp.IndexedBase("u", real=True)
+        self._t = sp.IndexedBase("t", real=True)
         self._q = sp.IndexedBase("q", positive=True)
-        self._c = sp.IndexedBase("c", real=True)
-        self._p = sp.IndexedBase("p", real=True)
-        self._loss_body: Callable[[Any], sp.Expr] | None = None
+        # the teacher's coefficients are its softmax, written p (positive)
+        self._c = (sp.IndexedBase("p", positive=True) if self.teacher
+                   else sp.IndexedBase("c", real=True))
+        self._c_positive = sp.IndexedBase(str(self._c.label), positive=True)
+        self._p = self._c if self.teacher else sp.IndexedBase("p", real=True)
         self._cache: dict[sp.Basic, sp.Expr] = {}
+        if self.transform is not None:
+            _check_inverse(self.transform)
 
     # -- vocabulary -----------------------------------------------------
     def x(self, a: Any) -> sp.Expr:
         return self._x[a]
+
+    def u(self, a: Any) -> sp.Expr:
+        return self._u[a]
+
+    def t(self, a: Any) -> sp.Expr:
+        return self._t[a]
 
     def q(self, a: Any) -> sp.Expr:
         return self._q[a]
@@ -64,30 +87,97 @@ class SymbolicContext(Context):
         free = (self.k,) if len(index) == 1 else (self.i, self.k)
         return obj.xreplace(dict(zip(free, index, strict=True)))
 
-    def lse(self) -> sp.Expr:
-        return sp.log(self.sum(lambda j: sp.exp(self.x(j))))
+    def _reset_caches(self) -> None:
+        self._cache.clear()
+
+    def log_softmax_form(self, expr: sp.Expr) -> sp.Expr:
+        expr = expr.replace(
+            lambda t: isinstance(t, sp.log) and self._is(t.args[0], self._q),
+            lambda t: self._x[t.args[0].indices[0]] - self.ell)
+        return _linearise(expr)
+
+    def depends_on_q(self, expr: sp.Expr) -> bool:
+        return expr.has(self._q)
+
+    def depends_on_x_directly(self, expr: sp.Expr) -> bool:
+        return expr.has(self._x)
+
+    def has_coefficient_sum(self, expr: sp.Expr) -> bool:
+        return any(isinstance(s.function, sp.Indexed) and s.function.base == self._c
+                   for s in expr.atoms(sp.Sum))
 
     # -- definitions ----------------------------------------------------
-    def _substitute(self, expr: sp.Expr, keep_q: bool = False) -> sp.Expr:
-        """Replace ``L`` by its definition and, unless ``keep_q``, ``q`` by softmax."""
-        if self._loss_body is not None and expr.has(self.L):
-            expr = expr.xreplace({self.L: self.sum(self._loss_body)})
-        if not keep_q:
-            expr = expr.replace(
-                lambda t: isinstance(t, sp.Indexed) and t.base == self._q,
-                lambda t: self.softmax_explicit(t.indices[0]),
-            )
+    def _is(self, t: sp.Basic, base: sp.IndexedBase) -> bool:
+        return isinstance(t, sp.Indexed) and t.base == base
+
+    def _substitute(self, expr: sp.Expr, var: sp.Basic | None) -> sp.Expr:
+        """The definitions of every symbol that depends on ``var`` (None: on anything)."""
+        base = var.base if isinstance(var, sp.Indexed) else var
+        expr = self._substitute_terms(expr)
+        student = base is None or base in (self._x, self._u)
+        if student:
+            expr = expr.xreplace({self.ell: self.lse_explicit()})
+            expr = expr.replace(lambda t: self._is(t, self._q),
+                                lambda t: self.softmax_explicit(t.indices[0]))
+        if self.transform is not None and (base == self._u or (base is None
+                                                                and expr.has(self._u))):
+            expr = expr.replace(lambda t: self._is(t, self._x),
+                                lambda t: self.transform.apply(self._u[t.indices[0]]))
+        if self.teacher and (base is None or base == self._t):
+            z = sp.log(self.sum(lambda j: sp.exp(self.teacher_logit(j))))
+            expr = expr.xreplace({self.ell_t: z})
+            expr = expr.replace(lambda t: self._is(t, self._c),
+                                lambda t: self.teacher_softmax_explicit(t.indices[0]))
         return expr
+
+    def _fold(self, expr: sp.Expr) -> sp.Expr:
+        """Back into the vocabulary: ``u → φ⁻¹(x)``, ``e^{x_a} → q_a e^ℓ``, teacher alike."""
+        if self.transform is not None and expr.has(self._u):
+            expr = expr.replace(lambda t: self._is(t, self._u),
+                                lambda t: self.transform.inverse(self._x[t.indices[0]]))
+        expr = _canonical_dummies(expr, ("j",))
+        expr = self._fold_softmax(expr, self.x, self._q, self.ell)
+        if self.teacher:
+            expr = self._fold_softmax(expr, self.teacher_logit, self._c, self.ell_t)
+        return expr
+
+    def _fold_softmax(self, expr, logit, base, ell) -> sp.Expr:
+        """``Σ_j e^{logit_j} → e^ℓ`` and ``e^{k·logit_a} → (base_a e^ℓ)^k`` (any dummy)."""
+        def is_z(t) -> bool:
+            if not isinstance(t, sp.Sum) or len(t.limits) != 1:
+                return False
+            (d, lo, hi), = t.limits
+            return lo == 1 and hi == self.n and t.function == sp.exp(logit(d))
+
+        if not expr.has(sp.Sum) or not any(is_z(t) for t in expr.atoms(sp.Sum)):
+            return expr
+        z = sp.Dummy("Z", positive=True)
+        expr = expr.replace(is_z, lambda t: z)
+        a, k = sp.Wild("a"), sp.Wild("k", exclude=[base])
+        pattern = k * logit(a)
+
+        def fold(t):
+            factors = []
+            for term in sp.Add.make_args(sp.expand(t.args[0])):
+                hit = term.match(pattern)
+                if hit is None or a not in hit or not hit[k].is_number:
+                    return t
+                factors.append((base[hit[a]] * z) ** hit[k])
+            return sp.Mul(*factors)
+
+        expr = expr.replace(lambda t: isinstance(t, sp.exp), fold)
+        expr = sp.expand(sp.expand_log(sp.expand(expr)))
+        expr = expr.xreplace({sp.log(z): ell})
+        return expr.xreplace({z: sp.exp(ell)})
 
     def _derivative(self, d: sp.Derivative) -> sp.Expr:
         if d in self._cache:
             return self._cache[d]
         f = d.expr
         for var, count in d.variable_count:
-            keep_q = isinstance(var, sp.Indexed) and var.base == self._q
-            f = self._substitute(f, keep_q=keep_q)
+            f = self._substitute(f, var)
             f = sp.diff(f, (var, count))
-            f = self._drop_piecewise(f.doit())
+            f = self._fold(_linearise(self._drop_piecewise(f.doit())))
         self._cache[d] = f
         return f
 
@@ -120,51 +210,74 @@ class SymbolicContext(Context):
     def _sift(self, expr: sp.Expr) -> sp.Expr:
         return _linearise(self._drop_piecewise(_linearise(expr).doit()))
 
-    def _to_q(self, expr: sp.Expr) -> sp.Expr:
-        """Rewrite ``exp(x_a) / Σ exp(x_j)`` back into ``q_a``."""
-        expr = _canonical_dummies(expr, ("j",))
-        z_sum = self.sum(lambda j: sp.exp(self.x(j)))
-        z = sp.Dummy("Z", positive=True)
-        expr = expr.xreplace({z_sum: z})
-        expr = expr.replace(
-            lambda t: isinstance(t, sp.exp) and isinstance(t.args[0], sp.Indexed)
-            and t.args[0].base == self._x,
-            lambda t: self._q[t.args[0].indices[0]] * z,
-        )
-        expr = sp.expand(expr)
-        return expr.xreplace({z: z_sum})
+    def _zero(self, e: sp.Expr, assumptions: Sequence[str]) -> bool:
+        """``e = 0`` with every remaining sum as an independent atom."""
+        if "positive_targets" in assumptions:
+            e = e.replace(lambda t: self._is(t, self._c),
+                          lambda t: self._c_positive[t.indices[0]])
+        e = sp.expand(sp.expand_log(sp.expand(e)))
+        if e.has(self._q):  # x_a = log q_a + ℓ (definitions of q and ℓ): one set of atoms
+            e = e.replace(lambda t: self._is(t, self._x),
+                          lambda t: sp.log(self._q[t.indices[0]]) + self.ell)
+            e = sp.expand(sp.expand_log(e))
+        e = _canonical_dummies(self._sift(e), ("_u",))
+        e = _linearise(_canonical_sum_bodies(e))
+        e = _canonical_dummies(e, ("_u",))
+        if "normalised" in assumptions:
+            u = sp.Symbol("_u", integer=True)
+            for base in (self._c, self._c_positive):
+                e = e.xreplace({sp.Sum(base[u], (u, 1, self.n)): sp.S.One})
+        atoms = {s: sp.Dummy("S") for s in e.atoms(sp.Sum)}
+        return sp.cancel(sp.together(sp.expand_power_exp(e.xreplace(atoms)))) == 0
 
     # -- Context API ----------------------------------------------------
     def evaluate(self, expr: Any) -> Any:
-        expr = self._sift(self._derivatives(expr))
-        expr = self._to_q(expr)
+        expr = self._fold(self._sift(self._derivatives(expr)))
         return _canonical_dummies(sp.factor_terms(expr), ("j",))
 
     def normalise(self, expr: Any) -> Any:
         expr = _canonical_dummies(expr, ("j",))
         expr = expr.xreplace({self.sum(self.c): sp.S.One})
-        return expr.replace(
-            lambda t: isinstance(t, sp.Indexed) and t.base == self._c,
-            lambda t: self._p[t.indices[0]],
-        )
+        if self.teacher:
+            return expr
+        return expr.replace(lambda t: self._is(t, self._c), lambda t: self._p[t.indices[0]])
 
-    def equal(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:
+    def decide(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:
         if isinstance(lhs, sp.MatrixBase) or isinstance(rhs, sp.MatrixBase):
             return False  # symbolic-n steps are single entries with free indices
-        e = self._substitute(self._derivatives(sp.sympify(lhs) - sp.sympify(rhs)))
-        e = self._drop_piecewise(e.doit())
-        if "normalised" in assumptions:
-            e = e.replace(
-                lambda t: isinstance(t, sp.Indexed) and t.base == self._p,
-                lambda t: self._c[t.indices[0]],
-            )
-        e = sp.expand(sp.expand_log(e, force=True))
-        e = _canonical_dummies(self._sift(e), ("_u",))
-        if "normalised" in assumptions:
-            u = sp.Symbol("_u", integer=True)
-            e = e.xreplace({sp.Sum(self._c[u], (u, 1, self.n)): sp.S.One})
-        atoms = {s: sp.Dummy("S") for s in e.atoms(sp.Sum)}
-        return sp.cancel(sp.together(e.xreplace(atoms))) == 0
+        e = self._derivatives(sp.sympify(lhs)) - self._derivatives(sp.sympify(rhs))
+        e = self._substitute_terms(e)
+        if "normalised" in assumptions and not self.teacher:
+            e = e.replace(lambda t: self._is(t, self._p), lambda t: self._c[t.indices[0]])
+        if self._zero(e, assumptions):
+            return True
+        return self._zero(self._substitute(e, None), assumptions)
+
+
+def _check_inverse(transform) -> None:
+    """``inverse`` inverts ``apply`` on the reals, proved by SymPy.
+
+    ``φ(φ⁻¹(x)) = x`` directly; ``φ⁻¹(φ(u)) = u`` directly or, where SymPy
+    does not simplify it (``atanh(tanh(u))``), as a function of ``u`` whose
+    derivative is 1 everywhere and whose value at 0 is 0.
+    """
+    u, x = sp.Symbol("u", real=True), sp.Symbol("x", real=True)
+    right = sp.simplify(transform.apply(transform.inverse(x)) - x) == 0
+    back = transform.inverse(transform.apply(u))
+    left = sp.simplify(back - u) == 0 or (
+        sp.simplify(sp.diff(back, u) - 1) == 0 and sp.simplify(back.subs(u, 0)) == 0)
+    if not (right and left):
+        raise ProofError(f"the inverse given for the transform {transform.name!r} does not "
+                         "invert it")
+
+
+def _canonical_sum_bodies(expr: sp.Expr) -> sp.Expr:
+    """Each sum's body in one normal form (logs expanded by positivity, powers split, cancelled)."""
+    def body(s: sp.Sum) -> sp.Expr:
+        f = sp.expand_power_exp(sp.expand_log(s.function))
+        return sp.Sum(sp.factor_terms(sp.cancel(sp.together(f))), *s.limits)
+
+    return expr.replace(lambda t: isinstance(t, sp.Sum), body)
 
 
 def _linearise(expr: sp.Expr) -> sp.Expr:
@@ -173,7 +286,8 @@ def _linearise(expr: sp.Expr) -> sp.Expr:
         (idx, lo, hi), = expr.limits
         terms = []
         for term in sp.Add.make_args(sp.expand(_linearise(expr.function))):
-            outside, inside = term.as_independent(idx, as_Add=False)
+            # factor_terms first: a factor free of idx may sit inside a denominator
+            outside, inside = sp.factor_terms(term).as_independent(idx, as_Add=False)
             terms.append(outside * (sp.Sum(inside, (idx, lo, hi)) if inside.has(idx)
                                     else inside * (hi - lo + 1)))
         return sp.Add(*terms)

@@ -1,48 +1,45 @@
-"""Loss registry: each loss is one module that registers its derivation.
+"""Loss registry: each loss is one module that declares it as data.
+
+A loss module builds a :class:`~symce.losses.spec.Loss` (its terms, parameters,
+target model, transform and own steps) and registers it with
+:func:`register`; the proof, the documents, the code of every backend and the
+references of ``symce verify`` / ``symce check`` are derived from that
+declaration.  Registered losses are listed by ``symce derive --list``.
 
 >>> from symce.losses import list_losses
->>> "cross_entropy" in list_losses()
-True
+>>> sorted(list_losses())
+['cross_entropy', 'focal_loss', 'kl_distillation']
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from symce.engine.context import Context
 from symce.errors import UnknownLossError
-from symce.proof import Step
+from symce.losses.spec import Loss, Param, Term, Transform, check_value
+from symce.losses.targets import CLASSES, TEACHER
 
-Builder = Callable[[Context], list[Step]]
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """A registered loss: its name, what it is, and how its derivation is built."""
-
-    name: str
-    description: str
-    build: Builder
-    result_step: str = "gradient"
+_REGISTRY: dict[str, Loss] = {}
 
 
-_REGISTRY: dict[str, LossSpec] = {}
+def register(declare: Callable[[], Loss] | Loss) -> Callable[[], Loss] | Loss:
+    """Register a loss: a :class:`Loss`, or (as a decorator) a function returning one."""
+    loss = declare() if callable(declare) and not isinstance(declare, Loss) else declare
+    if not isinstance(loss, Loss):
+        raise TypeError(f"register takes a Loss (or a function returning one), got {loss!r}")
+    if loss.name in _REGISTRY:
+        raise ValueError(f"loss {loss.name!r} is already registered")
+    _REGISTRY[loss.name] = loss
+    return declare
 
 
-def register(name: str, description: str, result_step: str = "gradient"):
-    """Decorator: register ``build(ctx) -> list[Step]`` as the loss ``name``."""
-
-    def decorate(build: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"loss {name!r} is already registered")
-        _REGISTRY[name] = LossSpec(name, description, build, result_step)
-        return build
-
-    return decorate
+def unregister(name: str) -> None:
+    """Remove a registered loss (for losses defined at run time)."""
+    get_loss(name)
+    del _REGISTRY[name]
 
 
-def get_loss(name: str) -> LossSpec:
+def get_loss(name: str) -> Loss:
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -55,5 +52,8 @@ def list_losses() -> dict[str, str]:
     return {name: _REGISTRY[name].description for name in sorted(_REGISTRY)}
 
 
+__all__ = ["CLASSES", "TEACHER", "Loss", "Param", "Term", "Transform", "check_value",
+           "get_loss", "list_losses", "register", "unregister"]
+
 # Importing a loss module registers it.
-from symce.losses import cross_entropy  # noqa: E402,F401
+from symce.losses import cross_entropy, focal_loss, kl_distillation  # noqa: E402,F401
