@@ -21,7 +21,7 @@ def templates_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def template_env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -29,6 +29,8 @@ def template_env() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.filters["pytuple"] = lambda items: repr(tuple(items))  # Python source of a tuple
+    return env
 
 
 def render(template: str, **context: object) -> str:
