@@ -50,11 +50,16 @@ N_CLASSES = sp.Symbol("n", integer=True, positive=True)
 
 @dataclass(frozen=True)
 class Option:
-    """A keyword argument of the target model (its checks live in the templates)."""
+    """A keyword argument of the target model (its checks live in the templates).
+
+    ``per_call``: data that comes with each batch (a row mask), so an
+    ``nn.Module`` takes it in ``forward`` rather than its constructor.
+    """
 
     name: str
     default: object
     doc: str
+    per_call: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,8 @@ TEACHER = TargetModel(
     name="teacher",
     argument="teacher",
     kinds=("teacher",),
-    options=(Option("mask", None, "a boolean per row; False drops the row (padding)"),),
+    options=(Option("mask", None, "a boolean per row; False drops the row (padding)",
+                    per_call=True),),
     reductions=("batchmean", "sum", "none", "mean"),
     default_reduction="batchmean",
     per_row_reductions=("none",),
