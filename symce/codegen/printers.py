@@ -95,12 +95,12 @@ class ArrayPrinterMixin:
     def _print_KroneckerDelta(self, expr) -> str:
         raise ValueError(f"a Kronecker delta is a kernel's target term, not printed: {expr}")
 
-    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
+    def _print_Pow(self, expr: sp.Pow, **kwargs) -> str:
         if expr.exp == -1:  # print 1/x, not x**(-1.0) / torch.pow(x, -1)
             return f"1/{self.parenthesize(expr.base, sp.printing.precedence.PRECEDENCE['Pow'])}"
         if expr.base == 2 and "exp2" in self.templates:
             return self.templates["exp2"].format(arg=self._print(expr.exp))
-        return super()._print_Pow(expr, rational=rational)
+        return super()._print_Pow(expr, **kwargs)
 
 
 class NumpyArrayPrinter(ArrayPrinterMixin, NumPyPrinter):

@@ -36,7 +36,7 @@ def kl_distillation() -> Loss:
         targets=TEACHER,
         params=(Param("temperature", TEMPERATURE, 1.0, sp.Gt(TEMPERATURE, 0),
                       "a number > 0", "softmax temperature of student and teacher",
-                      leading=True),),
+                      leading=True, examples=(2.0,)),),
         transform=Transform(
             "temperature", "Temperature", lambda u: u / TEMPERATURE,
             lambda x: TEMPERATURE * x,

@@ -59,6 +59,8 @@ class Param:
     specialise: bool = False
     #: the value at which the option is off (``None`` for optional parameters)
     off: float | None = None
+    #: values besides the default that verification tries (``symce verify``)
+    examples: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
+from symce.losses import get_loss
 from symce.render.env import header_lines, render
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ def render_document(derivation: Derivation, fmt: str) -> str:
         ),
         loss=derivation.loss,
         title=derivation.loss.replace("_", " ").capitalize(),
+        notation=get_loss(derivation.loss).notation,
         description=derivation.description,
         n_text=n_text,
         steps=[_step_context(i, s, derivation) for i, s in enumerate(derivation.steps, 1)],

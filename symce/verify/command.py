@@ -1,30 +1,39 @@
-"""``symce verify``: the generated modules against torch, as a table.
+"""``symce verify``: every loss's generated modules against torch autograd of its definition.
 
-Imports ``generated/cross_entropy_{numpy,torch}.py`` (from ``--dir``), runs
-every case of :data:`symce.verify.parity.CASES` (and the half-precision cases
-for torch) and prints one row per case and module: the worst loss and
-gradient errors in units of the case's tolerance.  A module with compiled
-kernels is checked twice: its array code on every case ("torch"), its C
-kernels on the float32 cases ("torch+C").  Exit status 1 on any mismatch or
-error.
+For each registered loss (or ``--loss``), imports ``<dir>/<loss>_<backend>.py``
+and runs its case table (:func:`symce.verify.losses.loss_cases`; half
+precision too for torch and Triton), printing one row per case and module:
+the worst loss, gradient and teacher-gradient errors in units of the case's
+tolerance, against torch float64 autograd through the loss's declared
+formula.  The ``derivation`` rows compare the derivation's own reference
+(NumPy printed from the proved gradients) with the same autograd.  A module
+with compiled kernels is checked twice: its array code on every case, its C
+kernels ("+C") on the float32 cases.  The Triton modules run where CUDA is
+available or with ``TRITON_INTERPRET=1`` (Triton's CPU interpreter).  Exit
+status 1 on any mismatch or error, 2 for a missing module.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
 
-from symce.verify.parity import CASES, HALF_CASES, Result, check_module
+from symce.losses import get_loss, list_losses
+from symce.verify.losses import (
+    LossCase,
+    LossResult,
+    check_derivation,
+    check_module,
+    half_cases,
+    loss_cases,
+)
 
-#: backend → (module file, extra cases)
-MODULES: dict[str, tuple[str, tuple]] = {
-    "numpy": ("cross_entropy_numpy.py", ()),
-    "torch": ("cross_entropy_torch.py", HALF_CASES),
-}
+BACKENDS = ("numpy", "torch", "triton")
 
 
 def load_module(path: Path) -> ModuleType:
@@ -40,28 +49,37 @@ def load_module(path: Path) -> ModuleType:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", type=Path, default=Path("generated"),
                         help="folder holding the generated modules (default: generated)")
-    parser.add_argument("--backend", choices=(*MODULES, "all"), default="all")
+    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
+    parser.add_argument("--loss", action="append", default=None, metavar="NAME",
+                        help="a registered loss (repeatable; default: every registered loss)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print failures only")
 
 
-def _row(backend: str, result: Result | None, case, error: str = "") -> str:
+def _triton_runs() -> tuple[bool, str]:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return True, ""
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed"
+    if torch.cuda.is_available():
+        return True, ""
+    return False, "no CUDA device; set TRITON_INTERPRET=1 to run it in Triton's interpreter"
+
+
+def _row(label: str, loss: str, case: LossCase, result: LossResult | None, error: str = "") -> str:
     if result is None:
-        return f"{'ERROR':5}  {backend:9} {case.name:52} {error}"
+        return f"{'ERROR':5}  {label:11} {loss:16} {case.name:58} {error}"
     status = "ok" if result.ok else "FAIL"
-    return (f"{status:5}  {backend:9} {case.name:52} {case.dtype:9} "
-            f"{result.loss_error:9.3g} {result.grad_error:9.3g}")
+    return (f"{status:5}  {label:11} {loss:16} {case.name:58} {case.dtype:9} "
+            f"{result.loss_error:9.3g} {result.grad_error:9.3g} {result.teacher_error:9.3g}")
 
 
-def _paths(module: ModuleType, backend: str):
-    """``(label, compiled)`` for each code path of ``module``.
-
-    Modules that carry compiled kernels (float32) are checked on both paths:
-    the C kernels and the array code.  Where the kernels cannot be built the
-    C rows are not run, and a line says so (it is not counted as agreement).
-    """
+def _paths(module: ModuleType, backend: str) -> list[tuple[str, bool | None]]:
+    """``(label, compiled)`` for each code path of ``module`` (C rows where it builds)."""
     if not hasattr(module, "use_compiled"):
         return [(backend, None)]
-    paths = [(f"{backend}", False)]
+    paths = [(backend, False)]
     module.use_compiled(True)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -77,34 +95,64 @@ def _paths(module: ModuleType, backend: str):
     return paths
 
 
+class _Tally:
+    def __init__(self, quiet: bool):
+        self.quiet, self.total, self.failures = quiet, 0, 0
+
+    def run(self, label: str, loss: str, case: LossCase, check) -> None:
+        self.total += 1
+        try:
+            result = check(case)
+        except Exception as exc:  # a crash is a mismatch, reported in its row
+            self.failures += 1
+            print(_row(label, loss, case, None, f"{type(exc).__name__}: {exc}"))
+            return
+        if not result.ok:
+            self.failures += 1
+        if not result.ok or not self.quiet:
+            print(_row(label, loss, case, result))
+
+
 def run(args: argparse.Namespace) -> int:
-    backends = tuple(MODULES) if args.backend == "all" else (args.backend,)
-    failures = total = 0
-    print(f"{'':5}  {'module':9} {'case':52} {'dtype':9} {'loss/tol':>9} {'grad/tol':>9}")
-    for backend in backends:
-        file, extra = MODULES[backend]
-        module = load_module(args.dir / file)
-        for label, compiled in _paths(module, backend):
-            if compiled is not None:
-                module.use_compiled(compiled)
-            try:
-                for case in CASES + extra:
-                    if compiled and case.dtype != "float32":
-                        continue  # the C kernels are float32 only: the same code ran above
-                    total += 1
-                    try:
-                        result = check_module(module, case)
-                    except Exception as exc:  # a crash is a mismatch, reported in its row
-                        failures += 1
-                        print(_row(label, None, case, f"{type(exc).__name__}: {exc}"))
-                        continue
-                    if not result.ok:
-                        failures += 1
-                    if not result.ok or not args.quiet:
-                        print(_row(label, result, case))
-            finally:
+    losses = args.loss or list(list_losses())
+    for name in losses:
+        get_loss(name)  # an unknown loss is a usage error before any output
+    backends = BACKENDS if args.backend == "all" else (args.backend,)
+    triton_ok, why_not = _triton_runs()
+    plan = []
+    for name in losses:
+        for backend in backends:
+            if backend == "triton" and not triton_ok:
+                continue
+            path = args.dir / f"{name}_{backend}.py"
+            if not path.is_file():
+                raise ValueError(f"{path} does not exist; run `symce build` first")
+            plan.append((name, backend, path))
+    if "triton" in backends and not triton_ok:
+        print(f"note   triton: not checked ({why_not})")
+    tally = _Tally(args.quiet)
+    print(f"{'':5}  {'module':11} {'loss':16} {'case':58} {'dtype':9} {'loss/tol':>9} "
+          f"{'grad/tol':>9} {'teach/tol':>9}")
+    for name in losses:
+        for case in loss_cases(name):
+            if case.dtype == "float64":
+                tally.run("derivation", name, case, check_derivation)
+        for loss_name, backend, path in plan:
+            if loss_name != name:
+                continue
+            module = load_module(path)
+            cases = loss_cases(name) + (half_cases(name) if backend != "numpy" else ())
+            for label, compiled in _paths(module, backend):
                 if compiled is not None:
-                    module.use_compiled(None)
-    print(f"{total - failures}/{total} cases agree with torch.nn.functional.cross_entropy "
-          "and autograd", file=sys.stderr if failures else sys.stdout)
-    return 1 if failures else 0
+                    module.use_compiled(compiled)
+                try:
+                    for case in cases:
+                        if compiled and case.dtype != "float32":
+                            continue  # the C kernels are float32 only: the same code ran above
+                        tally.run(label, name, case, lambda c, m=module: check_module(m, c))
+                finally:
+                    if compiled is not None:
+                        module.use_compiled(None)
+    print(f"{tally.total - tally.failures}/{tally.total} cases agree with torch autograd of "
+          "each loss's definition", file=sys.stderr if tally.failures else sys.stdout)
+    return 1 if tally.failures else 0
