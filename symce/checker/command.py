@@ -7,9 +7,8 @@ Exit status: 0 when every case passes, 1 when any fails, 2 for usage errors
 from __future__ import annotations
 
 import argparse
-import sys
 
-from symce.checker.adapter import BACKENDS, CheckUsageError, load
+from symce.checker.adapter import BACKENDS, load
 from symce.checker.check import check_implementation
 from symce.checker.reference import REDUCTIONS, TARGETS
 
@@ -51,11 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        fn = load(args.implementation)
-    except CheckUsageError as exc:
-        print(f"symce check: {exc}", file=sys.stderr)
-        return 2
+    fn = load(args.implementation)  # CheckUsageError: one line from symce.cli.main, exit 2
     report = check_implementation(
         fn,
         target=args.target,

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+from symce.commands.errors import CommandFailure, UsageError
 from symce.verify.parity import CASES, HALF_CASES, Result, check_module
 
 #: backend → (module file, extra cases)
@@ -28,19 +29,27 @@ MODULES: dict[str, tuple[str, tuple]] = {
 
 
 def load_module(path: Path) -> ModuleType:
-    """Import a generated module from its file (it need not be on sys.path)."""
+    """Import a generated module from its file (it need not be on sys.path).
+
+    A missing file is a ``UsageError`` (a wrong ``--dir``); one that does not
+    import is a ``CommandFailure`` naming the error.
+    """
     if not path.is_file():
-        raise ValueError(f"{path} does not exist; run `symce build` first")
+        raise UsageError(f"{path} does not exist; run `symce build` first (or pass --dir)")
     spec = importlib.util.spec_from_file_location(f"symce_generated_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise CommandFailure(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     return module
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", type=Path, default=Path("generated"),
                         help="folder holding the generated modules (default: generated)")
-    parser.add_argument("--backend", choices=(*MODULES, "all"), default="all")
+    parser.add_argument("--backend", choices=(*MODULES, "all"), default="all",
+                        help="which generated module to check (default: all)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print failures only")
 
 
@@ -78,12 +87,15 @@ def _paths(module: ModuleType, backend: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.dir.is_dir():
+        what = "is a file, not a folder" if args.dir.exists() else "no such folder"
+        raise UsageError(f"--dir {args.dir}: {what}")
     backends = tuple(MODULES) if args.backend == "all" else (args.backend,)
+    modules = {b: load_module(args.dir / MODULES[b][0]) for b in backends}  # before any output
     failures = total = 0
     print(f"{'':5}  {'module':9} {'case':52} {'dtype':9} {'loss/tol':>9} {'grad/tol':>9}")
-    for backend in backends:
-        file, extra = MODULES[backend]
-        module = load_module(args.dir / file)
+    for backend, module in modules.items():
+        extra = MODULES[backend][1]
         for label, compiled in _paths(module, backend):
             if compiled is not None:
                 module.use_compiled(compiled)
