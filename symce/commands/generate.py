@@ -15,6 +15,9 @@ from symce.commands._common import output_folder
 
 def configure(parser: argparse.ArgumentParser) -> None:
     _codegen.configure(parser)
+    for action in parser._actions:  # argparse has no public lookup of an added option
+        if "--out" in action.option_strings and action.help:
+            action.help += "; created if missing, a file or an unwritable folder is refused"
 
 
 def run(args: argparse.Namespace) -> int:
