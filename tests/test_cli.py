@@ -18,6 +18,20 @@ def symce(*args, cwd=None, env=None):
                           text=True, cwd=cwd, timeout=300, env=env)
 
 
+class _Ran:
+    """What ``main(argv)`` did in this process, shaped like a finished subprocess."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_main(capsys, *args):
+    """The CLI in this process (no interpreter start-up); a traceback would raise here."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return _Ran(code, out, err)
+
+
 def assert_one_line_error(proc, command, status, message):
     """``symce <command>: error: …`` alone on stderr, the exit status, no traceback."""
     assert proc.returncode == status, proc.stderr
@@ -72,9 +86,27 @@ def test_derive_symbolic_is_the_default():
         (("check", f"{GALLERY}/correct.py"), "symce check", "expected PATH.py:NAME"),
         (("check", f"{GALLERY}/broken_import.py:f"), "symce check", "importing"),
         (("check", f"{GALLERY}/correct.py:nothing"), "symce check", "has no attribute"),
+        (("check", "x.py:f", "--timeout", "0"), "symce check", "positive number of seconds"),
+        (("check", "x.py:f", "--timeout", "soon"), "symce check", "number of seconds"),
+        (("check", "x.py:f", "--label-smoothing", "1.5"), "symce check", "in [0, 1]"),
+        (("check", "x.py:f", "--weight", "heavy"), "symce check", "invalid choice"),
+        (("check", "x.py:f", "--ignore-index", "a"), "symce check", "invalid int value"),
+        (("check", "x.py:f", "--shapes", "3d"), "symce check", "2d, kdim, unbatched"),
     ],
 )
-def test_usage_errors_are_one_line_and_exit_2(args, command, message):
+def test_usage_errors_are_one_line_and_exit_2(capsys, args, command, message):
+    assert_one_line_error(run_main(capsys, *args), command, 2, message)
+
+
+@pytest.mark.parametrize(
+    "args, command, message",
+    [
+        (("derive", "--n", "0"), "symce derive", "argument --n: expected a positive integer"),
+        (("frobnicate",), "symce", "argument COMMAND: invalid choice: 'frobnicate'"),
+        (("check", "missing.py:f"), "symce check", "no such file: missing.py"),
+    ],
+)
+def test_usage_errors_through_python_m_symce(args, command, message):
     assert_one_line_error(symce(*args), command, 2, message)
 
 
@@ -112,9 +144,9 @@ def _blocked_paths(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["doc", "generate", "build"])
-def test_unusable_output_folder_is_refused_in_one_line(tmp_path, command):
+def test_unusable_output_folder_is_refused_in_one_line(tmp_path, capsys, command):
     for label, path, message in _blocked_paths(tmp_path):
-        proc = symce(command, "--out", str(path))
+        proc = run_main(capsys, command, "--out", str(path))
         assert_one_line_error(proc, f"symce {command}", 2, f"--out {path}: {message}")
         assert proc.stdout == "", label
         # refused before any work: build says when it starts deriving, and did not
