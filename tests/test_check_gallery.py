@@ -61,7 +61,9 @@ BUGGY = [
 
 
 def _check(name, path="correct.py", **options):
-    return check_implementation(load(f"{GALLERY / path}:{name}"), **options)
+    # in this process: these tests are about the verdicts (tests/test_check_timeout.py and
+    # test_check_options.py run the default worker)
+    return check_implementation(load(f"{GALLERY / path}:{name}"), timeout=None, **options)
 
 
 @pytest.mark.parametrize("seed", [0, 7])

@@ -172,22 +172,26 @@ def test_numpy_backend_gets_the_weight_as_an_array():
     assert report.passed, str(report)
 
 
-@pytest.mark.parametrize("target", ["index", "probs"])
+OPTIONS = {
+    "weight": {"weight": "random"},
+    "smoothing": {"label_smoothing": 0.15},
+    "weight-smoothing": {"weight": "random", "label_smoothing": 0.3},
+    "all": {"weight": "random", "ignore_index": -100, "label_smoothing": 0.2},
+    "ignore-1": {"ignore_index": 1},
+}
+#: (options, target): ignore_index applies to class indices only
+OPTION_TARGETS = [
+    (name, target)
+    for name, options in OPTIONS.items()
+    for target in ("index", "probs")
+    if target == "index" or "ignore_index" not in options
+]
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"weight": "random"},
-        {"label_smoothing": 0.15},
-        {"weight": "random", "label_smoothing": 0.3},
-        {"weight": "random", "ignore_index": -100, "label_smoothing": 0.2},
-        {"ignore_index": 1},
-    ],
-    ids=["weight", "smoothing", "weight-smoothing", "all", "ignore-1"],
-)
-def test_torch_itself_passes_with_every_option_and_shape(options, reduction, target):
-    if target == "probs" and "ignore_index" in options:
-        pytest.skip("ignore_index applies to class indices only")
+@pytest.mark.parametrize(("name", "target"), OPTION_TARGETS)
+def test_torch_itself_passes_with_every_option_and_shape(name, target, reduction):
+    options = OPTIONS[name]
 
     def torch_builtin(logits, target, **kw):
         return F.cross_entropy(logits, target, reduction=reduction, **kw)
@@ -199,13 +203,16 @@ def test_torch_itself_passes_with_every_option_and_shape(options, reduction, tar
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{}, {"weight": "random"}, {"weight": "random", "ignore_index": 2, "label_smoothing": 0.4}],
+    ("options", "target"),
+    [
+        ({}, "index"),
+        ({}, "probs"),
+        ({"weight": "random"}, "index"),
+        ({"weight": "random", "label_smoothing": 0.4}, "probs"),
+        ({"weight": "random", "ignore_index": 2, "label_smoothing": 0.4}, "index"),
+    ],
 )
-@pytest.mark.parametrize("target", ["index", "probs"])
 def test_a_hand_written_implementation_of_every_option_passes(options, target):
-    if target == "probs" and "ignore_index" in options:
-        pytest.skip("ignore_index applies to class indices only")
     report = check_implementation(load(f"{GALLERY}/correct.py:every_option"), target=target,
                                   shapes="all", **options)
     assert report.passed, str(report)
@@ -214,6 +221,14 @@ def test_a_hand_written_implementation_of_every_option_passes(options, target):
 def test_ignore_index_with_probability_targets_is_refused():
     with pytest.raises(CheckUsageError, match="class-index targets only"):
         check_implementation(F.cross_entropy, target="probs", ignore_index=3)
+
+    def probs_only(logits, target, **options):
+        if target.dtype == torch.int64:
+            raise TypeError("probabilities only")
+        return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+    with pytest.raises(CheckUsageError, match=r"the target is probs \(assumed: class-index"):
+        check_implementation(probs_only, ignore_index=3)
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,10 @@ from symce.checker.runner import DEFAULT_TIMEOUT, InProcess, Runner, ThreadRunne
 #: The values of ``weight=``: ``"random"`` draws class weights for each case.
 WEIGHTS = ("random",)
 
+_IGNORE_NEEDS_INDICES = (
+    "ignore_index applies to class-index targets only (PyTorch refuses it with probabilities)"
+)
+
 
 @dataclass(repr=False)
 class Report:
@@ -159,6 +163,8 @@ def check_implementation(
     if target is not None and target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     options = _options(weight, ignore_index, label_smoothing)
+    if target in ("probs", "onehot") and ignore_index is not None:
+        raise CheckUsageError(_IGNORE_NEEDS_INDICES + f", and the target is {target}")
     families = parse_shapes(shapes)
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
@@ -252,11 +258,8 @@ class _Run:
                 self.runner, self.reduction, self.options, self.shapes
             )
         if target is not None and target != "index" and self.options.ignore_index is not None:
-            raise CheckUsageError(
-                f"ignore_index applies to class-index targets only (PyTorch refuses it "
-                f"with probabilities), and the target is {target}"
-                + (f" ({note})" if note else "")
-            )
+            told = f" ({note})" if note else ""
+            raise CheckUsageError(f"{_IGNORE_NEEDS_INDICES}, and the target is {target}{told}")
         specs = battery(target or "index", self.seed, self.options, self.shapes)
         report = Report(
             self.label,

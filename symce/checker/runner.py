@@ -6,10 +6,10 @@ the limit.  Which runner (:func:`make_runner`):
 
 - ``timeout=None``: :class:`InProcess`, a plain call, no limit (for debuggers).
 - ``"PATH.py:NAME"`` (the command line): :class:`SubprocessRunner`.  One
-  ``python -m symce.checker.worker`` process imports the file and serves every
-  call of the battery; it is killed when a call runs past the limit and
+  worker process (:mod:`symce.checker.worker`) imports the file and serves
+  every call of the battery; it is killed when a call runs past the limit and
   started again only when a later call needs it (after a crash).  Importing
-  the file is under the limit too.
+  the file is under the limit too.  What the function prints goes to stderr.
 - a function object (the Python API; it may not be importable by path):
   :class:`ForkRunner` on Linux, a forked worker that inherits the function,
   unless CUDA is already initialised in this process (a forked child cannot
@@ -40,7 +40,7 @@ import numpy as np
 
 from symce.checker.adapter import CheckUsageError, Outcome, call, load
 
-#: The command line's default limit per call, in seconds.
+#: The default limit per call, in seconds (command line and API alike).
 DEFAULT_TIMEOUT = 60.0
 
 #: How long a worker may take to start (import numpy and torch) before it counts as broken.
@@ -336,5 +336,12 @@ def make_runner(
 
 
 def fork_is_safe() -> bool:
-    """Linux (elsewhere fork is unavailable or unsafe with system frameworks), no CUDA yet."""
-    return sys.platform.startswith("linux") and not _cuda_initialised()
+    """Linux (elsewhere fork is unavailable or unsafe with system frameworks), no CUDA yet.
+
+    Not in a daemonic multiprocessing worker either: those may not have children.
+    """
+    return (
+        sys.platform.startswith("linux")
+        and not _cuda_initialised()
+        and not multiprocessing.current_process().daemon
+    )
