@@ -4,6 +4,7 @@ each case's line printed as it finishes, crashes contained."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -190,3 +191,20 @@ def test_assert_cross_entropy_fails_on_a_timeout():
 
     with pytest.raises(AssertionError, match=r"did not return within the time limit \(1 s\)"):
         assert_cross_entropy(hangs, timeout=1)
+
+
+def test_ctrl_c_ends_the_check_and_its_worker_in_one_line():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "symce", "check", f"{GALLERY}/bad_usage.py:hangs", "--target",
+         "index", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches it
+    )
+    try:
+        assert proc.stdout.readline().startswith("symce check")  # the worker is running
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err == "symce check: interrupted\n"  # the worker ignores it: no second traceback

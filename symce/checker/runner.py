@@ -136,6 +136,7 @@ def _died(code: int | None) -> Outcome:
 # -- a forked worker (function objects, Linux) -------------------------------
 def _serve_forked(conn: Any, other_end: Any, fn: Callable[..., Any], backend: str) -> None:
     other_end.close()  # so that the parent's end closing (or the parent dying) ends recv()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends this process
     _one_thread()
     while True:
         try:

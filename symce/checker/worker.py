@@ -21,6 +21,7 @@ import dataclasses
 import importlib.util
 import os
 import pickle
+import signal
 import sys
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def _private_streams():
 
 
 def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends this process
     requests, replies = _private_streams()
 
     def reply(message: object) -> None:
