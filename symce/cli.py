@@ -13,25 +13,32 @@ import sys
 from collections.abc import Sequence
 
 from symce._version import __version__
+from symce.commands.errors import CommandFailure, UsageError
+
+__all__ = ["COMMANDS", "CommandFailure", "UsageError", "build_parser", "main"]
 
 #: subcommand → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "derive": ("symce.commands.derive", "print the checked derivation of a loss"),
     "doc": ("symce.commands.doc", "write the derivation as LaTeX, Markdown or PDF"),
-    "generate": ("symce.codegen.command", "generate backend code (numpy, torch, ...)"),
+    "generate": ("symce.commands.generate", "generate backend code (numpy, torch, ...)"),
     "build": ("symce.commands.build", "regenerate everything that belongs in generated/"),
     "verify": ("symce.verify.command", "check generated code against torch autograd"),
     "check": ("symce.checker.command", "check your own loss implementation"),
 }
 
 
-class UsageError(Exception):
-    """Bad command-line usage: reported in one line, exit code 2."""
+class _ParserError(UsageError):
+    """argparse's own complaint, about the (sub)command named in ``prog``."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage dump
-        raise UsageError(f"{self.prog}: {message}")
+        raise _ParserError(self.prog, message)
 
 
 def _chosen_command(argv: Sequence[str]) -> str | None:
@@ -61,24 +68,52 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every anticipated error is one line on stderr, never a traceback.
+
+    The line is argparse's ``symce <command>: error: …``; usage errors exit 2,
+    failures (a proof that does not check, pdflatex failing, a write that
+    fails) exit 1.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = "symce"
+    try:
+        args = build_parser(argv).parse_args(argv)
+        prog = f"symce {args.command}"
+        return int(args.run(args) or 0)
+    except _ParserError as exc:
+        return _report(exc.prog, str(exc), exc.exit_status)
+    except CommandFailure as exc:
+        return _report(prog, str(exc), exc.exit_status)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        known = _known_error(exc)
+        if known is None:
+            raise  # a bug in symce: the traceback is what its report needs
+        return _report(prog, *known)
+
+
+def _known_error(exc: Exception) -> tuple[str, int] | None:
+    """``(message, exit status)`` for the errors that symce raises on purpose."""
     from symce.errors import ProofError, UnknownLossError
 
-    try:
-        argv = sys.argv[1:] if argv is None else list(argv)
-        args = build_parser(argv).parse_args(argv)
-        return int(args.run(args) or 0)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (UnknownLossError, ValueError) as exc:
-        if isinstance(exc, ProofError):
-            print(f"symce: proof error: {exc}", file=sys.stderr)
-            return 1
-        print(f"symce: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("symce: interrupted", file=sys.stderr)
-        return 130
+    if isinstance(exc, ProofError):
+        return f"proof failed: {exc}", 1
+    if isinstance(exc, (UnknownLossError, ValueError)):  # bad input, said by the library
+        return str(exc), 2
+    if isinstance(exc, OSError):  # reading or writing a file failed midway
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}", 1
+    return None
+
+
+def _report(prog: str, message: str, status: int) -> int:
+    first, *rest = str(message).strip().splitlines() or [""]
+    print(f"{prog}: error: {first}", file=sys.stderr)
+    for line in rest:  # details (a tool's log), after the one line that says what failed
+        print(f"  {line}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -18,27 +18,57 @@ import sympy as sp
 from symce.checker.adapter import as_callable
 from symce.checker.check import Report, check_implementation
 from symce.checker.formula import FormulaVerdict, check_gradient_formula
+from symce.checker.runner import DEFAULT_TIMEOUT
 
 __all__ = ["assert_cross_entropy", "assert_gradient_formula"]
 
 
 def assert_cross_entropy(
-    fn: Callable[..., Any],
+    fn: Callable[..., Any] | str,
     target: str | None = "index",
     reduction: str = "mean",
     backend: str = "torch",
     seed: int = 0,
+    *,
+    weight: str | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float | None = None,
+    shapes: Sequence[str] | str = ("2d",),
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> Report:
-    """Run ``fn(logits, target)`` through the ``symce check`` battery.
+    """Run ``fn(logits, target, **options)`` through the ``symce check`` battery.
 
     ``fn`` is a function, an ``nn.Module`` class (built with no arguments) or
-    instance; ``target`` is ``"index"``, ``"probs"``, ``"onehot"`` or ``None``
-    (told from a first call).  Raises ``AssertionError`` carrying the same
-    report as ``symce check`` (cases, minimal counterexample, diagnosis) when
-    any case fails; returns the report otherwise.
+    instance, or ``"PATH.py:NAME"``; ``target`` is ``"index"``, ``"probs"``,
+    ``"onehot"`` or ``None`` (told from a first call).  The options of
+    ``nn.CrossEntropyLoss`` to check are passed to ``fn`` as keyword arguments,
+    only those given (``weight="random"``: each case draws class weights and
+    passes ``weight=w``; ``ignore_index=N``; ``label_smoothing=EPS``);
+    ``shapes`` adds ``"kdim"`` ``(N, C, d1, …)`` and ``"unbatched"`` ``(C,)``
+    inputs to ``"2d"`` ``(N, C)`` (or ``"all"``).
+
+    Each call has ``timeout`` seconds.  A function object runs in a forked
+    worker process on Linux (when CUDA is not initialised in this process),
+    elsewhere in a thread that is abandoned, still running, if it overruns;
+    ``"PATH.py:NAME"`` is imported in a fresh worker process; ``timeout=None``
+    calls ``fn`` here, with no limit.  A call that overruns fails the check
+    and stops the battery.
+
+    Raises ``AssertionError`` carrying the same report as ``symce check``
+    (cases, minimal counterexample, diagnosis) when any case fails; returns
+    the report otherwise.
     """
     report = check_implementation(
-        as_callable(fn), target=target, reduction=reduction, backend=backend, seed=seed
+        fn if isinstance(fn, str) else as_callable(fn),
+        target=target,
+        reduction=reduction,
+        backend=backend,
+        seed=seed,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        shapes=shapes,
+        timeout=timeout,
     )
     if not report.passed:
         raise AssertionError("\n" + str(report))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from symce.checker import check_implementation, load
 from symce.checker.battery import battery, build
-from symce.checker.reference import reference
+from symce.checker.reference import from_coefficients
 
 GALLERY = Path(__file__).parent / "gallery"
 
@@ -61,7 +61,9 @@ BUGGY = [
 
 
 def _check(name, path="correct.py", **options):
-    return check_implementation(load(f"{GALLERY / path}:{name}"), **options)
+    # in this process: these tests are about the verdicts (tests/test_check_timeout.py and
+    # test_check_options.py run the default worker)
+    return check_implementation(load(f"{GALLERY / path}:{name}"), timeout=None, **options)
 
 
 @pytest.mark.parametrize("seed", [0, 7])
@@ -193,7 +195,7 @@ def _assert_reference_is_torch(logits, target, coeff, reduction):
     t = torch.tensor(target) if target.dtype.kind in "iu" else torch.tensor(target)
     loss = F.cross_entropy(x, t, reduction=reduction)
     (grad,) = torch.autograd.grad(loss.sum(), x)
-    ref_loss, ref_grad = reference(logits, coeff, reduction)
+    ref_loss, ref_grad = from_coefficients(logits, coeff, reduction)
     scale = 1 + np.abs(logits).max()
     np.testing.assert_allclose(ref_loss, loss.detach().numpy(), rtol=1e-12, atol=1e-12 * scale)
     np.testing.assert_allclose(ref_grad, grad.numpy(), rtol=1e-10, atol=1e-14)
@@ -212,3 +214,47 @@ def test_wrong_shapes_are_named(path, name, options, phrase):
     assert not report.passed
     assert any(phrase in d for d in report.diagnosis), str(report)
     assert not any("permuted" in d or "N = 1" in d for d in report.diagnosis)
+
+
+# -- what it returns is no loss: said as such --------------------------------
+@pytest.mark.parametrize(
+    ("name", "phrase"),
+    [
+        ("returns_str", "it returns a str, not a loss on every case"),
+        ("returns_float", "it returns a Python float, not a tensor on every case: .item()"),
+        ("returns_none", "it returns None on every case: a missing return statement"),
+        ("returns_list", "it returns a list on every case: .tolist()"),
+    ],
+)
+def test_a_wrong_return_type_is_named_not_taken_for_a_raise(name, phrase):
+    report = _check(name, "bad_usage.py")
+    assert not report.passed
+    assert report.target == "index"  # the call ran: class-index targets were accepted
+    assert "raised" not in report.target_note and "were accepted" in report.target_note
+    assert report.diagnosis and phrase in report.diagnosis[0], report.diagnosis
+    assert not any("raised" in d for d in report.diagnosis)
+    assert "none recognised" not in str(report)
+
+
+def test_a_constant_integer_tensor_is_named_not_taken_for_a_clamp():
+    report = _check("returns_int_tensor", "bad_usage.py")
+    assert not report.passed
+    assert report.diagnosis[0].startswith("it returns a constant int64 tensor (3 in every case)")
+    assert not any("saturates" in d or "eps" in d for d in report.diagnosis), report.diagnosis
+
+
+def test_an_integer_tensor_that_varies_is_named():
+    def rounded(logits, target):
+        return F.cross_entropy(logits, target).round().long()
+
+    report = check_implementation(rounded)
+    assert any("it returns an integer tensor (int64)" in d for d in report.diagnosis), str(report)
+    assert not any("saturates" in d for d in report.diagnosis)
+
+
+def test_numpy_backend_names_the_return_type_too():
+    def returns_none(logits, target):
+        pass
+
+    report = check_implementation(returns_none, backend="numpy")
+    assert "it returns None on every case" in report.diagnosis[0]

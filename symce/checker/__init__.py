@@ -1,11 +1,13 @@
 """``symce check``: verify a user's own cross-entropy against the derived reference.
 
 The reference is the derivation's log-sum-exp loss and its gradient
-``q·Σc − c``, evaluated in float64 (:mod:`symce.checker.reference`).  A
-battery of cases (:mod:`symce.checker.battery`) runs the implementation,
-failures are shrunk to a minimal counterexample and explained where a usual
-mistake is recognised (:mod:`symce.checker.diagnosis`).  Claimed gradient
-formulas are proved or refuted by :mod:`symce.checker.formula`.
+``q·Σc − c``, evaluated in float64 for every option of ``nn.CrossEntropyLoss``
+(:mod:`symce.checker.reference`).  A battery of cases
+(:mod:`symce.checker.battery`) runs the implementation, each call under a time
+limit somewhere it can be abandoned (:mod:`symce.checker.runner`); failures
+are shrunk to a minimal counterexample and explained where a usual mistake is
+recognised (:mod:`symce.checker.diagnosis`).  Claimed gradient formulas are
+proved or refuted by :mod:`symce.checker.formula`.
 """
 
 from symce.checker.adapter import CheckUsageError, load

@@ -1,9 +1,13 @@
 """Load a user's implementation and call it the same way for every backend.
 
-An implementation is ``f(logits, target)``: a function, an ``nn.Module`` (or any
-class) instantiated with no arguments, or an instance.  The torch backend passes
-tensors and takes the gradient through autograd; the NumPy backend passes arrays
-and accepts ``loss`` or ``(loss, grad)``, ``grad`` being the gradient of
+An implementation is ``f(logits, target, **options)``: a function, an
+``nn.Module`` (or any class) instantiated with no arguments, or an instance.
+``options`` are the keyword arguments of ``torch.nn.functional.cross_entropy``
+that the check was asked to cover (``weight``, ``ignore_index``,
+``label_smoothing``), and only those: without options it is ``f(logits,
+target)``.  The torch backend passes tensors (the weight in the logits' dtype)
+and takes the gradient through autograd; the NumPy backend passes arrays and
+accepts ``loss`` or ``(loss, grad)``, ``grad`` being the gradient of
 ``loss.sum()``.
 """
 
@@ -27,25 +31,58 @@ class CheckUsageError(ValueError):
     """The implementation cannot be loaded or called at all (exit code 2)."""
 
 
+#: Why a call gave no comparable result (``Outcome.failure``).
+FAILURES = ("raised", "returned", "timeout", "died")
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What one call returned, in float64; ``error`` when it did not return."""
+    """What one call returned, in float64; ``error`` says why when nothing comparable came.
+
+    ``failure`` is one of :data:`FAILURES`: it raised, it returned something
+    that is not a loss (``returned`` names the type), it did not return within
+    the time limit, or the process running it died.
+    """
 
     loss: np.ndarray | None = None
     grad: np.ndarray | None = None
     dtype: str | None = None
     grad_note: str | None = None  # why there is no gradient
     error: str | None = None
+    failure: str | None = None
+    returned: str | None = None  # the type name, for failure == "returned"
+
+    @property
+    def timed_out(self) -> bool:
+        return self.failure == "timeout"
 
 
-def load(spec: str) -> Callable[..., Any]:
-    """``PATH.py:NAME`` → a callable ``f(logits, target)``."""
+def raised(exc: BaseException) -> Outcome:
+    return Outcome(error=f"raised {_describe(exc)}", failure="raised")
+
+
+def returned(obj: Any, expected: str) -> Outcome:
+    """It returned ``obj``, which is no loss: name its type."""
+    name = "None" if obj is None else type(obj).__name__
+    what = "None" if obj is None else f"a {name}"
+    return Outcome(error=f"returned {what}, expected {expected}", failure="returned", returned=name)
+
+
+def parse_spec(spec: str) -> tuple[Path, str]:
+    """``PATH.py:NAME`` → ``(path, name)``; ``CheckUsageError`` unless the file exists."""
     path_text, sep, name = spec.rpartition(":")
     if not sep or not path_text or not name:
         raise CheckUsageError(f"expected PATH.py:NAME, got {spec!r}")
     path = Path(path_text)
     if not path.is_file():
         raise CheckUsageError(f"no such file: {path_text}")
+    return path, name
+
+
+def load(spec: str) -> Callable[..., Any]:
+    """``PATH.py:NAME`` → a callable ``f(logits, target, **options)``."""
+    path, name = parse_spec(spec)
+    path_text = str(path)
     module = _import_file(path)
     obj: Any = module
     for part in name.split("."):
@@ -93,20 +130,33 @@ def _describe(exc: BaseException) -> str:
 
 
 def call(
-    fn: Callable[..., Any], backend: str, logits: np.ndarray, target: np.ndarray, dtype: str
+    fn: Callable[..., Any],
+    backend: str,
+    logits: np.ndarray,
+    target: np.ndarray,
+    dtype: str,
+    options: dict[str, Any] | None = None,
 ) -> Outcome:
-    """Call ``fn`` on copies of the inputs; never raise for the implementation's faults."""
+    """Call ``fn`` on copies of the inputs; never raise for the implementation's faults.
+
+    ``options`` are passed as keyword arguments; a ``weight`` array is
+    converted like the logits.
+    """
     caller = _CALLERS[backend]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         try:
-            return caller(fn, logits, target, dtype)
+            return caller(fn, logits, target, dtype, dict(options or {}))
         except (Exception, SystemExit) as exc:
-            return Outcome(error=f"raised {_describe(exc)}")
+            return raised(exc)
 
 
 def _call_torch(
-    fn: Callable[..., Any], logits: np.ndarray, target: np.ndarray, dtype: str
+    fn: Callable[..., Any],
+    logits: np.ndarray,
+    target: np.ndarray,
+    dtype: str,
+    options: dict[str, Any],
 ) -> Outcome:
     import torch
 
@@ -117,9 +167,11 @@ def _call_torch(
         if target.dtype.kind in "iu"
         else torch.tensor(target, dtype=tdtype)
     )
-    out = fn(x, t)
+    if options.get("weight") is not None:
+        options["weight"] = torch.tensor(options["weight"], dtype=tdtype)
+    out = fn(x, t, **options)
     if not isinstance(out, torch.Tensor):
-        return Outcome(error=f"returned a {type(out).__name__}, expected a torch.Tensor")
+        return returned(out, "a torch.Tensor")
     loss = out.detach().to(torch.float64).cpu().numpy()
     out_dtype = str(out.dtype).removeprefix("torch.")
     if not out.requires_grad:
@@ -137,24 +189,34 @@ def _call_torch(
 
 
 def _call_numpy(
-    fn: Callable[..., Any], logits: np.ndarray, target: np.ndarray, dtype: str
+    fn: Callable[..., Any],
+    logits: np.ndarray,
+    target: np.ndarray,
+    dtype: str,
+    options: dict[str, Any],
 ) -> Outcome:
     x = np.array(logits, dtype=dtype)
     t = np.array(target) if target.dtype.kind in "iu" else np.array(target, dtype=dtype)
-    out = fn(x, t)
+    if options.get("weight") is not None:
+        options["weight"] = np.array(options["weight"], dtype=dtype)
+    out = fn(x, t, **options)
     grad = None
     if isinstance(out, tuple):
         if len(out) != 2:
             return Outcome(
-                error=f"returned a tuple of {len(out)} items, expected loss or (loss, grad)"
+                error=f"returned a tuple of {len(out)} items, expected loss or (loss, grad)",
+                failure="returned",
+                returned="tuple",
             )
         out, grad = out
+    if out is None or isinstance(out, (str, bytes)):
+        return returned(out, "an array or a number")
     try:
         loss_arr = np.asarray(out)
         loss = loss_arr.astype(np.float64)
         grad_arr = None if grad is None else np.asarray(grad, dtype=np.float64)
     except (TypeError, ValueError):
-        return Outcome(error=f"returned a {type(out).__name__}, expected an array or a number")
+        return returned(out, "an array or a number")
     note = None if grad is not None else "no gradient returned (loss only)"
     return Outcome(loss, grad_arr, str(loss_arr.dtype), grad_note=note)
 

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from symce.checker.adapter import BACKENDS, call
-from symce.checker.battery import Result, Spec, battery, build, evaluate, shrink
+from symce.checker.adapter import BACKENDS, CheckUsageError, Outcome
+from symce.checker.battery import (
+    SHAPES,
+    Options,
+    Result,
+    Spec,
+    battery,
+    build,
+    detection_spec,
+    evaluate,
+    shrink,
+)
 from symce.checker.diagnosis import Evidence, diagnose
 from symce.checker.reference import REDUCTIONS, TARGETS
+from symce.checker.runner import DEFAULT_TIMEOUT, InProcess, Runner, ThreadRunner, make_runner
+
+#: The values of ``weight=``: ``"random"`` draws class weights for each case.
+WEIGHTS = ("random",)
+
+_IGNORE_NEEDS_INDICES = (
+    "ignore_index applies to class-index targets only (PyTorch refuses it with probabilities)"
+)
 
 
 @dataclass(repr=False)
@@ -25,15 +44,20 @@ class Report:
     results: list[Result]
     counterexample: Result | None = None
     diagnosis: list[str] = field(default_factory=list)
+    options: Options = Options()
+    shapes: tuple[str, ...] = ("2d",)
+    planned: int = 0  # cases in the battery
+    name_width: int = 0  # of the case-name column
+    stopped: str | None = None  # why the battery stopped early (a call that timed out)
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.results)
+        return self.stopped is None and all(r.passed for r in self.results)
 
     def __repr__(self) -> str:
         passed = sum(r.passed for r in self.results)
         verdict = "PASS" if self.passed else "FAIL"
-        return f"<Report {self.label}: {verdict}, {passed}/{len(self.results)} cases pass>"
+        return f"<Report {self.label}: {verdict}, {passed}/{self.planned} cases pass>"
 
     def __str__(self) -> str:
         from symce.checker.report import format_report
@@ -43,41 +67,94 @@ class Report:
 
 def detect_target(fn: Callable[..., Any], backend: str, reduction: str) -> tuple[str, str]:
     """Tell the target kind from first calls; say what was assumed and why."""
-    index = build(Spec("detect", 3, 5, targets="index"))
-    first = call(fn, backend, index.logits, index.target, "float64")
-    if first.error is None:
-        return "index", "assumed: the first call with class-index targets [N] succeeded"
-    soft = evaluate(fn, backend, build(Spec("detect", 3, 5, targets="normalised")), reduction)
-    if soft.outcome.error is not None:
+    target, note, _ = _detect(InProcess(fn, backend), reduction, Options(), ("2d",))
+    return target or "index", note
+
+
+def _detect(
+    runner: Runner, reduction: str, options: Options, shapes: tuple[str, ...]
+) -> tuple[str | None, str, Outcome | None]:
+    """``(target, note, a call that timed out)``; ``target`` is None when one did."""
+    first_shape = shapes[0]
+    index = build(detection_spec("index", options, shapes))
+    first = runner.call(index.logits, index.target, "float64", index.options)
+    if first.timed_out:
+        return None, "not told: the first call did not return", first
+    shown = _TARGET_SHAPES[first_shape]
+    if first.failure is None:
+        note = f"assumed: the first call with class-index targets {shown[0]} succeeded"
+        return "index", note, None
+    if first.failure != "raised":  # it ran: the target was accepted, the result is another matter
+        what = first.error.split(",")[0] if first.failure == "returned" else "died"
+        return "index", (
+            f"assumed: class-index targets {shown[0]} were accepted; the first call {what}"
+        ), None
+    soft = evaluate(runner, build(detection_spec("normalised", options, shapes)), reduction)
+    if soft.outcome.timed_out:
+        return None, "not told: the call with probability targets did not return", soft.outcome
+    if soft.outcome.failure == "raised":
         return "index", (
             "assumed, but it raised with class-index and with probability "
             "targets alike; pass --target"
-        )
+        ), None
     if soft.loss_ok:
         return "probs", (
-            "assumed: class-index targets were refused, probability targets [N, C] accepted"
-        )
-    onehot = evaluate(fn, backend, build(Spec("detect", 3, 5, targets="onehot")), reduction)
-    if onehot.loss_ok:
-        return "onehot", (
-            "assumed: [N, C] targets accepted, but only one-hot ones match "
-            "the reference; pass --target probs to check soft targets"
-        )
-    return "probs", "assumed: class-index targets were refused, [N, C] targets accepted"
+            f"assumed: class-index targets were refused, probability targets {shown[1]} accepted"
+        ), None
+    if soft.outcome.error is None:
+        onehot = evaluate(runner, build(detection_spec("onehot", options, shapes)), reduction)
+        if onehot.outcome.timed_out:
+            return None, "not told: the call with one-hot targets did not return", onehot.outcome
+        if onehot.loss_ok:
+            return "onehot", (
+                f"assumed: {shown[1]} targets accepted, but only one-hot ones match "
+                "the reference; pass --target probs to check soft targets"
+            ), None
+    return "probs", f"assumed: class-index targets were refused, {shown[1]} targets accepted", None
+
+
+#: first shape family → how class-index and probability targets look there
+_TARGET_SHAPES = {
+    "2d": ("[N]", "[N, C]"),
+    "kdim": ("[N, d1, ...]", "[N, C, d1, ...]"),
+    "unbatched": ("[] (a scalar)", "[C]"),
+}
 
 
 def check_implementation(
-    fn: Callable[..., Any],
+    fn: Callable[..., Any] | str,
     target: str | None = None,
     reduction: str = "mean",
     backend: str = "torch",
     label: str | None = None,
     seed: int = 0,
+    *,
+    weight: str | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float | None = None,
+    shapes: Sequence[str] | str = ("2d",),
+    timeout: float | None = DEFAULT_TIMEOUT,
+    progress: Callable[[str], None] | None = None,
 ) -> Report:
-    """Compare ``fn(logits, target)`` with the derived reference over the battery.
+    """Compare ``fn(logits, target, **options)`` with the derived reference over the battery.
 
+    ``fn`` is a callable or ``"PATH.py:NAME"`` (imported in the worker process).
     ``seed`` draws different random shapes and values (0 is what CI and the
-    examples use, so reports are reproducible).
+    examples use, so reports are reproducible).  The options of
+    ``nn.CrossEntropyLoss`` to cover are passed to ``fn`` as keyword arguments,
+    only those given: ``weight="random"`` (each case draws positive class
+    weights ``w`` and passes ``weight=w``, a tensor or array like the logits),
+    ``ignore_index=N`` (some rows of each class-index target are ``N``),
+    ``label_smoothing=EPS``.  ``shapes`` picks the input layouts: ``"2d"``
+    ``(N, C)``, ``"kdim"`` ``(N, C, d1, …)``, ``"unbatched"`` ``(C,)``, or
+    ``"all"``.
+
+    Each call has ``timeout`` seconds (``None``: no limit, called in this
+    process).  Past it the case fails, naming the limit, and the battery stops
+    there.  See :mod:`symce.checker.runner` for where the calls run.
+    ``progress`` receives each line of the report as soon as it is known (the
+    header, then one line per case as it finishes); the rest follows in
+    :func:`symce.checker.report.format_tail`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -85,13 +162,60 @@ def check_implementation(
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     if target is not None and target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-    with _one_thread():
-        return _check(fn, target, reduction, backend, label, seed)
+    options = _options(weight, ignore_index, label_smoothing)
+    if target in ("probs", "onehot") and ignore_index is not None:
+        raise CheckUsageError(_IGNORE_NEEDS_INDICES + f", and the target is {target}")
+    families = parse_shapes(shapes)
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if label is None:
+        label = fn if isinstance(fn, str) else getattr(fn, "__name__", type(fn).__name__)
+    with make_runner(fn, backend, timeout) as runner, _one_thread(runner):
+        run = _Run(runner, label, target, reduction, seed, options, families, progress)
+        return run.report()
+
+
+def _options(weight: Any, ignore_index: Any, label_smoothing: Any) -> Options:
+    if weight is not None and weight not in WEIGHTS:
+        raise ValueError(f"weight must be None or 'random', got {weight!r}")
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+    ):
+        raise ValueError(f"ignore_index must be an integer, got {ignore_index!r}")
+    if label_smoothing is not None:
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+            raise ValueError(f"label_smoothing must be a number, got {label_smoothing!r}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        label_smoothing = float(label_smoothing)
+    return Options(weight == "random", ignore_index, label_smoothing)
+
+
+def parse_shapes(shapes: Sequence[str] | str) -> tuple[str, ...]:
+    """``"2d,kdim"``, ``["2d", "kdim"]`` or ``"all"`` → the families, in the battery's order."""
+    names = shapes.split(",") if isinstance(shapes, str) else list(shapes)
+    names = [n.strip() for n in names if n.strip()]
+    if names == ["all"]:
+        return SHAPES
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown or not names:
+        raise ValueError(
+            f"shapes must be a comma-separated list of {', '.join(SHAPES)} or 'all', "
+            f"got {shapes!r}"
+        )
+    return tuple(s for s in SHAPES if s in names)
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """The battery's tensors are tiny: thread start-up and contention would dominate."""
+def _one_thread(runner: Runner) -> Iterator[None]:
+    """The battery's tensors are tiny: thread start-up and contention would dominate.
+
+    For the calls made in this process; a worker process sets its own.
+    """
+    here = isinstance(runner, (InProcess, ThreadRunner))
+    if not here or (runner.backend != "torch" and "torch" not in sys.modules):
+        yield
+        return
     import torch
 
     threads = torch.get_num_threads()
@@ -102,33 +226,100 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _check(
-    fn: Callable[..., Any],
-    target: str | None,
-    reduction: str,
-    backend: str,
-    label: str | None,
-    seed: int,
-) -> Report:
-    note = None
-    if target is None:
-        target, note = detect_target(fn, backend, reduction)
-    results = [evaluate(fn, backend, build(spec), reduction) for spec in battery(target, seed)]
-    report = Report(
-        label or getattr(fn, "__name__", type(fn).__name__),
-        backend,
-        target,
-        reduction,
-        note,
-        results,
-    )
-    failed = [r for r in results if not r.passed]
-    if failed:
+class _Run:
+    """One battery: detection, the cases (each line sent on when done), shrinking, diagnosis."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        label: str,
+        target: str | None,
+        reduction: str,
+        seed: int,
+        options: Options,
+        shapes: tuple[str, ...],
+        progress: Callable[[str], None] | None,
+    ):
+        self.runner, self.label, self.target = runner, label, target
+        self.reduction, self.seed, self.options, self.shapes = reduction, seed, options, shapes
+        self.progress = progress
+
+    def _emit(self, lines: list[str]) -> None:
+        if self.progress is not None:
+            for line in lines:
+                self.progress(line)
+
+    def report(self) -> Report:
+        from symce.checker.report import case_lines, header_lines
+
+        target, note, timed_out = self.target, None, None
+        if target is None:
+            target, note, timed_out = _detect(
+                self.runner, self.reduction, self.options, self.shapes
+            )
+        if target is not None and target != "index" and self.options.ignore_index is not None:
+            told = f" ({note})" if note else ""
+            raise CheckUsageError(f"{_IGNORE_NEEDS_INDICES}, and the target is {target}{told}")
+        specs = battery(target or "index", self.seed, self.options, self.shapes)
+        report = Report(
+            self.label,
+            self.runner.backend,
+            target or "index",
+            self.reduction,
+            note,
+            [],
+            options=self.options,
+            shapes=self.shapes,
+            planned=len(specs),
+            name_width=max(len(s.name) for s in specs),
+        )
+        self._emit(header_lines(report))
+        if timed_out is not None:
+            report.stopped = f"the first call (to tell the target kind) {timed_out.error}"
+            report.diagnosis = [self._timeout_sentence()]
+            return report
+        for spec in specs:
+            result = evaluate(self.runner, build(spec), self.reduction)
+            report.results.append(result)
+            self._emit(case_lines(report, result))
+            if result.outcome.timed_out:
+                report.stopped = f"case '{spec.name}' {result.outcome.error}"
+                report.diagnosis = [self._timeout_sentence()]
+                return report
+        failed = [r for r in report.results if not r.passed]
+        if failed:
+            report.counterexample = self._shrunk(failed[0])
+            report.diagnosis = diagnose(
+                Evidence(
+                    self.runner, self.reduction, target, report.results, self.options, self.shapes
+                )
+            )
+            if self.runner.spent:
+                report.diagnosis.append(
+                    f"a call made while shrinking or probing did not return within "
+                    f"{self.runner.timeout:g} s, so the counterexample may not be the "
+                    "smallest and the diagnosis may be incomplete"
+                )
+        return report
+
+    def _shrunk(self, first: Result) -> Result:
+        seen: dict[Spec, Result] = {}
 
         def fails(spec: Spec) -> bool:
-            return not evaluate(fn, backend, build(spec), reduction).passed
+            result = evaluate(self.runner, build(spec), self.reduction)
+            seen[spec] = result
+            return not result.passed and not result.outcome.timed_out
 
-        smallest = shrink(failed[0].case.spec, fails)
-        report.counterexample = evaluate(fn, backend, build(smallest), reduction)
-        report.diagnosis = diagnose(Evidence(fn, backend, reduction, target, results))
-    return report
+        smallest = shrink(first.case.spec, fails)
+        return seen.get(smallest, first)
+
+    def _timeout_sentence(self) -> str:
+        text = (
+            f"a call that does not return within {self.runner.timeout:g} s on inputs this "
+            "small is an endless loop, a wait that never ends (a lock, input(), a queue) or "
+            "pathologically slow; nothing more was run (raise the limit, --timeout or "
+            "timeout=, if it is only slow)"
+        )
+        if self.runner.abandoned:
+            text += "; the call was left running in a background thread of this process"
+        return text

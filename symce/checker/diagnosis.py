@@ -3,27 +3,36 @@
 Each rule looks at the evidence (every case's result, plus the ability to run
 the implementation on new inputs) and returns a sentence or ``None``; the
 rules are a list, tried in order, and every sentence found is reported.
+Mistakes with the options of ``nn.CrossEntropyLoss`` are a table of their
+own (:data:`MISTAKES`): each is the reference computed the mistaken way, and
+a mistake (or a pair) is named when it explains every failure.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from symce.checker.battery import Case, Result, Spec, build, evaluate, tolerances
-from symce.checker.reference import reduce, softmax
+from symce.checker.battery import Case, Options, Result, Spec, build, evaluate, tolerances
+from symce.checker.reference import from_coefficients, from_rows, softmax, to_rows
+
+if TYPE_CHECKING:
+    from symce.checker.runner import Runner
 
 
 @dataclass
 class Evidence:
-    fn: Callable[..., Any]
-    backend: str
+    runner: Runner
     reduction: str
     target: str  # index | probs | onehot
     results: list[Result]
+    options: Options = Options()
+    shapes: tuple[str, ...] = ("2d",)
 
     @property
     def failed(self) -> list[Result]:
@@ -34,14 +43,40 @@ class Evidence:
         """Failures where the implementation returned something comparable."""
         return [r for r in self.failed if r.outcome.error is None]
 
+    @property
+    def probes_2d(self) -> bool:
+        """Probes are [N, C]: only where the battery has such inputs."""
+        return "2d" in self.shapes
+
+    def rerun(
+        self, case: Case, logits: np.ndarray | None = None, target: np.ndarray | None = None
+    ) -> Result:
+        """``case`` again, with other logits or targets of the same shape."""
+        changed = dataclasses.replace(
+            case,
+            logits=case.logits if logits is None else logits,
+            target=case.target if target is None else target,
+        )
+        return evaluate(self.runner, changed, self.reduction)
+
     def run(self, logits: np.ndarray, target: np.ndarray, dtype: str = "float64") -> Result:
-        kind = "index" if target.dtype.kind in "iu" else "probs"
-        coeff = np.eye(logits.shape[1])[target] if kind == "index" else target
-        spec = Spec("probe", *logits.shape, dtype=dtype)
-        return evaluate(self.fn, self.backend, Case(spec, logits, target, coeff), self.reduction)
+        """A probe on ``[N, C]`` logits (unit class weights where weights are passed)."""
+        spec = Spec("probe", *logits.shape, dtype=dtype, options=self.options)
+        weight = np.ones(logits.shape[1]) if self.options.weight else None
+        return evaluate(self.runner, Case(spec, logits, target, weight), self.reduction)
 
     def one_hot_target(self, index: np.ndarray, classes: int) -> np.ndarray:
         return index if self.target == "index" else np.eye(classes)[index]
+
+
+def _reduced(case: Case, rows: np.ndarray, grad: np.ndarray, reduction: str):
+    """Per-row losses and gradients reduced as the case's reference is, in its layout."""
+    _, denominator = case.coefficients()
+    if reduction == "sum":
+        rows = np.asarray(rows.sum())
+    elif reduction == "mean":
+        rows, grad = np.asarray(rows.sum() / denominator), grad / denominator
+    return from_rows(rows, grad, case.rows()[2], reduction)
 
 
 Rule = Callable[[Evidence], "str | None"]
@@ -69,10 +104,95 @@ def _always_raises(ev: Evidence) -> str | None:
     return None
 
 
+#: a type returned instead of a loss → (what it is, what usually made it)
+_RETURN_TYPES = {
+    "None": ("None", "a missing return statement (or a function that only prints)"),
+    "str": ("a str, not a loss", "a formatted or printed value instead of the tensor"),
+    "float": (
+        "a Python float, not a tensor",
+        ".item() or float() cuts the loss off from autograd; return the tensor itself",
+    ),
+    "int": ("a Python int, not a tensor", "return the loss tensor itself"),
+    "list": (
+        "a list",
+        ".tolist() or a list of per-row losses; return one tensor (torch.stack the rows, "
+        "then reduce)",
+    ),
+    "tuple": ("a tuple", "return the loss alone (the torch backend takes the gradient itself)"),
+    "dict": ("a dict", "return the loss tensor itself, not a dict of outputs"),
+    "ndarray": (
+        "a NumPy array",
+        "the result left torch (.numpy() or NumPy arithmetic), so autograd cannot follow "
+        "it; compute with torch operations",
+    ),
+}
+
+
+def _died(ev: Evidence) -> str | None:
+    died = [r for r in ev.failed if r.outcome.failure == "died"]
+    if not died:
+        return None
+    names = ", ".join(f"'{r.case.spec.name}'" for r in died[:3])
+    names += ", ..." if len(died) > 3 else ""
+    return (
+        f"the process running it died on {len(died)} case(s) ({names}) instead of raising: a "
+        "crash in native code (a segfault in a C or CUDA extension), os._exit() or a kill "
+        "(out of memory?); a fresh process ran the cases after it"
+    )
+
+
+def _wrong_return_type(ev: Evidence) -> str | None:
+    """It ran, but what it returned is no loss at all: say which type, not 'it raised'."""
+    kinds = [r.outcome.returned for r in ev.failed if r.outcome.failure == "returned"]
+    if not kinds:
+        return None
+    name = max(set(kinds), key=kinds.count)
+    expected = "a torch.Tensor" if ev.runner.backend == "torch" else "an array or a number"
+    what, why = _RETURN_TYPES.get(name, (f"a {name}", f"{expected} was expected"))
+    where = "on every case" if len(kinds) == len(ev.results) else f"on {len(kinds)} cases"
+    return f"it returns {what} {where}: {why}"
+
+
+def _constant_result(ev: Evidence) -> str | None:
+    """The same value whatever the input: a placeholder, not a computation."""
+    values = [
+        r.outcome.loss for r in ev.results if r.outcome.error is None and r.outcome.loss is not None
+    ]
+    expected = [r.expected_loss for r in ev.results if r.outcome.error is None]
+    if len(values) < 3 or not ev.failed:
+        return None
+    flat = np.concatenate([np.ravel(v) for v in values])
+    if not np.all(flat == flat[0]) or np.allclose(np.concatenate([np.ravel(e) for e in expected]),
+                                                 flat[0]):
+        return None
+    dtypes = {r.outcome.dtype for r in ev.results if r.outcome.error is None}
+    integer = [d for d in dtypes if d and d.startswith(("int", "uint", "bool"))]
+    what = f"a constant {integer[0]} tensor" if integer else "a constant"
+    return (
+        f"it returns {what} ({flat[0]:g} in every case): the result depends on neither the "
+        "logits nor the targets (a placeholder such as torch.tensor(3), or a value computed "
+        "once and reused)"
+    )
+
+
+def _integer_result(ev: Evidence) -> str | None:
+    for r in ev.results:
+        dtype = r.outcome.dtype or ""
+        if r.outcome.error is None and dtype.startswith(("int", "uint", "bool")):
+            if _constant_result(ev):
+                return None  # said there, with the value
+            return (
+                f"it returns an integer tensor ({dtype}): a loss is floating point, and "
+                "an integer result has no gradient (a .long() / .int() cast, or integer "
+                "arithmetic on the targets?)"
+            )
+    return None
+
+
 def _wrong_shape(ev: Evidence) -> str | None:
     for r in ev.returned:
         got, want = r.outcome.loss, r.expected_loss
-        if got is None or got.size == want.size:
+        if got is None or got.size == want.size or r.case.logits.ndim != 2:
             continue
         n, c = r.case.logits.shape
         if got.shape == (n,) and want.shape == ():
@@ -95,7 +215,8 @@ def _wrong_shape(ev: Evidence) -> str | None:
 
 def _only_degenerate(ev: Evidence) -> str | None:
     def degenerate(r: Result) -> bool:
-        return 1 in r.case.logits.shape
+        s = r.case.spec
+        return (s.batched and s.rows == 1) or s.classes == 1 or 1 in s.dims
 
     if (
         ev.failed
@@ -187,10 +308,10 @@ def _unnormalised_only(ev: Evidence) -> str | None:
     )
     details = []
     for r in ev.returned:
-        x, c = r.case.logits, r.case.coeff
+        x, c = r.case.rows()[0], r.case.coeff
         q = softmax(x)
         lse = x.max(1) + np.log(np.exp(x - x.max(1, keepdims=True)).sum(1))
-        loss_n, grad_n = reduce(lse - (c * x).sum(1), q - c, ev.reduction)
+        loss_n, grad_n = _reduced(r.case, lse - (c * x).sum(1), q - c, ev.reduction)
         if r.outcome.grad is not None and _close(r.outcome.grad, grad_n):
             details.append(
                 "the gradient is q - p, but the derived gradient is "
@@ -206,13 +327,24 @@ def _unnormalised_only(ev: Evidence) -> str | None:
 
 def _only_single_rows(ev: Evidence) -> str | None:
     """Every single-row case passes; ordinary cases with several rows fail."""
-    single = [r for r in ev.results if r.case.logits.shape[0] == 1]
+    single = [r for r in ev.results if r.case.spec.row_count == 1]
     if not single or not all(r.passed for r in single) or not ev.failed:
         return None
     ordinary = [
-        r for r in ev.failed if r.case.spec.scale < 100 and r.case.spec.targets != "unnormalised"
+        r
+        for r in ev.failed
+        if r.case.spec.scale < 100
+        and r.case.spec.targets != "unnormalised"
+        and r.case.spec.classes > 1  # C = 1 is another rule's business
+        and r.outcome.failure != "died"
     ]
-    if not ordinary or _wrong_shape(ev) or _loss_factor(ev) or _grad_factor(ev):
+    if (
+        not ordinary
+        or _wrong_shape(ev)
+        or _loss_factor(ev)
+        or _grad_factor(ev)
+        or _option_mistakes(ev)
+    ):
         return None  # explained by another rule, said more precisely there
     return (
         "it passes for N = 1 and fails for N > 1: the rows interact; each row must be "
@@ -271,6 +403,15 @@ def _factor_labels(ratio: float, n: int, c: int) -> set[str]:
     return {h for h in hits if sum(np.isclose(values[h], v) for v in values.values()) == 1}
 
 
+def _named(label: str, ev: Evidence) -> str:
+    """``N`` is the mean's divisor: with weights or ignored rows, say which."""
+    if ev.target == "index" and ev.options.weight:
+        return label.replace("N", "sum(w[y])")
+    if ev.target == "index" and ev.options.ignore_index is not None:
+        return label.replace("N", "N (the rows not ignored)")
+    return label
+
+
 def _constant_factor(ev: Evidence, what: str) -> str | None:
     ratios: list[float] = []
     common: set[str] | None = None
@@ -288,13 +429,14 @@ def _constant_factor(ev: Evidence, what: str) -> str | None:
         if ratio is None:
             return None  # not a constant multiple in this case
         ratios.append(ratio)
-        n, c = r.case.logits.shape
-        if n > 1 and c > 1 and n != c:  # only there can N and C be told apart
+        # N: what the mean divides by (sum(w[y]) over the rows not ignored, with options)
+        n, c = r.case.coefficients()[1], r.case.spec.classes
+        if n > 1 and c > 1 and not np.isclose(n, c):  # only there can N and C be told apart
             labels = _factor_labels(ratio, n, c)
             common = labels if common is None else common & labels
     if common:
         label, _, why = next(f for f in _FACTORS if f[0] in common)
-        return f"the {what} is {label} times the reference: {why}"
+        return f"the {what} is {_named(label, ev)} times the reference: {why}"
     if (
         len(ratios) > 1
         and np.allclose(ratios, ratios[0], rtol=1e-5)
@@ -338,7 +480,7 @@ def _offset(ev: Evidence, r: Result) -> str:
     """Describe a loss error that the gradient does not see."""
     got = r.outcome.loss.reshape(r.expected_loss.shape)
     diff = got - r.expected_loss
-    moved = ev.run(r.case.logits + 0.5, r.case.target, r.case.spec.dtype)
+    moved = ev.rerun(r.case, logits=r.case.logits + 0.5)
     if moved.outcome.error is None and moved.outcome.loss is not None:
         diff2 = moved.outcome.loss.reshape(diff.shape) - moved.expected_loss
         if not np.allclose(diff, diff2, rtol=1e-6, atol=1e-9):
@@ -349,7 +491,7 @@ def _offset(ev: Evidence, r: Result) -> str:
     c = r.case.coeff
     with np.errstate(all="ignore"):
         entropy_rows = -np.where(c > 0, c * np.log(np.where(c > 0, c, 1.0)), 0.0).sum(1)
-    entropy, _ = reduce(entropy_rows, c, ev.reduction)
+    entropy, _ = _reduced(r.case, entropy_rows, c, ev.reduction)
     if np.any(np.abs(entropy) > 1e-9) and np.allclose(diff, -entropy, rtol=1e-6, atol=1e-9):
         return (
             "it differs by exactly -H(p), the target entropy: this is KL(p||q), "
@@ -360,7 +502,15 @@ def _offset(ev: Evidence, r: Result) -> str:
 
 # -- probes -----------------------------------------------------------------
 def _eps_in_log(ev: Evidence) -> str | None:
-    """A target class of tiny probability: the true loss is large, a clamp saturates."""
+    """A target class of tiny probability: the true loss is large, a clamp saturates.
+
+    Only where the loss is right at an ordinary probability: a constant is no clamp.
+    """
+    if not ev.probes_2d:
+        return None
+    fair = ev.run(np.array([[0.0, 0.0, -2.0]]), ev.one_hot_target(np.array([2]), 3))
+    if not _close(fair.outcome.loss, fair.expected_loss, rtol=1e-6):
+        return None
     values = []
     for gap in (60.0, 80.0):
         x = np.array([[0.0, 0.0, -gap]])
@@ -383,11 +533,11 @@ def _eps_in_log(ev: Evidence) -> str | None:
 def _batch_axis_softmax(ev: Evidence) -> str | None:
     for r in ev.returned:
         x, c = r.case.logits, r.case.coeff
-        if x.shape[0] < 2 or r.loss_ok:
+        if x.ndim != 2 or x.shape[0] < 2 or r.loss_ok:
             continue
         with np.errstate(all="ignore"):
             rows = -(c * np.log(softmax(x, axis=0))).sum(1)
-        loss0, _ = reduce(rows, c, ev.reduction)
+        loss0, _ = _reduced(r.case, rows, c, ev.reduction)
         if _close(r.outcome.loss, loss0):
             return (
                 "the loss is what a softmax over the batch axis (dim=0) gives: the "
@@ -399,11 +549,13 @@ def _batch_axis_softmax(ev: Evidence) -> str | None:
 
 def _rows_mix(ev: Evidence) -> str | None:
     """Changing one row must not change the other rows' losses or gradients."""
-    case = build(Spec("rows", 4, 5, targets="index" if ev.target == "index" else "onehot", seed=7))
-    a = ev.run(case.logits, case.target)
+    if not ev.probes_2d:
+        return None
+    case = build(Spec("rows", 4, 5, targets=_probe_targets(ev), seed=7, options=ev.options))
+    a = ev.rerun(case)
     x = case.logits.copy()
     x[0] += np.array([2.0, -1.0, 0.5, 0.0, -3.0])
-    b = ev.run(x, case.target)
+    b = ev.rerun(case, logits=x)
     if a.outcome.error or b.outcome.error:
         return None
     if ev.reduction == "none":
@@ -423,10 +575,12 @@ def _rows_mix(ev: Evidence) -> str | None:
 
 def _row_order(ev: Evidence) -> str | None:
     """Permuting the rows (logits and targets together) must permute the result."""
-    case = build(Spec("perm", 5, 3, targets="index" if ev.target == "index" else "onehot", seed=11))
+    if not ev.probes_2d:
+        return None
+    case = build(Spec("perm", 5, 3, targets=_probe_targets(ev), seed=11, options=ev.options))
     perm = np.array([3, 0, 4, 1, 2])
-    a = ev.run(case.logits, case.target)
-    b = ev.run(case.logits[perm], case.target[perm])
+    a = ev.rerun(case)
+    b = ev.rerun(case, logits=case.logits[perm], target=case.target[perm])
     if a.outcome.error or b.outcome.error or a.outcome.loss is None:
         return None
     la, lb = a.outcome.loss, b.outcome.loss
@@ -443,16 +597,188 @@ def _row_order(ev: Evidence) -> str | None:
     return None
 
 
-def _close(got: np.ndarray | None, expected: np.ndarray) -> bool:
+# -- the options of nn.CrossEntropyLoss, computed the mistaken way -----------
+@dataclass(frozen=True)
+class Mistake:
+    """A usual way to get an option wrong: the reference computed that way.
+
+    ``group``: mistakes of one group exclude each other (two different
+    denominators), so they are never tried as a pair.
+    """
+
+    name: str
+    group: str
+    applies: Callable[[Evidence], bool]
+    sentence: str
+
+
+def _index_mean(ev: Evidence) -> bool:
+    return ev.target == "index" and ev.reduction == "mean"
+
+
+MISTAKES: list[Mistake] = [
+    Mistake(
+        "smoothing unweighted",
+        "smoothing",
+        lambda ev: ev.options.weight and bool(ev.options.label_smoothing),
+        "the label-smoothing term is not multiplied by the class weights; PyTorch weights "
+        "it too: c = (1-eps)*w[y]*onehot(y) + (eps/C)*w for class indices, "
+        "c = w*((1-eps)*p + eps/C) for probabilities",
+    ),
+    Mistake(
+        "ignored rows smoothed",
+        "ignored",
+        lambda ev: ev.target == "index"
+        and ev.options.ignore_index is not None
+        and bool(ev.options.label_smoothing),
+        "ignored rows still pay the label-smoothing term (eps/C)*sum(w*(-log q)): the "
+        "ignore_index mask must cover the smoothing term too, not only the target's term",
+    ),
+    Mistake(
+        "mean over rows",
+        "denominator",
+        lambda ev: _index_mean(ev) and ev.options.weight,
+        "the weighted mean divides by the number of rows; PyTorch divides by sum(w[y]) over "
+        "the rows that are not ignored (a reduction='none' result then .mean() does this: "
+        "divide its sum by weight[target].sum() instead)",
+    ),
+    Mistake(
+        "mean over all rows",
+        "denominator",
+        lambda ev: _index_mean(ev) and ev.options.ignore_index is not None,
+        "the mean divides by all rows, ignored ones included; it must divide by the rows "
+        "that are not ignored (by sum(w[y]) over them, with class weights)",
+    ),
+    Mistake(
+        "no smoothing",
+        "smoothing",
+        lambda ev: bool(ev.options.label_smoothing),
+        "label_smoothing has no effect: it matches the loss without smoothing",
+    ),
+    Mistake(
+        "no weights",
+        "weights",
+        lambda ev: ev.options.weight,
+        "the class weights have no effect: it matches the unweighted loss",
+    ),
+    Mistake(
+        "kdim reshape",
+        "layout",
+        lambda ev: "kdim" in ev.shapes,
+        "for K-dimensional inputs it matches logits.reshape(-1, C) without moving the class "
+        "axis last, so a row mixes classes and positions: use "
+        "logits.movedim(1, -1).reshape(-1, C) (and the target flattened in the same order)",
+    ),
+    Mistake(
+        "kdim last axis",
+        "layout",
+        lambda ev: "kdim" in ev.shapes,
+        "for K-dimensional inputs it matches a softmax over the last axis: the classes are "
+        "axis 1 of (N, C, d1, ...); take log_softmax(logits, dim=1)",
+    ),
+]
+
+
+def mistaken(
+    case: Case, reduction: str, names: frozenset[str]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(loss, grad)`` of ``case`` with the mistakes ``names`` made (see :data:`MISTAKES`).
+
+    ``grad`` is None where only the loss is worked out (a softmax over the wrong axis).
+    """
+    x, t, layout = case.rows()
+    restore = layout.restore
+    classes = layout.classes
+    if "kdim reshape" in names and len(layout.shape) > 2:
+        x = case.logits.reshape(-1, classes)
+        t = case.target.reshape(-1) if case.kind == "index" else case.target.reshape(-1, classes)
+
+        def restore(rows: np.ndarray) -> np.ndarray:
+            return rows.reshape(layout.shape)
+
+    eps = 0.0 if "no smoothing" in names else case.smoothing
+    w = case.weight if case.weight is not None and "no weights" not in names else None
+    w = np.ones(classes) if w is None else w
+    smooth = (eps / classes) * (np.ones(classes) if "smoothing unweighted" in names else w)
+    if case.kind == "index":
+        kept = np.ones(t.shape, bool) if case.ignore_index is None else t != case.ignore_index
+        y = np.where(kept, t, 0)
+        c = (1.0 - eps) * w[y][:, None] * np.eye(classes)[y] + smooth
+        c[~kept] = smooth if "ignored rows smoothed" in names else 0.0
+        denominator = float(w[y][kept].sum())
+        if "mean over rows" in names:
+            denominator = float(kept.sum())
+        if "mean over all rows" in names:
+            denominator = float(len(t))
+    else:
+        c = w * (1.0 - eps) * t + smooth
+        denominator = float(len(t))
+    if "kdim last axis" in names and len(layout.shape) > 2:
+        return _last_axis_loss(case, c, reduction, denominator), None
+    loss, grad = from_coefficients(x, c, reduction, denominator)
+    if reduction == "none":
+        loss = loss.reshape(layout.positions)
+    return loss, restore(grad)
+
+
+def _last_axis_loss(case: Case, c: np.ndarray, reduction: str, denominator: float) -> np.ndarray:
+    """The loss when log_softmax runs over the last axis of ``(N, C, d1, ...)``."""
+    x = case.logits
+    m = x.max(axis=-1, keepdims=True)
+    logp = x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
+    logp_rows, _, layout = to_rows(logp, case.target, case.kind)
+    rows = -(c * logp_rows).sum(axis=1)
+    if reduction == "none":
+        return rows.reshape(layout.positions)
+    return np.asarray(rows.sum() if reduction == "sum" else rows.sum() / denominator)
+
+
+def _option_mistakes(ev: Evidence) -> list[str]:
+    """The mistake, or pair of mistakes, that explains every failure that returned a loss."""
+    candidates = [m for m in MISTAKES if m.applies(ev)]
+    if not candidates or not ev.returned:
+        return []
+    combos = [(m,) for m in candidates] + [
+        pair for pair in itertools.combinations(candidates, 2) if pair[0].group != pair[1].group
+    ]
+    for combo in combos:
+        names = frozenset(m.name for m in combo)
+        if all(_explained(r, mistaken(r.case, ev.reduction, names)) for r in ev.returned):
+            return [m.sentence for m in combo]
+    return []
+
+
+def _explained(r: Result, expected: tuple[np.ndarray, np.ndarray | None]) -> bool:
+    loss_tol, grad_tol = tolerances(r.case, r.reduction)
+    pairs = [(r.outcome.loss, expected[0], loss_tol)]
+    if r.outcome.grad is not None and expected[1] is not None:
+        pairs.append((r.outcome.grad, expected[1], grad_tol))
+    for got, want, tol in pairs:
+        if got is None or got.size != want.size:
+            return False
+        if not np.all(np.abs(got.reshape(want.shape) - want) <= 4 * tol):
+            return False
+    return True
+
+
+def _probe_targets(ev: Evidence) -> str:
+    return "index" if ev.target == "index" else "onehot"
+
+
+def _close(got: np.ndarray | None, expected: np.ndarray, rtol: float = 1e-7) -> bool:
     if got is None or got.size != expected.size:
         return False
     g = got.reshape(expected.shape)
-    return bool(np.all(np.isfinite(g))) and np.allclose(g, expected, rtol=1e-7, atol=1e-10)
+    return bool(np.all(np.isfinite(g))) and np.allclose(g, expected, rtol=rtol, atol=1e-10)
 
 
 #: Tried in order; every rule that recognises something contributes a sentence.
 RULES: list[Rule] = [
     _always_raises,
+    _died,
+    _wrong_return_type,
+    _constant_result,
+    _integer_result,
     _raised_shape_error,
     _wrong_shape,
     _only_degenerate,
@@ -475,6 +801,10 @@ RULES: list[Rule] = [
 def diagnose(ev: Evidence) -> list[str]:
     """Every sentence the rules find for the failures in ``ev``."""
     found = []
+    try:
+        found += _option_mistakes(ev)
+    except Exception:  # as below: a diagnosis never turns into a traceback
+        pass
     for rule in RULES:
         try:
             text = rule(ev)
@@ -485,4 +815,4 @@ def diagnose(ev: Evidence) -> list[str]:
     return found
 
 
-__all__ = ["Evidence", "RULES", "diagnose"]
+__all__ = ["MISTAKES", "RULES", "Evidence", "Mistake", "diagnose", "mistaken"]

@@ -1,4 +1,10 @@
-"""The text of a report: one line per case, then the counterexample and diagnosis."""
+"""The text of a report: a header, one line per case, then the counterexample and diagnosis.
+
+The three parts are separate so that ``symce check`` can print the header and
+each case's line as soon as it is known (:func:`header_lines`,
+:func:`case_lines`) and the rest at the end (:func:`format_tail`);
+``str(report)`` is the three together.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +17,39 @@ _INDENT = "    "
 
 
 def format_report(report: Report) -> str:
+    lines = header_lines(report)
+    for r in report.results:
+        lines += case_lines(report, r)
+    return "\n".join([*lines, format_tail(report)])
+
+
+def header_lines(report: Report) -> list[str]:
     target = report.target + (f" ({report.target_note})" if report.target_note else "")
     lines = [
         f"symce check {report.label}",
         f"  backend {report.backend}, target {target}, reduction {report.reduction}",
     ]
-    width = max(len(r.case.spec.name) for r in report.results)
-    for r in report.results:
-        status = "PASS" if r.passed else "FAIL"
-        lines.append(f"  {status}  {r.case.spec.name:<{width}}  {r.case.spec.describe()}")
-        lines += [f"{_INDENT}      {p}" for p in r.problems]
+    if report.options or report.shapes != ("2d",):
+        shapes = ", ".join(_SHAPE_NAMES[s] for s in report.shapes)
+        lines.append(f"  called as {report.options.describe()}; inputs {shapes}")
+    return lines
+
+
+_SHAPE_NAMES = {"2d": "(N, C)", "kdim": "(N, C, d1, ...)", "unbatched": "(C,)"}
+
+
+def case_lines(report: Report, r: Result) -> list[str]:
+    status = "PASS" if r.passed else "FAIL"
+    width = report.name_width or len(r.case.spec.name)
+    return [
+        f"  {status}  {r.case.spec.name:<{width}}  {r.case.describe()}",
+        *[f"{_INDENT}      {p}" for p in r.problems],
+    ]
+
+
+def format_tail(report: Report) -> str:
+    """Everything after the case lines: notes, counterexample, diagnosis, verdict."""
+    lines = []
     if any(r.outcome.grad is None and r.passed for r in report.results):
         lines.append("  note: no gradient returned, so only the loss was checked")
     failed = [r for r in report.results if not r.passed]
@@ -30,26 +59,34 @@ def format_report(report: Report) -> str:
         lines += ["", "diagnosis:", *[f"  - {d}" for d in report.diagnosis]]
     elif failed:
         lines += ["", "diagnosis: none recognised; compare the values above"]
-    total = len(report.results)
-    verdict = (
-        f"PASS: all {total} cases agree with the derived reference"
-        if not failed
-        else f"FAIL: {len(failed)} of {total} cases disagree with the derived reference"
-    )
+    total = report.planned
+    if report.stopped:
+        run = len(report.results)
+        when = f"after {run} of {total} cases" if run else f"before the first of {total} cases"
+        verdict = f"FAIL: {report.stopped}; the battery was stopped {when}"
+    elif not failed:
+        verdict = f"PASS: all {total} cases agree with the derived reference"
+    else:
+        verdict = f"FAIL: {len(failed)} of {total} cases disagree with the derived reference"
     lines += ["", verdict]
     return "\n".join(lines)
 
 
 def _counterexample(first: Result, r: Result) -> list[str]:
     s, f = r.case.spec, first.case.spec
-    shrunk = "" if s == f else f", shrunk from N={f.rows} C={f.classes}"
+    shrunk = "" if s == f else f", shrunk from {f.shape_text()}"
     lines = [
-        f"first failure: case '{f.name}'{shrunk}; counterexample N={s.rows} C={s.classes}:",
+        f"first failure: case '{f.name}'{shrunk}; counterexample {s.shape_text()}:",
         f"  logits ({s.dtype}):",
         *_array(r.case.logits),
         "  target:",
         *_array(r.case.target),
     ]
+    if r.case.weight is not None:
+        lines += ["  weight:", *_array(r.case.weight)]
+    options = {k: v for k, v in r.case.options.items() if k != "weight"}
+    if options:
+        lines.append("  " + ", ".join(f"{k}={v}" for k, v in options.items()))
     out = r.outcome
     if out.error:
         return [*lines, f"  {out.error}"]

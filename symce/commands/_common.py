@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
+from symce.commands.errors import UsageError
 from symce.losses import get_loss, list_losses
 
 
@@ -27,3 +30,29 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def output_folder(path: Path, option: str = "--out") -> Path:
+    """``path`` made ready to write into, before any work; a ``UsageError`` otherwise.
+
+    A missing folder is created (with its parents).  An existing file, a place
+    where a folder cannot be created, or a folder that cannot be written is
+    refused: found by trying, so it holds for root and for read-only mounts too.
+    """
+    try:
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{option} {path}: is a file, not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot create the folder ({_reason(exc)})") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = _reason(exc)
+        raise UsageError(f"{option} {path}: cannot write into the folder ({reason})") from None
+    return path
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

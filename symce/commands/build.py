@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from symce.api import derive
+from symce.commands._common import output_folder
 from symce.commands.doc import document_name
 from symce.losses import list_losses
 
@@ -31,14 +32,15 @@ def generated_files() -> dict[str, str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("generated"),
-                        help="output folder (default: generated)")
+                        help="output folder, created if missing; a file or an unwritable "
+                        "folder is refused before any work (default: generated)")
 
 
 def run(args: argparse.Namespace) -> int:
+    output_folder(args.out)  # refused in a moment, not after seconds of deriving
     start = time.perf_counter()
     print("building documents and modules ...", file=sys.stderr)
     files = generated_files()
-    args.out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         path = args.out / name
         path.write_text(text, encoding="utf-8")

@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 
 from symce.api import derive
-from symce.commands._common import add_loss_argument, checked_loss
+from symce.commands._common import add_loss_argument, checked_loss, output_folder
+from symce.commands.errors import CommandFailure
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -18,18 +19,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("tex", "md", "pdf"), default="tex",
                         help="tex (LaTeX source), md (Markdown) or pdf (needs pdflatex)")
     parser.add_argument("--out", type=Path, default=Path("."),
-                        help="output folder (default: current folder)")
+                        help="output folder, created if missing; a file or an unwritable "
+                        "folder is refused before any work (default: current folder)")
 
 
 def document_name(loss: str, fmt: str) -> str:
     return f"{loss}_derivation.{fmt}"
 
 
-def compile_pdf(tex: str, target: Path) -> Path:
-    """Run pdflatex twice in a scratch folder; copy the PDF to ``target``."""
+def find_pdflatex() -> str:
+    """The pdflatex executable, or a ``CommandFailure`` that says how to get one."""
     pdflatex = shutil.which("pdflatex")
     if pdflatex is None:
-        raise ValueError("pdflatex not found: install TeX Live (texlive-latex-base) for PDFs")
+        raise CommandFailure(
+            "pdflatex not found: install TeX Live (texlive-latex-base) for PDFs, "
+            "or write --format tex"
+        )
+    return pdflatex
+
+
+def compile_pdf(tex: str, target: Path) -> Path:
+    """Run pdflatex twice in a scratch folder; copy the PDF to ``target``."""
+    pdflatex = find_pdflatex()
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / f"{target.stem}.tex"
         source.write_text(tex, encoding="utf-8")
@@ -40,14 +51,18 @@ def compile_pdf(tex: str, target: Path) -> Path:
             )
             if proc.returncode != 0:
                 tail = "\n".join(proc.stdout.splitlines()[-15:])
-                raise ValueError(f"pdflatex failed on {source.name}:\n{tail}")
+                raise CommandFailure(
+                    f"pdflatex failed on {source.name}; the end of its log:\n{tail}"
+                )
         shutil.copyfile(source.with_suffix(".pdf"), target)
     return target
 
 
 def run(args: argparse.Namespace) -> int:
     loss = checked_loss(args.loss)
-    args.out.mkdir(parents=True, exist_ok=True)
+    output_folder(args.out)
+    if args.format == "pdf":
+        find_pdflatex()  # before the derivation, not after it
     print(f"deriving {loss} and checking every step ...", file=sys.stderr)
     derivation = derive(loss)
     target = args.out / document_name(loss, args.format)

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+from symce.commands.errors import CommandFailure, UsageError
 from symce.losses import get_loss, list_losses
 from symce.verify.losses import (
     LossCase,
@@ -37,19 +38,27 @@ BACKENDS = ("numpy", "torch", "triton")
 
 
 def load_module(path: Path) -> ModuleType:
-    """Import a generated module from its file (it need not be on sys.path)."""
+    """Import a generated module from its file (it need not be on sys.path).
+
+    A missing file is a ``UsageError`` (a wrong ``--dir``); one that does not
+    import is a ``CommandFailure`` naming the error.
+    """
     if not path.is_file():
-        raise ValueError(f"{path} does not exist; run `symce build` first")
+        raise UsageError(f"{path} does not exist; run `symce build` first (or pass --dir)")
     spec = importlib.util.spec_from_file_location(f"symce_generated_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise CommandFailure(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     return module
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", type=Path, default=Path("generated"),
                         help="folder holding the generated modules (default: generated)")
-    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
+    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all",
+                        help="which generated modules to check (default: all)")
     parser.add_argument("--loss", action="append", default=None, metavar="NAME",
                         help="a registered loss (repeatable; default: every registered loss)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print failures only")
@@ -114,6 +123,9 @@ class _Tally:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.dir.is_dir():
+        what = "is a file, not a folder" if args.dir.exists() else "no such folder"
+        raise UsageError(f"--dir {args.dir}: {what}")
     losses = args.loss or list(list_losses())
     for name in losses:
         get_loss(name)  # an unknown loss is a usage error before any output
@@ -124,10 +136,8 @@ def run(args: argparse.Namespace) -> int:
         for backend in backends:
             if backend == "triton" and not triton_ok:
                 continue
-            path = args.dir / f"{name}_{backend}.py"
-            if not path.is_file():
-                raise ValueError(f"{path} does not exist; run `symce build` first")
-            plan.append((name, backend, path))
+            # every module imported before any output: a bad --dir is one line
+            plan.append((name, backend, load_module(args.dir / f"{name}_{backend}.py")))
     if "triton" in backends and not triton_ok:
         print(f"note   triton: not checked ({why_not})")
     tally = _Tally(args.quiet)
@@ -137,10 +147,9 @@ def run(args: argparse.Namespace) -> int:
         for case in loss_cases(name):
             if case.dtype == "float64":
                 tally.run("derivation", name, case, check_derivation)
-        for loss_name, backend, path in plan:
+        for loss_name, backend, module in plan:
             if loss_name != name:
                 continue
-            module = load_module(path)
             cases = loss_cases(name) + (half_cases(name) if backend != "numpy" else ())
             for label, compiled in _paths(module, backend):
                 if compiled is not None:

@@ -25,3 +25,46 @@ def exits(logits, target):
     import sys
 
     sys.exit(3)
+
+
+def hangs(logits, target):
+    """Never returns: a busy loop, as a real bug spins."""
+    while True:
+        pass
+
+
+def hangs_at_one_class(logits, target):
+    """Correct, except that it never returns for C = 1 (the battery's third case)."""
+    if logits.shape[1] == 1:
+        while True:
+            pass
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+def crashes_at_one_class(logits, target):
+    """Correct, except that the process dies for C = 1 (a segfault in a C extension, say)."""
+    if logits.shape[1] == 1:
+        import os
+
+        os._exit(7)
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+def returns_str(logits, target):
+    return f"{torch.nn.functional.cross_entropy(logits, target).item():.4f}"
+
+
+def returns_float(logits, target):
+    return torch.nn.functional.cross_entropy(logits, target).item()
+
+
+def returns_none(logits, target):
+    torch.nn.functional.cross_entropy(logits, target)  # forgot the return
+
+
+def returns_list(logits, target):
+    return torch.nn.functional.cross_entropy(logits, target, reduction="none").tolist()
+
+
+def returns_int_tensor(logits, target):
+    return torch.tensor(3)

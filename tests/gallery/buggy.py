@@ -110,3 +110,47 @@ def numpy_loss_only_naive(logits, target):
     """NumPy, loss only: no max shift, and a sum where the mean was meant."""
     e = np.exp(logits)
     return -np.log(e[np.arange(len(target)), target] / e.sum(axis=1)).sum()
+
+
+# -- the options of nn.CrossEntropyLoss (run with the matching --weight, --ignore-index,
+#    --label-smoothing, --shapes); each is right without the option it gets wrong
+
+
+def smoothing_ignores_weights(logits, target, weight=None, label_smoothing=0.0):
+    """Label smoothing spread as eps/C whatever the class weights (the weighted NLL is right)."""
+    logp = F.log_softmax(logits, dim=1)
+    w = torch.ones(logits.shape[1], dtype=logits.dtype) if weight is None else weight
+    nll = F.nll_loss(logp, target, weight=w, reduction="sum")
+    smooth = -logp.sum() / logits.shape[1]  # should be -(logp * w).sum() / C
+    return ((1 - label_smoothing) * nll + label_smoothing * smooth) / w[target].sum()
+
+
+def weighted_mean_over_rows(logits, target, weight=None):
+    """Per-row weighted losses, then .mean(): divides by N instead of sum(w[target])."""
+    return F.cross_entropy(logits, target, weight=weight, reduction="none").mean()
+
+
+def ignored_rows_pay_smoothing(logits, target, ignore_index=-100, label_smoothing=0.0):
+    """The NLL term masks ignored rows, the smoothing term does not."""
+    logp = F.log_softmax(logits, dim=1)
+    kept = target != ignore_index
+    nll = F.nll_loss(logp, target, ignore_index=ignore_index, reduction="sum")
+    smooth = -logp.sum() / logits.shape[1]  # over every row, ignored ones included
+    return ((1 - label_smoothing) * nll + label_smoothing * smooth) / kept.sum()
+
+
+def mean_counts_ignored_rows(logits, target, ignore_index=-100):
+    """Per-row losses (ignored rows 0), then .mean(): ignored rows are counted."""
+    return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none").mean()
+
+
+def kdim_reshape_without_movedim(logits, target):
+    """K-dim inputs flattened with reshape(-1, C): the class axis is not moved last first."""
+    classes = logits.shape[1]
+    return F.cross_entropy(logits.reshape(-1, classes), target.reshape(-1))
+
+
+def kdim_softmax_last_axis(logits, target):
+    """log_softmax over the last axis: right for (N, C), wrong for (N, C, d1, ...)."""
+    logp = F.log_softmax(logits, dim=-1)
+    return F.nll_loss(logp, target)

@@ -89,3 +89,22 @@ def numpy_probs_with_grad(logits, target):
 def onehot_argmax(logits, target):
     """One-hot targets only (it takes their argmax)."""
     return F.cross_entropy(logits, target.argmax(dim=1))
+
+
+def every_option(logits, target, weight=None, ignore_index=-100, label_smoothing=0.0):
+    """Every option of nn.CrossEntropyLoss by hand, mean; (C,), (N, C) and (N, C, d1, ...)."""
+    if logits.dim() == 1:  # unbatched: a batch of one
+        return every_option(logits[None], target[None], weight, ignore_index, label_smoothing)
+    classes = logits.shape[1]
+    logp = torch.log_softmax(logits, dim=1).movedim(1, -1).reshape(-1, classes)
+    w = torch.ones(classes, dtype=logits.dtype) if weight is None else weight
+    eps = label_smoothing
+    if target.dtype == torch.int64:  # class indices; ignored rows cost nothing and do not count
+        t = target.reshape(-1)
+        kept = t != ignore_index
+        y = torch.where(kept, t, torch.zeros_like(t))
+        c = (1 - eps) * w[y, None] * F.one_hot(y, classes).to(logits.dtype) + eps / classes * w
+        c = c * kept[:, None]
+        return -(c * logp).sum() / w[y][kept].sum()
+    p = target.movedim(1, -1).reshape(-1, classes)
+    return -(w * ((1 - eps) * p + eps / classes) * logp).sum() / len(p)
