@@ -5,9 +5,9 @@ raises, so equality is decided by a fixed pipeline that steers SymPy:
 
 1. evaluate each derivative: substitute the definitions of the symbols that
    depend on the variable (the loss's terms, ``q``, ``ℓ``, ``x = φ(u)``, the
-   teacher's ``c``), differentiate, ``doit()`` (which sifts ``Σ_j δ_jk f_j``
-   to ``Piecewise((f_k, 1 ≤ k ≤ n), …)``), drop each ``Piecewise`` whose
-   condition the index range ``1 ≤ k ≤ n`` decides, and fold the result back
+   teacher's ``c``), differentiate, make sums linear and sift
+   ``Σ_j f_j δ_jk = f_k`` (the index range ``1 ≤ k ≤ n`` is a standing fact),
+   and fold the result back
    into the vocabulary (``e^{x_a} = q_a e^ℓ``, ``u_a = φ⁻¹(x_a)``);
 2. apply the step's named assumptions (``Σc = 1``; ``c > 0``), and nothing
    else: logarithms are expanded only where positivity holds (``q``, sums of
@@ -177,7 +177,7 @@ class SymbolicContext(Context):
         for var, count in d.variable_count:
             f = self._substitute(f, var)
             f = sp.diff(f, (var, count))
-            f = self._fold(_linearise(self._drop_piecewise(f.doit())))
+            f = self._fold(self._sift(f))
         self._cache[d] = f
         return f
 
@@ -208,7 +208,17 @@ class SymbolicContext(Context):
         return expr.replace(lambda t: isinstance(t, sp.Piecewise), pick)
 
     def _sift(self, expr: sp.Expr) -> sp.Expr:
-        return _linearise(self._drop_piecewise(_linearise(expr).doit()))
+        """Sums made linear and ``Σ_j f_j δ_ja = f_a`` (the index range: ``1 ≤ a ≤ n``).
+
+        By hand rather than ``Sum.doit()``, which also tries (Gosper's
+        algorithm) to find closed forms of every other sum: seconds each,
+        for sums that have none.  What ``doit`` would leave is a ``Piecewise``
+        on ``1 ≤ a ≤ n``, which the standing index range decides the same way.
+        """
+        expr = _linearise(expr)
+        if expr.has(sp.Derivative):
+            expr = _linearise(self._drop_piecewise(expr.doit()))
+        return _linearise(_sift_deltas(expr))
 
     def _zero(self, e: sp.Expr, assumptions: Sequence[str]) -> bool:
         """``e = 0`` with every remaining sum as an independent atom."""
@@ -278,6 +288,26 @@ def _canonical_sum_bodies(expr: sp.Expr) -> sp.Expr:
         return sp.Sum(sp.factor_terms(sp.cancel(sp.together(f))), *s.limits)
 
     return expr.replace(lambda t: isinstance(t, sp.Sum), body)
+
+
+def _sift_deltas(expr: sp.Expr) -> sp.Expr:
+    """``Σ_j f_j δ_ja → f_a`` in every (linear) sum whose body has the factor ``δ_ja``."""
+    if not expr.has(sp.KroneckerDelta):
+        return expr
+    if isinstance(expr, sp.Sum) and len(expr.limits) == 1:
+        (j, _, _), = expr.limits
+        body = _sift_deltas(expr.function)
+        factors = sp.Mul.make_args(body)
+        for f in factors:
+            if isinstance(f, sp.KroneckerDelta) and j in f.args and f.args[0] != f.args[1]:
+                (other,) = set(f.args) - {j}
+                if not other.has(j):
+                    rest = sp.Mul(*[g for g in factors if g is not f])
+                    return rest.xreplace({j: other})
+        return sp.Sum(body, *expr.limits)
+    if expr.is_Atom or not expr.args:
+        return expr
+    return expr.func(*[_sift_deltas(a) for a in expr.args])
 
 
 def _linearise(expr: sp.Expr) -> sp.Expr:
