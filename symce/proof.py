@@ -30,7 +30,11 @@ class Step:
     ``name`` is a stable identifier (``"jacobian"``), ``title`` the heading a
     document shows, ``rule`` the justification in words, ``assumptions`` the
     names of the context's assumptions the step relies on beyond its standing
-    facts (see :attr:`Derivation.assumptions`).
+    facts (see :attr:`Derivation.assumptions`).  ``via``: expressions a
+    document shows between ``lhs`` and ``rhs`` (``lhs = via[0] = … = rhs``),
+    each link proved like the step itself; they may hold ``UnevaluatedExpr``
+    to keep a displayed form (``e^{x_k - m} / (e^{-m} Σ_j e^{x_j})``), which
+    the check evaluates.
     """
 
     name: str
@@ -39,6 +43,34 @@ class Step:
     rhs: Any
     rule: str
     assumptions: tuple[str, ...] = ()
+    via: tuple[Any, ...] = ()
+
+    def links(self) -> list[tuple[Any, Any]]:
+        """The equalities the step claims: ``lhs = via[0]``, …, ``via[-1] = rhs``."""
+        chain = [self.lhs, *self.via, self.rhs]
+        return [(evaluated(a), evaluated(b)) for a, b in zip(chain, chain[1:], strict=False)]
+
+
+def evaluated(expr: Any) -> Any:
+    """``expr`` with every ``UnevaluatedExpr`` (a display form) evaluated."""
+    seen: dict[int, bool] = {}
+    if isinstance(expr, sp.MatrixBase):
+        if not any(_displays(e, seen) for e in expr):
+            return expr
+        return sp.ImmutableMatrix(*expr.shape, [evaluated(e) for e in expr])
+    if isinstance(expr, sp.Basic) and _displays(expr, seen):
+        return expr.xreplace({u: u.args[0] for u in expr.atoms(sp.UnevaluatedExpr)})
+    return expr
+
+
+def _displays(expr: sp.Basic, seen: dict[int, bool]) -> bool:
+    """Whether ``expr`` holds an ``UnevaluatedExpr``; shared subtrees are looked at once
+    (the n² entries of a Hessian share each row's gradient)."""
+    key = id(expr)
+    if key not in seen:
+        seen[key] = isinstance(expr, sp.UnevaluatedExpr) or any(
+            _displays(a, seen) for a in expr.args)
+    return seen[key]
 
 
 @dataclass(frozen=True)
@@ -101,35 +133,40 @@ class Derivation:
     # -- checking -------------------------------------------------------
     def check(self) -> Derivation:
         """Re-prove every step; raise :class:`ProofError` at the first failure."""
+        from symce.progress import report
+
         for number, step in enumerate(self.steps, start=1):
+            report(f"checking step {number}/{len(self.steps)}: {step.name}")
             unknown = [a for a in step.assumptions if a not in self.context.assumptions]
             if unknown:
                 raise ProofError(
                     f"step {number} '{step.name}' uses unknown assumption(s) {unknown}"
                 )
-            try:
-                ok = self.context.equal(step.lhs, step.rhs, step.assumptions)
-            except ProofError:
-                raise
-            except Exception as exc:  # SymPy may raise on malformed input
-                raise ProofError(
-                    f"step {number} '{step.name}' ({step.rule}) could not be checked: {exc}"
-                ) from exc
-            if not ok:
-                raise ProofError(
-                    f"step {number} '{step.name}' does not follow: "
-                    f"{_short(step.lhs)} = {_short(step.rhs)} is not proved by "
-                    f"'{step.rule}' under assumptions {list(step.assumptions) or 'none'}"
-                )
-            self._check_assumptions_needed(number, step)
+            links = step.links()
+            for lhs, rhs in links:
+                try:
+                    ok = self.context.equal(lhs, rhs, step.assumptions)
+                except ProofError:
+                    raise
+                except Exception as exc:  # SymPy may raise on malformed input
+                    raise ProofError(
+                        f"step {number} '{step.name}' ({step.rule}) could not be checked: {exc}"
+                    ) from exc
+                if not ok:
+                    raise ProofError(
+                        f"step {number} '{step.name}' does not follow: "
+                        f"{_short(lhs)} = {_short(rhs)} is not proved by "
+                        f"'{step.rule}' under assumptions {list(step.assumptions) or 'none'}"
+                    )
+            self._check_assumptions_needed(number, step, links)
         return self
 
-    def _check_assumptions_needed(self, number: int, step: Step) -> None:
+    def _check_assumptions_needed(self, number: int, step: Step, links) -> None:
         """Every named assumption a step states must be needed: without it, no proof."""
         for name in step.assumptions:
             rest = tuple(a for a in step.assumptions if a != name)
             try:
-                holds = self.context.equal_quickly(step.lhs, step.rhs, rest)
+                holds = all(self.context.equal_quickly(lhs, rhs, rest) for lhs, rhs in links)
             except Exception:  # SymPy gave up without the assumption: it is needed
                 holds = False
             if holds:

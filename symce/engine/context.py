@@ -167,6 +167,17 @@ class Context(ABC):
         """Called when a term is redefined: cached values that used it are stale."""
         self._term_cache.clear()
 
+    def logits_in_q(self, expr: Any) -> Any:
+        """``expr`` with ``x_a = log q_a + ℓ`` where it also has ``q`` (a form to read).
+
+        The same value (the definitions of ``q`` and ``ℓ``), with fewer terms where
+        a derivative brought ``x_a − ℓ`` next to ``log q_a``; ``expr`` itself where
+        it has no logits.  The symbolic context rewrites; a concrete one keeps
+        ``expr`` (its n² Hessian entries would cost more to rewrite and re-check
+        than they gain).
+        """
+        return expr
+
     # -- deciding -------------------------------------------------------
     @abstractmethod
     def evaluate(self, expr: Any) -> Any:

@@ -32,6 +32,7 @@ import sympy as sp
 from symce.engine.context import Context
 from symce.engine.softmax import softmax_steps, teacher_softmax_steps
 from symce.losses.spec import Loss, Term
+from symce.progress import report
 from symce.proof import Step
 
 
@@ -74,7 +75,10 @@ def term_steps(ctx: Context, loss: Loss, term: Term, jac, dlse) -> tuple[list[St
         raise ValueError(f"{loss.name}: term {term.name!r} depends on the logits other than "
                          "through q and the log-sum-exp; not supported")
     chain = 0
+    shown = 0  # the chain rule as a reader writes it out, before SymPy cancels
+    cancels = False
     if has_q:
+        report(f"deriving {pre}dl_dq")
         dl_dq = ctx.vector(lambda a: ctx.D(L, ctx.q(a)))
         dl_dq_rhs = ctx.evaluate(dl_dq)
         steps.append(Step(f"{pre}dl_dq", "Derivative with respect to the probabilities",
@@ -82,26 +86,39 @@ def term_steps(ctx: Context, loss: Loss, term: Term, jac, dlse) -> tuple[list[St
                           r"differentiate with $q$ and $\ell$ as independent variables"))
         chain = ctx.vector(
             lambda a: ctx.sum(lambda j: ctx.entry(dl_dq_rhs, j) * ctx.entry(jac, j, a)))
+        if _chain_written_out(ctx):
+            shown = ctx.vector(lambda a: ctx.sum(lambda j: _product(ctx.entry(dl_dq_rhs, j),
+                                                                    ctx.entry(jac, j, a))))
+        cancels = _divides_by_q(ctx, dl_dq_rhs)
     if has_ell:
+        report(f"deriving {pre}dl_dlse")
         dl_dell = ctx.evaluate(ctx.D(L, ctx.ell))
         steps.append(Step(f"{pre}dl_dlse", "Derivative with respect to the log-sum-exp",
                           ctx.D(L, ctx.ell), dl_dell,
                           r"differentiate with $q$ and $\ell$ as independent variables"))
         through_ell = ctx.vector(lambda a: dl_dell * ctx.entry(dlse, a))
         chain = through_ell if isinstance(chain, int) else chain + through_ell
+        if has_q and _chain_written_out(ctx):
+            shown = shown + ctx.vector(lambda a: _product(dl_dell, ctx.entry(dlse, a)))
     if isinstance(chain, int):
         raise ValueError(f"{loss.name}: term {term.name!r} does not depend on the logits")
     rule = []
     if has_q:
-        rule.append(r"through $q$ with the softmax Jacobian")
+        rule.append(r"through $q$ with the softmax Jacobian "
+                    r"$\partial q_j / \partial x_k = q_j (\delta_{jk} - q_k)$")
     if has_ell:
         rule.append(r"through $\ell$ with $\partial \ell / \partial x_k = q_k$")
     lhs = ctx.vector(lambda a: ctx.D(L, ctx.x(a)))
     steps.append(Step(f"{pre}chain_rule", "Chain rule", lhs, chain,
-                      "chain rule " + " and ".join(rule)))
+                      "chain rule " + " and ".join(rule)
+                      + (r"; $q_j$ cancels, as $q_j > 0$" if cancels else ""),
+                      via=(shown,) if has_q and _chain_written_out(ctx) else ()))
+    report(f"deriving {pre}gradient")
     gradient = ctx.evaluate(chain)
     steps.append(Step(f"{pre}gradient", "Gradient", chain, gradient,
-                      "Kronecker-delta sifting; linearity of the sum"))
+                      "Kronecker-delta sifting, $\\sum_j f_j \\delta_{jk} = f_k$; "
+                      "linearity of the sum" if gradient != chain else
+                      "the chain rule gives the gradient in closed form"))
     names = {"gradient": f"{pre}gradient", "normalised": None, "hessian": None,
              "dl_dc": None, "transform_chain": None, "teacher_gradient": None}
     normalised = ctx.normalise(gradient)
@@ -115,10 +132,15 @@ def term_steps(ctx: Context, loss: Loss, term: Term, jac, dlse) -> tuple[list[St
                               r"the target coefficients sum to one; we write $p = c$",
                               ("normalised",)))
         names["normalised"] = f"{pre}normalised"
+    report(f"deriving {pre}hessian")
     hessian_lhs = ctx.matrix(lambda a, b: ctx.D(ctx.entry(gradient, a), ctx.x(b)))
-    steps.append(Step(f"{pre}hessian", "Hessian", hessian_lhs, ctx.evaluate(hessian_lhs),
-                      "differentiate the gradient; softmax Jacobian"))
+    derived = ctx.evaluate(hessian_lhs)
+    hessian = ctx.logits_in_q(derived)
+    steps.append(Step(f"{pre}hessian", "Hessian", hessian_lhs, hessian,
+                      "differentiate the gradient with the softmax Jacobian"
+                      + (r"; $x_j = \log q_j + \ell$" if hessian != derived else "")))
     names["hessian"] = f"{pre}hessian"
+    report(f"deriving {pre}dl_dc")
     dl_dc = ctx.vector(lambda a: ctx.D(L, ctx.c(a)))
     dl_dc_rhs = ctx.evaluate(dl_dc)
     if not _is_zero(dl_dc_rhs):
@@ -127,6 +149,36 @@ def term_steps(ctx: Context, loss: Loss, term: Term, jac, dlse) -> tuple[list[St
         names["dl_dc"] = f"{pre}dl_dc"
     info = TermSteps(term=term.name, symbol=L, **names)
     return steps, info
+
+
+#: up to this many classes the chain rule is also shown before SymPy cancels; beyond,
+#: building and re-checking the n² written-out products costs seconds (64 classes:
+#: 2 s) and a document shows the symbolic chain as the general entry instead
+CHAIN_WRITTEN_OUT_UP_TO = 8
+
+
+def _chain_written_out(ctx: Context) -> bool:
+    return not isinstance(ctx.n, int) or ctx.n <= CHAIN_WRITTEN_OUT_UP_TO
+
+
+def _product(*factors) -> sp.Expr:
+    """``f·g`` as written, before SymPy cancels (``(−c_j/q_j) · q_j(δ_jk − q_k)``)."""
+    # _from_args: the node as given (Mul(..., evaluate=False) would also ask every
+    # factor's assumptions, seconds for the n² factors of a 64-class chain rule)
+    return sp.Mul._from_args([sp.UnevaluatedExpr(f) for f in factors], is_commutative=True)
+
+
+def _entries(obj) -> list:
+    return list(obj) if isinstance(obj, sp.MatrixBase) else [obj]
+
+
+def _divides_by_q(ctx: Context, dl_dq) -> bool:
+    """Each ``∂L/∂q_j`` has the factor ``1/q_j``, which the Jacobian's ``q_j`` cancels."""
+    def divides(e) -> bool:
+        return any(isinstance(f, sp.Pow) and f.exp == -1 and ctx.depends_on_q(f.base)
+                   and not f.base.is_Add for f in sp.Mul.make_args(sp.factor_terms(e)))
+
+    return all(divides(e) for e in _entries(dl_dq))
 
 
 def _is_zero(obj) -> bool:
@@ -142,6 +194,7 @@ def transform_steps(ctx: Context, loss: Loss, infos: list[TermSteps],
         Step("transform", tr.title, ctx.vector(ctx.x), ctx.vector(lambda a: tr.apply(ctx.u(a))),
              tr.rule),
     ]
+    report("deriving transform_derivative")
     dx_du = ctx.vector(lambda a: ctx.D(ctx.x(a), ctx.u(a)))
     factor = ctx.evaluate(dx_du)
     steps.append(Step("transform_derivative", "Derivative of the transform", dx_du, factor,
@@ -177,6 +230,7 @@ def teacher_steps(ctx: Context, loss: Loss, infos: list[TermSteps],
 
 def _teacher_chain(ctx: Context, info: TermSteps, dl_dc, jac) -> list[Step]:
     pre = "" if info.symbol == ctx.L else f"{info.term}_"
+    report(f"deriving {pre}teacher_gradient")
     chain = ctx.vector(lambda a: ctx.sum(lambda j: ctx.entry(dl_dc, j) * ctx.entry(jac, j, a)))
     lhs = ctx.vector(lambda a: ctx.D(info.symbol, ctx.t(a)))
     return [
@@ -211,3 +265,33 @@ def standard_steps(ctx: Context, loss: Loss) -> tuple[list[Step], list[TermSteps
         found, infos = teacher_steps(ctx, loss, infos, dl_dcs)
         steps += found
     return steps, infos
+
+
+#: the standard steps' names, by where they come from (a term's carry its prefix)
+SOFTMAX_STEPS = ("softmax", "lse", "shift_sum", "shift_invariance", "lse_gradient", "jacobian",
+                 "jacobian_matrix")
+TERM_STEPS = ("loss", "loss_lse", "dl_dq", "dl_dlse", "chain_rule", "gradient", "normalised",
+              "hessian", "dl_dc")
+TRANSFORM_STEPS = ("transform", "transform_derivative")
+TEACHER_STEPS = ("teacher_softmax", "teacher_jacobian")
+
+
+def step_group(name: str, loss: Loss) -> str:
+    """Where a step comes from: ``"softmax"``, a term's name, ``"transform"``,
+    ``"teacher"``, or ``"own"`` (the loss's own steps)."""
+    if name in SOFTMAX_STEPS:
+        return "softmax"
+    if name in TRANSFORM_STEPS:
+        return "transform"
+    if name in TEACHER_STEPS:
+        return "teacher"
+    for term in loss.terms:
+        pre = _prefix(term, loss)
+        if name.startswith(pre) and name[len(pre):] in TERM_STEPS:
+            return term.name
+        if name[len(pre):] == "transform_chain" and name.startswith(pre):
+            return "transform"
+        if name.startswith(pre) and name[len(pre):] in ("teacher_chain_rule",
+                                                         "teacher_gradient"):
+            return "teacher"
+    return "own"

@@ -240,6 +240,14 @@ class SymbolicContext(Context):
         atoms = {s: sp.Dummy("S") for s in e.atoms(sp.Sum)}
         return sp.cancel(sp.together(sp.expand_power_exp(e.xreplace(atoms)))) == 0
 
+    def logits_in_q(self, expr: Any) -> Any:
+        if not (expr.has(self._x) and expr.has(self._q)):
+            return expr
+        e = expr.replace(lambda t: self._is(t, self._x),
+                         lambda t: sp.log(self._q[t.indices[0]]) + self.ell)
+        e = _canonical_dummies(_linearise(sp.expand(e)), ("j",))
+        return sp.factor_terms(_squares(e))
+
     # -- Context API ----------------------------------------------------
     def evaluate(self, expr: Any) -> Any:
         expr = self._fold(self._sift(self._derivatives(expr)))
@@ -279,6 +287,19 @@ def _check_inverse(transform) -> None:
     if not (right and left):
         raise ProofError(f"the inverse given for the transform {transform.name!r} does not "
                          "invert it")
+
+
+def _squares(expr: sp.Expr) -> sp.Expr:
+    """``1/(q² − 2q + 1)`` as ``1/(1 − q)²``: polynomial denominators factored."""
+    def factored(t: sp.Pow) -> sp.Expr:
+        f = sp.factor(t.base)
+        if isinstance(f, sp.Pow) and f.base.is_Add and f.exp.is_even and any(
+                a.is_Number and a.is_negative for a in f.base.args):
+            f = sp.Pow(-f.base, f.exp)
+        return f ** t.exp
+
+    return expr.replace(lambda t: isinstance(t, sp.Pow) and t.exp.is_negative
+                        and t.base.is_Add and t.base.is_polynomial(), factored)
 
 
 def _canonical_sum_bodies(expr: sp.Expr) -> sp.Expr:

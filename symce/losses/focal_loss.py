@@ -26,10 +26,13 @@ def _focal(ctx: Context) -> sp.Expr:
 def _own_steps(ctx: Context, steps: dict[str, Step]) -> list[Step]:
     focal = steps["loss"].rhs
     cross_entropy = -ctx.sum(lambda i: ctx.c(i) * sp.log(ctx.q(i)))
+    # the focal loss at γ = 0 as written, (1 − q_i)^0 kept for the reader (checked evaluated)
+    unfocused = focal.replace(
+        lambda t: isinstance(t, sp.Pow) and t.exp == GAMMA,
+        lambda t: sp.UnevaluatedExpr(sp.Pow(t.base, 0, evaluate=False)))
     return [
-        Step("gamma_zero", "No focusing: cross-entropy", focal.xreplace({GAMMA: 0}),
-             cross_entropy, r"$(1 - q_i)^0 = 1$: with $\gamma = 0$ the focal loss is the "
-             "cross-entropy"),
+        Step("gamma_zero", "No focusing: cross-entropy", unfocused, cross_entropy,
+             r"$(1 - q_i)^0 = 1$: with $\gamma = 0$ the focal loss is the cross-entropy"),
     ]
 
 
