@@ -277,7 +277,7 @@ def _signs_out(expr: sp.Basic) -> sp.Basic:
             outside, inside = body.as_independent(expr.limits[0][0], as_Add=False)
             if outside != 1 and inside.has(expr.limits[0][0]):
                 return outside * sp.Sum(inside, *expr.limits)
-        if body.could_extract_minus_sign():
+        if body.is_Mul and body.could_extract_minus_sign():
             return -sp.Sum(-body, *expr.limits)
         return sp.Sum(body, *expr.limits)
     return expr.func(*args) if args != list(expr.args) else expr

@@ -357,4 +357,4 @@ def _math(tex: str) -> str:
 def plain(tex: str) -> str:
     """A justification with ``$…$`` LaTeX spans as Unicode text."""
     parts = tex.split("$")
-    return "".join(_math(p) if k % 2 else p for k, p in enumerate(parts))
+    return "".join(re.sub(" {2,}", " ", _math(p)) if k % 2 else p for k, p in enumerate(parts))
