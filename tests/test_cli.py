@@ -59,7 +59,7 @@ def test_derive_concrete_prints_checked_steps():
     proc = symce("derive", "cross_entropy", "--n", "3")
     assert proc.returncode == 0, proc.stderr
     assert "Softmax Jacobian" in proc.stdout
-    assert "q₁⋅(1 - q₁)" in proc.stdout  # the 3-class Jacobian's first entry
+    assert "q₁(1 − q₁)" in proc.stdout  # the 3-class Jacobian's first entry
     assert "steps checked" in proc.stderr
 
 

@@ -32,6 +32,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def class_count(text: str) -> int:
+    """``--n``: a positive number of classes up to :data:`symce.api.MAX_CLASSES`."""
+    from symce.api import MAX_CLASSES
+
+    value = positive_int(text)
+    if value > MAX_CLASSES:
+        raise argparse.ArgumentTypeError(
+            f"n = {value} is above the limit of {MAX_CLASSES} classes (a concrete-n derivation "
+            f"writes out every entry; use the symbolic n, the default, for any n)")
+    return value
+
+
 def output_folder(path: Path, option: str = "--out") -> Path:
     """``path`` made ready to write into, before any work; a ``UsageError`` otherwise.
 

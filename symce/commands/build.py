@@ -11,12 +11,14 @@ from symce.api import derive
 from symce.commands._common import output_folder
 from symce.commands.doc import document_name
 from symce.losses import list_losses
+from symce.progress import report, terminal_progress
 
 
 def generated_files() -> dict[str, str]:
     """File name → content for every file of generated/, in a fixed order."""
     files: dict[str, str] = {}
     for loss in list_losses():
+        report(f"deriving {loss}")
         derivation = derive(loss)
         files[document_name(loss, "tex")] = derivation.to_latex()
         files[document_name(loss, "md")] = derivation.to_markdown()
@@ -26,6 +28,7 @@ def generated_files() -> dict[str, str]:
         if exc.name != "symce.codegen":
             raise
     else:
+        report("generating the modules")
         files.update(codegen.generated_files())
     return dict(sorted(files.items()))
 
@@ -40,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     output_folder(args.out)  # refused in a moment, not after seconds of deriving
     start = time.perf_counter()
     print("building documents and modules ...", file=sys.stderr)
-    files = generated_files()
+    with terminal_progress("symce build: "):
+        files = generated_files()
     for name, text in files.items():
         path = args.out / name
         path.write_text(text, encoding="utf-8")

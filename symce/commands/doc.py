@@ -9,22 +9,27 @@ import sys
 import tempfile
 from pathlib import Path
 
-from symce.api import derive
-from symce.commands._common import add_loss_argument, checked_loss, output_folder
+from symce.api import MAX_CLASSES, derive
+from symce.commands._common import add_loss_argument, checked_loss, class_count, output_folder
 from symce.commands.errors import CommandFailure
+from symce.progress import report, terminal_progress
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_loss_argument(parser)
     parser.add_argument("--format", choices=("tex", "md", "pdf"), default="tex",
                         help="tex (LaTeX source), md (Markdown) or pdf (needs pdflatex)")
+    parser.add_argument("--n", type=class_count, default=None, metavar="N",
+                        help=f"the derivation for N classes, 1 to {MAX_CLASSES} (default: a "
+                        "symbolic n); written to LOSS_derivation_nN.FORMAT")
     parser.add_argument("--out", type=Path, default=Path("."),
                         help="output folder, created if missing; a file or an unwritable "
                         "folder is refused before any work (default: current folder)")
 
 
-def document_name(loss: str, fmt: str) -> str:
-    return f"{loss}_derivation.{fmt}"
+def document_name(loss: str, fmt: str, n: int | None = None) -> str:
+    """``cross_entropy_derivation.tex``; for a concrete n ``cross_entropy_derivation_n3.tex``."""
+    return f"{loss}_derivation{'' if n is None else f'_n{n}'}.{fmt}"
 
 
 def find_pdflatex() -> str:
@@ -45,6 +50,7 @@ def compile_pdf(tex: str, target: Path) -> Path:
         source = Path(tmp) / f"{target.stem}.tex"
         source.write_text(tex, encoding="utf-8")
         for _ in range(2):
+            report("running pdflatex")
             proc = subprocess.run(
                 [pdflatex, "-interaction=nonstopmode", "-halt-on-error", source.name],
                 cwd=tmp, capture_output=True, text=True,
@@ -63,13 +69,15 @@ def run(args: argparse.Namespace) -> int:
     output_folder(args.out)
     if args.format == "pdf":
         find_pdflatex()  # before the derivation, not after it
-    print(f"deriving {loss} and checking every step ...", file=sys.stderr)
-    derivation = derive(loss)
-    target = args.out / document_name(loss, args.format)
-    if args.format == "pdf":
-        compile_pdf(derivation.to_latex(), target)
-    else:
-        text = derivation.to_latex() if args.format == "tex" else derivation.to_markdown()
-        target.write_text(text, encoding="utf-8")
+    what = "" if args.n is None else f" for n = {args.n}"
+    print(f"deriving {loss}{what} and checking every step ...", file=sys.stderr)
+    target = args.out / document_name(loss, args.format, args.n)
+    with terminal_progress("symce doc: "):
+        derivation = derive(loss, n=args.n)
+        if args.format == "pdf":
+            compile_pdf(derivation.to_latex(), target)
+        else:
+            text = derivation.to_latex() if args.format == "tex" else derivation.to_markdown()
+            target.write_text(text, encoding="utf-8")
     print(f"wrote {target}")
     return 0
