@@ -36,8 +36,9 @@ def _steps(ctx: SymbolicContext) -> list[Step]:
     v = sp.IndexedBase("v", real=True)
     uniform = sp.exp(1 / n) / ctx.sum(lambda j: sp.exp(1 / n))
     # the Jacobian's entry at u, kept as one factor (the check evaluates it)
-    at_u = ctx.sum(lambda j: sp.Mul(sp.UnevaluatedExpr((ctx.delta(i, j) - 1 / n) / n), v[j],
-                                    evaluate=False))
+    at_u = ctx.sum(lambda j: sp.Mul._from_args(
+        [sp.UnevaluatedExpr((ctx.delta(i, j) - 1 / n) / n), sp.UnevaluatedExpr(v[j])],
+        is_commutative=True))
     return [
         Step("fixed_point", "The uniform distribution is a fixed point", uniform, 1 / n,
              r"$\operatorname{softmax}(u)_k$ for $u_j = 1/n$: the $n$ terms of the sum are "

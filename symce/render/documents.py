@@ -161,8 +161,8 @@ def _result(derivation: Derivation, fmt: str) -> list[dict[str, Any]]:
             steps = [str(numbers[n]) for n in names]
             said = f"step {steps[0]}" if len(steps) == 1 else \
                 f"steps {', '.join(steps[:-1])} and {steps[-1]}"
-            label = what + label
-            return {"label": label[0].upper() + label[1:], "steps": said,
+            label = what + label if what else label[0].upper() + label[1:]
+            return {"label": label, "steps": said,
                     "math": math(step_rows(parts, style), fmt),
                     "vector": _vector_text(vector, parts[0], style) if vector is not None
                     else None}

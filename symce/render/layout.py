@@ -204,5 +204,10 @@ def step_rows(parts: Sequence, style: Style) -> list[str]:
                 if r is None and (vector or c == 0):
                     rows.append(r"& \vdots" if style.is_tex else "  ⋮")
                 continue
-            rows += chain_rows([p[r, c] for p in parts], style)
+            entry = chain_rows([p[r, c] for p in parts], style)
+            if not isinstance(parts[0][r, c], (sp.Derivative, sp.Symbol)):
+                # the left side does not say which entry it is: say it
+                where = f"{r + 1}" if vector else f"{r + 1}, {c + 1}"
+                entry[0] = (rf"[{where}]\quad " if style.is_tex else f"[{where}]  ") + entry[0]
+            rows += entry
     return rows
