@@ -74,14 +74,18 @@ def generate(loss: str = "cross_entropy", backend: str = "numpy") -> str:
                   **BACKEND_CONTEXTS[backend](loss, ks))
 
 
+def loss_files(loss: str) -> dict[str, str]:
+    """File name → source of one loss's modules, every available backend."""
+    return {file_name(loss, backend): generate(loss, backend)
+            for backend in BACKENDS if backend in BACKEND_CONTEXTS}
+
+
 def generated_files() -> dict[str, str]:
     """File name → source for every generated module (what ``symce build`` writes)."""
-    return {
-        file_name(loss, backend): generate(loss, backend)
-        for loss in list_losses()
-        for backend in BACKENDS
-        if backend in BACKEND_CONTEXTS
-    }
+    files: dict[str, str] = {}
+    for loss in list_losses():
+        files.update(loss_files(loss))
+    return files
 
 
-__all__ = ["BACKENDS", "BACKEND_CONTEXTS", "generate", "generated_files"]
+__all__ = ["BACKENDS", "BACKEND_CONTEXTS", "generate", "generated_files", "loss_files"]
