@@ -9,8 +9,8 @@ from pathlib import Path
 
 from symce.api import derive
 from symce.commands._common import output_folder
-from symce.commands.errors import CommandFailure
 from symce.commands.doc import document_name
+from symce.commands.errors import CommandFailure
 from symce.losses import list_losses
 
 
