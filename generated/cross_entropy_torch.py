@@ -384,13 +384,15 @@ _C_SOURCE = r"""
  * float).  2^f is SymPy's polynomial through the Chebyshev nodes of [-1/2, 1/2]
  * (degree 6, 4e-9 relative), 2^k is made from exponent
  * bits; below 2^-126.5 (z < -87.7) the result is 0, not a subnormal.  k is
- * t rounded to nearest by adding and subtracting 1.5 * 2^23 (floorf would
- * not vectorise without -fno-trapping-math). */
+ * t rounded to nearest by adding and subtracting 1.5 * 2^23.  The selects
+ * become blends (both sides evaluated) only under -fno-trapping-math, see _C_FLAGS. */
 static inline float symce_exp(float z)
 {
     const float t = z * SYMCE_LOG2E_HI;
     const float t_error = fmaf(z, SYMCE_LOG2E_HI, -t) + z * SYMCE_LOG2E_LO;
-    const float tc = t < -127.0f || t != t ? -127.0f : t;  /* NaN: k stays an integer */
+    /* NaN: -127, so k stays an integer; one comparison (with `t < -127.0f || t != t`
+     * GCC evaluated the polynomial twice, once for each path, and blended) */
+    const float tc = t > -127.0f ? t : -127.0f;
     const float k = (tc + 12582912.0f) - 12582912.0f;
     const float f = (tc - k) + (t < -127.0f ? 0.0f : t_error);  /* z = -inf: 0, not NaN */
     float poly = 0.0001546144469856913f;
@@ -3241,7 +3243,10 @@ void symce_probability_weighted_smoothed_omp(const float *x, float *g, float *lo
 }
 #endif
 """
-_C_FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno")
+# -fno-trapping-math: exp's selects become blends (both sides computed, no
+# value changes); without it GCC 12 kept every exp loop scalar on AVX2
+_C_FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno",
+            "-fno-trapping-math")
 _C_LIBS = ("-lm",)  # after the source, so the library records its libm dependency
 # OpenMP: loaded after torch, the library's libgomp.so.1 is torch's own, so
 # its threads are the ones torch's operations use (see _c_call)
