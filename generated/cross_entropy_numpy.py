@@ -20,12 +20,14 @@ see ``compiled_library`` and ``use_compiled``) on the same threads; other
 dtypes, or where no compiler works, run the array code.
 """
 
+import atexit
 import ctypes
 import hashlib
 import os
 import platform
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -3052,7 +3054,8 @@ _C_KERNELS = {
 # bytes of logits in one unit of work (a unit's rows stay in L2 over the walks)
 _C_UNIT_BYTES = 1 << 16
 _C_SLAB_UNIT_BYTES = 1 << 18
-_compiled = {"enabled": None, "library": None, "tried": False, "forked": False}
+_compiled = {"enabled": None, "library": None, "tried": False, "forked": False,
+             "private": None, "refused": set()}
 _compiled_lock = threading.Lock()
 
 
@@ -3080,7 +3083,14 @@ def use_compiled(enabled=None):
 
 
 def compiled_library():
-    """The compiled kernels (a ``ctypes.CDLL``), built on first use; None if unavailable."""
+    """The compiled kernels (a ``ctypes.CDLL``), built on first use; None if unavailable.
+
+    The build is cached in ``$SYMCE_CACHE_DIR``, else ``$XDG_CACHE_HOME/symce``
+    or ``~/.cache/symce``, else ``symce-<uid>`` in the temp dir.  Nothing is
+    loaded from a folder or file there that is a symbolic link, another user's
+    or writable by others: a warning says so, and the build goes to a private
+    folder of this process.
+    """
     enabled = _compiled["enabled"]
     if enabled is None:
         enabled = os.environ.get("SYMCE_COMPILE", "1").strip() != "0"
@@ -3099,22 +3109,98 @@ def compiled_library():
 
 
 def _cache_dir():
-    """$SYMCE_CACHE_DIR, else ~/.cache/symce, else (not writable) a folder in the temp dir."""
+    """The folder for the compiled kernels: $SYMCE_CACHE_DIR, else
+    $XDG_CACHE_HOME/symce or ~/.cache/symce, else (where that cannot be made or
+    written) <temp dir>/symce-<uid>, each made with mode 0700 (so are the
+    parents made for it).  A library found there runs inside this process, so a
+    folder that is a symbolic link, belongs to another user or that others can
+    write to is refused (a warning, once) for a private folder of this process.
+    """
     root = os.environ.get("SYMCE_CACHE_DIR")
     if root:
-        os.makedirs(root, exist_ok=True)
-        return root
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for directory in (os.path.join(base, "symce"),
+        candidates = [root]
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        candidates = [os.path.join(base, "symce"),
                       os.path.join(tempfile.gettempdir(), f"symce-{os.getuid()}"
-                                   if hasattr(os, "getuid") else "symce")):
+                                   if hasattr(os, "getuid") else "symce")]
+    for directory in map(os.path.abspath, candidates):
         try:
-            os.makedirs(directory, exist_ok=True)
+            _make_folders(directory)
+            info = os.lstat(directory)
         except OSError:
+            if root:  # the folder asked for cannot be made: say so
+                raise
             continue
-        if os.access(directory, os.W_OK):
+        why = _untrusted(info)
+        if why:
+            _refuse(directory, why)
+            return _private_dir()
+        if not stat.S_ISDIR(info.st_mode):
+            if root:
+                raise NotADirectoryError(f"SYMCE_CACHE_DIR={root} is not a folder")
+            continue
+        if root or os.access(directory, os.W_OK):
             return directory
-    raise OSError(f"no writable folder for the compiled kernels under {base} or the temp dir")
+    return _private_dir()
+
+
+def _make_folders(directory):
+    """``directory`` and any missing parents, each made with mode 0700."""
+    missing = []
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:  # made meanwhile (another process); checked by the caller
+            pass
+
+
+def _untrusted(info):
+    """Why a folder or library with this ``os.lstat`` must not be trusted, or None."""
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link"
+    if not hasattr(os, "getuid"):
+        # Windows: no uids, and the mode bits do not say who may write (ACLs
+        # do; a user's profile and temp folders are the user's own), so only
+        # the symbolic-link check applies
+        return None
+    if info.st_uid != os.getuid():
+        return f"it belongs to uid {info.st_uid}, not to this user (uid {os.getuid()})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"others can write to it (mode {stat.S_IMODE(info.st_mode):03o})"
+    return None
+
+
+def _refuse(path, why):
+    """Warn, once for each path, that ``path`` is not used."""
+    if path not in _compiled["refused"]:
+        _compiled["refused"].add(path)
+        warnings.warn(f"symce: {path} is not used for the compiled kernels: {why}, so what "
+                      f"it holds could be another user's code; building in a private folder "
+                      f"of this process instead (to cache builds again, make it this user's "
+                      f"and not writable by others, or remove it)", RuntimeWarning, stacklevel=2)
+
+
+def _private_dir():
+    """A folder of this process's own (``mkdtemp``: mode 0700), made on first need
+    and removed at exit; a forked child makes its own."""
+    made = _compiled["private"]
+    if made is None or made[0] != os.getpid():
+        made = (os.getpid(), tempfile.mkdtemp(prefix="symce-"))
+        _compiled["private"] = made
+        atexit.register(_remove_private, *made)
+    return made[1]
+
+
+def _remove_private(pid, directory):
+    if os.getpid() == pid:  # not from a forked child: the folder is its parent's
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _cpu():
@@ -3145,9 +3231,20 @@ def _build():
         flags = _C_FLAGS + extra
         key = hashlib.sha256("\0".join((_C_SOURCE, compiler, *flags, *_C_LIBS,
                                          _cpu())).encode())
-        path = os.path.join(directory, f"cross_entropy_{key.hexdigest()[:24]}.so")
-        if os.path.exists(path):
-            return path
+        name = f"cross_entropy_{key.hexdigest()[:24]}.so"
+        path = os.path.join(directory, name)
+        if os.path.lexists(path):
+            info = os.lstat(path)
+            why = _untrusted(info) or (None if stat.S_ISREG(info.st_mode)
+                                       else "it is not a regular file")
+            if not why:
+                return path
+            # never loaded: built again where nobody else can write
+            _refuse(path, why)
+            directory = _private_dir()
+            path = os.path.join(directory, name)
+            if os.path.exists(path):  # built here earlier by this process
+                return path
         # compiled under a temporary name and renamed: processes building at
         # the same time each finish their own file, and none loads a partial one
         handle, partial = tempfile.mkstemp(suffix=".so", dir=directory)
@@ -3160,6 +3257,7 @@ def _build():
                                    *_C_LIBS],
                                   capture_output=True, text=True, timeout=600)
             if proc.returncode == 0:
+                os.chmod(partial, 0o700)  # the linker's mode follows the umask (g+w with 002)
                 os.replace(partial, path)
                 return path
             failures.append(f"{compiler} {' '.join(flags)}: {proc.stderr.strip()[-400:]}")
