@@ -435,7 +435,8 @@ static void row_index(const float *restrict xr, float *restrict gr, const float 
             if (gn)
                 __builtin_prefetch(gn + c, 1);
         }
-        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block;
+         * whole runs of SYMCE_SUM_LANES classes (a loop of fixed length), then the rest */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr) {
             int64_t s0 = c0;
@@ -755,7 +756,8 @@ static void row_index_smoothed(const float *restrict xr, float *restrict gr, con
             if (gn)
                 __builtin_prefetch(gn + c, 1);
         }
-        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block;
+         * whole runs of SYMCE_SUM_LANES classes (a loop of fixed length), then the rest */
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr) {
@@ -1095,7 +1097,8 @@ static void row_index_weighted(const float *restrict xr, float *restrict gr, con
             if (gn)
                 __builtin_prefetch(gn + c, 1);
         }
-        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block;
+         * whole runs of SYMCE_SUM_LANES classes (a loop of fixed length), then the rest */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr) {
             int64_t s0 = c0;
@@ -1417,7 +1420,8 @@ static void row_index_weighted_smoothed(const float *restrict xr, float *restric
             if (gn)
                 __builtin_prefetch(gn + c, 1);
         }
-        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block;
+         * whole runs of SYMCE_SUM_LANES classes (a loop of fixed length), then the rest */
         float part_sum_wz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr) {
@@ -1769,7 +1773,8 @@ static void row_probability(const float *restrict xr, float *restrict gr, const 
                 __builtin_prefetch(gn + c, 1);
             __builtin_prefetch(pn + c);
         }
-        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block;
+         * whole runs of SYMCE_SUM_LANES classes (a loop of fixed length), then the rest */
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         float part_sum_pz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
@@ -2132,7 +2137,8 @@ static void row_probability_smoothed(const float *restrict xr, float *restrict g
                 __builtin_prefetch(gn + c, 1);
             __builtin_prefetch(pn + c);
         }
-        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block;
+         * whole runs of SYMCE_SUM_LANES classes (a loop of fixed length), then the rest */
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         float part_sum_pz[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
@@ -2515,7 +2521,8 @@ static void row_probability_weighted(const float *restrict xr, float *restrict g
                 __builtin_prefetch(gn + c, 1);
             __builtin_prefetch(pn + c);
         }
-        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block;
+         * whole runs of SYMCE_SUM_LANES classes (a loop of fixed length), then the rest */
         float part_sum_pw[SYMCE_SUM_LANES] = {0};
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
@@ -2885,7 +2892,8 @@ static void row_probability_weighted_smoothed(const float *restrict xr, float *r
                 __builtin_prefetch(gn + c, 1);
             __builtin_prefetch(pn + c);
         }
-        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block;
+         * whole runs of SYMCE_SUM_LANES classes (a loop of fixed length), then the rest */
         float part_sum_pw[SYMCE_SUM_LANES] = {0};
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_wz[SYMCE_SUM_LANES] = {0};
