@@ -101,7 +101,6 @@ def _kernel_index(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
 
@@ -129,7 +128,6 @@ def _kernel_index(
         loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_z = tl.where(in_range, loss_z, float("nan"))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -182,7 +180,6 @@ def _kernel_index_softcap(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
 
@@ -210,7 +207,6 @@ def _kernel_index_softcap(
         loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_z = tl.where(in_range, loss_z, float("nan"))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -264,7 +260,6 @@ def _kernel_index_smoothed(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
 
@@ -295,7 +290,6 @@ def _kernel_index_smoothed(
         loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_z = tl.where(in_range, loss_z, float("nan"))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -350,7 +344,6 @@ def _kernel_index_smoothed_softcap(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
 
@@ -381,7 +374,6 @@ def _kernel_index_smoothed_softcap(
         loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_z = tl.where(in_range, loss_z, float("nan"))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -436,7 +428,6 @@ def _kernel_index_weighted(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
         w_y = tl.load(w_ptr + y).to(ACC)
@@ -465,7 +456,6 @@ def _kernel_index_weighted(
         loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_z = tl.where(in_range, loss_z, float("nan"))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -518,7 +508,6 @@ def _kernel_index_weighted_softcap(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
         w_y = tl.load(w_ptr + y).to(ACC)
@@ -547,7 +536,6 @@ def _kernel_index_weighted_softcap(
         loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_z = tl.where(in_range, loss_z, float("nan"))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -601,7 +589,6 @@ def _kernel_index_weighted_smoothed(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         w_y = tl.load(w_ptr + y).to(ACC)
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
@@ -637,7 +624,6 @@ def _kernel_index_weighted_smoothed(
         loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_z = tl.where(in_range, loss_z, float("nan"))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -693,7 +679,6 @@ def _kernel_index_weighted_smoothed_softcap(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         w_y = tl.load(w_ptr + y).to(ACC)
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
@@ -729,7 +714,6 @@ def _kernel_index_weighted_smoothed_softcap(
         loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_z = tl.where(in_range, loss_z, float("nan"))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -780,7 +764,6 @@ def _kernel_probability(
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
 
-
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
         acc_0 = tl.zeros([BLOCK_R, 1], ACC)
@@ -809,7 +792,6 @@ def _kernel_probability(
 
         loss_cross_entropy = sum_p*tl.log(sum_e) - sum_pz
         loss_z = z_loss*((m + tl.log(sum_e))*(m + tl.log(sum_e)))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -859,7 +841,6 @@ def _kernel_probability_softcap(
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
 
-
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
         acc_0 = tl.zeros([BLOCK_R, 1], ACC)
@@ -888,7 +869,6 @@ def _kernel_probability_softcap(
 
         loss_cross_entropy = sum_p*tl.log(sum_e) - sum_pz
         loss_z = z_loss*((m + tl.log(sum_e))*(m + tl.log(sum_e)))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -940,7 +920,6 @@ def _kernel_probability_smoothed(
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
 
-
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
         acc_0 = tl.zeros([BLOCK_R, 1], ACC)
@@ -972,7 +951,6 @@ def _kernel_probability_smoothed(
 
         loss_cross_entropy = -label_smoothing*sum_p*tl.log(sum_e) + label_smoothing*sum_pz + label_smoothing*tl.log(sum_e) - label_smoothing*sum_z/classes + sum_p*tl.log(sum_e) - sum_pz
         loss_z = z_loss*((m + tl.log(sum_e))*(m + tl.log(sum_e)))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -1024,7 +1002,6 @@ def _kernel_probability_smoothed_softcap(
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
 
-
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
         acc_0 = tl.zeros([BLOCK_R, 1], ACC)
@@ -1056,7 +1033,6 @@ def _kernel_probability_smoothed_softcap(
 
         loss_cross_entropy = -label_smoothing*sum_p*tl.log(sum_e) + label_smoothing*sum_pz + label_smoothing*tl.log(sum_e) - label_smoothing*sum_z/classes + sum_p*tl.log(sum_e) - sum_pz
         loss_z = z_loss*((m + tl.log(sum_e))*(m + tl.log(sum_e)))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -1109,7 +1085,6 @@ def _kernel_probability_weighted(
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
 
-
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
         acc_0 = tl.zeros([BLOCK_R, 1], ACC)
@@ -1139,7 +1114,6 @@ def _kernel_probability_weighted(
 
         loss_cross_entropy = sum_pw*tl.log(sum_e) - sum_pwz
         loss_z = z_loss*((m + tl.log(sum_e))*(m + tl.log(sum_e)))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -1190,7 +1164,6 @@ def _kernel_probability_weighted_softcap(
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
 
-
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
         acc_0 = tl.zeros([BLOCK_R, 1], ACC)
@@ -1220,7 +1193,6 @@ def _kernel_probability_weighted_softcap(
 
         loss_cross_entropy = sum_pw*tl.log(sum_e) - sum_pwz
         loss_z = z_loss*((m + tl.log(sum_e))*(m + tl.log(sum_e)))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -1273,7 +1245,6 @@ def _kernel_probability_weighted_smoothed(
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
 
-
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
         acc_0 = tl.zeros([BLOCK_R, 1], ACC)
@@ -1309,7 +1280,6 @@ def _kernel_probability_weighted_smoothed(
 
         loss_cross_entropy = -label_smoothing*sum_pw*tl.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*tl.log(sum_e)/classes - label_smoothing*sum_wz/classes + sum_pw*tl.log(sum_e) - sum_pwz
         loss_z = z_loss*((m + tl.log(sum_e))*(m + tl.log(sum_e)))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 
@@ -1362,7 +1332,6 @@ def _kernel_probability_weighted_smoothed_softcap(
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
 
-
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
         acc_0 = tl.zeros([BLOCK_R, 1], ACC)
@@ -1398,7 +1367,6 @@ def _kernel_probability_weighted_smoothed_softcap(
 
         loss_cross_entropy = -label_smoothing*sum_pw*tl.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*tl.log(sum_e)/classes - label_smoothing*sum_wz/classes + sum_pw*tl.log(sum_e) - sum_pwz
         loss_z = z_loss*((m + tl.log(sum_e))*(m + tl.log(sum_e)))
-
         tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
         tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
 

@@ -94,7 +94,6 @@ def _kernel_index(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
 
@@ -119,7 +118,6 @@ def _kernel_index(
         loss_focal = valid*tl.where(gamma == 0, 1.0, tl.exp2(gamma*tl.log2(tl.maximum(-tl.exp2(1.442695040888963407359924681*(-m + u_y))/sum_e + 1, 0.0))))*(m - u_y + tl.log(sum_e))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_focal = tl.where(in_range, loss_focal, float("nan"))
-
         tl.store(loss_focal_ptr + r, loss_focal, mask=row_mask)
 
         if NEED_GRAD:
@@ -171,7 +169,6 @@ def _kernel_index_smoothed(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
 
@@ -216,7 +213,6 @@ def _kernel_index_smoothed(
         loss_focal = valid*(label_smoothing*(-m + u_y)*tl.where(gamma == 0, 1.0, tl.exp2(gamma*tl.log2(tl.maximum(-tl.exp2(1.442695040888963407359924681*(-m + u_y))/sum_e + 1, 0.0)))) - label_smoothing*tl.where(gamma == 0, 1.0, tl.exp2(gamma*tl.log2(tl.maximum(-tl.exp2(1.442695040888963407359924681*(-m + u_y))/sum_e + 1, 0.0))))*tl.log(sum_e) + label_smoothing*sum_e_*tl.log(sum_e)/classes - label_smoothing*sum_ez/classes - (-m + u_y)*tl.where(gamma == 0, 1.0, tl.exp2(gamma*tl.log2(tl.maximum(-tl.exp2(1.442695040888963407359924681*(-m + u_y))/sum_e + 1, 0.0)))) + tl.where(gamma == 0, 1.0, tl.exp2(gamma*tl.log2(tl.maximum(-tl.exp2(1.442695040888963407359924681*(-m + u_y))/sum_e + 1, 0.0))))*tl.log(sum_e))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_focal = tl.where(in_range, loss_focal, float("nan"))
-
         tl.store(loss_focal_ptr + r, loss_focal, mask=row_mask)
 
         if NEED_GRAD:
@@ -268,7 +264,6 @@ def _kernel_index_weighted(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
         w_y = tl.load(w_ptr + y).to(ACC)
@@ -294,7 +289,6 @@ def _kernel_index_weighted(
         loss_focal = valid*w_y*tl.where(gamma == 0, 1.0, tl.exp2(gamma*tl.log2(tl.maximum(-tl.exp2(1.442695040888963407359924681*(-m + u_y))/sum_e + 1, 0.0))))*(m - u_y + tl.log(sum_e))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_focal = tl.where(in_range, loss_focal, float("nan"))
-
         tl.store(loss_focal_ptr + r, loss_focal, mask=row_mask)
 
         if NEED_GRAD:
@@ -346,7 +340,6 @@ def _kernel_index_weighted_smoothed(
         # an ignored row's logits are never read (padding costs no bandwidth):
         # its loads give zeros, its loss and gradient are zero through valid = 0
         live = row_mask & (target != ignore_index)
-
         u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
                      other=0.0).to(ACC)
         w_y = tl.load(w_ptr + y).to(ACC)
@@ -393,7 +386,6 @@ def _kernel_index_weighted_smoothed(
         loss_focal = valid*(label_smoothing*w_y*(-m + u_y)*tl.where(gamma == 0, 1.0, tl.exp2(gamma*tl.log2(tl.maximum(-tl.exp2(1.442695040888963407359924681*(-m + u_y))/sum_e + 1, 0.0)))) - label_smoothing*w_y*tl.where(gamma == 0, 1.0, tl.exp2(gamma*tl.log2(tl.maximum(-tl.exp2(1.442695040888963407359924681*(-m + u_y))/sum_e + 1, 0.0))))*tl.log(sum_e) + label_smoothing*sum_ew*tl.log(sum_e)/classes - label_smoothing*sum_ewz/classes - w_y*(-m + u_y)*tl.where(gamma == 0, 1.0, tl.exp2(gamma*tl.log2(tl.maximum(-tl.exp2(1.442695040888963407359924681*(-m + u_y))/sum_e + 1, 0.0)))) + w_y*tl.where(gamma == 0, 1.0, tl.exp2(gamma*tl.log2(tl.maximum(-tl.exp2(1.442695040888963407359924681*(-m + u_y))/sum_e + 1, 0.0))))*tl.log(sum_e))
         # a class out of range (not checked on a GPU: no sync) poisons the row's loss
         loss_focal = tl.where(in_range, loss_focal, float("nan"))
-
         tl.store(loss_focal_ptr + r, loss_focal, mask=row_mask)
 
         if NEED_GRAD:
@@ -442,7 +434,6 @@ def _kernel_probability(
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
 
-
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
         acc_0 = tl.zeros([BLOCK_R, 1], ACC)
@@ -484,7 +475,6 @@ def _kernel_probability(
             sum_epz_ = sum_epz_ + tl.sum(tl.where(col_mask, tl.where(gamma - 1 == 0, 1.0, tl.exp2((gamma - 1)*tl.log2(tl.maximum(1 - e/sum_e, 0.0))))*e*p*z, 0.0), axis=1, keep_dims=True)
 
         loss_focal = sum_ep*tl.log(sum_e) - sum_epz
-
         tl.store(loss_focal_ptr + r, loss_focal, mask=row_mask)
 
         if NEED_GRAD:
@@ -533,7 +523,6 @@ def _kernel_probability_smoothed(
         r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
-
 
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
@@ -584,7 +573,6 @@ def _kernel_probability_smoothed(
             sum_epz_ = sum_epz_ + tl.sum(tl.where(col_mask, tl.where(gamma - 1 == 0, 1.0, tl.exp2((gamma - 1)*tl.log2(tl.maximum(1 - e/sum_e, 0.0))))*e*p*z, 0.0), axis=1, keep_dims=True)
 
         loss_focal = -label_smoothing*sum_ep*tl.log(sum_e) + label_smoothing*sum_epz + label_smoothing*sum_e_*tl.log(sum_e)/classes - label_smoothing*sum_ez/classes + sum_ep*tl.log(sum_e) - sum_epz
-
         tl.store(loss_focal_ptr + r, loss_focal, mask=row_mask)
 
         if NEED_GRAD:
@@ -636,7 +624,6 @@ def _kernel_probability_weighted(
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
 
-
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
         acc_0 = tl.zeros([BLOCK_R, 1], ACC)
@@ -679,7 +666,6 @@ def _kernel_probability_weighted(
             sum_epwz_ = sum_epwz_ + tl.sum(tl.where(col_mask, tl.where(gamma - 1 == 0, 1.0, tl.exp2((gamma - 1)*tl.log2(tl.maximum(1 - e/sum_e, 0.0))))*e*p*w*z, 0.0), axis=1, keep_dims=True)
 
         loss_focal = sum_epw*tl.log(sum_e) - sum_epwz
-
         tl.store(loss_focal_ptr + r, loss_focal, mask=row_mask)
 
         if NEED_GRAD:
@@ -729,7 +715,6 @@ def _kernel_probability_weighted_smoothed(
         r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
         rows_at = (r // positions) * n_classes * positions + r % positions
         live = row_mask
-
 
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
@@ -781,7 +766,6 @@ def _kernel_probability_weighted_smoothed(
             sum_epwz_ = sum_epwz_ + tl.sum(tl.where(col_mask, tl.where(gamma - 1 == 0, 1.0, tl.exp2((gamma - 1)*tl.log2(tl.maximum(1 - e/sum_e, 0.0))))*e*p*w*z, 0.0), axis=1, keep_dims=True)
 
         loss_focal = -label_smoothing*sum_epw*tl.log(sum_e) + label_smoothing*sum_epwz + label_smoothing*sum_ew*tl.log(sum_e)/classes - label_smoothing*sum_ewz/classes + sum_epw*tl.log(sum_e) - sum_epwz
-
         tl.store(loss_focal_ptr + r, loss_focal, mask=row_mask)
 
         if NEED_GRAD:

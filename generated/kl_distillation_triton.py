@@ -96,7 +96,6 @@ def _kernel_teacher(
         # a masked row's logits are never read: its loss and gradients are zero
         live = row_mask & (valid != 0)
 
-
         # walk 1: the running maxima and the sums accumulated online
         m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
         mt = tl.full([BLOCK_R, 1], float("-inf"), ACC)
@@ -134,7 +133,6 @@ def _kernel_teacher(
         sum_te = acc_1
 
         loss_kl = (temperature*temperature)*valid*(sum_te*tl.log(sum_e) - sum_te*tl.log(sum_te) + sum_tetz - sum_tez)/sum_te
-
         tl.store(loss_kl_ptr + r, loss_kl, mask=row_mask)
 
         if NEED_GRAD or NEED_TEACHER_GRAD:

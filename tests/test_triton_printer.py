@@ -277,3 +277,14 @@ def test_docstring_examples():
 
     result = doctest.testmod(symce.codegen.triton)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_name_that_would_shadow_the_kernels_own_is_refused(shift_sum):
+    from symce.losses import get_loss
+
+    kernel = kernels("focal_loss")[0]
+    gamma_symbol = get_loss("focal_loss").param("gamma").symbol
+    for name in ("e", "cols", "acc_0"):
+        renamed = dataclasses.replace(kernel, names={**kernel.names, gamma_symbol: name})
+        with pytest.raises(ValueError, match="shadow"):
+            kernel_context(renamed, shift_sum)

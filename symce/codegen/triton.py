@@ -74,6 +74,9 @@ RESERVED = frozenset({
     "triton", "valid", "y",
 })
 
+#: the kernel template's locals numbered per kernel (accumulators, coefficients, losses)
+_LOCAL_PREFIXES = ("acc_", "coef_", "tcoef_", "loss_")
+
 #: at most this many factors print an integer power as a product
 _MAX_PRODUCT = 8
 
@@ -478,9 +481,17 @@ class _Context:
         for v in kernel.row_values:
             self.names[v.symbol] = str(v.symbol)
         self.parts = _stream_parts(kernel)
-        clash = {n for n in self.names.values() if n in RESERVED} - {"valid", "classes"}
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """No parameter or row value may be printed under a name the kernel uses itself."""
+        own = {"valid", "classes"} | {s.max.name for s in self.k.streams}
+        taken = (RESERVED | set(ELEMENT_NAMES.values())
+                 | {running_max(s).name for s in self.k.streams})
+        clash = sorted(name for name in self.names.values() if name not in own
+                       and (name in taken or name.startswith(_LOCAL_PREFIXES)))
         if clash:
-            raise ValueError(f"{kernel.loss}: names {sorted(clash)} are the kernel's own")
+            raise ValueError(f"{self.k.loss}: {clash} would shadow the kernel's own names")
 
     def code(self, expr: sp.Expr, walk: bool = False) -> str:
         return triton_code(expr, self.names, walk=walk, parts=self.parts)
@@ -533,14 +544,13 @@ class _Context:
             symbol = sp.Symbol(f"{prefix}_y", real=True)
             coefficients.append((symbol.name, self.code(g.target)))
             entry += symbol * sp.KroneckerDelta(K, Y)
-        return {"coefficients": coefficients, "entry": self.code(entry, walk=True),
-                "factors": [f for _, f in g.terms]}
+        return {"coefficients": coefficients, "entry": self.code(entry, walk=True)}
 
     def context(self) -> dict[str, object]:
         k = self.k
         grad = self.gradient(k.grad, "coef")
         grad_teacher = self.gradient(k.grad_teacher, "tcoef")
-        factors = grad["factors"] + (grad_teacher["factors"] if grad_teacher else [])
+        factors = [f for g in (k.grad, k.grad_teacher) if g is not None for _, f in g.terms]
         walks = [self.walk(w) for w in self.plan.walks if not w.gradient]
         last = self.plan.walks[-1]
         gathers = []
@@ -564,7 +574,6 @@ class _Context:
             "grad_teacher": grad_teacher,
             "grad_walk": {"number": last.number, "forward": last.number % 2 == 1,
                           **self.elements(factors, online=False)},
-            "masked": MASK in set().union(*(e.free_symbols for _, e in k.losses)),
             "schedule": self.plan.describe(k),
         }
 
