@@ -99,6 +99,32 @@ print(json.dumps(report))
 """
 
 
+def test_the_printers_functions_compile_for_sm90(tmp_path):
+    """Every function TritonPrinter may print lowers for sm_90 (float32 and float64)."""
+    from tests.triton_cases import function_table_kernel
+
+    path = tmp_path / "table_kernel.py"
+    path.write_text(function_table_kernel(), encoding="utf-8")
+    script = (
+        "import importlib.util, sys\n"
+        "from triton.backends.compiler import GPUTarget\n"
+        "from triton.compiler import ASTSource\n"
+        "import triton\n"
+        "spec = importlib.util.spec_from_file_location('k', sys.argv[1])\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "for dtype in ('*fp32', '*fp64'):\n"
+        "    triton.compile(ASTSource(m.apply_all, {'a_ptr': dtype, 'out_ptr': dtype,\n"
+        "                   'N': 'constexpr'}, {'N': 16}), target=GPUTarget('cuda', 90, 32))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    if done.returncode != 0 and "nvidia" in done.stderr and "backend" in done.stderr:
+        pytest.skip(f"triton has no NVIDIA backend here: {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
 @pytest.fixture(scope="module")
 def loads():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

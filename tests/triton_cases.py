@@ -239,6 +239,22 @@ def assert_case(module, case: Case, device="cpu") -> None:
                                    msg=lambda m: f"{case.name} teacher grad: {m}")
 
 
+def function_table_kernel() -> str:
+    """Source of a module whose kernel ``apply_all`` applies every function of
+    TritonPrinter's table (and exp2, log2, where) to a vector: row i of ``out``."""
+    from symce.codegen.triton import TritonPrinter
+
+    calls = {name: f"{fn}(a, b)" if name in ("Max", "Min") else f"{fn}(a)"
+             for name, fn in sorted(TritonPrinter.functions.items())}
+    calls.update(exp2="tl.exp2(a)", log2="tl.log2(a)", where="tl.where(a > 1, a, b)")
+    body = "".join(f"    tl.store(out_ptr + {i} * N + i, {code})\n"
+                   for i, code in enumerate(calls.values()))
+    return ("import triton\nimport triton.language as tl\n\n"
+            f"NAMES = {tuple(calls)!r}\n\n\n@triton.jit\n"
+            "def apply_all(a_ptr, out_ptr, N: tl.constexpr):\n"
+            "    i = tl.arange(0, N)\n    a = tl.load(a_ptr + i)\n    b = a * 0.5\n" + body)
+
+
 def _table() -> list[Case]:
     ce = Case("ce", "cross_entropy", (4, 7))
     focal = Case("focal", "focal_loss", (4, 7))
