@@ -45,6 +45,7 @@ cap = sp.Symbol("s", positive=True)
 a = sp.Symbol("a", real=True)
 NAMES = {cap: "softcap"}
 PARTS = {e: sum_e}  # e_k ≤ Σe: what the kernels know about the bases of their powers
+SUM_REAL = sp.Symbol("sum_e", real=True)  # Σe as the kernel description names it
 
 
 def _golden(path: Path, text: str) -> None:
@@ -95,6 +96,9 @@ CASES = {
                               lambda v: np.power(1 - v["e"] / v["sum_e"], v["gamma"] - 1)
                               * v["e"]),
     "power_of_a_positive_base": (sum_e ** gamma, {}, lambda v: v["sum_e"] ** v["gamma"]),
+    # the IR's row values are only real: Σe is positive as a total of positive parts
+    "power_of_a_total": (SUM_REAL ** gamma, {"parts": {e: SUM_REAL}},
+                         lambda v: v["sum_e"] ** v["gamma"]),
     "square_root": (sp.sqrt(sum_e), {}, lambda v: np.sqrt(v["sum_e"])),
     "target_delta": (sp.KroneckerDelta(K, Y) * e[K], {"walk": True},
                      lambda v: np.where(v["cols"] == v["y"], v["e"], 0.0)),
@@ -140,6 +144,7 @@ def test_a_base_of_zero_is_exact():
 @pytest.mark.parametrize("expr, options, message", [
     (sp.tanh(a), {}, "cannot print tanh"),  # the printer alone: no rewrite
     ((1 - x[K]) ** gamma, {}, "proved non-negative"),
+    (SUM_REAL ** gamma, {}, "proved non-negative"),  # only real: unknown without the parts
     ((1 - e[K] / sum_e) ** gamma, {}, "proved non-negative"),  # without the parts it holds
     ((e[K] / sum_e - sp.exp(m - m) * e[J] / sum_e) ** gamma, {"parts": PARTS},
      "proved non-negative"),  # a difference of two parts is not
@@ -329,3 +334,21 @@ def test_generation_does_not_depend_on_the_hash_seed():
     outputs = [run.communicate(timeout=600)[0] for run in runs]
     assert all(run.returncode == 0 for run in runs)
     assert outputs[0] == outputs[1] and outputs[0].strip()
+
+
+def test_a_sum_that_does_not_split_gets_a_walk_after_the_maxima(shift_sum):
+    """Hand-made row values: Σ log(1 + e·u_y) reads only a gather, yet needs the final
+    maximum (walk 2); Σ q^γ over it needs both it and Σe (walk 3)."""
+    from symce.codegen.ir import RowValue
+
+    kernel = kernels("focal_loss")[0]  # index: max m, gather u_y, Σe
+    u_y = next(v.symbol for v in kernel.values("gather"))
+    sum_e = next(v.symbol for v in kernel.values("sum"))
+    s1 = sp.Symbol("sum_log", real=True)
+    s2 = sp.Symbol("sum_pow", real=True)
+    extra = (RowValue(s1, "sum", sp.Sum(sp.log(1 + e[J] * u_y**2), (J, 1, N_CLASSES)), 2),
+             RowValue(s2, "sum", sp.Sum((e[J] / sum_e) ** gamma * s1, (J, 1, N_CLASSES)), 3))
+    plan = schedule(dataclasses.replace(kernel, row_values=kernel.row_values + extra),
+                    shift_sum)
+    assert plan.walk_of[sum_e] == 1 and plan.walk_of[s1] == 2 and plan.walk_of[s2] == 3
+    assert [w.number for w in plan.walks] == [1, 2, 3, 4] and plan.walks[-1].gradient

@@ -237,7 +237,9 @@ class TritonPrinter(ArrayPrinterMixin, PythonCodePrinter):
             total = self.parts[t.base] if isinstance(t, sp.Indexed) else self.parts[t]
             return total / (1 + sp.Dummy("r", nonnegative=True))
 
-        bound = sp.together(base.replace(is_part, bounded))
+        # a total of positive parts is positive (the IR's row values are only real)
+        totals = {t: sp.Dummy(t.name, positive=True) for t in set(self.parts.values())}
+        bound = sp.together(base.replace(is_part, bounded).xreplace(totals))
         if bound.is_positive:
             return "positive"
         if bound.is_nonnegative:
@@ -404,7 +406,9 @@ def schedule(kernel: Kernel, shift_sum) -> Schedule:
             after.append((v.symbol, value))
             walk_of[v.symbol] = 1
         else:
-            number = 1 + max((walk_of[s] for s in reads), default=1)
+            # after the walk completing what it reads, and never in walk 1: a summand
+            # that does not split reads the elements at the final maxima
+            number = 1 + max([1, *(walk_of[s] for s in reads)])
             walk_of[v.symbol] = number
             plain.setdefault(number, []).append(Accumulator(v.symbol, summand))
     walks = [Walk(1, tuple(online.values()), tuple(after), online=True)]
