@@ -208,3 +208,18 @@ def test_hessians_match_autograd():
             for k in range(N):
                 got = _instantiate(hess.xreplace({ctx.i: sp.Integer(i + 1)}), ctx, vals, k)
                 assert got == pytest.approx(want[i, k], rel=1e-10, abs=1e-12), (loss, i, k)
+
+
+def test_parameter_ranges_reject_values_outside_them():
+    """A range SymPy decides from the symbol's assumptions (Ge of a nonnegative
+    symbol is True) would accept everything: declarations keep it unevaluated."""
+    from symce.losses import check_value, get_loss
+    from symce.losses.spec import Param
+
+    for loss, name, bad in [("cross_entropy", "z_loss", -0.1), ("cross_entropy", "softcap", 0.0),
+                            ("focal_loss", "gamma", -1.0), ("kl_distillation", "temperature", 0.0)]:
+        with pytest.raises(ValueError, match=name):
+            check_value(get_loss(loss).param(name), bad)
+    g = sp.Symbol("g", nonnegative=True)
+    with pytest.raises(ValueError, match="evaluate=False"):
+        Param("g", g, 1.0, sp.Ge(g, 0), "a number >= 0", "a parameter")

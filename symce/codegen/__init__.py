@@ -53,9 +53,16 @@ def _numpy(loss: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
     }
 
 
+def _triton(loss: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
+    from symce.codegen.triton import triton_context
+
+    return triton_context(loss, ks)
+
+
 #: backend → its template's context (beyond :func:`module_context`)
 BACKEND_CONTEXTS: dict[str, Callable[[str, tuple[Kernel, ...]], dict[str, object]]] = {
     "numpy": _numpy,
+    "triton": _triton,
 }
 
 

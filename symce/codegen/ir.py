@@ -314,7 +314,10 @@ class _Hoister:
     def __call__(self, expr: sp.Expr) -> sp.Expr:
         expr = self._gathers(expr)
         while True:
-            innermost = [t for t in expr.atoms(sp.Sum) if not t.function.has(sp.Sum)]
+            # sorted: atoms() is a set, whose order (and so the names given) would
+            # change with Python's hash seed from one process to the next
+            innermost = sorted((t for t in expr.atoms(sp.Sum) if not t.function.has(sp.Sum)),
+                               key=sp.default_sort_key)
             if not innermost:
                 return expr
             expr = expr.xreplace({t: self._sum(t) for t in innermost})
