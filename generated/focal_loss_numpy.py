@@ -225,6 +225,21 @@ def _block_index(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts,
     z = -m + x
     e = np.exp2(1.442695040888963407359924681*z)
     sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (valid*(m - u_y + np.log(sum_e)), )
+    if need_grad:
+        np.multiply(scale_focal*valid/sum_e, e, out=buf)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(-scale_focal*valid, y_at.shape).reshape(-1)
+    return losses
+
+
+def _block_index_gamma(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
+    """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
+    u_y = u.reshape(-1)[y_at]
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
     losses = (valid*(1 - np.exp(-m + u_y)/sum_e)**gamma*(m - u_y + np.log(sum_e)), )
     if need_grad:
         np.multiply(scale_focal*valid*(-gamma*(1 - np.exp(-m + u_y)/sum_e)**(gamma - 1)*(-m + u_y)*np.exp(-m + u_y)/sum_e + gamma*(1 - np.exp(-m + u_y)/sum_e)**(gamma - 1)*np.exp(-m + u_y)*np.log(sum_e)/sum_e + (1 - np.exp(-m + u_y)/sum_e)**gamma)/sum_e, e, out=buf)
@@ -233,6 +248,23 @@ def _block_index(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts,
 
 
 def _block_index_smoothed(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
+    """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
+    u_y = u.reshape(-1)[y_at]
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    sum_z = np.sum(z, axis=1, keepdims=True)
+    losses = (valid*(label_smoothing*(-m + u_y) - label_smoothing*sum_z/n_classes + m - u_y + np.log(sum_e)), )
+    if need_grad:
+        np.multiply(-label_smoothing*scale_focal*valid/n_classes, 1, out=buf)
+        buf += (scale_focal*valid/sum_e) * (e)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(scale_focal*valid*(label_smoothing - 1), y_at.shape).reshape(-1)
+    return losses
+
+
+def _block_index_smoothed_gamma(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
     """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
     u_y = u.reshape(-1)[y_at]
     x = u
@@ -263,6 +295,22 @@ def _block_index_weighted(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad
     z = -m + x
     e = np.exp2(1.442695040888963407359924681*z)
     sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (valid*w_y*(m - u_y + np.log(sum_e)), )
+    if need_grad:
+        np.multiply(scale_focal*valid*w_y/sum_e, e, out=buf)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(-scale_focal*valid*w_y, y_at.shape).reshape(-1)
+    return losses
+
+
+def _block_index_weighted_gamma(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
+    """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
+    u_y = u.reshape(-1)[y_at]
+    w_y = w.reshape(-1)[y]
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
     losses = (valid*w_y*(1 - np.exp(-m + u_y)/sum_e)**gamma*(m - u_y + np.log(sum_e)), )
     if need_grad:
         np.multiply(scale_focal*valid*w_y*(-gamma*(1 - np.exp(-m + u_y)/sum_e)**(gamma - 1)*(-m + u_y)*np.exp(-m + u_y)/sum_e + gamma*(1 - np.exp(-m + u_y)/sum_e)**(gamma - 1)*np.exp(-m + u_y)*np.log(sum_e)/sum_e + (1 - np.exp(-m + u_y)/sum_e)**gamma)/sum_e, e, out=buf)
@@ -271,6 +319,30 @@ def _block_index_weighted(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad
 
 
 def _block_index_weighted_smoothed(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
+    """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
+    sum_w, = consts
+    w_y = w.reshape(-1)[y]
+    u_y = u.reshape(-1)[y_at]
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_wz = _class_dot(w, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (valid*(label_smoothing*w_y*(-m + u_y) - label_smoothing*w_y*np.log(sum_e) + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes - w_y*(-m + u_y) + w_y*np.log(sum_e)), )
+    if need_grad:
+        np.multiply(scale_focal*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e, e, out=buf)
+        buf += (-label_smoothing*scale_focal*valid/n_classes) * (w)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(scale_focal*valid*w_y*(label_smoothing - 1), y_at.shape).reshape(-1)
+    return losses
+
+
+def _constants_index_weighted_smoothed(w, n_classes):
+    sum_w = np.sum(w, axis=1, keepdims=True)
+    return (float(np.reshape(sum_w, -1)[0]), )
+
+
+def _block_index_weighted_smoothed_gamma(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
     """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
     u_y = u.reshape(-1)[y_at]
     w_y = w.reshape(-1)[y]
@@ -299,6 +371,22 @@ def _block_probability(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, c
     m = np.max(x, axis=1, keepdims=True)
     z = -m + x
     e = np.exp2(1.442695040888963407359924681*z)
+    sum_pz = _class_dot(p, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    sum_p = np.sum(p, axis=1, keepdims=True)
+    losses = (sum_p*np.log(sum_e) - sum_pz, )
+    if need_grad:
+        np.multiply(scale_focal*sum_p/sum_e, e, out=buf)
+        buf += (-scale_focal) * (p)
+    return losses
+
+
+def _block_probability_gamma(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
+    """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
     sum_e = np.sum(e, axis=1, keepdims=True)
     sum_ep = np.sum((1 - e/sum_e)**gamma*p, axis=1, keepdims=True)
     sum_epz = np.sum((1 - e/sum_e)**gamma*p*z, axis=1, keepdims=True)
@@ -314,6 +402,24 @@ def _block_probability(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, c
 
 
 def _block_probability_smoothed(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
+    """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_pz = _class_dot(p, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    sum_p = np.sum(p, axis=1, keepdims=True)
+    sum_z = np.sum(z, axis=1, keepdims=True)
+    losses = (-label_smoothing*sum_p*np.log(sum_e) + label_smoothing*sum_pz + label_smoothing*np.log(sum_e) - label_smoothing*sum_z/n_classes + sum_p*np.log(sum_e) - sum_pz, )
+    if need_grad:
+        np.multiply(-label_smoothing*scale_focal/n_classes, 1, out=buf)
+        buf += (scale_focal*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e) * (e)
+        buf += (scale_focal*(label_smoothing - 1)) * (p)
+    return losses
+
+
+def _block_probability_smoothed_gamma(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
     """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
     x = u
     m = np.max(x, axis=1, keepdims=True)
@@ -346,6 +452,22 @@ def _block_probability_weighted(u, buf, tu, y, y_at, valid, p, w, n_classes, nee
     m = np.max(x, axis=1, keepdims=True)
     z = -m + x
     e = np.exp2(1.442695040888963407359924681*z)
+    sum_pw = _class_dot(p, w)
+    sum_pwz = _class_dot(p, w, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (sum_pw*np.log(sum_e) - sum_pwz, )
+    if need_grad:
+        np.multiply(-scale_focal, p*w, out=buf)
+        buf += (scale_focal*sum_pw/sum_e) * (e)
+    return losses
+
+
+def _block_probability_weighted_gamma(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
+    """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
     sum_e = np.sum(e, axis=1, keepdims=True)
     sum_epw = np.sum((1 - e/sum_e)**gamma*p*w, axis=1, keepdims=True)
     sum_epwz = np.sum((1 - e/sum_e)**gamma*p*w*z, axis=1, keepdims=True)
@@ -361,6 +483,30 @@ def _block_probability_weighted(u, buf, tu, y, y_at, valid, p, w, n_classes, nee
 
 
 def _block_probability_weighted_smoothed(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
+    """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
+    sum_w, = consts
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_pw = _class_dot(p, w)
+    sum_wz = _class_dot(w, z)
+    sum_pwz = _class_dot(p, w, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (-label_smoothing*sum_pw*np.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes + sum_pw*np.log(sum_e) - sum_pwz, )
+    if need_grad:
+        np.multiply(scale_focal*(label_smoothing - 1), p*w, out=buf)
+        buf += (scale_focal*(-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)/sum_e) * (e)
+        buf += (-label_smoothing*scale_focal/n_classes) * (w)
+    return losses
+
+
+def _constants_probability_weighted_smoothed(w, n_classes):
+    sum_w = np.sum(w, axis=1, keepdims=True)
+    return (float(np.reshape(sum_w, -1)[0]), )
+
+
+def _block_probability_weighted_smoothed_gamma(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, gamma, label_smoothing, scale_focal):
     """Per-row losses of the block (focal); the gradient into ``buf`` if ``need_grad``."""
     x = u
     m = np.max(x, axis=1, keepdims=True)
@@ -388,14 +534,22 @@ def _block_probability_weighted_smoothed(u, buf, tu, y, y_at, valid, p, w, n_cla
 
 
 _KERNELS = {
-    ('index', False, False): (None, _block_index),
-    ('index', False, True): (None, _block_index_smoothed),
-    ('index', True, False): (None, _block_index_weighted),
-    ('index', True, True): (None, _block_index_weighted_smoothed),
-    ('probability', False, False): (None, _block_probability),
-    ('probability', False, True): (None, _block_probability_smoothed),
-    ('probability', True, False): (None, _block_probability_weighted),
-    ('probability', True, True): (None, _block_probability_weighted_smoothed),
+    ('index', False, False, False): (None, _block_index),
+    ('index', False, False, True): (None, _block_index_gamma),
+    ('index', False, True, False): (None, _block_index_smoothed),
+    ('index', False, True, True): (None, _block_index_smoothed_gamma),
+    ('index', True, False, False): (None, _block_index_weighted),
+    ('index', True, False, True): (None, _block_index_weighted_gamma),
+    ('index', True, True, False): (_constants_index_weighted_smoothed, _block_index_weighted_smoothed),
+    ('index', True, True, True): (None, _block_index_weighted_smoothed_gamma),
+    ('probability', False, False, False): (None, _block_probability),
+    ('probability', False, False, True): (None, _block_probability_gamma),
+    ('probability', False, True, False): (None, _block_probability_smoothed),
+    ('probability', False, True, True): (None, _block_probability_smoothed_gamma),
+    ('probability', True, False, False): (None, _block_probability_weighted),
+    ('probability', True, False, True): (None, _block_probability_weighted_gamma),
+    ('probability', True, True, False): (_constants_probability_weighted_smoothed, _block_probability_weighted_smoothed),
+    ('probability', True, True, True): (None, _block_probability_weighted_smoothed_gamma),
 }
 
 
@@ -568,7 +722,8 @@ def _kernel_key(kind, options):
     """The kernel specialised for the options in use."""
     weighted = options["weight"] is not None
     smoothed = float(options["label_smoothing"]) > 0.0
-    return (kind, weighted, smoothed,)
+    gamma = options["gamma"] != 0.0
+    return (kind, weighted, smoothed, gamma,)
 
 
 def _denominators(kind, weighted, reduction, valid, w_y, rows, n_classes):

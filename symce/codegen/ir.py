@@ -465,11 +465,21 @@ def derivation_of(loss_name: str) -> Derivation:
 
 
 @functools.cache
-def _lowered(loss_name: str, step: str) -> sp.Expr:
+def _lowered(loss_name: str, step: str, fixed: tuple[tuple[sp.Symbol, float], ...] = ()
+             ) -> sp.Expr:
     """A step's right-hand side lowered; powers of a base combined first
-    (``(1 − q)^γ / (1 − q) = (1 − q)^{γ−1}``: no ``0/0`` where ``q`` rounds to 1)."""
+    (``(1 − q)^γ / (1 − q) = (1 − q)^{γ−1}``: no ``0/0`` where ``q`` rounds to 1).
+
+    ``fixed``: parameters set to their "off" value first (a kernel specialised
+    for it): SymPy then drops what vanishes — with ``γ = 0`` the focal loss's
+    expressions are cross-entropy's, and no ``0 · (1 − q)^{−1}`` is left to be
+    ``0 · ∞`` where ``q`` rounds to 1.
+    """
     derivation = derivation_of(loss_name)
-    return lower(sp.powsimp(derivation.step(step).rhs, deep=True), derivation)
+    rhs = derivation.step(step).rhs
+    if fixed:
+        rhs = rhs.xreplace({symbol: sp.nsimplify(value) for symbol, value in fixed})
+    return lower(sp.powsimp(rhs, deep=True), derivation)
 
 
 @functools.cache
@@ -485,9 +495,13 @@ def build_kernel(loss_name: str, kind: str, flags: tuple[tuple[str, bool], ...])
     masked = kind in ("index", "teacher")
     mask = MASK if masked else sp.S.One
 
+    # specialised parameters that are off at their declared value: fixed to it
+    fixed = tuple((p.symbol, p.off) for p in loss.params
+                  if p.specialise and p.off is not None and not on.get(p.name, True))
+
     def prepared(step: str) -> sp.Expr:
-        return substitute_targets(_lowered(loss_name, step), derivation, kind, weighted,
-                                  smoothed)
+        return substitute_targets(_lowered(loss_name, step, fixed), derivation, kind,
+                                  weighted, smoothed)
 
     losses, grads, grads_t = [], [], []
     for term, info in zip(loss.terms, derivation.terms, strict=True):

@@ -44,7 +44,7 @@ def focal_loss() -> Loss:
         targets=CLASSES,
         params=(Param("gamma", GAMMA, 2.0, sp.Ge(GAMMA, 0, evaluate=False), "a number >= 0",
                       "focusing parameter: (1 - q)**gamma down-weights well-classified rows",
-                      leading=True, examples=(0.0, 0.5)),),
+                      leading=True, specialise=True, off=0.0, examples=(0.0, 0.5)),),
         module_class="FocalLoss",
         notation=r"loss $L = -\sum_i c_i (1 - q_i)^{\gamma} \log q_i$",
         extra_steps=_own_steps,
