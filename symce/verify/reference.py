@@ -94,13 +94,25 @@ def _derivation(loss: str):
 
 
 @functools.cache
-def _derived_code(loss_name: str) -> dict[str, Any]:
-    """The derivation's expressions printed as NumPy over ``(N, C, S)`` arrays."""
+def _derived_code(loss_name: str, values: tuple[tuple[str, Any], ...] | None = None
+                  ) -> dict[str, Any]:
+    """The derivation's expressions printed as NumPy over ``(N, C, S)`` arrays.
+
+    ``values``: parameter values substituted (exactly) before printing, so that
+    SymPy folds what they decide: ``γ = 0`` removes the focal terms, and a
+    number exponent combines ``(1 − q)^γ / (1 − q)`` into ``(1 − q)^(γ−1)``,
+    finite where ``q = 1`` for ``γ ≥ 1``; ``None``: the parameters stay
+    symbols, read at run time.
+    """
     d = _derivation(loss_name)
     ctx = d.context
     vocab = _Vocabulary(d)
     printer = _NumpyVocabulary(vocab.bases, vocab.names)
     by_name = {s.name: s for s in d.steps}
+    fixed = {} if values is None else _exact(get_loss(loss_name), dict(values))
+
+    def doprint(expr):
+        return printer.doprint(expr.xreplace(fixed) if fixed else expr)
 
     def stable(expr):
         """``log q = x − ℓ`` (and the teacher's ``log p = φ(t) − ℓ_t``): no log of an
@@ -111,7 +123,7 @@ def _derived_code(loss_name: str) -> dict[str, Any]:
                 lambda t: isinstance(t, sp.log) and isinstance(t.args[0], sp.Indexed)
                 and t.args[0].base == ctx._c,
                 lambda t: ctx.teacher_logit(t.args[0].indices[0]) - ctx.ell_t)
-        return printer.doprint(expr)
+        return doprint(expr)
 
     code = {"terms": [], "teacher": []}
     for info in d.terms:
@@ -121,8 +133,14 @@ def _derived_code(loss_name: str) -> dict[str, Any]:
         if info.teacher_gradient is not None:
             code["teacher"].append((info.term, stable(by_name[info.teacher_gradient].rhs)))
     if "transform_derivative" in by_name:
-        code["factor"] = printer.doprint(by_name["transform_derivative"].rhs)
+        code["factor"] = doprint(by_name["transform_derivative"].rhs)
     return code
+
+
+def _exact(loss: Loss, values: dict[str, Any]) -> dict[sp.Symbol, sp.Expr]:
+    """Parameter symbol → its value as an exact number (``0.1`` → ``1/10``)."""
+    return {p.symbol: sp.Rational(repr(float(values[p.name]))) for p in loss.params
+            if values.get(p.name) is not None}
 
 
 @functools.cache
@@ -244,19 +262,23 @@ def _upstream(inputs: Inputs, loss: Loss, reduction: str, n: int, s: int):
     return float(inputs.grad_output)
 
 
-def derived(loss_name: str, inputs: Inputs) -> Outcome:
-    """The loss and gradients printed from the derivation, in float64 NumPy."""
-    loss = get_loss(loss_name)
-    code = _derived_code(loss_name)
-    o = inputs.options
-    reduction = o.get("reduction", loss.targets.default_reduction)
-    u3 = _layout(np.asarray(inputs.input, dtype=np.float64))
+def _evaluate(loss: Loss, code: dict[str, Any], u3: np.ndarray, found: dict[str, Any],
+              values: dict[str, Any]):
+    """The derivation's per-row terms on ``(N, C, S)`` raw logits ``u3``.
+
+    ``found`` is the target model's answer (:func:`_targets`: ``c``, or the
+    teacher's raw logits ``t``, and the row mask ``valid``).  Returns ``(rows,
+    grads, teacher, env)``: each term's row loss (mask applied), its gradient
+    with respect to the transformed logits and, with a teacher, with respect
+    to the teacher's raw logits (both unmasked), and the evaluation's names
+    (for the transform's derivative, ``code["factor"]``).
+    """
     n, n_classes, s = u3.shape
-    transform = _transform_numpy(loss, o)
+    transform = _transform_numpy(loss, values)
     x = transform(u3) if transform else u3
-    found = _targets(loss, x, inputs)
     env = {"np": np, "x": x, "n_classes": n_classes, "_class_dot": _class_dot,
-           **{p.name: (0.0 if o.get(p.name, p.default) is None else float(o.get(p.name, p.default)))
+           **{p.name: (0.0 if values.get(p.name, p.default) is None
+                       else float(values.get(p.name, p.default)))
               for p in loss.params}}
     m = x.max(axis=1, keepdims=True)
     env["ell"] = m + np.log(np.exp(x - m).sum(axis=1, keepdims=True))
@@ -269,22 +291,134 @@ def derived(loss_name: str, inputs: Inputs) -> Outcome:
         env["t"] = found["t"]
     else:
         env["c"] = found["c"]
-    rows, grads = {}, {}
+    rows, grads, teacher = {}, {}, {}
     for term, loss_code, grad_code in code["terms"]:
         rows[term] = np.broadcast_to(eval(loss_code, env), (n, 1, s)) * found["valid"]  # noqa: S307
         grads[term] = np.broadcast_to(eval(grad_code, env), x.shape)  # noqa: S307
+    for term, teacher_code in code["teacher"]:
+        teacher[term] = np.broadcast_to(eval(teacher_code, env), x.shape)  # noqa: S307
+    return rows, grads, teacher, (env if transform is not None else None)
+
+
+def derived(loss_name: str, inputs: Inputs) -> Outcome:
+    """The loss and gradients printed from the derivation, in float64 NumPy."""
+    loss = get_loss(loss_name)
+    code = _derived_code(loss_name)
+    o = inputs.options
+    reduction = o.get("reduction", loss.targets.default_reduction)
+    u3 = _layout(np.asarray(inputs.input, dtype=np.float64))
+    n, n_classes, s = u3.shape
+    transform = _transform_numpy(loss, o)
+    found = _targets(loss, transform(u3) if transform else u3, inputs)
+    rows, grads, teacher, env = _evaluate(loss, code, u3, found, o)
     terms, factors = _reduce(loss, found, reduction, rows, n_classes, inputs.input.shape)
     up = _upstream(inputs, loss, reduction, n, s)
     grad = sum(up * factors[t] * found["valid"] * grads[t] for t in grads)
-    if transform is not None:
+    if env is not None:
         grad = grad * eval(code["factor"], env)  # noqa: S307
     grad_t = None
-    if code["teacher"]:
-        grad_t = sum(up * factors[t] * found["valid"] * np.broadcast_to(eval(c, env), x.shape)  # noqa: S307
-                     for t, c in code["teacher"])
+    if teacher:
+        grad_t = sum(up * factors[t] * found["valid"] * teacher[t] for t in teacher)
         grad_t = grad_t.reshape(inputs.input.shape)
     return Outcome(loss=sum(terms.values()), terms=terms, grad=grad.reshape(inputs.input.shape),
                    grad_teacher=grad_t)
+
+
+# -- one row per sample and position: the core that symce check evaluates ----------
+@dataclass
+class Rows:
+    """Each term's values on rows (one per sample and position, the classes last).
+
+    ``loss[t]``: the row's term ``[R]`` (masked rows 0); ``grad[t]``: its
+    gradient with respect to the row's raw logits ``[R, C]`` (the transform's
+    derivative chained; masked rows 0); ``grad_teacher[t]``: with respect to
+    the teacher's raw logits (teacher targets only).
+    """
+
+    loss: dict[str, np.ndarray]
+    grad: dict[str, np.ndarray]
+    grad_teacher: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def derived_rows(loss_name: str, x: np.ndarray, target: np.ndarray, *,
+                 params: dict[str, Any] | None = None,
+                 valid: np.ndarray | None = None) -> Rows:
+    """The derivation's per-row terms and gradients for rows ``x`` and their targets.
+
+    ``x``: raw logits ``[R, C]`` (before the loss's transform); ``target``:
+    the target coefficients ``c`` ``[R, C]`` (class targets: any ``c``, not
+    only what the options give, so a checker can evaluate the loss the usual
+    wrong ways), or the teacher's raw logits ``[R, C]``; ``valid``: ``[R]``,
+    1 for a row that counts, 0 for a masked one (default: all count);
+    ``params``: parameter values by name (the defaults for the rest).
+
+    The code is printed from the proved steps with the parameter values
+    substituted first (:func:`_derived_code`).
+
+    >>> import numpy as np
+    >>> rows = derived_rows("cross_entropy", np.zeros((1, 2)), np.array([[1.0, 0.0]]))
+    >>> rows.loss["cross_entropy"].round(6), rows.grad["cross_entropy"]
+    (array([0.693147]), array([[-0.5,  0.5]]))
+    """
+    loss = get_loss(loss_name)
+    values = {p.name: p.default for p in loss.params} | dict(params or {})
+    code = _derived_code(loss_name, tuple(sorted(values.items())))
+    u3 = np.asarray(x, dtype=np.float64)[:, :, None]
+    r = u3.shape[0]
+    mask = np.ones((r, 1, 1)) if valid is None else np.asarray(valid, np.float64).reshape(r, 1, 1)
+    target3 = np.asarray(target, dtype=np.float64)[:, :, None]
+    if loss.targets.name == "teacher":
+        found = {"kind": "teacher", "t": target3, "valid": mask}
+    else:
+        found = {"kind": "classes", "c": target3, "valid": mask}
+    with np.errstate(all="ignore"):
+        rows, grads, teacher, env = _evaluate(loss, code, u3, found, values)
+        factor = 1.0 if env is None else eval(code["factor"], env)  # noqa: S307
+        return Rows(loss={t: v[:, 0, 0] for t, v in rows.items()},
+                    grad={t: (mask * g * factor)[:, :, 0] for t, g in grads.items()},
+                    grad_teacher={t: (mask * g)[:, :, 0] for t, g in teacher.items()})
+
+
+@dataclass
+class TargetRows:
+    """What the target model makes of one call's target and options, on rows.
+
+    ``target``: the coefficients ``c`` ``[R, C]`` (class targets) or the
+    teacher's raw logits; ``valid``: ``[R]`` row mask; ``denominators``: each
+    term reduction (``"target"``, ``"rows"``) → what ``reduction`` divides its
+    sum by (``None``: it does not divide; per-row reductions: ``None``).
+    """
+
+    kind: str
+    target: np.ndarray
+    valid: np.ndarray
+    denominators: dict[str, float | None]
+
+
+def target_rows(loss_name: str, inputs: Inputs) -> TargetRows:
+    """The target model of ``loss_name`` applied to ``inputs``, one row per sample and position.
+
+    Rows are in the order of ``input.movedim(1, -1).reshape(-1, C)``.
+    """
+    loss = get_loss(loss_name)
+    reduction = inputs.options.get("reduction", loss.targets.default_reduction)
+    u3 = _layout(np.asarray(inputs.input, dtype=np.float64))
+    n_classes = u3.shape[1]
+    found = _targets(loss, u3, inputs)
+
+    def rows(a3: np.ndarray) -> np.ndarray:
+        return np.moveaxis(np.broadcast_to(a3, (a3.shape[0], a3.shape[1], u3.shape[2])),
+                           1, -1).reshape(-1, a3.shape[1])
+
+    target = rows(found["t"] if found["kind"] == "teacher" else found["c"])
+    denominators: dict[str, float | None] = {}
+    for term in loss.terms:
+        if reduction not in loss.targets.per_row_reductions:
+            denominators[term.reduction] = _denominator(loss, term, found["kind"], found,
+                                                        reduction, n_classes)
+        else:
+            denominators[term.reduction] = None
+    return TargetRows(found["kind"], target, rows(found["valid"])[:, 0], denominators)
 
 
 def definition(loss_name: str, inputs: Inputs) -> Outcome:
@@ -384,4 +518,5 @@ def _torch_class_dot(*arrays):
     return out.sum(dim=1, keepdim=True)
 
 
-__all__ = ["Inputs", "Outcome", "definition", "derived"]
+__all__ = ["Inputs", "Outcome", "Rows", "TargetRows", "definition", "derived",
+           "derived_rows", "target_rows"]
