@@ -26,6 +26,7 @@ from symce.checker.reference import (
     Layout,
     LossSpec,
     from_rows,
+    has_transform,
     reference,
     targets,
     term_factors,
@@ -250,6 +251,8 @@ class Result:
     problems: list[str] = dataclasses.field(default_factory=list)
     loss_ok: bool = False
     grad_ok: bool = False
+    #: gradient entries not compared: the derived gradient is not finite there
+    uncompared: int = 0
 
     @property
     def passed(self) -> bool:
@@ -455,6 +458,69 @@ def shrink(spec: Spec, fails: Callable[[Spec], bool], tries: int = 10) -> Spec:
 def tolerances(case: Case, reduction: str) -> tuple[np.ndarray, np.ndarray]:
     """Allowed absolute error for the loss (as reduced) and for each gradient entry.
 
+    The larger of :func:`rounding_tolerances` and :data:`SENSITIVITY` times the
+    change of the reference when the inputs are rounded once more in the
+    case's dtype (:func:`sensitivity`): where a loss is ill-conditioned
+    (focal loss with gamma < 1 near q = 1, ``(1 − q)^(γ−1)`` large) that is
+    what any implementation in that dtype can be off by; elsewhere the first
+    is the larger.  Memoised on the case.
+    """
+    memo = case.__dict__.setdefault("_tolerances", {})
+    if reduction not in memo:
+        loss_tol, grad_tol = rounding_tolerances(case, reduction)
+        for factor, (loss_change, grad_change) in zip(SENSITIVITY, sensitivity(case, reduction),
+                                                      strict=True):
+            loss_tol = np.maximum(loss_tol, factor * loss_change)
+            grad_tol = np.maximum(grad_tol, factor * grad_change)
+        memo[reduction] = (loss_tol, grad_tol)
+    return memo[reduction]
+
+
+#: how many times the reference's change under one more rounding (of the inputs, of the
+#: softmax) an implementation may be off by: as the rounding tolerance's 8·ε·|x|
+SENSITIVITY = (8, 8)
+
+
+def sensitivity(case: Case, reduction: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """How much the reference moves under one more rounding in the case's dtype.
+
+    The change (loss, gradient) under two probes: the inputs rounded again
+    (``x ⊙ (1 + u·r)``, a teacher's logits too) and the softmax rounded as
+    every implementation's is, ``log q = x − LSE`` off by about ``u·|x|``
+    (``q ⊙ (1 + u·(1 + max|x|)·r)``: near ``q = 1`` that is what is left of
+    ``1 − q``), ``u`` the dtype's unit roundoff, ``r = ±1`` at random (for the
+    softmax also all +1 and all −1, the worst of the three).  NaN counts as no
+    change.
+    """
+    rng = np.random.default_rng(case.spec.seed + 12345)
+    unit = np.finfo(case.spec.dtype).eps
+
+    def perturbed(a: np.ndarray, size: np.ndarray | float = 0.0, sign: float = 0.0):
+        r = rng.choice([-1.0, 1.0], np.shape(a)) if not sign else sign
+        return a * (1.0 + unit * (1.0 + size) * r)
+
+    spec, options = case.spec.lossspec, case.target_options
+    x = case.rows()[0]
+    size = np.abs(transformed(spec, x)[0]).max(axis=1).reshape(-1, 1, 1)
+    target = perturbed(case.target) if case.kind == TEACHER else case.target
+    here = case.expected(reduction)
+
+    def change(probe):
+        with np.errstate(invalid="ignore"):
+            return [np.nan_to_num(np.abs(a - b), nan=0.0, posinf=0.0)
+                    for a, b in zip(probe, here, strict=True)]
+
+    inputs = change(reference(spec, perturbed(case.logits), target, reduction, options))
+    softmax = [change(reference(spec, case.logits, case.target, reduction, options,
+                                perturb=lambda q, s=sign: perturbed(q, size, s)))
+               for sign in (0.0, 1.0, -1.0)]  # at random, all up, all down: the worst
+    worst = [np.maximum.reduce([probe[i] for probe in softmax]) for i in range(2)]
+    return [tuple(inputs), tuple(worst)]
+
+
+def rounding_tolerances(case: Case, reduction: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rounding error of a sound implementation, per loss term.
+
     Per row, for the loss's main term (cross-entropy's ``−Σ c log q``, focal
     loss, ``T²·KL``): ``ULPS·ε·(Σ|c| + 1)·(1 + max|x|)`` for the loss, ``x``
     the logits the softmax sees, and ``ULPS·ε·(Σ|c| + 1) + 8·ε·(Σ|c| + 1)·max|x|``
@@ -470,9 +536,10 @@ def tolerances(case: Case, reduction: str) -> tuple[np.ndarray, np.ndarray]:
     unit = np.finfo(case.spec.dtype).eps
     found = case.found(reduction)
     phi, slope = transformed(spec, x)
+    transform = has_transform(spec)
     size = np.abs(phi).max(axis=1)
     if case.kind == TEACHER:
-        mass = np.full(len(x), 2.0)  # a softmax sums to one
+        mass = np.full(len(x), 4.0)  # two softmaxes, two log-sum-exps
         size = np.maximum(size, np.abs(transformed(spec, t, teacher=True)[0]).max(axis=1))
     else:
         mass = np.abs(found.target).sum(axis=1) + 1.0
@@ -486,6 +553,8 @@ def tolerances(case: Case, reduction: str) -> tuple[np.ndarray, np.ndarray]:
             continue
         row_loss = eps * mass * (1.0 + size) * factor
         row_grad = (eps * mass + 8 * unit * mass * size) * factor * slope
+        if transform:  # its derivative (1 - tanh**2) is rounded absolutely, not relatively
+            row_grad = row_grad + 8 * unit * mass * factor
         if term is not spec.loss.main:
             if others is None:
                 from symce.verify.reference import derived_rows
@@ -525,7 +594,22 @@ def evaluate(runner: Runner, case: Case, reduction: str) -> Result:
         if result.grad_required:
             result.problems.append(f"no gradient: {outcome.grad_note}")
     else:
-        result.grad_ok = _compare("gradient", outcome.grad, exp_grad, grad_tol, result.problems)
+        defined = np.isfinite(exp_grad)
+        if case.spec.dtype != "float64" and outcome.grad.shape == exp_grad.shape:
+            _, in_dtype = reference(case.spec.lossspec, case.logits, case.target, reduction,
+                                    case.target_options, case.spec.dtype)
+            defined &= np.isfinite(in_dtype)
+        if outcome.grad.shape == exp_grad.shape and not defined.all():
+            # an unbounded derivative (focal loss with gamma < 1 where q rounds to 1, in
+            # float64 or in the case's dtype): the reference says nothing there, so
+            # neither a number nor nan is wrong
+            result.uncompared = int(np.count_nonzero(~defined))
+            got = np.where(defined, outcome.grad, 0.0)
+            result.grad_ok = _compare("gradient", got, np.where(defined, exp_grad, 0.0),
+                                      grad_tol, result.problems)
+        else:
+            result.grad_ok = _compare("gradient", outcome.grad, exp_grad, grad_tol,
+                                      result.problems)
     return result
 
 

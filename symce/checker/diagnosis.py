@@ -38,6 +38,7 @@ from symce.checker.reference import (
     LossSpec,
     from_coefficients,
     from_rows,
+    has_transform,
     reduced,
     softmax,
     to_rows,
@@ -444,10 +445,10 @@ def _factors(ev: Evidence) -> list[tuple[str, Callable[[int, int], float], str]]
 
 
 def _factor_labels(ratio: float, n: int, c: int, factors=None) -> set[str]:
+    """The labels whose value is ``ratio`` here (several where they coincide: ``1/N`` and
+    ``1/T**2`` at N = 4, T = 2); the cases together tell them apart."""
     values = {label: f(n, c) for label, f, _ in factors or _FACTORS}
-    hits = {label for label, v in values.items() if np.isclose(ratio, v, rtol=1e-5)}
-    # a label is informative only if no other candidate has the same value here
-    return {h for h in hits if sum(np.isclose(values[h], v) for v in values.values()) == 1}
+    return {label for label, v in values.items() if np.isclose(ratio, v, rtol=1e-5)}
 
 
 def _named(label: str, ev: Evidence) -> str:
@@ -485,7 +486,7 @@ def _constant_factor(ev: Evidence, what: str) -> str | None:
         if n > 1 and c > 1 and not np.isclose(n, c):  # only there can N and C be told apart
             labels = _factor_labels(ratio, n, c, _factors(ev))
             common = labels if common is None else common & labels
-    if common:
+    if common and len(common) == 1:  # several left: no case told them apart
         label, _, why = next(f for f in _factors(ev) if f[0] in common)
         return f"the {what} is {_named(label, ev)} times the reference: {why}"
     if (
@@ -610,7 +611,8 @@ def _rows_mix(ev: Evidence) -> str | None:
     """Changing one row must not change the other rows' losses or gradients."""
     if not ev.probes_2d:
         return None
-    case = build(Spec("rows", 4, 5, targets=_probe_targets(ev), seed=7, options=ev.options))
+    case = build(Spec("rows", 4, 5, targets=_probe_targets(ev), seed=7, options=ev.options,
+                      loss=ev.loss.name))
     a = ev.rerun(case)
     x = case.logits.copy()
     x[0] += np.array([2.0, -1.0, 0.5, 0.0, -3.0])
@@ -627,7 +629,7 @@ def _rows_mix(ev: Evidence) -> str | None:
         return (
             "changing the logits of one row changes the result of the other rows: the "
             "softmax (or a normalisation) runs over the batch axis instead of the class "
-            "axis"
+            "axis, or a batch statistic (a mean over the rows) enters each row's loss"
         )
     return None
 
@@ -636,7 +638,8 @@ def _row_order(ev: Evidence) -> str | None:
     """Permuting the rows (logits and targets together) must permute the result."""
     if not ev.probes_2d:
         return None
-    case = build(Spec("perm", 5, 3, targets=_probe_targets(ev), seed=11, options=ev.options))
+    case = build(Spec("perm", 5, 3, targets=_probe_targets(ev), seed=11, options=ev.options,
+                      loss=ev.loss.name))
     perm = np.array([3, 0, 4, 1, 2])
     a = ev.rerun(case)
     b = ev.rerun(case, logits=case.logits[perm], target=case.target[perm])
@@ -754,18 +757,11 @@ MISTAKES: list[Mistake] = [
     Mistake(
         "teacher untransformed",
         "teacher",
-        lambda ev: ev.target == TEACHER and _transform_active(ev.loss, teacher=True),
+        lambda ev: ev.target == TEACHER and has_transform(ev.loss, teacher=True),
         "the teacher's logits are not transformed as the student's are: the teacher's "
         "softmax must see the same map (teacher / temperature)",
     ),
 ]
-
-
-def _transform_active(spec: LossSpec, teacher: bool = False) -> bool:
-    tr = spec.loss.transform
-    if tr is None or (teacher and not tr.teacher):
-        return False
-    return tr.gate is None or spec.values.get(tr.gate) is not None
 
 
 def _param_mistakes(ev: Evidence) -> list[Mistake]:

@@ -114,17 +114,22 @@ def reference(
     target: np.ndarray,
     reduction: str,
     options: dict[str, Any] | None = None,
+    dtype: str = "float64",
+    perturb=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(loss, grad)`` in float64: the derivation's loss, reduced as ``reduction``.
 
     ``options`` are the target model's (``weight``, ``ignore_index``,
     ``label_smoothing``; ``mask``), only those the implementation is called
-    with.
+    with.  ``dtype``: evaluate the derived formulas in that precision instead
+    (to see where they themselves fail in float32); ``perturb``: applied to
+    the softmax once computed (see :func:`symce.verify.reference.derived_rows`).
     """
     found = targets(spec, logits, target, reduction, options)
     x, layout = _logit_rows(logits)
-    loss, grad = reduced(spec, x, found.target, reduction, found.denominators, found.valid)
-    return from_rows(loss, grad, layout, reduction)
+    loss, grad = reduced(spec, x, found.target, reduction, found.denominators, found.valid,
+                         dtype, perturb)
+    return from_rows(loss, grad, layout, reduction, spec.per_row)
 
 
 def targets(spec: LossSpec, logits: np.ndarray, target: np.ndarray, reduction: str,
@@ -145,6 +150,8 @@ def reduced(
     reduction: str,
     denominators: dict[str, float | None] | None = None,
     valid: np.ndarray | None = None,
+    dtype: str = "float64",
+    perturb=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The core: the derivation's per-row loss and gradient for rows ``x``, reduced.
 
@@ -160,7 +167,8 @@ def reduced(
     """
     from symce.verify.reference import derived_rows
 
-    rows = derived_rows(spec.name, x, target, params=spec.values, valid=valid)
+    rows = derived_rows(spec.name, x, target, params=spec.values, valid=valid, dtype=dtype,
+                        perturb=perturb)
     if reduction in spec.per_row:
         return sum(rows.loss.values()), sum(rows.grad.values())
     loss, grad = np.asarray(0.0), np.zeros(np.shape(x))
@@ -335,6 +343,15 @@ def term_factors(spec: LossSpec) -> dict[str, float]:
     return out
 
 
+def has_transform(spec: LossSpec, teacher: bool = False) -> bool:
+    """The loss's transform is on (its gate parameter set) and, for ``teacher``, applies
+    to the teacher's logits too."""
+    tr = spec.loss.transform
+    if tr is None or (teacher and not tr.teacher):
+        return False
+    return tr.gate is None or spec.values.get(tr.gate) is not None
+
+
 def transformed(spec: LossSpec, u: np.ndarray, teacher: bool = False) -> tuple[np.ndarray,
                                                                               np.ndarray]:
     """``(φ(u), |φ'(u)|)``: the loss's transform of raw logits and its slope (1 if none).
@@ -342,19 +359,23 @@ def transformed(spec: LossSpec, u: np.ndarray, teacher: bool = False) -> tuple[n
     ``teacher``: for a teacher's logits (the transform applies to them only if
     the declaration says so).
     """
-    import sympy as sp
-
-    tr = spec.loss.transform
     u = np.asarray(u, dtype=np.float64)
     values = spec.values
-    if tr is None or (tr.gate is not None and values.get(tr.gate) is None) or (
-            teacher and not tr.teacher):
+    if not has_transform(spec, teacher):
         return u, np.ones_like(u)
-    v = sp.Symbol("u", real=True)
-    params = [p.symbol for p in spec.loss.params]
     numbers = [0.0 if values[p.name] is None else float(values[p.name])
                for p in spec.loss.params]
-    phi = sp.lambdify([v, *params], tr.apply(v), "numpy")
-    slope = sp.lambdify([v, *params], sp.diff(tr.apply(v), v), "numpy")
+    phi, slope = _transform_functions(spec.loss)
     return (np.broadcast_to(phi(u, *numbers), u.shape),
             np.abs(np.broadcast_to(slope(u, *numbers), u.shape)))
+
+
+@functools.cache
+def _transform_functions(loss: Loss):
+    """``φ`` and ``φ'`` of a loss's transform as NumPy functions of ``(u, *parameters)``."""
+    import sympy as sp
+
+    v = sp.Symbol("u", real=True)
+    params = [p.symbol for p in loss.params]
+    return (sp.lambdify([v, *params], loss.transform.apply(v), "numpy"),
+            sp.lambdify([v, *params], sp.diff(loss.transform.apply(v), v), "numpy"))

@@ -58,6 +58,13 @@ def format_tail(report: Report) -> str:
     lines = []
     if any(r.outcome.grad is None and r.passed for r in report.results):
         lines.append("  note: no gradient returned, so only the loss was checked")
+    uncompared = [r for r in report.results if r.uncompared]
+    if uncompared:
+        lines.append(
+            f"  note: in {len(uncompared)} case(s) the derived gradient is not finite at some "
+            "entries (a derivative that is unbounded where the softmax rounds to 1, such as "
+            "focal loss's with gamma < 1); those entries were not compared"
+        )
     failed = [r for r in report.results if not r.passed]
     if report.counterexample is not None:
         lines += ["", *_counterexample(failed[0], report.counterexample)]

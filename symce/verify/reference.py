@@ -112,7 +112,9 @@ def _derived_code(loss_name: str, values: tuple[tuple[str, Any], ...] | None = N
     fixed = {} if values is None else _exact(get_loss(loss_name), dict(values))
 
     def doprint(expr):
-        return printer.doprint(expr.xreplace(fixed) if fixed else expr)
+        if values is None:
+            return printer.doprint(expr)
+        return printer.doprint(_guard_coefficients(expr.xreplace(fixed), ctx._c))
 
     def stable(expr):
         """``log q = x − ℓ`` (and the teacher's ``log p = φ(t) − ℓ_t``): no log of an
@@ -135,6 +137,28 @@ def _derived_code(loss_name: str, values: tuple[tuple[str, Any], ...] | None = N
     if "transform_derivative" in by_name:
         code["factor"] = doprint(by_name["transform_derivative"].rhs)
     return code
+
+
+def _guard_coefficients(expr: sp.Expr, c: sp.IndexedBase) -> sp.Expr:
+    """``c_j · f`` as 0 where ``c_j = 0``, for ``f`` with a negative power (unbounded).
+
+    A class with coefficient 0 is not in the loss at all; its term must not
+    turn into ``0 · ∞ = nan`` where ``f`` blows up (focal loss's
+    ``(1 − q_j)^(γ−1)`` with ``γ < 1`` at ``q_j = 1``).  Other products are
+    printed as they are.
+    """
+    def weighted(e: sp.Basic) -> bool:
+        if not e.is_Mul:
+            return False
+        coefficient = any(isinstance(f, sp.Indexed) and f.base == c for f in e.args)
+        unbounded = any(f.is_Pow and f.exp.is_negative for f in e.args)
+        return coefficient and unbounded
+
+    def guarded(e: sp.Mul) -> sp.Expr:
+        factor = next(f for f in e.args if isinstance(f, sp.Indexed) and f.base == c)
+        return sp.Piecewise((0, sp.Eq(factor, 0)), (e, True))
+
+    return expr.replace(weighted, guarded)
 
 
 def _exact(loss: Loss, values: dict[str, Any]) -> dict[sp.Symbol, sp.Expr]:
@@ -176,6 +200,7 @@ def _layout(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], a.shape[1], int(np.prod(a.shape[2:], dtype=np.int64)))
 
 
+@functools.cache  # printed once per loss and kind (symce check calls this per case)
 def _coefficient_code(loss: Loss, kind: str) -> str:
     model = loss.targets.coefficients(kind, True, True)
     j = sp.Symbol("j", integer=True)
@@ -222,14 +247,24 @@ def _targets(loss: Loss, x3: np.ndarray, inputs: Inputs) -> dict[str, Any]:
 
 def _denominator(loss: Loss, term, kind: str, found: dict[str, Any], reduction: str,
                  n_classes: int) -> float | None:
-    expr = loss.targets.denominator(reduction, term.reduction, kind, found["weighted"])
-    if expr is None:
+    value = _denominator_function(loss, reduction, term.reduction, kind, found["weighted"])
+    if value is None:
         return None
     w_y = found["w_y"] if found["w_y"] is not None else 1.0
-    value = sp.lambdify((MASK, sp.Symbol("w_y"), N_CLASSES),
-                        expr.xreplace({W[Y]: sp.Symbol("w_y")}), "numpy")
     return float(np.sum(np.broadcast_to(value(found["valid"], w_y, n_classes),
                                         found["valid"].shape)))
+
+
+@functools.cache
+def _denominator_function(loss: Loss, reduction: str, term_reduction: str, kind: str,
+                          weighted: bool):
+    """The target model's per-row denominator weight as a NumPy function of
+    ``(valid, w_y, n)``, or ``None`` where the reduction does not divide."""
+    expr = loss.targets.denominator(reduction, term_reduction, kind, weighted)
+    if expr is None:
+        return None
+    return sp.lambdify((MASK, sp.Symbol("w_y"), N_CLASSES),
+                       expr.xreplace({W[Y]: sp.Symbol("w_y")}), "numpy")
 
 
 def _reduce(loss: Loss, found, reduction, rows, n_classes, input_shape):
@@ -263,7 +298,7 @@ def _upstream(inputs: Inputs, loss: Loss, reduction: str, n: int, s: int):
 
 
 def _evaluate(loss: Loss, code: dict[str, Any], u3: np.ndarray, found: dict[str, Any],
-              values: dict[str, Any]):
+              values: dict[str, Any], perturb=None):
     """The derivation's per-row terms on ``(N, C, S)`` raw logits ``u3``.
 
     ``found`` is the target model's answer (:func:`_targets`: ``c``, or the
@@ -283,6 +318,8 @@ def _evaluate(loss: Loss, code: dict[str, Any], u3: np.ndarray, found: dict[str,
     m = x.max(axis=1, keepdims=True)
     env["ell"] = m + np.log(np.exp(x - m).sum(axis=1, keepdims=True))
     env["q"] = np.exp(x - env["ell"])
+    if perturb is not None:
+        env["q"] = perturb(env["q"])
     if found["kind"] == "teacher":
         tx = transform(found["t"]) if transform and loss.transform.teacher else found["t"]
         mt = tx.max(axis=1, keepdims=True)
@@ -342,7 +379,8 @@ class Rows:
 
 def derived_rows(loss_name: str, x: np.ndarray, target: np.ndarray, *,
                  params: dict[str, Any] | None = None,
-                 valid: np.ndarray | None = None) -> Rows:
+                 valid: np.ndarray | None = None, dtype: str = "float64",
+                 perturb=None) -> Rows:
     """The derivation's per-row terms and gradients for rows ``x`` and their targets.
 
     ``x``: raw logits ``[R, C]`` (before the loss's transform); ``target``:
@@ -350,7 +388,12 @@ def derived_rows(loss_name: str, x: np.ndarray, target: np.ndarray, *,
     only what the options give, so a checker can evaluate the loss the usual
     wrong ways), or the teacher's raw logits ``[R, C]``; ``valid``: ``[R]``,
     1 for a row that counts, 0 for a masked one (default: all count);
-    ``params``: parameter values by name (the defaults for the rest).
+    ``params``: parameter values by name (the defaults for the rest);
+    ``dtype``: the precision it is evaluated in (float64 unless asked: a
+    checker may want to know where the same formulas fail in float32);
+    ``perturb``: a function applied to the softmax ``q`` once computed (a
+    checker rounding it once more, to see how much the result depends on
+    that rounding).
 
     The code is printed from the proved steps with the parameter values
     substituted first (:func:`_derived_code`).
@@ -363,16 +406,16 @@ def derived_rows(loss_name: str, x: np.ndarray, target: np.ndarray, *,
     loss = get_loss(loss_name)
     values = {p.name: p.default for p in loss.params} | dict(params or {})
     code = _derived_code(loss_name, tuple(sorted(values.items())))
-    u3 = np.asarray(x, dtype=np.float64)[:, :, None]
+    u3 = np.asarray(x, dtype=dtype)[:, :, None]
     r = u3.shape[0]
-    mask = np.ones((r, 1, 1)) if valid is None else np.asarray(valid, np.float64).reshape(r, 1, 1)
-    target3 = np.asarray(target, dtype=np.float64)[:, :, None]
+    mask = np.ones((r, 1, 1), dtype) if valid is None else np.asarray(valid, dtype).reshape(r, 1, 1)
+    target3 = np.asarray(target, dtype=dtype)[:, :, None]
     if loss.targets.name == "teacher":
         found = {"kind": "teacher", "t": target3, "valid": mask}
     else:
         found = {"kind": "classes", "c": target3, "valid": mask}
     with np.errstate(all="ignore"):
-        rows, grads, teacher, env = _evaluate(loss, code, u3, found, values)
+        rows, grads, teacher, env = _evaluate(loss, code, u3, found, values, perturb)
         factor = 1.0 if env is None else eval(code["factor"], env)  # noqa: S307
         return Rows(loss={t: v[:, 0, 0] for t, v in rows.items()},
                     grad={t: (mask * g * factor)[:, :, 0] for t, g in grads.items()},
@@ -480,13 +523,17 @@ def definition(loss_name: str, inputs: Inputs) -> Outcome:
 
 
 # -- helpers -----------------------------------------------------------------------------
+@functools.cache
+def _transform_function(loss: Loss):
+    u = sp.Symbol("u", real=True)
+    return sp.lambdify([u, *(p.symbol for p in loss.params)], loss.transform.apply(u), "numpy")
+
+
 def _transform_numpy(loss: Loss, options):
     tr = loss.transform
     if tr is None or (tr.gate is not None and options.get(tr.gate) is None):
         return None
-    u = sp.Symbol("u", real=True)
-    symbols = [p.symbol for p in loss.params]
-    fn = sp.lambdify([u, *symbols], tr.apply(u), "numpy")
+    fn = _transform_function(loss)
     values = [options.get(p.name, p.default) for p in loss.params]
     return lambda a: fn(a, *[0.0 if v is None else v for v in values])
 
