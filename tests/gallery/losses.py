@@ -85,6 +85,11 @@ def bug_focal_gamma_ignored(logits, target, gamma=2.0):
     return F.cross_entropy(logits, target)
 
 
+def bug_focal_weight_ignored(logits, target, gamma=2.0, weight=None):
+    """Takes class weights and never uses them."""
+    return focal_gather(logits, target, gamma)
+
+
 # -- distillation: right ----------------------------------------------------------------
 def kl_masked(logits, teacher, temperature=1.0, mask=None, reduction="batchmean"):
     """T**2 KL(softmax(t/T) || softmax(x/T)) per row; (N, C), (N, C, d1, ...) and (C,)."""
@@ -147,3 +152,21 @@ def bug_kl_teacher_without_temperature(logits, teacher, temperature=1.0, mask=No
 def bug_kl_mean_over_classes(logits, teacher, temperature=1.0, mask=None):
     """kl_div(reduction='mean') where batchmean was meant: a mean over rows x classes."""
     return kl_masked(logits, teacher, temperature, mask, reduction="mean")
+
+
+def kl_numpy_with_grad(logits, teacher, temperature=1.0, mask=None):
+    """NumPy, batchmean, (N, C): (loss, gradient) with the gradient T * (q - p) per kept row."""
+    import numpy as np
+
+    T = temperature
+
+    def log_softmax(z):
+        m = z.max(axis=1, keepdims=True)
+        return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+
+    logq, logp = log_softmax(logits / T), log_softmax(teacher / T)
+    keep = np.ones(len(logits)) if mask is None else mask.astype(logits.dtype)
+    rows = T**2 * (np.exp(logp) * (logp - logq)).sum(axis=1)
+    loss = (rows * keep).sum() / keep.sum()
+    grad = T * (np.exp(logq) - np.exp(logp)) * keep[:, None] / keep.sum()
+    return loss, grad
