@@ -509,3 +509,17 @@ def test_assert_loss_refuses_what_the_loss_does_not_have():
 def test_ignore_index_with_a_teacher_is_refused():
     with pytest.raises((ValueError, CheckUsageError), match="ignore_index applies to class"):
         check_implementation(F.cross_entropy, loss="kl_distillation", ignore_index=3)
+
+
+def test_two_mistakes_are_named_together():
+    def no_t_squared_no_mask(logits, teacher, temperature=1.0, mask=None):
+        return torch_kl(logits, teacher, temperature) / temperature**2
+
+    report = check_implementation(no_t_squared_no_mask, loss="kl_distillation",
+                                  params={"temperature": 2.0}, timeout=None)
+    assert report.diagnosis[:2] == [
+        "the mask has no effect: masked rows still count, in the sum and in the mean's "
+        "divisor; multiply each row's loss by the mask and divide by mask.sum()",
+        "a factor temperature**2 is missing (temperature = 2): the loss is "
+        "1/temperature**2 times what it would be",
+    ], report.diagnosis

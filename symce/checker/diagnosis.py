@@ -665,13 +665,15 @@ class Mistake:
     """A usual way to get an option wrong: the reference computed that way.
 
     ``group``: mistakes of one group exclude each other (two different
-    denominators), so they are never tried as a pair.
+    denominators), so they are never tried as a pair.  ``alone``: tried on
+    its own too (a constant factor is not: the factor rules say that).
     """
 
     name: str
     group: str
     applies: Callable[[Evidence], bool]
     sentence: str
+    alone: bool = True
 
 
 def _index_mean(ev: Evidence) -> bool:
@@ -788,9 +790,17 @@ def _param_mistakes(ev: Evidence) -> list[Mistake]:
     return out
 
 
+def _factor_mistakes(ev: Evidence) -> list[Mistake]:
+    """A parameter's value as a stray factor (``T**2`` missing), to pair with another mistake."""
+    return [Mistake(f"factor {label}", "factor", lambda ev: True, f"{why}: the loss is {label} "
+                    "times what it would be", alone=False)
+            for label, _, why in _param_factors(ev.loss)]
+
+
 def mistakes(ev: Evidence) -> list[Mistake]:
     """The mistakes that can be made with ``ev``'s loss, target and options."""
-    return [m for m in [*MISTAKES, *_param_mistakes(ev)] if m.applies(ev)]
+    found = [*MISTAKES, *_param_mistakes(ev), *_factor_mistakes(ev)]
+    return [m for m in found if m.applies(ev)]
 
 
 def mistaken(
@@ -800,6 +810,11 @@ def mistaken(
 
     ``grad`` is None where only the loss is worked out (a softmax over the wrong axis).
     """
+    factor = _stray_factor(case.spec.lossspec, names)
+    if factor != 1.0:
+        loss, grad = mistaken(case, reduction, frozenset(n for n in names
+                                                         if not n.startswith("factor ")))
+        return loss * factor, None if grad is None else grad * factor
     x, t, layout = case.rows()
     restore = layout.restore
     classes = layout.classes
@@ -842,6 +857,15 @@ def mistaken(
     if reduction == "none":
         loss = loss.reshape(layout.positions)
     return loss, restore(grad)
+
+
+def _stray_factor(spec: LossSpec, names: frozenset[str]) -> float:
+    """The product of the ``factor LABEL`` mistakes' values (1 without any)."""
+    values = {f"factor {label}": f(0, 0) for label, f, _ in _param_factors(spec)}
+    out = 1.0
+    for name in names:
+        out *= values.get(name, 1.0)
+    return out
 
 
 def _with_params(spec: LossSpec, names: frozenset[str]) -> LossSpec:
@@ -902,7 +926,7 @@ def _option_mistakes(ev: Evidence) -> list[str]:
     candidates = mistakes(ev)
     if not candidates or not ev.returned:
         return []
-    combos = [(m,) for m in candidates] + [
+    combos = [(m,) for m in candidates if m.alone] + [
         pair for pair in itertools.combinations(candidates, 2) if pair[0].group != pair[1].group
     ]
     for combo in combos:
