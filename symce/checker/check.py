@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,9 +205,28 @@ def check_implementation(
         label = fn if isinstance(fn, str) else getattr(fn, "__name__", type(fn).__name__)
     if spec.teacher:
         target = TEACHER
+    # the reference's code is printed from the derivation (seconds, once per process) while
+    # the worker starts (seconds too: it imports torch)
+    ready = threading.Thread(target=_prepare, args=(spec,), name="symce-check-reference",
+                             daemon=True)
+    ready.start()
     with make_runner(fn, backend, timeout) as runner, _one_thread(runner):
+        ready.join()  # before any call: a forked worker must not inherit a busy thread
+        _prepare(spec)  # cached by now; raises here if the thread could not
         run = _Run(runner, label, target, reduction, seed, options, families, progress, spec)
         return run.report()
+
+
+def _prepare(spec: LossSpec) -> None:
+    """Derive the loss and print its reference once, on a tiny input of each target kind."""
+    import numpy as np
+
+    from symce.checker.reference import reference
+
+    x = np.zeros((1, 2))
+    targets = [x] if spec.teacher else [np.zeros(1, dtype=np.int64), np.full((1, 2), 0.5)]
+    for target in targets:
+        reference(spec, x, target, spec.default_reduction)
 
 
 def loss_spec(loss: str, params: Mapping[str, Any] | None = None) -> LossSpec:
