@@ -42,7 +42,7 @@ def focal_loss() -> Loss:
         terms=(Term("focal", "Focal loss", _focal,
                     r"definition: the focal loss, focusing parameter $\gamma \ge 0$"),),
         targets=CLASSES,
-        params=(Param("gamma", GAMMA, 2.0, sp.Ge(GAMMA, 0), "a number >= 0",
+        params=(Param("gamma", GAMMA, 2.0, sp.Ge(GAMMA, 0, evaluate=False), "a number >= 0",
                       "focusing parameter: (1 - q)**gamma down-weights well-classified rows",
                       leading=True),),
         module_class="FocalLoss",
