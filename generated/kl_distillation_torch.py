@@ -103,7 +103,12 @@ def _add_term(out, coefficient, factors, tmp, first):
         else:  # per-class values: broadcast into the block first
             out.copy_(factors[0]).mul_(coefficient)
     elif isinstance(coefficient, torch.Tensor):
-        out.addcmul_(factors[0], coefficient)
+        if coefficient.numel() == 1 and factors[0].numel() < out.numel():
+            # one value times per-class values: scaled first (addcmul_ with two
+            # broadcast operands took 5x as long, measured at 64 x 1000 x 32)
+            out.add_(factors[0] * coefficient)
+        else:
+            out.addcmul_(factors[0], coefficient)
     else:
         out.add_(factors[0], alpha=coefficient)
 
@@ -128,9 +133,9 @@ def _block_teacher(u, buf, tu, tbuf, y, valid, p, w, n_classes, need_grad, need_
     mt = torch.amax(tx, dim=1, keepdim=True)
     tz = torch.add(tx, -mt, out=s_tu)
     te = torch.mul(tz, 1.44269504088896340735992468100, out=tbuf).exp2_()
-    sum_tetz = _class_dot(tz, te)
-    sum_te = torch.sum(te, dim=1, keepdim=True)
     sum_tez = _class_dot(z, te)
+    sum_te = torch.sum(te, dim=1, keepdim=True)
+    sum_tetz = _class_dot(tz, te)
     losses = (temperature**2*valid*(sum_te*torch.log(sum_e) - sum_te*torch.log(sum_te) + sum_tetz - sum_tez)/sum_te, )
     if need_grad_teacher:  # terms that read an element a gradient block overwrites
         tacc = scratch("tacc")
@@ -350,7 +355,10 @@ def _scales(denominators, reduction, upstream, rows, loss_shape, dtype, device):
             go = go.reshape(rows)
         elif isinstance(go, torch.Tensor):
             go = go.detach().to(device=device, dtype=torch.float64)
-        scales[term] = go if denominator is None else _divide(go, denominator)
+        scale = go if denominator is None else _divide(go, denominator)
+        # in the blocks' dtype: a float64 scalar tensor sends float32 operations
+        # down torch's slower mixed-dtype path (measured: 3x on addcmul_)
+        scales[term] = scale.to(dtype) if isinstance(scale, torch.Tensor) else scale
     return scales
 
 

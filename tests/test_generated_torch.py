@@ -480,6 +480,18 @@ def test_z_term_off_costs_nothing_even_where_its_square_overflows(backend):
     assert torch.isfinite(module.cross_entropy(x, torch.tensor([1]))).all()
 
 
+def test_large_logits_keep_their_precision_in_float32(backend):
+    """The target is the largest of logits near 1000: the loss is small and must not be
+    rounded at the logits' magnitude (``m - u_y`` is exact, ``m + log Σe`` is not)."""
+    x = torch.tensor([[1000.0, 996.0, 995.0], [-500.0, -503.0, -501.5]])
+    y = torch.tensor([0, 0])
+    from tests.torch_references import REFERENCES
+    for loss in ("cross_entropy", "focal_loss"):
+        got = getattr(_module(loss, backend), loss)(x, y, reduction="none")
+        want = REFERENCES[loss](x.double(), y, reduction="none")
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=0)
+
+
 def test_input_and_targets_are_not_modified(backend):
     for loss in LOSSES:
         module = _module(loss, backend)
