@@ -133,9 +133,9 @@ def _block_teacher(u, buf, tu, tbuf, y, valid, p, w, n_classes, need_grad, need_
     mt = torch.amax(tx, dim=1, keepdim=True)
     tz = torch.add(tx, -mt, out=s_tu)
     te = torch.mul(tz, 1.44269504088896340735992468100, out=tbuf).exp2_()
+    sum_tetz = _class_dot(tz, te)
     sum_tez = _class_dot(z, te)
     sum_te = torch.sum(te, dim=1, keepdim=True)
-    sum_tetz = _class_dot(tz, te)
     losses = (temperature**2*valid*(sum_te*torch.log(sum_e) - sum_te*torch.log(sum_te) + sum_tetz - sum_tez)/sum_te, )
     if need_grad_teacher:  # terms that read an element a gradient block overwrites
         tacc = scratch("tacc")
