@@ -20,6 +20,7 @@ from collections.abc import Callable
 from symce.codegen.ir import Kernel, kernels
 from symce.codegen.module import denominators, module_context
 from symce.codegen.printers import array_kernel_context
+from symce.codegen.torch_module import torch_context
 from symce.losses import get_loss, list_losses
 from symce.losses.targets import MASK, N_CLASSES, W, Y
 from symce.render.env import header_lines, render
@@ -63,6 +64,7 @@ def _triton(loss: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
 BACKEND_CONTEXTS: dict[str, Callable[[str, tuple[Kernel, ...]], dict[str, object]]] = {
     "numpy": _numpy,
     "triton": _triton,
+    "torch": torch_context,
 }
 
 

@@ -314,8 +314,8 @@ class _Hoister:
     def __call__(self, expr: sp.Expr) -> sp.Expr:
         expr = self._gathers(expr)
         while True:
-            # sorted: atoms() is a set, whose order (and so the names given) would
-            # change with Python's hash seed from one process to the next
+            # in a structural order: atoms() is a set, and the names given here
+            # (sum_e_, sum_e__ …) and the sums' order must not depend on the hash seed
             innermost = sorted((t for t in expr.atoms(sp.Sum) if not t.function.has(sp.Sum)),
                                key=sp.default_sort_key)
             if not innermost:

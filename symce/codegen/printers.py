@@ -116,13 +116,23 @@ class NumpyArrayPrinter(ArrayPrinterMixin, NumPyPrinter):
 
 
 class TorchArrayPrinter(ArrayPrinterMixin, TorchPrinter):
-    """PyTorch: ``torch.sum(…, dim=1, keepdim=True)``."""
+    """PyTorch: ``torch.sum(…, dim=1, keepdim=True)``; powers as ``a**b``.
+
+    SymPy's ``torch.pow(a, b)`` fails where both are Python numbers (a
+    parameter squared: ``temperature**2``); Python's ``**`` serves tensors and
+    numbers alike.
+    """
 
     templates = {
         "class_sum": "torch.sum({body}, dim=1, keepdim=True)",
         "class_dot": "_class_dot({factors})",
         "exp2": "torch.exp2({arg})",
     }
+
+    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
+        if expr.exp == -1 or (expr.base == 2 and "exp2" in self.templates):
+            return super()._print_Pow(expr)
+        return self._hprint_Pow(expr, rational=rational, sqrt=self._module_format("torch.sqrt"))
 
 
 PRINTERS: dict[str, type[ArrayPrinterMixin]] = {
