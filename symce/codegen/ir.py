@@ -409,6 +409,8 @@ def split_gradient(grad: sp.Expr) -> Gradient:
                 raise ProofError(f"the gradient is not linear in δ_ky: {term}")
             # f(k) δ_ky = f(y) δ_ky: the delta is zero unless k = y
             others = sp.Mul(*[f for f in factors if f is not deltas[0]])
+            if others.has(sp.KroneckerDelta):
+                raise ProofError(f"the gradient is not linear in δ_ky: {term}")
             target += others.xreplace({K: Y})
         else:
             rest.append(term)
@@ -574,7 +576,12 @@ def _names(loss: Loss) -> dict[sp.Basic, str]:
 
 
 def kernels(loss: str) -> tuple[Kernel, ...]:
-    """Every kernel of ``loss``: each target kind × each setting of the specialised options."""
+    """Every kernel of ``loss``: each target kind × each setting of the specialised options.
+
+    >>> k = kernels("cross_entropy")[0]
+    >>> k.name, k.grad.target
+    ('index', -scale_cross_entropy*valid)
+    """
     return tuple(build_kernel(loss, kind, flags) for kind, flags in kernel_keys(get_loss(loss)))
 
 
