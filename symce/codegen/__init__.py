@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from symce.codegen.c import c_context
 from symce.codegen.ir import Kernel, kernels
 from symce.codegen.module import denominators, module_context
 from symce.codegen.printers import array_kernel_context
@@ -49,8 +50,13 @@ def _numpy(loss: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
         "scalars": sorted({s for k in ks for s in k.scalars}),
         "denominators": denominators(get_loss(loss), {MASK: "valid", W[Y]: "w_y",
                                                       N_CLASSES: "n_classes"}),
-        "c_source": "",
+        **c_context(ks, c_header(loss)),
     }
+
+
+def c_header(loss: str) -> list[str]:
+    """The provenance lines of a module's C source (the same for every backend)."""
+    return header_lines(loss, "c/module.c.j2", f"symce generate {loss} (or symce build)")
 
 
 #: backend → its template's context (beyond :func:`module_context`)
