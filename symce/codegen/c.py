@@ -70,6 +70,7 @@ _RESERVED = frozenset("""
     A C S P n r s c j c0 c1 s0 y at r0 un unit next units chunks threads scratch es
     ur gr pr tur tgr wr us gs ps tus tgs uc gc pc tuc tgc ec ys v un gn pn tun tgn
     u x z e tu tx tz te p w i first sample rn r1 ahead next_at next_first next_last
+    xs txs xsr xss xsc txsr txss txsc
 """.split()) | {f"{a}{end}" for a in ("u", "p", "tu", "g", "tg") for end in "rscn"}
 _C_KEYWORDS = frozenset("""
     auto break case char const continue default do double else enum extern float for goto
@@ -315,39 +316,47 @@ class _Invariants:
 @dataclass(frozen=True)
 class _Layout:
     name: str
-    index: str  # the loop's index into a sum's lanes
     row_float: str  # a per-row float
     gather: str  # a raw value at the target class
-    #: element loads and cache buffers: name → (setup line or None, access)
+    #: element loads: raw array → (setup line or None, access)
     raw: Mapping[str, tuple[str | None, str]]
-    cache: Mapping[str, tuple[str | None, str]]
-    buffers: Mapping[str, str]  # cache buffer → its pointer (the variant's condition)
+    #: the buffers that keep element values between walks: → (setup line or None, access)
+    fixed: Mapping[str, tuple[str | None, str]]
+    pointer: str  # a buffer's pointer (what a variant's condition tests)
+    scratch: tuple[str, str]  # a scratch buffer's (setup line, access)
+
+    def cache(self, buffer: str) -> tuple[str | None, str]:
+        if buffer in self.fixed:
+            return self.fixed[buffer]
+        setup, access = self.scratch
+        return (setup.format(b=buffer) if setup else None), access.format(b=buffer)
 
 
 ROWS = _Layout(
-    "rows", "j", "{}_f", "(double){a}r[y]",
+    "rows", "{}_f", "(double){a}r[y]",
     raw={"u": (None, "ur[c]"), "p": (None, "pr[c]"), "tu": (None, "tur[c]"), "w": (None, "wr[c]")},
-    cache={"g": (None, "gr[c]"), "tg": (None, "tgr[c]")},
-    buffers={"g": "gr", "tg": "tgr"},
+    fixed={"g": (None, "gr[c]"), "tg": (None, "tgr[c]")},
+    pointer="{b}r", scratch=("", "{b}r[c]"),
 )
 SLAB = _Layout(
-    "slab", "s", "{}_a[s]", "(double){a}s[y * S + s]",
+    "slab", "{}_a[s]", "(double){a}s[y * S + s]",
     raw={"u": ("const float *restrict uc = us + c * S;", "uc[s]"),
          "p": ("const float *restrict pc = ps + c * S;", "pc[s]"),
          "tu": ("const float *restrict tuc = tus + c * S;", "tuc[s]"),
          "w": (None, "wr[c]")},
-    cache={"g": ("float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;", "ec[s]"),
+    fixed={"g": ("float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;", "ec[s]"),
            "tg": ("float *tgc = tgs + c * S;", "tgc[s]")},
-    buffers={"g": "gs", "tg": "tgs"},
+    pointer="{b}s", scratch=("float *{b}c = {b}s + c * SYMCE_SLAB;", "{b}c[s]"),
 )
 LAYOUTS = (ROWS, SLAB)
 
 #: a slab's gradient walk: the pointer of each output's class
 _SLAB_OUTPUTS = {"g": "float *restrict gc = gs + c * S;", "tg": "float *tgc = tgs + c * S;"}
 
-#: element bases: the raw array each is read from, the cache buffer of an exponential
+#: element bases: the raw array each is read from
 _RAW = {"u": "u", "tu": "tu", "p": "p", "w": "w"}
-_CACHE = {"e": "g", "te": "tg"}
+#: the exponentials are kept between walks in the gradient buffers
+_OUTPUT_OF = {"e": "g", "te": "tg"}
 
 
 class _Names(dict):
@@ -377,6 +386,8 @@ class _KernelPrinter:
         self.order = [symbol.base for symbol, _ in kernel.elements]
         self.invariants = _Invariants()
         self.buffers = ["g"] + (["tg"] if len(self.streams) > 1 else [])
+        self.caches = {name: b for name, b in _OUTPUT_OF.items() if b in self.buffers}
+        self.scratch = self._scratch()
         self.levels = kernel.levels
         if self.levels < 1:
             raise ValueError(f"kernel {kernel.name} has no class sum: nothing to walk")
@@ -385,6 +396,27 @@ class _KernelPrinter:
             sp.Symbol(f"loss_{t}", real=True): e for t, e in kernel.losses}
         self.float_uses: set[sp.Symbol] = set()
         self._inputs()
+
+    def _scratch(self) -> list[str]:
+        """A transformed logit that a later walk needs and whose transform calls a
+        function (``s·tanh(u/s)``; not ``u/T``) is kept from walk 1 in a scratch
+        buffer of the thread (a row, or a slab's positions): one more store and load
+        in cache instead of computing the function twice (the gradient walk of
+        cross-entropy with softcap ran 2.4 times as long recomputing it)."""
+        later = [v.summand for v in self.k.values("sum") if v.level > 1]
+        later += [g.element for g in (self.k.grad, self.k.grad_teacher) if g is not None]
+        wanted = _bases(later)
+        found = []
+        for s in self.streams:
+            if s.logit in wanted and self.defs[s.logit].has(sp.Function):
+                name = ELEMENT_NAMES[s.logit]
+                self.caches[name] = f"{name}s"
+                found.append(f"{name}s")
+        return found
+
+    def cached_base(self, buffer: str) -> sp.IndexedBase:
+        name = next(n for n, b in self.caches.items() if b == buffer)
+        return next(b for b, n in ELEMENT_NAMES.items() if n == name)
 
     # -- the kernel's inputs: per call (from the arguments) and per row ------------------
     def _inputs(self):
@@ -451,14 +483,14 @@ class _KernelPrinter:
         exponential read from its buffer where ``cached`` names it), ``stores`` of
         exponentials, common subexpressions; and ``exprs`` printed."""
         cached, stores = set(cached), set(stores)
-        stored = {b for b, name in ELEMENT_NAMES.items() if _CACHE.get(name) in stores}
+        stored = {b for b, name in ELEMENT_NAMES.items() if self.caches.get(name) in stores}
         needed: list[sp.IndexedBase] = []
 
         def need(base):
             if base in needed:
                 return
             name = ELEMENT_NAMES[base]
-            if name not in _RAW and _CACHE.get(name) not in cached:
+            if name not in _RAW and self.caches.get(name) not in cached:
                 for t in sorted(self.defs[base].atoms(sp.Indexed), key=str):
                     need(t.base)
             needed.append(base)
@@ -478,14 +510,14 @@ class _KernelPrinter:
             name = ELEMENT_NAMES[base]
             if name in _RAW:
                 line, code = layout.raw[_RAW[name]]
-            elif _CACHE.get(name) in cached:
-                line, code = layout.cache[_CACHE[name]]
+            elif self.caches.get(name) in cached:
+                line, code = layout.cache(self.caches[name])
             else:
                 line, code = None, printer.doprint(power_form(self.invariants(self.defs[base])))
             use(line)
             lines.append(f"const float {name} = {code};")
             if base in stored:
-                line, access = layout.cache[_CACHE[name]]
+                line, access = layout.cache(self.caches[name])
                 use(line)
                 lines.append(f"{access} = {name};")
         hoisted = [power_form(self.invariants(e)) for e in exprs]
@@ -504,14 +536,16 @@ class _KernelPrinter:
         them back), ``grad`` (``exprs`` per buffer: the buffers present are outputs)."""
         subsets = [frozenset(c) for n in range(len(relevant), -1, -1)
                    for c in itertools.combinations(relevant, n)]
+        if "g" in relevant:  # a scratch buffer is there only with a gradient
+            subsets = [s for s in subsets if "g" in s or not s & set(self.scratch)]
         if mode == "grad":
-            subsets = [s for s in subsets if s]
+            subsets = [s for s in subsets if s & set(self.buffers)]
         found = []
         for i, subset in enumerate(subsets):
             entry = {"buffers": sorted(subset)}
             for layout in LAYOUTS:
-                present = " && ".join(layout.buffers[b] if b in subset else
-                                      "!" + layout.buffers[b] for b in relevant)
+                present = " && ".join(layout.pointer.format(b=b) if b in subset else
+                                      "!" + layout.pointer.format(b=b) for b in relevant)
                 if len(subsets) == 1:
                     opening = "{"
                 elif i == 0:
@@ -570,7 +604,7 @@ class _KernelPrinter:
             wanted, mode = _bases(later), "store"
         else:
             wanted, mode = _bases(summands), "read"
-        relevant = [b for b in self.buffers if _exp_base(b) in wanted]
+        relevant = [b for b in self.buffers + self.scratch if self.cached_base(b) in wanted]
         return {"level": level, "sums": [self.c_name(v.symbol) for v in values],
                 "variants": self.variants(summands, relevant, mode)}
 
@@ -595,7 +629,9 @@ class _KernelPrinter:
                 self.row_code[symbol] = g.target
                 self.float_uses.add(symbol)
                 targets[buffer] = str(symbol)
-        return {"variants": self.variants(outputs, self.buffers, "grad"), "targets": targets}
+        wanted = _bases(outputs)
+        relevant = self.buffers + [b for b in self.scratch if self.cached_base(b) in wanted]
+        return {"variants": self.variants(outputs, relevant, "grad"), "targets": targets}
 
     # -- row code between the walks ------------------------------------------------------
     def stages(self) -> list[dict[str, object]]:
@@ -650,11 +686,6 @@ class _KernelPrinter:
                       if not self.is_max(s) and self.float_stage(s) >= 0)
 
 
-def _exp_base(buffer: str) -> sp.IndexedBase:
-    name = next(n for n, b in _CACHE.items() if b == buffer)
-    return next(b for b, n in ELEMENT_NAMES.items() if n == name)
-
-
 def _bases(exprs: Iterable[sp.Expr]) -> set[sp.IndexedBase]:
     return {t.base for e in exprs for t in e.atoms(sp.Indexed)}
 
@@ -687,6 +718,7 @@ def kernel_context(kernel: Kernel) -> dict[str, object]:
         "losses": [f"loss_{t}" for t, _ in kernel.losses],
         "inputs": inputs,
         "outputs": kp.buffers,
+        "scratch": kp.scratch,
         "weighted": "w" in kernel.arrays,
         "indexed": "y" in kernel.arrays,
         "maxima": maxima,
