@@ -314,7 +314,10 @@ class _Hoister:
     def __call__(self, expr: sp.Expr) -> sp.Expr:
         expr = self._gathers(expr)
         while True:
-            innermost = [t for t in expr.atoms(sp.Sum) if not t.function.has(sp.Sum)]
+            # sorted: atoms() is a set, whose order follows PYTHONHASHSEED; the names
+            # (sum_e_, sum_e__ …) and the order of the row values must not
+            innermost = sorted((t for t in expr.atoms(sp.Sum) if not t.function.has(sp.Sum)),
+                               key=sp.default_sort_key)
             if not innermost:
                 return expr
             expr = expr.xreplace({t: self._sum(t) for t in innermost})
