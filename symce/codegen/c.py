@@ -522,7 +522,7 @@ class _KernelPrinter:
                 lines.append(f"{access} = {name};")
         hoisted = [power_form(self.invariants(e)) for e in exprs]
         temps, reduced = sp.cse(hoisted, symbols=sp.numbered_symbols("v_", real=True),
-                                order="none")
+                                order="canonical")
         for symbol, e in temps:
             lines.append(f"const float {symbol} = {printer.doprint(e)};")
             names[symbol] = str(symbol)
@@ -649,7 +649,7 @@ class _KernelPrinter:
             items = statements.get(stage, [])
             temps, reduced = sp.cse([e for _, e in items],
                                     symbols=sp.numbered_symbols(f"t_{stage + 1}_", real=True),
-                                    order="none")
+                                    order="canonical")
             local = {**names, **{s: str(s) for s, _ in temps}}
             printer = RowPrinter(local)
             body = [(str(s), printer.doprint(e)) for s, e in temps]
