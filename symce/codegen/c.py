@@ -595,6 +595,29 @@ class _KernelPrinter:
             found.append(entry)
         return found
 
+    def logit_gathers(self) -> None:
+        """A transformed logit at the target class (``s·tanh(u_y/s)`` in a loss) is
+        computed by the element code, in float32, as the walks compute it: the loss
+        then agrees with the row's own exponentials (one class: exactly 0, never
+        below), instead of differing from them by the rounding of ``x``."""
+        self.logit_gather: dict[sp.Expr, sp.Symbol] = {}
+        gathered = {v.definition: v.symbol for v in self.k.values("gather")}
+        for s in self.streams:
+            definition, raw = self.defs[s.logit], s.raw[K]
+            if definition == raw or s.raw[Y] not in gathered:
+                continue
+            name = c_identifier(f"{ELEMENT_NAMES[s.logit]}_y")
+            symbol = sp.Symbol(name, real=True)
+            self.logit_gather[definition.xreplace({raw: gathered[s.raw[Y]]})] = symbol
+            self.c_names[symbol] = name
+            codes = []
+            for layout in LAYOUTS:
+                names = _Names(self, layout)
+                names[raw] = layout.gather.format(a=_RAW[ELEMENT_NAMES[s.raw]])[len("(double)"):]
+                code = ElementPrinter(names).doprint(power_form(self.invariants(definition)))
+                codes.append(f"(double)({code})")
+            self.row_inputs[symbol] = (0, *codes)
+
     def sum_walk(self, level: int) -> dict[str, object]:
         values = self.k.values("sum", level)
         summands = [v.summand for v in values]
@@ -641,7 +664,8 @@ class _KernelPrinter:
         statements: dict[int, list[tuple[sp.Symbol, sp.Expr]]] = {}
         for symbol, definition in self.invariants.definitions().items():
             statements.setdefault(self.stage_of(definition), []).append((symbol, definition))
-        statements.setdefault(self.levels, []).extend(self.row_code.items())
+        statements.setdefault(self.levels, []).extend(
+            (symbol, e.subs(self.logit_gather)) for symbol, e in self.row_code.items())
         names = {s: self.c_name(s) for s in [*self.c_names, *self.call_inputs,
                                               *self.invariants.definitions(), *self.row_code]}
         found, read = [], set()
@@ -700,6 +724,7 @@ def kernel_context(kernel: Kernel) -> dict[str, object]:
     """What ``templates/c/module.c.j2`` renders for one kernel."""
     kp = _KernelPrinter(kernel)
     maxima = kp.maxima()
+    kp.logit_gathers()
     walks = [kp.sum_walk(level) for level in range(1, kp.levels + 1)]
     gradient = kp.gradient()
     stages = kp.stages()
