@@ -8487,38 +8487,22 @@ def _constants_probability_weighted_smoothed_softcap(w, n_classes):
 
 
 _KERNELS = {
-    ('index', False, False, False): (None, _block_index,
-        ()),
-    ('index', False, False, True): (None, _block_index_softcap,
-        ()),
-    ('index', False, True, False): (None, _block_index_smoothed,
-        ()),
-    ('index', False, True, True): (None, _block_index_smoothed_softcap,
-        ()),
-    ('index', True, False, False): (None, _block_index_weighted,
-        ()),
-    ('index', True, False, True): (None, _block_index_weighted_softcap,
-        ()),
-    ('index', True, True, False): (_constants_index_weighted_smoothed, _block_index_weighted_smoothed,
-        ('sum_w',)),
-    ('index', True, True, True): (_constants_index_weighted_smoothed_softcap, _block_index_weighted_smoothed_softcap,
-        ('sum_w',)),
-    ('probability', False, False, False): (None, _block_probability,
-        ()),
-    ('probability', False, False, True): (None, _block_probability_softcap,
-        ()),
-    ('probability', False, True, False): (None, _block_probability_smoothed,
-        ()),
-    ('probability', False, True, True): (None, _block_probability_smoothed_softcap,
-        ()),
-    ('probability', True, False, False): (None, _block_probability_weighted,
-        ()),
-    ('probability', True, False, True): (None, _block_probability_weighted_softcap,
-        ()),
-    ('probability', True, True, False): (_constants_probability_weighted_smoothed, _block_probability_weighted_smoothed,
-        ('sum_w',)),
-    ('probability', True, True, True): (_constants_probability_weighted_smoothed_softcap, _block_probability_weighted_smoothed_softcap,
-        ('sum_w',)),
+    ('index', False, False, False): (None, _block_index),
+    ('index', False, False, True): (None, _block_index_softcap),
+    ('index', False, True, False): (None, _block_index_smoothed),
+    ('index', False, True, True): (None, _block_index_smoothed_softcap),
+    ('index', True, False, False): (None, _block_index_weighted),
+    ('index', True, False, True): (None, _block_index_weighted_softcap),
+    ('index', True, True, False): (_constants_index_weighted_smoothed, _block_index_weighted_smoothed),
+    ('index', True, True, True): (_constants_index_weighted_smoothed_softcap, _block_index_weighted_smoothed_softcap),
+    ('probability', False, False, False): (None, _block_probability),
+    ('probability', False, False, True): (None, _block_probability_softcap),
+    ('probability', False, True, False): (None, _block_probability_smoothed),
+    ('probability', False, True, True): (None, _block_probability_smoothed_softcap),
+    ('probability', True, False, False): (None, _block_probability_weighted),
+    ('probability', True, False, True): (None, _block_probability_weighted_softcap),
+    ('probability', True, True, False): (_constants_probability_weighted_smoothed, _block_probability_weighted_smoothed),
+    ('probability', True, True, True): (_constants_probability_weighted_smoothed_softcap, _block_probability_weighted_smoothed_softcap),
 }
 
 
@@ -8743,7 +8727,7 @@ def _run(input, target, options, grad_output, need_loss, need_grad):
     x3 = _layout(input, input.ndim)
     n, _, s = x3.shape
     key = _kernel_key(kind, options)
-    constants, block, constant_names = _KERNELS[key]
+    constants, block = _KERNELS[key]
     w, y, valid = found["w"], found["y"], found["valid"]
     w_y = None if (w is None or y is None) else found["weight"][y]
     denominators = _denominators(kind, w is not None, reduction, valid, w_y, (n, 1, s),
@@ -8773,7 +8757,7 @@ def _run(input, target, options, grad_output, need_loss, need_grad):
     library = compiled_library() if _compiled_applies(input, x3, found) else None
     if library is not None:
         _run_compiled(library, key, (n, n_classes, s), x3, grad3, losses, found, scales,
-                      {**scalars, **dict(zip(constant_names, consts))})
+                      {**scalars, **dict(zip(_CONSTANTS[key], consts))})
         return losses, denominators, grad
     tiles = list(_tiles(n, s, n_classes, np.dtype(dtype).itemsize))
     block_size = max((x3[t].size for t, _ in tiles), default=0)
@@ -8862,6 +8846,27 @@ def _run_compiled(library, key, sizes, x3, grad3, losses, found, scales, values)
     values.update({f"scale_{term}": v for term, v in scales.items()
                    if not isinstance(v, np.ndarray)})
     _c_run(library, key, arrays, sizes, values, get_num_threads())
+
+
+# the per-call constants each kernel takes, by name (the compiled kernels' values)
+_CONSTANTS = {
+    ('index', False, False, False): (),
+    ('index', False, False, True): (),
+    ('index', False, True, False): (),
+    ('index', False, True, True): (),
+    ('index', True, False, False): (),
+    ('index', True, False, True): (),
+    ('index', True, True, False): ('sum_w',),
+    ('index', True, True, True): ('sum_w',),
+    ('probability', False, False, False): (),
+    ('probability', False, False, True): (),
+    ('probability', False, True, False): (),
+    ('probability', False, True, True): (),
+    ('probability', True, False, False): (),
+    ('probability', True, False, True): (),
+    ('probability', True, True, False): ('sum_w',),
+    ('probability', True, True, True): ('sum_w',),
+}
 
 
 # what the kernels read besides the arrays: the loss's parameters, label smoothing

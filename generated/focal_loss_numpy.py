@@ -5421,22 +5421,14 @@ def _block_probability_weighted_smoothed(u, buf, tu, y, y_at, valid, p, w, n_cla
 
 
 _KERNELS = {
-    ('index', False, False): (None, _block_index,
-        ()),
-    ('index', False, True): (None, _block_index_smoothed,
-        ()),
-    ('index', True, False): (None, _block_index_weighted,
-        ()),
-    ('index', True, True): (None, _block_index_weighted_smoothed,
-        ()),
-    ('probability', False, False): (None, _block_probability,
-        ()),
-    ('probability', False, True): (None, _block_probability_smoothed,
-        ()),
-    ('probability', True, False): (None, _block_probability_weighted,
-        ()),
-    ('probability', True, True): (None, _block_probability_weighted_smoothed,
-        ()),
+    ('index', False, False): (None, _block_index),
+    ('index', False, True): (None, _block_index_smoothed),
+    ('index', True, False): (None, _block_index_weighted),
+    ('index', True, True): (None, _block_index_weighted_smoothed),
+    ('probability', False, False): (None, _block_probability),
+    ('probability', False, True): (None, _block_probability_smoothed),
+    ('probability', True, False): (None, _block_probability_weighted),
+    ('probability', True, True): (None, _block_probability_weighted_smoothed),
 }
 
 
@@ -5655,7 +5647,7 @@ def _run(input, target, options, grad_output, need_loss, need_grad):
     x3 = _layout(input, input.ndim)
     n, _, s = x3.shape
     key = _kernel_key(kind, options)
-    constants, block, constant_names = _KERNELS[key]
+    constants, block = _KERNELS[key]
     w, y, valid = found["w"], found["y"], found["valid"]
     w_y = None if (w is None or y is None) else found["weight"][y]
     denominators = _denominators(kind, w is not None, reduction, valid, w_y, (n, 1, s),
@@ -5685,7 +5677,7 @@ def _run(input, target, options, grad_output, need_loss, need_grad):
     library = compiled_library() if _compiled_applies(input, x3, found) else None
     if library is not None:
         _run_compiled(library, key, (n, n_classes, s), x3, grad3, losses, found, scales,
-                      {**scalars, **dict(zip(constant_names, consts))})
+                      {**scalars, **dict(zip(_CONSTANTS[key], consts))})
         return losses, denominators, grad
     tiles = list(_tiles(n, s, n_classes, np.dtype(dtype).itemsize))
     block_size = max((x3[t].size for t, _ in tiles), default=0)
@@ -5774,6 +5766,19 @@ def _run_compiled(library, key, sizes, x3, grad3, losses, found, scales, values)
     values.update({f"scale_{term}": v for term, v in scales.items()
                    if not isinstance(v, np.ndarray)})
     _c_run(library, key, arrays, sizes, values, get_num_threads())
+
+
+# the per-call constants each kernel takes, by name (the compiled kernels' values)
+_CONSTANTS = {
+    ('index', False, False): (),
+    ('index', False, True): (),
+    ('index', True, False): (),
+    ('index', True, True): (),
+    ('probability', False, False): (),
+    ('probability', False, True): (),
+    ('probability', True, False): (),
+    ('probability', True, True): (),
+}
 
 
 # what the kernels read besides the arrays: the loss's parameters, label smoothing

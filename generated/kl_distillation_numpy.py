@@ -1464,8 +1464,7 @@ def _block_teacher(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, const
 
 
 _KERNELS = {
-    ('teacher',): (None, _block_teacher,
-        ()),
+    ('teacher',): (None, _block_teacher),
 }
 
 
@@ -1624,7 +1623,7 @@ def _run(input, target, options, grad_output, need_loss, need_grad):
     x3 = _layout(input, input.ndim)
     n, _, s = x3.shape
     key = _kernel_key(kind, options)
-    constants, block, constant_names = _KERNELS[key]
+    constants, block = _KERNELS[key]
     w, y, valid = found["w"], found["y"], found["valid"]
     w_y = None if (w is None or y is None) else found["weight"][y]
     denominators = _denominators(kind, w is not None, reduction, valid, w_y, (n, 1, s),
@@ -1654,7 +1653,7 @@ def _run(input, target, options, grad_output, need_loss, need_grad):
     library = compiled_library() if _compiled_applies(input, x3, found) else None
     if library is not None:
         _run_compiled(library, key, (n, n_classes, s), x3, grad3, losses, found, scales,
-                      {**scalars, **dict(zip(constant_names, consts))})
+                      {**scalars, **dict(zip(_CONSTANTS[key], consts))})
         return losses, denominators, grad
     tiles = list(_tiles(n, s, n_classes, np.dtype(dtype).itemsize))
     block_size = max((x3[t].size for t, _ in tiles), default=0)
@@ -1743,6 +1742,12 @@ def _run_compiled(library, key, sizes, x3, grad3, losses, found, scales, values)
     values.update({f"scale_{term}": v for term, v in scales.items()
                    if not isinstance(v, np.ndarray)})
     _c_run(library, key, arrays, sizes, values, get_num_threads())
+
+
+# the per-call constants each kernel takes, by name (the compiled kernels' values)
+_CONSTANTS = {
+    ('teacher',): (),
+}
 
 
 # what the kernels read besides the arrays: the loss's parameters, label smoothing
