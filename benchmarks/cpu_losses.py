@@ -12,7 +12,7 @@ label smoothing + ignore_index), both modules on the same threads.
 against plain cross_entropy; focal_loss and kl_distillation (NumPy
 ``_with_grad``, the compiled path) against eager torch autograd through each
 loss's definition (forward and backward, torch's threads: as many as the
-module's).
+module's); each comparison interleaved on its own.
 
     python benchmarks/cpu_losses.py --rounds 11 --old 1f4e1a0 --old 9051191
     python benchmarks/cpu_losses.py --part goals --json results.json
@@ -150,18 +150,24 @@ def goals(folder: Path | None, scratch: Path, rounds: int) -> list[dict[str, obj
     focal = generated("focal_loss", folder, scratch)
     kl = generated("kl_distillation", folder, scratch)
     yt, tt = torch.from_numpy(y), torch.from_numpy(teacher)
-    calls = {
-        "cross_entropy plain": lambda: ce.cross_entropy_with_grad(x, y),
-        "cross_entropy z_loss=1e-4 softcap=30": lambda: ce.cross_entropy_with_grad(
-            x, y, z_loss=1e-4, softcap=30.0),
-        "focal_loss gamma=2": lambda: focal.focal_loss_with_grad(x, y, gamma=2.0),
-        "torch eager focal (one-hot c)": eager(torch_focal, x, yt, 2.0),
-        "torch eager focal (gathered)": eager(torch_focal_gathered, x, yt, 2.0),
-        "kl_distillation T=2": lambda: kl.kl_distillation_with_grad(x, teacher, temperature=2.0),
-        "torch eager kl T=2": eager(torch_kl, x, tt, 2.0),
-    }
     torch.set_num_threads(ce.get_num_threads())
-    medians = interleaved(calls, rounds)
+    # three groups, each interleaved on its own: a call right after one of eager
+    # torch's (GBs of temporaries freed, its OpenMP threads) ran up to 3x slower,
+    # so the cross-entropy pair is timed without torch between its calls
+    groups = [
+        {"cross_entropy plain": lambda: ce.cross_entropy_with_grad(x, y),
+         "cross_entropy z_loss=1e-4 softcap=30": lambda: ce.cross_entropy_with_grad(
+             x, y, z_loss=1e-4, softcap=30.0)},
+        {"focal_loss gamma=2": lambda: focal.focal_loss_with_grad(x, y, gamma=2.0),
+         "torch eager focal (one-hot c)": eager(torch_focal, x, yt, 2.0),
+         "torch eager focal (gathered)": eager(torch_focal_gathered, x, yt, 2.0)},
+        {"kl_distillation T=2": lambda: kl.kl_distillation_with_grad(x, teacher,
+                                                                       temperature=2.0),
+         "torch eager kl T=2": eager(torch_kl, x, tt, 2.0)},
+    ]
+    medians = {}
+    for calls in groups:
+        medians.update(interleaved(calls, rounds))
     pairs = [("cross_entropy z_loss=1e-4 softcap=30", "cross_entropy plain", 1.25),
              ("focal_loss gamma=2", "torch eager focal (one-hot c)", 0.5),
              ("focal_loss gamma=2", "torch eager focal (gathered)", 0.5),
