@@ -151,7 +151,7 @@ def test_threads_agree_with_torch_and_with_one_thread_bit_for_bit(small_blocks, 
 
 
 def test_error_in_one_block_is_raised_and_the_pool_survives(small_blocks, monkeypatch):
-    key = ("index", False, False)
+    key = ("index", False, False, False)  # (kind, weighted, smoothed, softcap)
     constants, block = ce._KERNELS[key]
     calls = []
 
@@ -216,7 +216,7 @@ def test_helpers_run_under_the_callers_error_settings(small_blocks):
 def test_a_call_does_not_wait_for_helpers_queued_behind_another_call(small_blocks, monkeypatch):
     import threading
 
-    key = ("index", False, False)
+    key = ("index", False, False, False)  # (kind, weighted, smoothed, softcap)
     constants, block = ce._KERNELS[key]
     inside, release = threading.Semaphore(0), threading.Event()
 

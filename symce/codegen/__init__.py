@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from symce.codegen.c import c_context, c_header
 from symce.codegen.ir import Kernel, kernels
 from symce.codegen.module import denominators, module_context
 from symce.codegen.printers import array_kernel_context
@@ -50,7 +51,7 @@ def _numpy(loss: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
         "scalars": sorted({s for k in ks for s in k.scalars}),
         "denominators": denominators(get_loss(loss), {MASK: "valid", W[Y]: "w_y",
                                                       N_CLASSES: "n_classes"}),
-        "c_source": "",
+        **c_context(ks, c_header(loss)),
     }
 
 

@@ -12,6 +12,7 @@ the module's arguments between an ``nn.Module``'s constructor and its
 from __future__ import annotations
 
 from symce.codegen.blocks import schedule
+from symce.codegen.c import c_context, c_header
 from symce.codegen.ir import Kernel
 from symce.codegen.module import arguments, denominators
 from symce.codegen.printers import array_code, array_kernel_context, kernel_names
@@ -43,7 +44,8 @@ def torch_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
         "module_arguments": [a for a in rest if a.name not in per_call],
         "forward_arguments": [a for a in rest if a.name in per_call],
         "teacher_gradient": any(k.grad_teacher is not None for k in ks),
-        "c_source": "",
+        # the compiled kernels, on torch's own OpenMP team (see templates/shared/compiled.py.j2)
+        **c_context(ks, c_header(loss_name), openmp=True),
     }
 
 
