@@ -37,6 +37,7 @@ derivation, built on first use with a C compiler and cached; see
 compiler works, runs the array code.
 """
 
+import atexit
 import ctypes
 import hashlib
 import os

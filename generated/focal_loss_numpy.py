@@ -8199,7 +8199,7 @@ def _build():
         flags = _C_FLAGS + extra
         key = hashlib.sha256("\0".join((_C_SOURCE, compiler, *flags, *_C_LIBS,
                                          _cpu())).encode())
-        name = f"cross_entropy_{key.hexdigest()[:24]}.so"
+        name = f"focal_loss_{key.hexdigest()[:24]}.so"
         path = os.path.join(directory, name)
         if os.path.lexists(path):
             info = os.lstat(path)

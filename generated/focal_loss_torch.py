@@ -32,6 +32,7 @@ derivation, built on first use with a C compiler and cached; see
 compiler works, runs the array code.
 """
 
+import atexit
 import ctypes
 import hashlib
 import os
@@ -8135,7 +8136,7 @@ def _build():
         flags = _C_FLAGS + extra
         key = hashlib.sha256("\0".join((_C_SOURCE, compiler, *flags, *_C_LIBS,
                                          _cpu())).encode())
-        name = f"cross_entropy_{key.hexdigest()[:24]}.so"
+        name = f"focal_loss_{key.hexdigest()[:24]}.so"
         path = os.path.join(directory, name)
         if os.path.lexists(path):
             info = os.lstat(path)

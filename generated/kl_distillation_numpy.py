@@ -1315,7 +1315,7 @@ def _build():
         flags = _C_FLAGS + extra
         key = hashlib.sha256("\0".join((_C_SOURCE, compiler, *flags, *_C_LIBS,
                                          _cpu())).encode())
-        name = f"cross_entropy_{key.hexdigest()[:24]}.so"
+        name = f"kl_distillation_{key.hexdigest()[:24]}.so"
         path = os.path.join(directory, name)
         if os.path.lexists(path):
             info = os.lstat(path)
