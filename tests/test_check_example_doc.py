@@ -25,28 +25,32 @@ def _lines(text: str) -> list[str]:
     return [line.rstrip() for line in text.strip().splitlines()]
 
 
-#: example → (the command-line options after ``my_loss.py:cross_entropy``, exit status)
+#: example → (the function in ``my_loss.py``, the command-line options after
+#: ``my_loss.py:FUNCTION``, exit status)
 EXAMPLES = {
-    "buggy": ((), 1),
-    "fixed": ((), 0),
-    "options": (("--weight", "random", "--label-smoothing", "0.1"), 1),
-    "timeout": (("--target", "index", "--timeout", "2"), 1),
+    "buggy": ("cross_entropy", (), 1),
+    "fixed": ("cross_entropy", (), 0),
+    "options": ("cross_entropy", ("--weight", "random", "--label-smoothing", "0.1"), 1),
+    "timeout": ("cross_entropy", ("--target", "index", "--timeout", "2"), 1),
+    "focal": ("focal_loss", ("--loss", "focal_loss", "--param", "gamma=0.5"), 0),
+    "distillation": ("distillation",
+                     ("--loss", "kl_distillation", "--param", "temperature=2"), 1),
 }
 
 
 @pytest.mark.parametrize("which", EXAMPLES)
 def test_check_output_in_the_doc_is_current(which, tmp_path, monkeypatch, capsys):
-    options, code = EXAMPLES[which]
+    function, options, code = EXAMPLES[which]
     (tmp_path / "my_loss.py").write_text(_block(f"{which} code"), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    assert main(["check", "my_loss.py:cross_entropy", *options]) == code
+    assert main(["check", f"my_loss.py:{function}", *options]) == code
     assert _lines(capsys.readouterr().out) == _lines(_block(f"{which} output"))
 
 
 def test_the_doc_shows_the_commands_it_ran():
     text = DOC.read_text(encoding="utf-8")
-    for options, _ in EXAMPLES.values():
-        assert " ".join(["$ symce check my_loss.py:cross_entropy", *options]) + "\n" in text
+    for function, options, _ in EXAMPLES.values():
+        assert " ".join([f"$ symce check my_loss.py:{function}", *options]) + "\n" in text
 
 
 def _formula_text() -> str:
@@ -77,14 +81,14 @@ def _regenerate() -> None:
 
     text = DOC.read_text(encoding="utf-8")
     here = os.getcwd()
-    for which, (options, _) in EXAMPLES.items():
+    for which, (function, options, _) in EXAMPLES.items():
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "my_loss.py").write_text(_block(f"{which} code"), encoding="utf-8")
             os.chdir(tmp)
             out = io.StringIO()
             try:
                 with contextlib.redirect_stdout(out):
-                    main(["check", "my_loss.py:cross_entropy", *options])
+                    main(["check", f"my_loss.py:{function}", *options])
             finally:
                 os.chdir(here)
         text = replace(text, f"{which} output", "\n".join(_lines(out.getvalue())) + "\n")

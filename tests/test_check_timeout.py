@@ -75,6 +75,57 @@ def test_case_lines_are_printed_as_they_finish():
     assert seen[0].startswith("symce check") and seen[2].startswith("  PASS  basic")
 
 
+def _children(pid):
+    """The ids of the processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_ends_when_symce_check_is_killed_during_an_endless_call():
+    """SIGKILL cannot be caught: the worker, busy in the endless call, must notice alone."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "symce", "check", f"{GALLERY}/bad_usage.py:hangs_at_one_class",
+         "--target", "index", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV,
+    )
+    workers = []
+    try:
+        for line in proc.stdout:
+            if line.startswith("  PASS  single row"):
+                break
+        time.sleep(1.0)  # the third call (C = 1) is sent and spinning
+        workers = _children(proc.pid)
+        assert workers, "no worker process found"
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+        for w in workers:  # never leave one spinning, even when the test fails
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
 def test_a_process_that_dies_fails_its_case_and_the_rest_still_run():
     proc, _ = symce_check(f"{GALLERY}/bad_usage.py:crashes_at_one_class", "--target", "index")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

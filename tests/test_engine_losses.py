@@ -208,3 +208,22 @@ def test_hessians_match_autograd():
             for k in range(N):
                 got = _instantiate(hess.xreplace({ctx.i: sp.Integer(i + 1)}), ctx, vals, k)
                 assert got == pytest.approx(want[i, k], rel=1e-10, abs=1e-12), (loss, i, k)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_parameter_range_refuses_a_value_outside_it(loss):
+    """The range is printed into every module's check: it must test the value (SymPy
+    decides ``Ge(gamma, 0)`` from a nonnegative ``gamma`` alone unless told not to)."""
+    from symce.losses import check_value, get_loss
+
+    for param in get_loss(loss).params:
+        with pytest.raises(ValueError, match=param.name):
+            check_value(param, -1.0)
+
+
+def test_a_range_decided_by_the_symbols_assumptions_is_refused():
+    from symce.losses import Param
+
+    gamma = sp.Symbol("gamma", nonnegative=True)
+    with pytest.raises(ValueError, match="evaluate=False"):
+        Param("gamma", gamma, 2.0, sp.Ge(gamma, 0), "a number >= 0", "focusing")

@@ -1,5 +1,6 @@
 """An installed wheel finds its templates: build it, install it in a fresh venv, render."""
 
+import os
 import subprocess
 import sys
 import venv
@@ -28,8 +29,10 @@ def test_wheel_renders_documents_outside_the_source_tree(tmp_path):
     work.mkdir()
     script = ("import symce, pathlib; from symce.render import templates_dir; "
               "print(templates_dir()); print(symce.derive(n=2).to_markdown()[:400])")
+    # a PYTHONPATH naming the source tree (how a worktree is tested) would win over the wheel
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([str(python), "-c", script], cwd=work, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=clean)
     assert proc.returncode == 0, proc.stderr
     where = Path(proc.stdout.splitlines()[0])
     assert "site-packages" in str(where) and ROOT not in where.parents

@@ -1,8 +1,9 @@
-"""Printers at two levels: the exact string (golden files) and a numeric evaluation.
+"""Array printers at two levels: the exact string (golden files) and a numeric evaluation.
 
 Golden strings live in ``tests/cases/printers/<case>.<backend>.txt``; set
 ``SYMCE_UPDATE_GOLDEN=1`` to rewrite them after an intended change (and read
-the diff).  Numeric references are plain loops over rows and classes.
+the diff).  Numeric references are plain loops over rows and classes, or
+torch autograd of the loss's definition.
 """
 
 import difflib
@@ -14,70 +15,69 @@ import pytest
 import sympy as sp
 import torch
 
-import symce
-from symce.codegen.expressions import EPS, SCALE, VALID, E, P, W, Y, Z, kernel_expressions
-from symce.codegen.printers import PRINTERS, array_code
-from tests.parity import load_generated
+from symce.codegen.ir import STUDENT, J, K, build_kernel, scale_symbol
+from symce.codegen.printers import PRINTERS, array_code, array_kernel_context, exp2_form
+from symce.losses.targets import EPS, MASK, N_CLASSES, P, W
 
 CASES_DIR = Path(__file__).parent / "cases" / "printers"
-j = sp.Symbol("j", integer=True)
-n = sp.Symbol("n", integer=True, positive=True)
+E, Z = STUDENT.exp, STUDENT.shifted
+SCALE = scale_symbol("cross_entropy")
 
 
 def class_sum(body):
-    return sp.Sum(body, (j, 1, n))
+    return sp.Sum(body, (J, 1, N_CLASSES))
+
+
+def _dot(a, b):
+    """Σ over classes by a loop, row by row (a per-class array has one row)."""
+    rows = max(a.shape[0], b.shape[0])
+
+    def at(arr, r, c):
+        return arr[r if arr.shape[0] > 1 else 0, c, 0]
+
+    return np.array([[[sum(at(a, r, c) * at(b, r, c) for c in range(a.shape[1]))]]
+                     for r in range(rows)])
 
 
 #: case → (expression, numeric reference from the block arrays)
 CASES = {
-    "sum_exp": (class_sum(E[j]), lambda a: a["buf"].sum(axis=1, keepdims=True)),
+    "sum_exp": (class_sum(E[J]), lambda a: a["e"].sum(axis=1, keepdims=True)),
     "log_sum_exp": (
-        sp.log(class_sum(sp.exp(Z[j]))),
-        lambda a: np.log(np.exp(a["buf"]).sum(axis=1, keepdims=True)),
+        sp.log(class_sum(sp.exp(Z[J]))),
+        lambda a: np.log(np.exp(a["z"]).sum(axis=1, keepdims=True)),
     ),
-    "dot_weight": (
-        class_sum(W[j] * Z[j]),
-        lambda a: np.array([[[sum(a["w"][0, c, 0] * a["buf"][r, c, 0] for c in range(a["C"]))]]
-                            for r in range(a["B"])]),
-    ),
-    "dot_three": (
-        class_sum(P[j] * W[j] * Z[j]),
-        lambda a: np.array([[[sum(a["p"][r, c, 0] * a["w"][0, c, 0] * a["buf"][r, c, 0]
-                                  for c in range(a["C"]))]] for r in range(a["B"])]),
-    ),
-    "gather_row": (Z[Y], lambda a: np.array([a["buf"][r, a["y"][r, 0, 0], 0]
-                                             for r in range(a["B"])]).reshape(-1, 1, 1)),
-    "gather_class": (W[Y], lambda a: a["w"][0, a["y"][:, 0, 0], 0].reshape(-1, 1, 1)),
+    "dot_weight": (class_sum(W[J] * Z[J]), lambda a: _dot(a["w"], a["z"])),
+    "dot_three": (class_sum(P[J] * W[J] * Z[J]), lambda a: _dot(a["p"] * a["w"], a["z"])),
     "smoothing_term": (
-        -EPS * SCALE * VALID * W[sp.Symbol("k", integer=True)] / n,
-        lambda a: -a["label_smoothing"] * a["scale"] * a["valid"] * a["w"] / a["C"],
+        -EPS * SCALE * MASK * W[K] / N_CLASSES,
+        lambda a: -a["label_smoothing"] * a["scale_cross_entropy"] * a["valid"] * a["w"] / a["C"],
     ),
-    "reciprocal": (SCALE / class_sum(E[j]), lambda a: a["scale"] / a["buf"].sum(1, keepdims=True)),
+    "reciprocal": (SCALE / class_sum(E[J]),
+                   lambda a: a["scale_cross_entropy"] / a["e"].sum(1, keepdims=True)),
+    "exp2": (exp2_form(sp.exp(Z[K])), lambda a: np.exp(a["z"])),
+    "power": ((1 - E[K] / sp.Symbol("sum_e")) ** sp.Symbol("gamma", positive=True),
+              lambda a: (1 - a["e"] / a["sum_e"]) ** a["gamma"]),
 }
 
 
 def _arrays(seed=0, B=3, C=5):
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, C, (B, 1, 1))
+    z = rng.standard_normal((B, C, 1))
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
     return {
-        "B": B, "C": C,
-        "buf": rng.standard_normal((B, C, 1)),
-        "w": rng.random((1, C, 1)) + 0.1,
-        "p": rng.random((B, C, 1)),
-        "y": y,
-        "y_at": np.arange(B).reshape(-1, 1, 1) * C + y,
+        "B": B, "C": C, "z": z, "e": e, "sum_e": e.sum(axis=1, keepdims=True),
+        "w": rng.random((1, C, 1)) + 0.1, "p": rng.random((B, C, 1)),
         "valid": (rng.random((B, 1, 1)) < 0.7).astype(float),
-        "scale": 0.37,
-        "label_smoothing": 0.2,
-        "n_classes": C,
+        "scale_cross_entropy": 0.37, "label_smoothing": 0.2, "n_classes": C, "gamma": 1.7,
     }
 
 
-#: helpers the templates define for the printed code (the class-axis dot product)
-HELPERS = {
-    backend: {"_class_dot": load_generated(f"cross_entropy_{backend}")._class_dot}
-    for backend in ("numpy", "torch")
-}
+def _class_dot(*arrays):
+    out = arrays[0]
+    for a in arrays[1:]:
+        out = out * a
+    return out.sum(axis=1, keepdims=True)
 
 
 def _evaluate(code: str, backend: str, arrays: dict):
@@ -85,16 +85,12 @@ def _evaluate(code: str, backend: str, arrays: dict):
     if backend == "torch":
         names = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
                  for k, v in names.items()}
-        return np.asarray(eval(code, {"torch": torch, **HELPERS[backend]}, names))
-    return np.asarray(eval(code, {"np": np, **HELPERS[backend]}, names))
+        return np.asarray(eval(code, {"torch": torch, "_class_dot": _class_dot}, names))
+    return np.asarray(eval(code, {"np": np, "_class_dot": _class_dot}, names))
 
 
-@pytest.mark.parametrize("backend", sorted(PRINTERS))
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_printed_string(case, backend):
-    expr, _ = CASES[case]
-    got = array_code(expr, backend) + "\n"
-    golden = CASES_DIR / f"{case}.{backend}.txt"
+def _golden(name: str, got: str) -> None:
+    golden = CASES_DIR / name
     if os.environ.get("SYMCE_UPDATE_GOLDEN"):
         golden.write_text(got, encoding="utf-8")
     expected = golden.read_text(encoding="utf-8")
@@ -106,6 +102,13 @@ def test_printed_string(case, backend):
 
 @pytest.mark.parametrize("backend", sorted(PRINTERS))
 @pytest.mark.parametrize("case", sorted(CASES))
+def test_printed_string(case, backend):
+    expr, _ = CASES[case]
+    _golden(f"{case}.{backend}.txt", array_code(expr, backend) + "\n")
+
+
+@pytest.mark.parametrize("backend", sorted(PRINTERS))
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_printed_value(case, backend):
     expr, reference = CASES[case]
     arrays = _arrays()
@@ -113,48 +116,73 @@ def test_printed_value(case, backend):
     np.testing.assert_allclose(got, reference(arrays), rtol=1e-12, atol=1e-12)
 
 
+def test_a_gather_or_a_delta_is_refused():
+    from symce.losses.targets import Y
+
+    for expr in (Z[Y], sp.KroneckerDelta(K, Y)):
+        with pytest.raises(ValueError):
+            array_code(expr, "numpy")
+
+
+FLAGS = (("weighted", True), ("smoothed", True), ("softcap", False))
+
+
 @pytest.mark.parametrize("backend", sorted(PRINTERS))
 def test_kernel_loss_and_gradient_rows(backend):
-    """The printed pieces of one kernel, evaluated in order, give torch's row losses/grads."""
-    k = kernel_expressions(symce.derive(), "index", weighted=True, smoothed=True)
-    a = _arrays(seed=5, B=4, C=6)
-    x = a["buf"].copy()
-    weight = a["w"].reshape(-1)
-    names = dict(a, buf=x - x.max(axis=1, keepdims=True))
-    for stage in ("constants", "before_exp"):
-        for sym, expr in getattr(k, stage):
-            names[str(sym)] = _evaluate(array_code(expr, backend), backend, names)
-    names["buf"] = np.exp(names["buf"])
-    for sym, expr in k.after_exp:
-        names[str(sym)] = _evaluate(array_code(expr, backend), backend, names)
-    loss = _evaluate(array_code(k.loss, backend), backend, names)
-    grad = (_evaluate(array_code(k.alpha, backend), backend, names) * names["buf"]
-            + _evaluate(array_code(k.dense, backend), backend, names))
-    beta = _evaluate(array_code(k.beta, backend), backend, names)
-    for r in range(a["B"]):
-        grad[r, a["y"][r, 0, 0], 0] += beta[r, 0, 0]
+    """One kernel's printed pieces, evaluated in the order a template does, give torch's
+    row losses and gradients (class indices, weights, smoothing, ignored rows, z-loss)."""
+    ctx = array_kernel_context(build_kernel("cross_entropy", "index", FLAGS), backend)
+    rng = np.random.default_rng(5)
+    B, C = 4, 6
+    u = rng.standard_normal((B, C, 1)) * 3
+    y = rng.integers(0, C, (B, 1, 1))
+    w = rng.random((1, C, 1)) + 0.2
+    a = {"u": u, "y": y, "y_at": np.arange(B).reshape(-1, 1, 1) * C + y,
+         "valid": np.array([1.0, 0.0, 1.0, 1.0]).reshape(-1, 1, 1), "w": w, "n_classes": C,
+         "label_smoothing": 0.2, "z_loss": 0.3, "scale_cross_entropy": 0.37, "scale_z": 0.21}
+    names = dict(a)
+    for name, code in ctx["constants"]:
+        names[name] = _evaluate(code, backend, names)
+    for name, base in ctx["gathers"]:
+        source = names[base].reshape(-1)
+        names[name] = source[names["y"]] if base == "w" else source[names["y_at"]]
+    names["x"] = u
+    names["m"] = u.max(axis=1, keepdims=True)
+    names["z"] = _evaluate(ctx["elements"]["z"], backend, names)
+    names["e"] = _evaluate(ctx["elements"]["e"], backend, names)
+    for level in ctx["levels"]:
+        for name, code in level:
+            names[name] = _evaluate(code, backend, names)
+    losses = [_evaluate(code, backend, names) for _, code in ctx["losses"]]
+    grad = sum(_evaluate(c, backend, names) * _evaluate(f, backend, names)
+               for c, f in ctx["grad"]["terms"])
+    grad = np.broadcast_to(grad, u.shape).copy()
+    target = np.broadcast_to(_evaluate(ctx["grad"]["target"], backend, names), (B, 1, 1))
+    for r in range(B):
+        grad[r, y[r, 0, 0], 0] += target[r, 0, 0]
 
-    xt = torch.from_numpy(x[:, :, 0]).requires_grad_(True)
-    yt = torch.from_numpy(a["y"][:, 0, 0])
-    ref = torch.nn.functional.cross_entropy(xt, yt, weight=torch.from_numpy(weight),
-                                            reduction="none", label_smoothing=0.2)
-    ref = ref * torch.from_numpy(a["valid"][:, 0, 0])
-    (ref_grad,) = torch.autograd.grad(ref.sum() * a["scale"], xt)
-    np.testing.assert_allclose(loss[:, 0, 0], ref.detach().numpy(), rtol=1e-10)
+    xt = torch.from_numpy(u[:, :, 0]).requires_grad_(True)
+    valid = torch.from_numpy(a["valid"][:, 0, 0])
+    ce = torch.nn.functional.cross_entropy(xt, torch.from_numpy(y[:, 0, 0]),
+                                           weight=torch.from_numpy(w.reshape(-1)),
+                                           reduction="none", label_smoothing=0.2) * valid
+    z_term = 0.3 * torch.logsumexp(xt, 1) ** 2 * valid
+    (ref_grad,) = torch.autograd.grad((ce * 0.37 + z_term * 0.21).sum(), xt)
+    np.testing.assert_allclose(np.broadcast_to(losses[0], (B, 1, 1))[:, 0, 0],
+                               ce.detach().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(np.broadcast_to(losses[1], (B, 1, 1))[:, 0, 0],
+                               z_term.detach().numpy(), rtol=1e-10)
     np.testing.assert_allclose(grad[:, :, 0], ref_grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", sorted(PRINTERS))
 def test_kernel_pieces_golden(backend):
-    """Every printed piece of the richest kernel: a change in the derivation shows here."""
-    k = kernel_expressions(symce.derive(), "probability", weighted=True, smoothed=True)
-    lines = [f"{stage} {sym} = {array_code(e, backend)}"
-             for stage in ("constants", "before_exp", "after_exp")
-             for sym, e in getattr(k, stage)]
-    lines += [f"{piece} = {array_code(getattr(k, piece), backend)}"
-              for piece in ("loss", "alpha", "beta", "dense")]
-    got = "\n".join(lines) + "\n"
-    golden = CASES_DIR / f"kernel_probability_weighted_smoothed.{backend}.txt"
-    if os.environ.get("SYMCE_UPDATE_GOLDEN"):
-        golden.write_text(got, encoding="utf-8")
-    assert got == golden.read_text(encoding="utf-8")
+    """Every printed piece of a rich kernel: a change in the derivation shows here."""
+    ctx = array_kernel_context(build_kernel("cross_entropy", "probability", FLAGS), backend)
+    lines = [f"constant {n} = {c}" for n, c in ctx["constants"]]
+    lines += [f"element {n} = {c}" for n, c in ctx["elements"].items()]
+    lines += [f"level {i + 1} {n} = {c}" for i, level in enumerate(ctx["levels"]) for n, c in level]
+    lines += [f"loss {n} = {c}" for n, c in ctx["losses"]]
+    lines += [f"grad {c} * ({f})" for c, f in ctx["grad"]["terms"]]
+    lines.append(f"target {ctx['grad']['target']}")
+    _golden(f"kernel_probability_weighted_smoothed.{backend}.txt", "\n".join(lines) + "\n")

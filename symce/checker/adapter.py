@@ -2,11 +2,12 @@
 
 An implementation is ``f(logits, target, **options)``: a function, an
 ``nn.Module`` (or any class) instantiated with no arguments, or an instance.
-``options`` are the keyword arguments of ``torch.nn.functional.cross_entropy``
-that the check was asked to cover (``weight``, ``ignore_index``,
-``label_smoothing``), and only those: without options it is ``f(logits,
-target)``.  The torch backend passes tensors (the weight in the logits' dtype)
-and takes the gradient through autograd; the NumPy backend passes arrays and
+``options`` are the keyword arguments that the check was asked to cover —
+the loss's parameters given and its target model's options (``weight``,
+``ignore_index``, ``label_smoothing``; a teacher's ``mask``) — and only
+those: without options it is ``f(logits, target)``.  The torch backend passes
+tensors (arrays among the options in the logits' dtype, a mask as bool) and
+takes the gradient through autograd; the NumPy backend passes arrays and
 accepts ``loss`` or ``(loss, grad)``, ``grad`` being the gradient of
 ``loss.sum()``.
 """
@@ -167,8 +168,9 @@ def _call_torch(
         if target.dtype.kind in "iu"
         else torch.tensor(target, dtype=tdtype)
     )
-    if options.get("weight") is not None:
-        options["weight"] = torch.tensor(options["weight"], dtype=tdtype)
+    for key, value in options.items():  # class weights like the logits, a row mask as bool
+        if isinstance(value, np.ndarray):
+            options[key] = torch.tensor(value, dtype=torch.bool if value.dtype == bool else tdtype)
     out = fn(x, t, **options)
     if not isinstance(out, torch.Tensor):
         return returned(out, "a torch.Tensor")
@@ -197,8 +199,9 @@ def _call_numpy(
 ) -> Outcome:
     x = np.array(logits, dtype=dtype)
     t = np.array(target) if target.dtype.kind in "iu" else np.array(target, dtype=dtype)
-    if options.get("weight") is not None:
-        options["weight"] = np.array(options["weight"], dtype=dtype)
+    for key, value in options.items():
+        if isinstance(value, np.ndarray):
+            options[key] = np.array(value, dtype=bool if value.dtype == bool else dtype)
     out = fn(x, t, **options)
     grad = None
     if isinstance(out, tuple):

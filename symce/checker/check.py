@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from symce.checker.battery import (
     shrink,
 )
 from symce.checker.diagnosis import Evidence, diagnose
-from symce.checker.reference import REDUCTIONS, TARGETS
+from symce.checker.reference import CROSS_ENTROPY, TEACHER, LossSpec
 from symce.checker.runner import DEFAULT_TIMEOUT, InProcess, Runner, ThreadRunner, make_runner
 
 #: The values of ``weight=``: ``"random"`` draws class weights for each case.
@@ -49,6 +50,7 @@ class Report:
     planned: int = 0  # cases in the battery
     name_width: int = 0  # of the case-name column
     stopped: str | None = None  # why the battery stopped early (a call that timed out)
+    loss: LossSpec = CROSS_ENTROPY
 
     @property
     def passed(self) -> bool:
@@ -65,18 +67,24 @@ class Report:
         return format_report(self)
 
 
-def detect_target(fn: Callable[..., Any], backend: str, reduction: str) -> tuple[str, str]:
-    """Tell the target kind from first calls; say what was assumed and why."""
-    target, note, _ = _detect(InProcess(fn, backend), reduction, Options(), ("2d",))
+def detect_target(
+    fn: Callable[..., Any], backend: str, reduction: str, loss: str = "cross_entropy"
+) -> tuple[str, str]:
+    """Tell the class-target kind from first calls; say what was assumed and why."""
+    target, note, _ = _detect(InProcess(fn, backend), reduction, Options(), ("2d",), loss)
     return target or "index", note
 
 
 def _detect(
-    runner: Runner, reduction: str, options: Options, shapes: tuple[str, ...]
+    runner: Runner,
+    reduction: str,
+    options: Options,
+    shapes: tuple[str, ...],
+    loss: str = "cross_entropy",
 ) -> tuple[str | None, str, Outcome | None]:
     """``(target, note, a call that timed out)``; ``target`` is None when one did."""
     first_shape = shapes[0]
-    index = build(detection_spec("index", options, shapes))
+    index = build(detection_spec("index", options, shapes, loss))
     first = runner.call(index.logits, index.target, "float64", index.options)
     if first.timed_out:
         return None, "not told: the first call did not return", first
@@ -89,7 +97,7 @@ def _detect(
         return "index", (
             f"assumed: class-index targets {shown[0]} were accepted; the first call {what}"
         ), None
-    soft = evaluate(runner, build(detection_spec("normalised", options, shapes)), reduction)
+    soft = evaluate(runner, build(detection_spec("normalised", options, shapes, loss)), reduction)
     if soft.outcome.timed_out:
         return None, "not told: the call with probability targets did not return", soft.outcome
     if soft.outcome.failure == "raised":
@@ -102,7 +110,9 @@ def _detect(
             f"assumed: class-index targets were refused, probability targets {shown[1]} accepted"
         ), None
     if soft.outcome.error is None:
-        onehot = evaluate(runner, build(detection_spec("onehot", options, shapes)), reduction)
+        onehot = evaluate(
+            runner, build(detection_spec("onehot", options, shapes, loss)), reduction
+        )
         if onehot.outcome.timed_out:
             return None, "not told: the call with one-hot targets did not return", onehot.outcome
         if onehot.loss_ok:
@@ -124,14 +134,17 @@ _TARGET_SHAPES = {
 def check_implementation(
     fn: Callable[..., Any] | str,
     target: str | None = None,
-    reduction: str = "mean",
+    reduction: str | None = None,
     backend: str = "torch",
     label: str | None = None,
     seed: int = 0,
     *,
+    loss: str = "cross_entropy",
+    params: Mapping[str, Any] | None = None,
     weight: str | None = None,
     ignore_index: int | None = None,
     label_smoothing: float | None = None,
+    mask: bool | None = None,
     shapes: Sequence[str] | str = ("2d",),
     timeout: float | None = DEFAULT_TIMEOUT,
     progress: Callable[[str], None] | None = None,
@@ -139,15 +152,26 @@ def check_implementation(
     """Compare ``fn(logits, target, **options)`` with the derived reference over the battery.
 
     ``fn`` is a callable or ``"PATH.py:NAME"`` (imported in the worker process).
+    ``loss`` is any registered loss (``symce derive --list``); ``fn`` is called
+    as the loss's generated functions are: ``fn(input, target, **kwargs)``,
+    the target being class indices or probabilities (``target``: ``"index"``,
+    ``"probs"``, ``"onehot"``; ``None``: told from a first call) or, for a
+    teacher model (``kl_distillation``), the teacher's logits in the logits'
+    layout.  ``reduction`` is what ``fn`` is meant to compute, one of the
+    loss's (default: its default, ``mean`` or ``batchmean``); it is not passed.
+
+    The keyword arguments are the loss's parameters given in ``params`` (the
+    battery uses them, the declared defaults for the rest; each is checked
+    against its declared range) and the target model's options, only those
+    given: for class targets ``weight="random"`` (each case draws positive
+    class weights ``w`` and passes ``weight=w``, a tensor or array like the
+    logits), ``ignore_index=N`` (some rows of each class-index target are
+    ``N``), ``label_smoothing=EPS``; for a teacher, ``mask`` (default True:
+    some cases pass ``mask=m``, a boolean per row, and the others none).
     ``seed`` draws different random shapes and values (0 is what CI and the
-    examples use, so reports are reproducible).  The options of
-    ``nn.CrossEntropyLoss`` to cover are passed to ``fn`` as keyword arguments,
-    only those given: ``weight="random"`` (each case draws positive class
-    weights ``w`` and passes ``weight=w``, a tensor or array like the logits),
-    ``ignore_index=N`` (some rows of each class-index target are ``N``),
-    ``label_smoothing=EPS``.  ``shapes`` picks the input layouts: ``"2d"``
-    ``(N, C)``, ``"kdim"`` ``(N, C, d1, …)``, ``"unbatched"`` ``(C,)``, or
-    ``"all"``.
+    examples use, so reports are reproducible).  ``shapes`` picks the input
+    layouts: ``"2d"`` ``(N, C)``, ``"kdim"`` ``(N, C, d1, …)``, ``"unbatched"``
+    ``(C,)``, or ``"all"``.
 
     Each call has ``timeout`` seconds (``None``: no limit, called in this
     process).  Past it the case fails, naming the limit, and the battery stops
@@ -158,11 +182,20 @@ def check_implementation(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
-    if target is not None and target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-    options = _options(weight, ignore_index, label_smoothing)
+    spec = loss_spec(loss, params)
+    if reduction is None:
+        reduction = spec.default_reduction
+    if reduction not in spec.reductions:
+        raise ValueError(
+            f"reduction must be one of {', '.join(spec.reductions)} for {loss}, got {reduction!r}"
+        )
+    if target is not None and target not in spec.kinds:
+        what = "a teacher's logits" if spec.teacher else "class indices or probabilities"
+        raise ValueError(
+            f"target must be one of {', '.join(spec.kinds)} for {loss} (its target is "
+            f"{what}), got {target!r}"
+        )
+    options = _options(spec, weight, ignore_index, label_smoothing, mask)
     if target in ("probs", "onehot") and ignore_index is not None:
         raise CheckUsageError(_IGNORE_NEEDS_INDICES + f", and the target is {target}")
     families = parse_shapes(shapes)
@@ -170,12 +203,73 @@ def check_implementation(
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     if label is None:
         label = fn if isinstance(fn, str) else getattr(fn, "__name__", type(fn).__name__)
+    if spec.teacher:
+        target = TEACHER
+    # the reference's code is printed from the derivation (seconds, once per process) while
+    # the worker starts (seconds too: it imports torch)
+    ready = threading.Thread(target=_prepare, args=(spec,), name="symce-check-reference",
+                             daemon=True)
+    ready.start()
     with make_runner(fn, backend, timeout) as runner, _one_thread(runner):
-        run = _Run(runner, label, target, reduction, seed, options, families, progress)
+        ready.join()  # before any call: a forked worker must not inherit a busy thread
+        _prepare(spec)  # cached by now; raises here if the thread could not
+        run = _Run(runner, label, target, reduction, seed, options, families, progress, spec)
         return run.report()
 
 
-def _options(weight: Any, ignore_index: Any, label_smoothing: Any) -> Options:
+def _prepare(spec: LossSpec) -> None:
+    """Derive the loss and print its reference once, on a tiny input of each target kind."""
+    import numpy as np
+
+    from symce.checker.reference import reference
+
+    x = np.zeros((1, 2))
+    targets = [x] if spec.teacher else [np.zeros(1, dtype=np.int64), np.full((1, 2), 0.5)]
+    for target in targets:
+        reference(spec, x, target, spec.default_reduction)
+
+
+def loss_spec(loss: str, params: Mapping[str, Any] | None = None) -> LossSpec:
+    """The registered ``loss`` with ``params`` checked against their declared ranges.
+
+    ``ValueError`` (``UnknownLossError`` for the loss) naming what is wrong.
+    """
+    from symce.losses import check_value, get_loss
+
+    declared = get_loss(loss)
+    given = dict(params or {})
+    names = [p.name for p in declared.params]
+    unknown = [k for k in given if k not in names]
+    if unknown:
+        known = ", ".join(names) or "none"
+        raise ValueError(f"{loss} has no parameter {unknown[0]!r} (its parameters: {known})")
+    for p in declared.params:
+        if p.name in given:
+            check_value(p, given[p.name])
+    return LossSpec(loss, tuple((p.name, given[p.name]) for p in declared.params
+                                if p.name in given))
+
+
+def _options(
+    spec: LossSpec, weight: Any, ignore_index: Any, label_smoothing: Any, mask: Any
+) -> Options:
+    if spec.teacher:
+        given = [name for name, value in (("weight", weight), ("ignore_index", ignore_index),
+                                          ("label_smoothing", label_smoothing))
+                 if value is not None]
+        if given:
+            raise ValueError(
+                f"{given[0]} applies to class targets; the target of {spec.name} is a "
+                "teacher's logits (its option is mask)"
+            )
+        if mask is not None and not isinstance(mask, bool):
+            raise ValueError(f"mask must be True or False, got {mask!r}")
+        return Options(params=spec.params, mask=True if mask is None else mask)
+    if mask is not None:
+        raise ValueError(
+            f"mask applies to a teacher's logits; the target of {spec.name} is class "
+            "indices or probabilities (its options are weight, ignore_index, label_smoothing)"
+        )
     if weight is not None and weight not in WEIGHTS:
         raise ValueError(f"weight must be None or 'random', got {weight!r}")
     if ignore_index is not None and (
@@ -188,7 +282,7 @@ def _options(weight: Any, ignore_index: Any, label_smoothing: Any) -> Options:
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
         label_smoothing = float(label_smoothing)
-    return Options(weight == "random", ignore_index, label_smoothing)
+    return Options(weight == "random", ignore_index, label_smoothing, spec.params)
 
 
 def parse_shapes(shapes: Sequence[str] | str) -> tuple[str, ...]:
@@ -239,10 +333,11 @@ class _Run:
         options: Options,
         shapes: tuple[str, ...],
         progress: Callable[[str], None] | None,
+        loss: LossSpec = CROSS_ENTROPY,
     ):
         self.runner, self.label, self.target = runner, label, target
         self.reduction, self.seed, self.options, self.shapes = reduction, seed, options, shapes
-        self.progress = progress
+        self.progress, self.loss = progress, loss
 
     def _emit(self, lines: list[str]) -> None:
         if self.progress is not None:
@@ -255,12 +350,12 @@ class _Run:
         target, note, timed_out = self.target, None, None
         if target is None:
             target, note, timed_out = _detect(
-                self.runner, self.reduction, self.options, self.shapes
+                self.runner, self.reduction, self.options, self.shapes, self.loss.name
             )
         if target is not None and target != "index" and self.options.ignore_index is not None:
             told = f" ({note})" if note else ""
             raise CheckUsageError(f"{_IGNORE_NEEDS_INDICES}, and the target is {target}{told}")
-        specs = battery(target or "index", self.seed, self.options, self.shapes)
+        specs = battery(target or "index", self.seed, self.options, self.shapes, self.loss.name)
         report = Report(
             self.label,
             self.runner.backend,
@@ -272,6 +367,7 @@ class _Run:
             shapes=self.shapes,
             planned=len(specs),
             name_width=max(len(s.name) for s in specs),
+            loss=self.loss,
         )
         self._emit(header_lines(report))
         if timed_out is not None:
@@ -291,7 +387,13 @@ class _Run:
             report.counterexample = self._shrunk(failed[0])
             report.diagnosis = diagnose(
                 Evidence(
-                    self.runner, self.reduction, target, report.results, self.options, self.shapes
+                    self.runner,
+                    self.reduction,
+                    target,
+                    report.results,
+                    self.options,
+                    self.shapes,
+                    self.loss,
                 )
             )
             if self.runner.spent:

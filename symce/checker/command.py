@@ -1,26 +1,33 @@
-"""``symce check PATH.py:NAME``: a user's implementation against the derived reference.
+"""``symce check PATH.py:NAME [--loss LOSS]``: a user's implementation against the reference.
 
 Exit status: 0 when every case passes, 1 when any fails (a call that does not
 return within ``--timeout`` included), 2 for usage errors (no such file or
-name, an import that fails, an object that cannot be called, a bad option).
+name, an import that fails, an object that cannot be called, a bad option or
+parameter value).
 """
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from symce.checker.adapter import BACKENDS, parse_spec
 from symce.checker.battery import SHAPES
-from symce.checker.check import WEIGHTS, check_implementation, parse_shapes
-from symce.checker.reference import REDUCTIONS, TARGETS
+from symce.checker.check import WEIGHTS, check_implementation, loss_spec, parse_shapes
+from symce.checker.diagnosis import scope
+from symce.checker.reference import TARGETS, TEACHER, LossSpec
 from symce.checker.report import format_tail
 from symce.checker.runner import DEFAULT_TIMEOUT
+from symce.commands.errors import UsageError
+from symce.losses import get_loss, list_losses
 
 DESCRIPTION = """\
 check your own loss implementation against the derived reference
 
-The implementation is called as f(logits, target) on a battery of cases, plus
-one keyword argument per option below that is given (and only those), with
+The implementation is called as the loss's generated functions are, on a
+battery of cases: f(logits, target), plus one keyword argument per parameter
+given with --param and per target option below that is given (and only
+those).  For cross_entropy (the default --loss) the options have
 torch.nn.functional.cross_entropy's names and meaning:
 
   f(logits, target, weight=w, ignore_index=N, label_smoothing=EPS)
@@ -28,11 +35,65 @@ torch.nn.functional.cross_entropy's names and meaning:
 logits are (N, C), (N, C, d1, ...) or (C,) (see --shapes); the target holds
 class indices (int64, the logits' shape without C) or probabilities (the
 logits' shape); w is a [C] tensor (an array for --backend numpy) in the
-logits' dtype.  Each line is printed as its case finishes.  The function runs
-in a separate worker process (what it prints goes to stderr); a call that runs
-past --timeout fails, naming the limit, and stops the battery.
+logits' dtype.  For a loss with a teacher (kl_distillation) the target is the
+teacher's logits, in the logits' layout, and some cases pass mask=m, a bool
+per row (False: the row does not count; --no-mask leaves them out).  The
+reference is the checked derivation of the loss, printed as float64 NumPy.
+Each line is printed as its case finishes.  The function runs in a separate
+worker process (what it prints goes to stderr); a call that runs past
+--timeout fails, naming the limit, and stops the battery.
+
+{losses}
 
 exit status: 0 every case passes, 1 any fails, 2 usage error"""
+
+
+def losses_help() -> str:
+    """Every registered loss: how it is called, its parameters, reductions and diagnoses."""
+    lines = ["losses (--loss) and their parameters (--param NAME=VALUE, else the default):"]
+
+    def add(text: str, indent: str, more: str) -> None:
+        lines.extend(textwrap.wrap(text, 79, initial_indent=indent, subsequent_indent=more,
+                                   break_on_hyphens=False))
+
+    for name in list_losses():
+        spec = LossSpec(name)
+        loss = get_loss(name)
+        words = ["logits", loss.targets.argument, *(f"{p.name}=..." for p in loss.params)]
+        words += [f"{o.name}=..." for o in loss.targets.options]
+        reductions = ", ".join(
+            f"{r} (default)" if r == spec.default_reduction else r for r in spec.reductions
+        )
+        add(f"{name}: f({', '.join(words)})", "  ", "      ")
+        add(f"reductions {reductions}; {scope(spec)}", "      ", "      ")
+        for p in loss.params:
+            default = "None" if p.default is None else f"{p.default:g}"
+            add(f"{p.name}: {p.rule}, default {default}: {p.doc}", "      ", "        ")
+    return "\n".join(lines)
+
+
+def parse_params(loss: str, texts: list[str] | None) -> dict[str, float | None]:
+    """``["gamma=0.5"]`` → ``{"gamma": 0.5}``, checked against the declared ranges.
+
+    A ``UsageError`` (one line, exit status 2) for a malformed pair, an
+    unknown name or a value out of range.
+    """
+    values: dict[str, float | None] = {}
+    for text in texts or ():
+        name, sep, raw = text.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not name or not raw:
+            raise UsageError(f"--param expects NAME=VALUE, got {text!r}")
+        try:
+            value: float | None = None if raw.lower() == "none" else float(raw)
+        except ValueError:
+            value = raw  # type: ignore[assignment]  # said by the range check below
+        values[name] = value
+    try:
+        loss_spec(loss, values)
+    except ValueError as exc:
+        raise UsageError(f"--param: {exc}") from None
+    return values
 
 
 def positive_seconds(text: str) -> float:
@@ -64,8 +125,15 @@ def shapes(text: str) -> tuple[str, ...]:
         ) from None
 
 
+def _all_reductions() -> tuple[str, ...]:
+    found: list[str] = []
+    for name in list_losses():
+        found += [r for r in get_loss(name).targets.reductions if r not in found]
+    return tuple(sorted(found))
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = DESCRIPTION
+    parser.description = DESCRIPTION.format(losses=losses_help())
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "implementation",
@@ -74,17 +142,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "arguments) or an instance",
     )
     parser.add_argument(
+        "--loss",
+        default="cross_entropy",
+        metavar="LOSS",
+        help=f"the registered loss it implements: {', '.join(list_losses())} "
+        "(default: cross_entropy)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="a parameter of the loss (repeat for several): the battery uses VALUE and "
+        "passes NAME=VALUE to the implementation; checked against the declared range "
+        "(none for an optional one); parameters not given keep their default and are "
+        "not passed",
+    )
+    parser.add_argument(
         "--target",
-        choices=TARGETS,
+        choices=(*TARGETS, TEACHER),
         default=None,
         help="what the target is: class indices [N], probabilities [N, C] or one-hot "
-        "[N, C] (default: told from a first call, and said)",
+        "[N, C] (default: told from a first call, and said); teacher for a loss with a "
+        "teacher (its only kind)",
     )
     parser.add_argument(
         "--reduction",
-        choices=REDUCTIONS,
-        default="mean",
-        help="what the implementation is meant to compute; it is not passed (default: mean)",
+        choices=_all_reductions(),
+        default=None,
+        help="what the implementation is meant to compute, one of the loss's (see the "
+        "losses above); it is not passed (default: the loss's default)",
     )
     parser.add_argument(
         "--backend",
@@ -120,6 +207,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "for probabilities (w = 1 without --weight)",
     )
     parser.add_argument(
+        "--no-mask",
+        dest="mask",
+        action="store_false",
+        default=None,
+        help="a loss with a teacher: leave out the cases that pass mask=m (by default some "
+        "do: every third row from the second is masked out, and the mean counts only the "
+        "rows that are not)",
+    )
+    parser.add_argument(
         "--shapes",
         type=shapes,
         default=("2d",),
@@ -146,6 +242,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     parse_spec(args.implementation)  # a wrong path is said before any process starts
+    loss = get_loss(args.loss).name
+    params = parse_params(loss, args.param)
 
     def progress(line: str) -> None:  # the header and each case, as soon as known
         print(line, flush=True)
@@ -156,9 +254,12 @@ def run(args: argparse.Namespace) -> int:
         reduction=args.reduction,
         backend=args.backend,
         seed=args.seed,
+        loss=loss,
+        params=params,
         weight=args.weight,
         ignore_index=args.ignore_index,
         label_smoothing=args.label_smoothing,
+        mask=args.mask,
         shapes=args.shapes,
         timeout=args.timeout,
         progress=progress,

@@ -3,9 +3,22 @@
 Each rule looks at the evidence (every case's result, plus the ability to run
 the implementation on new inputs) and returns a sentence or ``None``; the
 rules are a list, tried in order, and every sentence found is reported.
-Mistakes with the options of ``nn.CrossEntropyLoss`` are a table of their
-own (:data:`MISTAKES`): each is the reference computed the mistaken way, and
-a mistake (or a pair) is named when it explains every failure.
+Each rule has a scope (:data:`SCOPES`): ``any`` loss (what it returns, NaN/inf,
+shapes, constant factors such as sum-vs-mean and the sign, rows that
+interact), the losses with ``classes`` targets (an eps in the log, targets
+that do not sum to one), or ``cross_entropy`` alone (its formula in ``p``,
+KL instead of cross-entropy, a softmax over the batch axis); a rule runs only
+for the losses in its scope, and the report says which apply
+(:func:`scope`).
+
+Mistakes with the options are a table of their own (:func:`mistakes`): each
+is the reference computed the mistaken way — altered coefficients, row mask,
+denominators or parameter values fed to the derivation's core
+(:func:`symce.checker.reference.reduced`) — and a mistake (or a pair) is
+named when it explains every failure.  The class-target options'
+(``nn.CrossEntropyLoss``'s) apply to every loss with class targets, the
+teacher's mask to every loss with a teacher, and each parameter's (its value
+not used) to every loss that has it.
 """
 
 from __future__ import annotations
@@ -19,7 +32,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from symce.checker.battery import Case, Options, Result, Spec, build, evaluate, tolerances
-from symce.checker.reference import from_coefficients, from_rows, softmax, to_rows
+from symce.checker.reference import (
+    CROSS_ENTROPY,
+    TEACHER,
+    LossSpec,
+    from_coefficients,
+    from_rows,
+    has_transform,
+    reduced,
+    softmax,
+    to_rows,
+)
 
 if TYPE_CHECKING:
     from symce.checker.runner import Runner
@@ -33,6 +56,7 @@ class Evidence:
     results: list[Result]
     options: Options = Options()
     shapes: tuple[str, ...] = ("2d",)
+    loss: LossSpec = CROSS_ENTROPY
 
     @property
     def failed(self) -> list[Result]:
@@ -61,7 +85,8 @@ class Evidence:
 
     def run(self, logits: np.ndarray, target: np.ndarray, dtype: str = "float64") -> Result:
         """A probe on ``[N, C]`` logits (unit class weights where weights are passed)."""
-        spec = Spec("probe", *logits.shape, dtype=dtype, options=self.options)
+        spec = Spec("probe", *logits.shape, dtype=dtype, options=self.options,
+                    loss=self.loss.name, targets=_probe_targets(self))
         weight = np.ones(logits.shape[1]) if self.options.weight else None
         return evaluate(self.runner, Case(spec, logits, target, weight), self.reduction)
 
@@ -307,7 +332,7 @@ def _unnormalised_only(ev: Evidence) -> str | None:
         "assumes sum(p) = 1"
     )
     details = []
-    for r in ev.returned:
+    for r in ev.returned if ev.loss.name == "cross_entropy" else ():
         x, c = r.case.rows()[0], r.case.coeff
         q = softmax(x)
         lse = x.max(1) + np.log(np.exp(x - x.max(1, keepdims=True)).sum(1))
@@ -346,6 +371,11 @@ def _only_single_rows(ev: Evidence) -> str | None:
         or _option_mistakes(ev)
     ):
         return None  # explained by another rule, said more precisely there
+    if ev.target == TEACHER:
+        return (
+            "it passes for N = 1 and fails for N > 1: the rows interact; each row must be "
+            "paired with its own teacher row, and a reduction over the batch come last"
+        )
     return (
         "it passes for N = 1 and fails for N > 1: the rows interact; each row must be "
         "paired with its own target (logp[arange(N), target], not logp[:, target])"
@@ -396,15 +426,37 @@ def _ratio(got: np.ndarray | None, expected: np.ndarray, tol: np.ndarray) -> flo
     return r if np.all(np.abs(g - r * e) <= allowed) else None
 
 
-def _factor_labels(ratio: float, n: int, c: int) -> set[str]:
-    values = {label: f(n, c) for label, f, _ in _FACTORS}
-    hits = {label for label, v in values.items() if np.isclose(ratio, v, rtol=1e-5)}
-    # a label is informative only if no other candidate has the same value here
-    return {h for h in hits if sum(np.isclose(values[h], v) for v in values.values()) == 1}
+def _param_factors(spec: LossSpec) -> list[tuple[str, Callable[[int, int], float], str]]:
+    """A parameter's value as a factor (a ``T²`` missing or doubled), for each parameter."""
+    out = []
+    for name, value in spec.values.items():
+        if value is None or value in (0, 1) or value < 0:
+            continue
+        for label, v in ((f"1/{name}**2", value**-2), (f"1/{name}", 1 / value),
+                         (name, value), (f"{name}**2", value**2)):
+            why = (f"a factor {label.removeprefix('1/')} is missing" if label.startswith("1/")
+                   else f"a factor {label} too many")
+            out.append((label, lambda n, c, v=v: v, f"{why} ({name} = {value:g})"))
+    return out
+
+
+def _factors(ev: Evidence) -> list[tuple[str, Callable[[int, int], float], str]]:
+    return _FACTORS + _param_factors(ev.loss)
+
+
+def _factor_labels(ratio: float, n: int, c: int, factors=None) -> set[str]:
+    """The labels whose value is ``ratio`` here (several where they coincide: ``1/N`` and
+    ``1/T**2`` at N = 4, T = 2); the cases together tell them apart."""
+    values = {label: f(n, c) for label, f, _ in factors or _FACTORS}
+    return {label for label, v in values.items() if np.isclose(ratio, v, rtol=1e-5)}
 
 
 def _named(label: str, ev: Evidence) -> str:
     """``N`` is the mean's divisor: with weights or ignored rows, say which."""
+    if "N" not in label or "**" in label or label.startswith(tuple(ev.loss.values)):
+        return label
+    if ev.target == TEACHER and ev.options.mask:
+        return label.replace("N", "N (the rows that count)")
     if ev.target == "index" and ev.options.weight:
         return label.replace("N", "sum(w[y])")
     if ev.target == "index" and ev.options.ignore_index is not None:
@@ -432,10 +484,10 @@ def _constant_factor(ev: Evidence, what: str) -> str | None:
         # N: what the mean divides by (sum(w[y]) over the rows not ignored, with options)
         n, c = r.case.coefficients()[1], r.case.spec.classes
         if n > 1 and c > 1 and not np.isclose(n, c):  # only there can N and C be told apart
-            labels = _factor_labels(ratio, n, c)
+            labels = _factor_labels(ratio, n, c, _factors(ev))
             common = labels if common is None else common & labels
-    if common:
-        label, _, why = next(f for f in _FACTORS if f[0] in common)
+    if common and len(common) == 1:  # several left: no case told them apart
+        label, _, why = next(f for f in _factors(ev) if f[0] in common)
         return f"the {what} is {_named(label, ev)} times the reference: {why}"
     if (
         len(ratios) > 1
@@ -467,9 +519,10 @@ def _loss_or_grad_only(ev: Evidence) -> str | None:
     if all(r.loss_ok and not r.grad_ok for r in returned):
         if all(r.outcome.grad is None for r in returned):
             return None
+        derived = "q*sum(p) - p" if ev.loss == CROSS_ENTROPY else "gradient"
         return (
             "the loss is correct but the gradient is not: the hand-written backward "
-            "(or the returned gradient) does not match the derived q*sum(p) - p"
+            f"(or the returned gradient) does not match the derived {derived}"
         )
     if all(r.grad_ok and not r.loss_ok and r.outcome.grad is not None for r in returned):
         return "the gradient is correct but the loss is not: " + _offset(ev, returned[0])
@@ -484,10 +537,17 @@ def _offset(ev: Evidence, r: Result) -> str:
     if moved.outcome.error is None and moved.outcome.loss is not None:
         diff2 = moved.outcome.loss.reshape(diff.shape) - moved.expected_loss
         if not np.allclose(diff, diff2, rtol=1e-6, atol=1e-9):
+            invariant = np.allclose(moved.expected_loss, r.expected_loss, rtol=1e-9, atol=1e-9)
+            why = " (softmax is shift invariant, the loss must be too)" if invariant else ""
             return (
                 "the loss is wrong by a term that changes with a uniform shift of the "
-                "logits (softmax is shift invariant, the loss must be too)"
+                f"logits{why}"
             )
+    if ev.loss.name != "cross_entropy":
+        return (
+            "it differs by a term that does not depend on the logits "
+            f"(here {np.ravel(diff)[0]:.6g})"
+        )
     c = r.case.coeff
     with np.errstate(all="ignore"):
         entropy_rows = -np.where(c > 0, c * np.log(np.where(c > 0, c, 1.0)), 0.0).sum(1)
@@ -551,7 +611,8 @@ def _rows_mix(ev: Evidence) -> str | None:
     """Changing one row must not change the other rows' losses or gradients."""
     if not ev.probes_2d:
         return None
-    case = build(Spec("rows", 4, 5, targets=_probe_targets(ev), seed=7, options=ev.options))
+    case = build(Spec("rows", 4, 5, targets=_probe_targets(ev), seed=7, options=ev.options,
+                      loss=ev.loss.name))
     a = ev.rerun(case)
     x = case.logits.copy()
     x[0] += np.array([2.0, -1.0, 0.5, 0.0, -3.0])
@@ -568,7 +629,7 @@ def _rows_mix(ev: Evidence) -> str | None:
         return (
             "changing the logits of one row changes the result of the other rows: the "
             "softmax (or a normalisation) runs over the batch axis instead of the class "
-            "axis"
+            "axis, or a batch statistic (a mean over the rows) enters each row's loss"
         )
     return None
 
@@ -577,7 +638,8 @@ def _row_order(ev: Evidence) -> str | None:
     """Permuting the rows (logits and targets together) must permute the result."""
     if not ev.probes_2d:
         return None
-    case = build(Spec("perm", 5, 3, targets=_probe_targets(ev), seed=11, options=ev.options))
+    case = build(Spec("perm", 5, 3, targets=_probe_targets(ev), seed=11, options=ev.options,
+                      loss=ev.loss.name))
     perm = np.array([3, 0, 4, 1, 2])
     a = ev.rerun(case)
     b = ev.rerun(case, logits=case.logits[perm], target=case.target[perm])
@@ -603,13 +665,15 @@ class Mistake:
     """A usual way to get an option wrong: the reference computed that way.
 
     ``group``: mistakes of one group exclude each other (two different
-    denominators), so they are never tried as a pair.
+    denominators), so they are never tried as a pair.  ``alone``: tried on
+    its own too (a constant factor is not: the factor rules say that).
     """
 
     name: str
     group: str
     applies: Callable[[Evidence], bool]
     sentence: str
+    alone: bool = True
 
 
 def _index_mean(ev: Evidence) -> bool:
@@ -672,23 +736,89 @@ MISTAKES: list[Mistake] = [
     Mistake(
         "kdim last axis",
         "layout",
-        lambda ev: "kdim" in ev.shapes,
+        lambda ev: "kdim" in ev.shapes and ev.loss.name == "cross_entropy",
         "for K-dimensional inputs it matches a softmax over the last axis: the classes are "
         "axis 1 of (N, C, d1, ...); take log_softmax(logits, dim=1)",
     ),
+    # a teacher's row mask
+    Mistake(
+        "mask ignored",
+        "mask",
+        lambda ev: ev.target == TEACHER and ev.options.mask,
+        "the mask has no effect: masked rows still count, in the sum and in the mean's "
+        "divisor; multiply each row's loss by the mask and divide by mask.sum()",
+    ),
+    Mistake(
+        "masked rows counted",
+        "denominator",
+        lambda ev: ev.target == TEACHER and ev.options.mask
+        and ev.reduction not in ("sum", "none"),
+        "masked rows add nothing but are still counted by the mean: it divides by all rows "
+        "(len(mask)); divide by the rows that count, mask.sum()",
+    ),
+    Mistake(
+        "teacher untransformed",
+        "teacher",
+        lambda ev: ev.target == TEACHER and has_transform(ev.loss, teacher=True),
+        "the teacher's logits are not transformed as the student's are: the teacher's "
+        "softmax must see the same map (teacher / temperature)",
+    ),
 ]
+
+
+def _param_mistakes(ev: Evidence) -> list[Mistake]:
+    """For each parameter, its value not used: the loss at another of its declared values."""
+    out = []
+    for p in ev.loss.loss.params:
+        value = ev.loss.values[p.name]
+        if value is None:
+            continue
+        others = []
+        for other in (p.off, p.default, *p.examples):
+            if (other is not None or p.optional) and other != value and other not in others:
+                others.append(other)
+        for other in others:
+            shown = "None" if other is None else f"{other:g}"
+            out.append(Mistake(
+                f"param {p.name}={shown}",
+                f"param {p.name}",
+                lambda ev: True,
+                f"it matches {ev.loss.name} with {p.name}={shown}, not {p.name}={value:g}: "
+                f"the value of {p.name} is not used (ignored, hard-coded, or a default "
+                "that shadows the argument)",
+            ))
+    return out
+
+
+def _factor_mistakes(ev: Evidence) -> list[Mistake]:
+    """A parameter's value as a stray factor (``T**2`` missing), to pair with another mistake."""
+    return [Mistake(f"factor {label}", "factor", lambda ev: True, f"{why}: the loss is {label} "
+                    "times what it would be", alone=False)
+            for label, _, why in _param_factors(ev.loss)]
+
+
+def mistakes(ev: Evidence) -> list[Mistake]:
+    """The mistakes that can be made with ``ev``'s loss, target and options."""
+    found = [*MISTAKES, *_param_mistakes(ev), *_factor_mistakes(ev)]
+    return [m for m in found if m.applies(ev)]
 
 
 def mistaken(
     case: Case, reduction: str, names: frozenset[str]
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(loss, grad)`` of ``case`` with the mistakes ``names`` made (see :data:`MISTAKES`).
+    """``(loss, grad)`` of ``case`` with the mistakes ``names`` made (see :func:`mistakes`).
 
     ``grad`` is None where only the loss is worked out (a softmax over the wrong axis).
     """
+    factor = _stray_factor(case.spec.lossspec, names)
+    if factor != 1.0:
+        loss, grad = mistaken(case, reduction, frozenset(n for n in names
+                                                         if not n.startswith("factor ")))
+        return loss * factor, None if grad is None else grad * factor
     x, t, layout = case.rows()
     restore = layout.restore
     classes = layout.classes
+    spec = _with_params(case.spec.lossspec, names)
     if "kdim reshape" in names and len(layout.shape) > 2:
         x = case.logits.reshape(-1, classes)
         t = case.target.reshape(-1) if case.kind == "index" else case.target.reshape(-1, classes)
@@ -696,15 +826,23 @@ def mistaken(
         def restore(rows: np.ndarray) -> np.ndarray:
             return rows.reshape(layout.shape)
 
+    if case.kind == TEACHER:
+        loss, grad = _mistaken_teacher(case, spec, x, t, reduction, names)
+        if reduction in spec.per_row:
+            loss = loss.reshape(layout.positions)
+        return loss, restore(grad)
     eps = 0.0 if "no smoothing" in names else case.smoothing
     w = case.weight if case.weight is not None and "no weights" not in names else None
     w = np.ones(classes) if w is None else w
     smooth = (eps / classes) * (np.ones(classes) if "smoothing unweighted" in names else w)
+    valid = None
     if case.kind == "index":
         kept = np.ones(t.shape, bool) if case.ignore_index is None else t != case.ignore_index
         y = np.where(kept, t, 0)
         c = (1.0 - eps) * w[y][:, None] * np.eye(classes)[y] + smooth
         c[~kept] = smooth if "ignored rows smoothed" in names else 0.0
+        if "ignored rows smoothed" not in names:
+            valid = kept.astype(np.float64)
         denominator = float(w[y][kept].sum())
         if "mean over rows" in names:
             denominator = float(kept.sum())
@@ -715,10 +853,60 @@ def mistaken(
         denominator = float(len(t))
     if "kdim last axis" in names and len(layout.shape) > 2:
         return _last_axis_loss(case, c, reduction, denominator), None
-    loss, grad = from_coefficients(x, c, reduction, denominator)
+    loss, grad = from_coefficients(x, c, reduction, denominator, spec, valid)
     if reduction == "none":
         loss = loss.reshape(layout.positions)
     return loss, restore(grad)
+
+
+def _stray_factor(spec: LossSpec, names: frozenset[str]) -> float:
+    """The product of the ``factor LABEL`` mistakes' values (1 without any)."""
+    values = {f"factor {label}": f(0, 0) for label, f, _ in _param_factors(spec)}
+    out = 1.0
+    for name in names:
+        out *= values.get(name, 1.0)
+    return out
+
+
+def _with_params(spec: LossSpec, names: frozenset[str]) -> LossSpec:
+    """``spec`` with the parameter values that ``param NAME=VALUE`` mistakes use."""
+    values = dict(spec.params)
+    for name in names:
+        if name.startswith("param "):
+            key, _, shown = name.removeprefix("param ").partition("=")
+            values[key] = None if shown == "None" else float(shown)
+    order = [p.name for p in spec.loss.params]
+    return LossSpec(spec.name, tuple((k, values[k]) for k in order if k in values))
+
+
+def _mistaken_teacher(case: Case, spec: LossSpec, x: np.ndarray, t: np.ndarray,
+                      reduction: str, names: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A teacher's loss with its mask or its transform gotten wrong (the core, fed so)."""
+    found = case.found(reduction)
+    valid = found.valid
+    counted, rows = float(np.sum(valid)), float(len(valid))
+    denominators = dict(found.denominators)
+    if "mask ignored" in names:
+        valid = np.ones_like(valid)
+    if names & {"mask ignored", "masked rows counted"} and counted > 0:
+        # the mean's divisor counts every row: the right one scaled by rows / counted
+        denominators = {k: None if d is None else d * rows / counted
+                        for k, d in denominators.items()}
+    if "teacher untransformed" in names:
+        t = _untransformed(spec, t)
+    return reduced(spec, x, t, reduction, denominators, valid)
+
+
+def _untransformed(spec: LossSpec, t: np.ndarray) -> np.ndarray:
+    """``φ⁻¹(t)``: the teacher's logits that the transform maps back onto ``t``."""
+    import sympy as sp
+
+    v = sp.Symbol("v", real=True)
+    params = [p.symbol for p in spec.loss.params]
+    numbers = [0.0 if spec.values[p.name] is None else float(spec.values[p.name])
+               for p in spec.loss.params]
+    inverse = sp.lambdify([v, *params], spec.loss.transform.inverse(v), "numpy")
+    return np.broadcast_to(inverse(t, *numbers), np.shape(t))
 
 
 def _last_axis_loss(case: Case, c: np.ndarray, reduction: str, denominator: float) -> np.ndarray:
@@ -735,10 +923,10 @@ def _last_axis_loss(case: Case, c: np.ndarray, reduction: str, denominator: floa
 
 def _option_mistakes(ev: Evidence) -> list[str]:
     """The mistake, or pair of mistakes, that explains every failure that returned a loss."""
-    candidates = [m for m in MISTAKES if m.applies(ev)]
+    candidates = mistakes(ev)
     if not candidates or not ev.returned:
         return []
-    combos = [(m,) for m in candidates] + [
+    combos = [(m,) for m in candidates if m.alone] + [
         pair for pair in itertools.combinations(candidates, 2) if pair[0].group != pair[1].group
     ]
     for combo in combos:
@@ -762,6 +950,8 @@ def _explained(r: Result, expected: tuple[np.ndarray, np.ndarray | None]) -> boo
 
 
 def _probe_targets(ev: Evidence) -> str:
+    if ev.target == TEACHER:
+        return TEACHER
     return "index" if ev.target == "index" else "onehot"
 
 
@@ -797,15 +987,61 @@ RULES: list[Rule] = [
     _row_order,
 ]
 
+#: rule → the losses it runs for: ``any``, ``classes`` (class targets) or ``cross_entropy``;
+#: a rule not named here runs for any loss
+SCOPES: dict[Rule, str] = {
+    _unnormalised_only: "classes",
+    _eps_in_log: "classes",
+    _batch_axis_softmax: "cross_entropy",
+}
+
+#: what each scope's rules (and mistakes) look for, for the report
+_SCOPE_WORDS = {
+    "any": "the generic ones (what it returns, nan/inf, shapes, constant factors such as "
+           "sum vs mean and the sign, rows that interact, a parameter's value not used)",
+    "classes": "the class targets' (an eps in the log, targets that do not sum to one, "
+               "weight, ignore_index and label_smoothing gotten wrong)",
+    "teacher": "the teacher's (its mask, its temperature)",
+    "cross_entropy": "cross-entropy's own (its formula in p, KL instead of cross-entropy, "
+                     "a softmax over the batch axis)",
+}
+
+
+def _applies(scope_name: str, spec: LossSpec) -> bool:
+    if scope_name == "classes":
+        return not spec.teacher
+    if scope_name == "teacher":
+        return spec.teacher
+    if scope_name == "cross_entropy":
+        return spec.name == "cross_entropy"
+    return True
+
+
+def scope(spec: LossSpec, detail: bool = False) -> str:
+    """Which diagnoses apply to ``spec``'s loss, in words (``detail``: what each looks for)."""
+
+    def words(k: str) -> str:
+        return _SCOPE_WORDS[k] if detail else _SCOPE_WORDS[k].split(" (")[0]
+
+    used = [words(k) for k in _SCOPE_WORDS if _applies(k, spec)]
+    unused = [k for k in ("classes", "cross_entropy") if not _applies(k, spec)]
+    text = "diagnoses: " + ", ".join(used[:-1]) + (" and " if len(used) > 1 else "") + used[-1]
+    if unused:
+        text += "; " + " and ".join(_SCOPE_WORDS[k].split(" (")[0] for k in unused)
+        text += " do not apply"
+    return text
+
 
 def diagnose(ev: Evidence) -> list[str]:
-    """Every sentence the rules find for the failures in ``ev``."""
+    """Every sentence the rules that apply to ``ev``'s loss find for its failures."""
     found = []
     try:
         found += _option_mistakes(ev)
     except Exception:  # as below: a diagnosis never turns into a traceback
         pass
     for rule in RULES:
+        if not _applies(SCOPES.get(rule, "any"), ev.loss):
+            continue
         try:
             text = rule(ev)
         except Exception:  # a probe must never turn a report into a traceback
@@ -815,4 +1051,5 @@ def diagnose(ev: Evidence) -> list[str]:
     return found
 
 
-__all__ = ["MISTAKES", "RULES", "Evidence", "Mistake", "diagnose", "mistaken"]
+__all__ = ["MISTAKES", "RULES", "SCOPES", "Evidence", "Mistake", "diagnose", "mistaken",
+           "mistakes", "scope"]

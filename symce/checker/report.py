@@ -12,6 +12,8 @@ import numpy as np
 
 from symce.checker.battery import Result
 from symce.checker.check import Report
+from symce.checker.diagnosis import scope
+from symce.checker.reference import CROSS_ENTROPY
 
 _INDENT = "    "
 
@@ -25,13 +27,17 @@ def format_report(report: Report) -> str:
 
 def header_lines(report: Report) -> list[str]:
     target = report.target + (f" ({report.target_note})" if report.target_note else "")
-    lines = [
-        f"symce check {report.label}",
-        f"  backend {report.backend}, target {target}, reduction {report.reduction}",
-    ]
+    lines = [f"symce check {report.label}"]
+    spec = report.loss
+    if spec != CROSS_ENTROPY:  # plain cross-entropy: as before losses were data
+        params = spec.describe_params()
+        lines += [f"  loss {spec.name}" + (f": {params}" if params else ""),
+                  f"  {scope(spec)}"]
+    lines.append(f"  backend {report.backend}, target {target}, reduction {report.reduction}")
     if report.options or report.shapes != ("2d",):
         shapes = ", ".join(_SHAPE_NAMES[s] for s in report.shapes)
-        lines.append(f"  called as {report.options.describe()}; inputs {shapes}")
+        called = report.options.describe(spec.target_argument)
+        lines.append(f"  called as {called}; inputs {shapes}")
     return lines
 
 
@@ -52,6 +58,13 @@ def format_tail(report: Report) -> str:
     lines = []
     if any(r.outcome.grad is None and r.passed for r in report.results):
         lines.append("  note: no gradient returned, so only the loss was checked")
+    uncompared = [r for r in report.results if r.uncompared]
+    if uncompared:
+        lines.append(
+            f"  note: in {len(uncompared)} case(s) the derived gradient is not finite at some "
+            "entries (a derivative that is unbounded where the softmax rounds to 1, such as "
+            "focal loss's with gamma < 1); those entries were not compared"
+        )
     failed = [r for r in report.results if not r.passed]
     if report.counterexample is not None:
         lines += ["", *_counterexample(failed[0], report.counterexample)]
@@ -79,12 +92,14 @@ def _counterexample(first: Result, r: Result) -> list[str]:
         f"first failure: case '{f.name}'{shrunk}; counterexample {s.shape_text()}:",
         f"  logits ({s.dtype}):",
         *_array(r.case.logits),
-        "  target:",
+        f"  {s.lossspec.target_argument}:",
         *_array(r.case.target),
     ]
     if r.case.weight is not None:
         lines += ["  weight:", *_array(r.case.weight)]
-    options = {k: v for k, v in r.case.options.items() if k != "weight"}
+    if r.case.mask is not None:
+        lines += ["  mask:", *_array(r.case.mask)]
+    options = {k: v for k, v in r.case.options.items() if k not in ("weight", "mask")}
     if options:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in options.items()))
     out = r.outcome

@@ -137,6 +137,7 @@ def _died(code: int | None) -> Outcome:
 def _serve_forked(conn: Any, other_end: Any, fn: Callable[..., Any], backend: str) -> None:
     other_end.close()  # so that the parent's end closing (or the parent dying) ends recv()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends this process
+    _end_with_parent()  # and a parent killed outright, even while a call never returns
     _one_thread()
     while True:
         try:
@@ -144,6 +145,12 @@ def _serve_forked(conn: Any, other_end: Any, fn: Callable[..., Any], backend: st
         except EOFError:
             return
         conn.send(call(fn, backend, *request))
+
+
+def _end_with_parent() -> None:
+    from symce.checker.worker import end_with_parent
+
+    end_with_parent()
 
 
 class ForkRunner(Runner):

@@ -23,6 +23,8 @@ import os
 import pickle
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 
@@ -37,8 +39,27 @@ def _private_streams():
     return requests, replies
 
 
+def end_with_parent(interval: float = 0.5) -> None:
+    """Exit as soon as the process that started this one is gone.
+
+    A parent killed outright (SIGKILL, a crash) cannot end its worker, and a
+    worker busy in an endless call would never read the end of its input: it
+    would spin on, an orphan holding the parent's stderr.  A daemon thread
+    notices the parent's death (this process is reparented) and exits.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="symce-check-parent-watch", daemon=True).start()
+
+
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends this process
+    end_with_parent()
     requests, replies = _private_streams()
 
     def reply(message: object) -> None:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from symce.codegen.c import c_context, c_header
 from symce.codegen.ir import Kernel, kernels
 from symce.codegen.module import denominators, module_context
 from symce.codegen.printers import array_kernel_context
+from symce.codegen.torch_module import torch_context
 from symce.losses import get_loss, list_losses
 from symce.losses.targets import MASK, N_CLASSES, W, Y
 from symce.render.env import header_lines, render
@@ -49,13 +51,21 @@ def _numpy(loss: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
         "scalars": sorted({s for k in ks for s in k.scalars}),
         "denominators": denominators(get_loss(loss), {MASK: "valid", W[Y]: "w_y",
                                                       N_CLASSES: "n_classes"}),
-        "c_source": "",
+        **c_context(ks, c_header(loss)),
     }
+
+
+def _triton(loss: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
+    from symce.codegen.triton import triton_context
+
+    return triton_context(loss, ks)
 
 
 #: backend → its template's context (beyond :func:`module_context`)
 BACKEND_CONTEXTS: dict[str, Callable[[str, tuple[Kernel, ...]], dict[str, object]]] = {
     "numpy": _numpy,
+    "triton": _triton,
+    "torch": torch_context,
 }
 
 
@@ -74,14 +84,18 @@ def generate(loss: str = "cross_entropy", backend: str = "numpy") -> str:
                   **BACKEND_CONTEXTS[backend](loss, ks))
 
 
+def loss_files(loss: str) -> dict[str, str]:
+    """File name → source of one loss's modules, every available backend."""
+    return {file_name(loss, backend): generate(loss, backend)
+            for backend in BACKENDS if backend in BACKEND_CONTEXTS}
+
+
 def generated_files() -> dict[str, str]:
     """File name → source for every generated module (what ``symce build`` writes)."""
-    return {
-        file_name(loss, backend): generate(loss, backend)
-        for loss in list_losses()
-        for backend in BACKENDS
-        if backend in BACKEND_CONTEXTS
-    }
+    files: dict[str, str] = {}
+    for loss in list_losses():
+        files.update(loss_files(loss))
+    return files
 
 
-__all__ = ["BACKENDS", "BACKEND_CONTEXTS", "generate", "generated_files"]
+__all__ = ["BACKENDS", "BACKEND_CONTEXTS", "generate", "generated_files", "loss_files"]

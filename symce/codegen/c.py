@@ -1,197 +1,64 @@
-"""The C backend: a compiled CPU kernel per target kind, printed from the derivation.
+"""The C backend: compiled CPU kernels printed from the kernel description.
 
-The NumPy and torch modules reach the memory floor only if each row is read
-from memory once and its gradient written once; a chain of array operations
-streams the row through the cache once per operation.  The generated modules
-therefore carry C source, printed here from the same
-:class:`~symce.codegen.expressions.KernelExpressions` as their array code,
-compile it on first use and fall back to their array code when no compiler
-is present.
+Every :class:`~symce.codegen.ir.Kernel` of a loss becomes one C entry point
+(``templates/c/module.c.j2``) that walks each row (the classes of one sample
+and position) while it sits in the L2 cache:
 
-A kernel walks each row (the classes of one sample and position) three times
-while it sits in the L2 cache:
+0. the maxima: of the raw logits, then the transform applied once (for a
+   transform SymPy proves increasing, ``max φ(u) = φ(max u)``); a teacher's
+   alongside;
+1. … L. one walk per level of the class sums (:attr:`RowValue.level`): walk 1
+   computes ``z``, ``e = exp(z)`` (stored into the gradient buffer when a
+   gradient is wanted, the teacher's ``te`` into its own) and the level-1
+   sums; a later walk reads ``e`` back (or recomputes it for the loss alone);
+   element values that are not stored (``z``, a teacher's ``tx``, ``tz``) are
+   recomputed from the raw data, except a transformed logit whose transform
+   calls a function (softcap's ``tanh``), which walk 1 keeps in a per-thread
+   scratch for the walks after it.  Between walks the row's
+   values are computed in double: gathers at the target, each level's values,
+   then every term's loss and the gradient's per-row coefficients;
+L+1. the gradient: ``Σ coefficient·factor`` per element in float32, the
+   target term added at ``y``, the teacher's gradient into its own buffer.
 
-1. the row maximum ``m``;
-2. ``z = x − m``, ``e = exp(z)`` into the gradient buffer, and every hoisted
-   class-axis sum (``before_exp`` sums of ``z``, ``after_exp`` sums of ``e``)
-   as a running total: :func:`kernel_context` prints each sum's summand with
-   the element's locals ``z``, ``e``, ``pv`` (the row's probability target)
-   and ``wv`` (the class weight);
-3. the gradient ``alpha·e + dense`` in place, then ``beta`` added at the
-   target class; ``alpha``, ``beta`` and the coefficients of ``dense`` are per-row
-   values printed (in double precision) from the derivation's pieces.
-
-``exp`` is ``2^t`` with ``t = z·log₂e``: ``t = k + f`` with ``k`` an integer
-and ``|f| ≤ ½``, ``2^k`` built from its exponent bits and ``2^f`` the degree-6
-polynomial through the Chebyshev nodes that :func:`exp2_coefficients` takes
-from SymPy (relative error below 4e-9, under float32's rounding), so the
-compiler vectorises the loop without ``-ffast-math`` (on CPUs with FMA, which
-the ``-march=native`` build uses; elsewhere ``fmaf`` is a library call).  The
-rounding error of ``t`` is carried into ``f`` (:func:`log2e_split`, and the
-product's exact error from an FMA), so ``e`` keeps float32 accuracy (a few
-ulps; the tests bound it by 4) wherever it is a normal float; below
-``2^-126.5`` (``z < −87.7``) it is 0 rather than a subnormal.  Class sums are
-added in float32 within blocks of classes (at most 32 terms per vector lane)
-and in double across blocks.
+What is printed: each walk's element code (float32, through
+:class:`~symce.codegen.c_printer.ElementPrinter`, whose table holds only
+functions the template's vectorisable library has: ``exp``, ``log``,
+``tanh``, powers), each stage's row code (double, SymPy's C99 printer,
+:class:`~symce.codegen.c_printer.RowPrinter`), the entry
+point's parameter list, the ctypes argument table and the Python-side
+argument names (:func:`entry_parameters`).  Row-invariant parts of element
+expressions are hoisted into per-row values first, common subexpressions of
+a walk shared (``sympy.cse``), ``b**a`` rewritten as ``exp(a·log b)`` so a
+base's logarithm is shared by its powers.  Anything else is refused here, at
+generation time, with a ``ValueError`` naming it.
 
 >>> import sympy as sp
->>> from symce.codegen.expressions import P, Y, Z
->>> j = sp.Symbol("j", integer=True)
->>> c_code(P[j] * Z[j])
-'pv*z'
->>> c_code(sp.log(sp.Symbol("sum_e")) - Z[Y])
-'log(sum_e) - ((double)xr[y * cs] - m)'
+>>> from symce.codegen.ir import K, STUDENT
+>>> element_code(sp.exp(STUDENT.shifted[K]) * STUDENT.logit[K] ** 2)
+'symce_exp(z)*(x*x)'
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-import numpy as np
 import sympy as sp
-from sympy.printing.c import C99CodePrinter
+from sympy.calculus.singularities import is_increasing
 
-from symce.codegen.expressions import EPS, E, KernelExpressions, P, W, Y, Z
-
-#: the element's locals in the loops of walks 2 and 3
-ELEMENT_LOCALS: Mapping[sp.IndexedBase, str] = {Z: "z", E: "e", P: "pv", W: "wv"}
-
-#: a gather at the target class ``y`` of the row at ``xr`` / ``pr`` (class stride ``cs``)
-GATHERS: Mapping[sp.IndexedBase, str] = {
-    Z: "((double)xr[y * cs] - m)",
-    P: "(double)pr[y * cs]",
-    W: "(double)w[y]",
-}
-
-NAMES: Mapping[str, str] = {
-    str(EPS): "label_smoothing",
-    "n": "n_classes",
-}
-
-
-class CPrinter(C99CodePrinter):
-    """C99 for one element (arrays are the element's locals) or one row (gathers).
-
-    ``names`` renames symbols (a per-row value's name in a slab's per-position
-    arrays, for example).
-    """
-
-    def __init__(self, names: Mapping[str, str] | None = None):
-        super().__init__()
-        self.names = {**NAMES, **(names or {})}
-
-    def _print_Indexed(self, expr: sp.Indexed) -> str:
-        (index,) = expr.indices
-        table = GATHERS if index == Y else ELEMENT_LOCALS
-        try:
-            return table[expr.base]
-        except KeyError:
-            raise ValueError(f"no C form for {expr}") from None
-
-    def _print_Symbol(self, expr: sp.Symbol) -> str:
-        return self.names.get(str(expr)) or super()._print_Symbol(expr)
-
-    def _print_Sum(self, expr: sp.Sum) -> str:
-        raise ValueError(f"class-axis sums are accumulated by the loops, not printed: {expr}")
-
-    def _print_KroneckerDelta(self, expr: sp.KroneckerDelta) -> str:
-        raise ValueError(f"the target term is added by the kernel, not printed: {expr}")
-
-
-def c_code(expr: sp.Expr, names: Mapping[str, str] | None = None) -> str:
-    """``expr`` as a C99 expression (see :class:`CPrinter`)."""
-    return CPrinter(names).doprint(expr)
-
-
-def exp2_coefficients(degree: int = 6) -> list[float]:
-    """Coefficients of the polynomial through ``2^f`` at the Chebyshev nodes of ``[-½, ½]``.
-
-    Lowest power first, from SymPy's interpolation at 40 digits.  On ``|f| ≤ ½``
-    the error of degree 6 is below ``(ln 2)^7·√2 / (2^13·7!)·/2^-½ ≈ 3.7e-9``
-    relative (2.5e-9 measured), under float32's half ulp (6e-8) and below the
-    degree-7 Taylor polynomial's 7e-9, one multiply-add fewer.
-
-    >>> [round(c, 4) for c in exp2_coefficients(2)]
-    [1.0, 0.7036, 0.242]
-    """
-    f = sp.Symbol("f", real=True)
-    nodes = [sp.cos(sp.pi * (2 * i + 1) / (2 * (degree + 1))) / 2 for i in range(degree + 1)]
-    points = [(sp.N(v, 40), sp.N(2**v, 40)) for v in nodes]
-    poly = sp.Poly(sp.expand(sp.interpolate(points, f)), f)
-    return [float(c) for c in reversed(poly.all_coeffs())]
-
-
-def _float_literal(value: float) -> str:
-    return f"{value!r}f"
-
-
-def kernel_context(k: KernelExpressions, name: str) -> dict[str, object]:
-    """What ``templates/c/cross_entropy.c.j2`` renders for one kernel.
-
-    ``accumulators``: ``(symbol, summand)`` for every hoisted class-axis sum a
-    row needs (walk 2); ``gathers``: ``(symbol, code)``; ``constants``: the
-    per-call sums (computed by the caller, passed in as doubles);
-    ``row_values``: ``(name, code)`` of the loss and the gradient's per-row
-    factors, in double precision; ``gradient`` / ``gradient_slab``: walk 3's
-    element for a row's scalars / a slab's per-position arrays.
-    """
-    accumulators, gathers = [], []
-    for symbol, definition in (*k.before_exp, *k.after_exp):
-        if isinstance(definition, sp.Sum):
-            (_, lo, _hi), = definition.limits
-            if lo != 1:
-                raise ValueError(f"only sums over all classes can be accumulated: {definition}")
-            accumulators.append((str(symbol), c_code(definition.function)))
-        elif isinstance(definition, sp.Indexed):
-            gathers.append((str(symbol), c_code(definition)))
-        else:
-            raise ValueError(f"no C form for the hoisted {symbol} = {definition}")
-    if not any(code == ELEMENT_LOCALS[E] for _, code in accumulators):
-        raise ValueError(f"kernel {name} has no sum of the exponentials")
-    alpha = sp.Symbol("alpha", real=True)
-    factors = [(f"d{i}", coef, arrays) for i, (coef, arrays) in enumerate(k.dense_terms)]
-    gradient = alpha * E[sp.Symbol("k", integer=True)] + sp.Add(
-        *[sp.Symbol(d, real=True) * sp.Mul(*arrays) for d, _, arrays in factors])
-    per_row = ["alpha"] + [d for d, _, _ in factors]
-    row_values = [("loss", c_code(k.loss)), ("alpha", c_code(k.alpha))]
-    row_values += [(d, c_code(coef)) for d, coef, _ in factors]
-    if k.beta != 0:
-        row_values.append(("beta", c_code(k.beta)))
-    return {
-        "name": name,
-        "kind": k.kind,
-        "weighted": k.weighted,
-        "smoothed": k.smoothed,
-        "constants": [str(s) for s, _ in k.constants],
-        "accumulators": accumulators,
-        "gathers": gathers,
-        "row_values": row_values,
-        "per_row": per_row,
-        "has_beta": k.beta != 0,
-        "gradient": c_code(gradient, {p: f"{p}_f" for p in per_row}),
-        "gradient_slab": c_code(gradient, {p: f"{p}_a[s]" for p in per_row}),
-    }
-
-
-def log2e_split() -> tuple[float, float]:
-    """``log₂e = hi + lo`` with ``hi`` the nearest float32 and ``lo`` the float32 rest.
-
-    >>> hi, lo = log2e_split()
-    >>> hi, abs(lo) < 2**-24
-    (1.4426950216293335, True)
-    """
-    exact = sp.N(1 / sp.log(2), 40)
-    hi = float(np.float32(float(exact)))
-    lo = float(np.float32(float(exact - sp.Float(hi, 40))))
-    return hi, lo
-
-
-def exp2_context() -> dict[str, object]:
-    """The exponential's constants for the template (polynomial coefficients highest first)."""
-    hi, lo = log2e_split()
-    return {"exp2_horner": [_float_literal(c) for c in reversed(exp2_coefficients())],
-            "log2e_hi": _float_literal(hi), "log2e_lo": _float_literal(lo)}
-
+from symce.codegen.c_numeric import numeric_context
+from symce.codegen.c_printer import (
+    ElementPrinter,
+    ExpTimes,
+    RowPrinter,
+    c_identifier,
+    element_code,
+    power_form,
+)
+from symce.codegen.ir import K, Kernel
+from symce.codegen.printers import ELEMENT_NAMES
+from symce.losses.targets import MASK, N_CLASSES, Y
 
 #: positions of a sample one unit of a slab holds: 16 float32 lanes, one
 #: AVX-512 vector (two AVX2 ones), so each per-position value is a register
@@ -201,15 +68,558 @@ SLAB_POSITIONS = 16
 #: in a thread's scratch: the position-wise loops are too short to vectorise
 ROWS_BELOW = 16
 
+#: the arrays a C entry point may be given as NULL (``None``): no gradient
+#: (the loss alone), every row counts, one scale per term, no teacher gradient
+OPTIONAL_ARRAYS = ("g", "valid", "scales", "tg")
 
-def c_source(kernels: list[tuple[KernelExpressions, str]], header: list[str]) -> str:
-    """The C source for ``kernels`` (``(expressions, name)`` pairs)."""
+# -- the entry point's parameters ----------------------------------------------------------
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a C entry point: ``role`` array | size | value."""
+
+    name: str
+    ctype: str
+    role: str
+
+
+def entry_parameters(kernel: Kernel) -> list[Parameter]:
+    """The entry point's parameters in order (the calling convention of
+    docs/architecture.md): arrays, sizes ``n, C, S``, values."""
+    arrays = [Parameter("u", "const float *", "array"), Parameter("g", "float *", "array")]
+    arrays += [Parameter(f"loss_{t}", "float *", "array") for t, _ in kernel.losses]
+    if "y" in kernel.arrays:
+        arrays.append(Parameter("y", "const int64_t *", "array"))
+    for name in ("valid", "p", "w"):
+        if name in kernel.arrays:
+            arrays.append(Parameter(name, "const float *", "array"))
+    arrays.append(Parameter("scales", "const float *", "array"))
+    if "teacher" in kernel.arrays:
+        arrays += [Parameter("tu", "const float *", "array"), Parameter("tg", "float *", "array")]
+    sizes = [Parameter(n, "int64_t", "size") for n in ("n", "C", "S")]
+    values = [Parameter(f"scale_{t}", "double", "value") for t in kernel.scales]
+    values += [Parameter(s, "double", "value") for s in kernel.scalars]
+    values += [Parameter(c_identifier(str(v.symbol)), "double", "value")
+               for v in kernel.values("constant")]
+    for p in arrays + values:
+        if p.role == "value":
+            c_identifier(p.name)
+    return arrays + sizes + values
+
+
+# -- hoisting row invariants out of element expressions -----------------------------------
+def _is_element(expr: sp.Expr) -> bool:
+    return any(K in t.indices for t in expr.atoms(sp.Indexed))
+
+
+def _trivial(expr: sp.Expr) -> bool:
+    """Printed as it is in element code: a symbol, a number, or a negated one."""
+    return expr.is_Atom or (expr.is_Mul and len(expr.args) == 2 and expr.args[0] == -1
+                            and expr.args[1].is_Atom)
+
+
+class _Invariants:
+    """Row-invariant subexpressions of element code, each named ``h_<i>`` once."""
+
+    def __init__(self):
+        self.symbols: dict[sp.Expr, sp.Symbol] = {}
+
+    def __call__(self, expr: sp.Expr) -> sp.Expr:
+        if not _is_element(expr):
+            return expr if _trivial(expr) else self._name(expr)
+        if isinstance(expr, sp.Indexed):
+            return expr
+        if expr.is_Add or expr.is_Mul:
+            fixed = [a for a in expr.args if not _is_element(a)]
+            varying = [self(a) for a in expr.args if _is_element(a)]
+            if len(fixed) > 1 or (fixed and not _trivial(fixed[0])):
+                fixed = [self._name(expr.func(*fixed))]
+            return expr.func(*fixed, *varying)
+        return expr.func(*[self(a) for a in expr.args])
+
+    def _name(self, expr: sp.Expr) -> sp.Symbol:
+        if expr not in self.symbols:
+            self.symbols[expr] = sp.Symbol(f"h_{len(self.symbols)}", real=True)
+        return self.symbols[expr]
+
+    def definitions(self) -> dict[sp.Symbol, sp.Expr]:
+        return {s: e for e, s in self.symbols.items()}
+
+
+# -- layouts: how a walk's element code reads, stores and names --------------------------
+@dataclass(frozen=True)
+class _Layout:
+    name: str
+    row_float: str  # a per-row float
+    gather: str  # a raw value at the target class
+    #: element loads: raw array → (setup line or None, access)
+    raw: Mapping[str, tuple[str | None, str]]
+    #: the buffers that keep element values between walks: → (setup line or None, access)
+    fixed: Mapping[str, tuple[str | None, str]]
+    pointer: str  # a buffer's pointer (what a variant's condition tests)
+    scratch: tuple[str, str]  # a scratch buffer's (setup line, access)
+
+    def cache(self, buffer: str) -> tuple[str | None, str]:
+        if buffer in self.fixed:
+            return self.fixed[buffer]
+        setup, access = self.scratch
+        return (setup.format(b=buffer) if setup else None), access.format(b=buffer)
+
+
+ROWS = _Layout(
+    "rows", "{}_f", "(double){a}r[y]",
+    raw={"u": (None, "ur[c]"), "p": (None, "pr[c]"), "tu": (None, "tur[c]"), "w": (None, "wr[c]")},
+    fixed={"g": (None, "gr[c]"), "tg": (None, "tgr[c]")},
+    pointer="{b}r", scratch=("", "{b}r[c]"),
+)
+SLAB = _Layout(
+    "slab", "{}_a[s]", "(double){a}s[y * S + s]",
+    raw={"u": ("const float *restrict uc = us + c * S;", "uc[s]"),
+         "p": ("const float *restrict pc = ps + c * S;", "pc[s]"),
+         "tu": ("const float *restrict tuc = tus + c * S;", "tuc[s]"),
+         "w": (None, "wr[c]")},
+    fixed={"g": ("float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;", "ec[s]"),
+           "tg": ("float *tgc = tgs + c * S;", "tgc[s]")},
+    pointer="{b}s", scratch=("float *{b}c = {b}s + c * SYMCE_SLAB;", "{b}c[s]"),
+)
+LAYOUTS = (ROWS, SLAB)
+
+#: a slab's gradient walk: the pointer of each output's class
+_SLAB_OUTPUTS = {"g": "float *restrict gc = gs + c * S;", "tg": "float *tgc = tgs + c * S;"}
+
+#: element bases: the raw array each is read from
+_RAW = {"u": "u", "tu": "tu", "p": "p", "w": "w"}
+#: the exponentials are kept between walks in the gradient buffers
+_OUTPUT_OF = {"e": "g", "te": "tg"}
+
+
+class _Names(dict):
+    """Symbol → C text for one layout's element code, resolved on first use (walks
+    create invariants and coefficients as they go); records the floats read."""
+
+    def __init__(self, kp: _KernelPrinter, layout: _Layout):
+        super().__init__({base[K]: name for base, name in ELEMENT_NAMES.items()})
+        self.kp, self.layout = kp, layout
+
+    def __missing__(self, symbol):
+        if not isinstance(symbol, sp.Symbol):
+            raise KeyError(symbol)
+        name = self.kp.c_name(symbol)
+        self.kp.float_uses.add(symbol)
+        stage = self.kp.float_stage(symbol)
+        return f"{name}_f" if stage == -1 else self.layout.row_float.format(name)
+
+
+class _KernelPrinter:
+    """Everything ``module.c.j2`` prints for one kernel (see :func:`kernel_context`)."""
+
+    def __init__(self, kernel: Kernel):
+        self.k = kernel
+        self.streams = kernel.streams
+        self.defs = {symbol.base: d for symbol, d in kernel.elements}
+        self.order = [symbol.base for symbol, _ in kernel.elements]
+        self.invariants = _Invariants()
+        self.buffers = ["g"] + (["tg"] if len(self.streams) > 1 else [])
+        self.caches = {name: b for name, b in _OUTPUT_OF.items() if b in self.buffers}
+        self.scratch = self._scratch()
+        self.levels = kernel.levels
+        if self.levels < 1:
+            raise ValueError(f"kernel {kernel.name} has no class sum: nothing to walk")
+        #: per-row values computed after the last sums: losses, coefficients, targets
+        self.row_code: dict[sp.Symbol, sp.Expr] = {
+            sp.Symbol(f"loss_{t}", real=True): e for t, e in kernel.losses}
+        self.float_uses: set[sp.Symbol] = set()
+        self._inputs()
+
+    def _scratch(self) -> list[str]:
+        """A transformed logit that a later walk needs and whose transform calls a
+        function (``s·tanh(u/s)``; not ``u/T``) is kept from walk 1 in a scratch
+        buffer of the thread (a row, or a slab's positions): one more store and load
+        in cache instead of computing the function twice (cross-entropy with
+        softcap, 128×32000 on one thread: 3.3x plain cross-entropy's time
+        recomputing it, 2.2x with the scratch)."""
+        later = [v.summand for v in self.k.values("sum") if v.level > 1]
+        later += [g.element for g in (self.k.grad, self.k.grad_teacher) if g is not None]
+        wanted = _bases(later)
+        found = []
+        for s in self.streams:
+            if s.logit in wanted and self.defs[s.logit].has(sp.Function):
+                name = ELEMENT_NAMES[s.logit]
+                self.caches[name] = f"{name}s"
+                found.append(f"{name}s")
+        return found
+
+    def cached_base(self, buffer: str) -> sp.IndexedBase:
+        name = next(n for n, b in self.caches.items() if b == buffer)
+        return next(b for b, n in ELEMENT_NAMES.items() if n == name)
+
+    # -- the kernel's inputs: per call (from the arguments) and per row ------------------
+    def _inputs(self):
+        k = self.k
+        self.c_names: dict[sp.Symbol, str] = {Y: "y"}
+        self.call_inputs: dict[sp.Symbol, str] = {N_CLASSES: "(double)A->C"}
+        #: symbol → (stage, rows read, slab read): stage 0 before the sums, else its level
+        self.row_inputs: dict[sp.Symbol, tuple[int, str, str]] = {}
+        by_name = {name: symbol for symbol, name in k.names.items()}
+        for symbol, name in k.names.items():
+            self.c_names[symbol] = c_identifier(name)
+        for name in k.scalars:
+            self.call_inputs[by_name[name]] = f"A->{name}"
+        for v in k.values("constant"):
+            name = self.c_names[v.symbol] = c_identifier(str(v.symbol))
+            self.call_inputs[v.symbol] = f"A->{name}"
+        if k.masked:
+            self.row_inputs[MASK] = (0, "A->valid ? (double)A->valid[r] : 1.0",
+                                     "A->valid ? (double)A->valid[r0 + s] : 1.0")
+        for t in k.scales:
+            symbol = sp.Symbol(f"scale_{t}", real=True)
+            name = self.c_names[symbol] = c_identifier(f"scale_{t}")
+            self.row_inputs[symbol] = (0, f"A->scales ? (double)A->scales[r] : A->{name}",
+                                       f"A->scales ? (double)A->scales[r0 + s] : A->{name}")
+        for v in k.values("max"):
+            name = self.c_names[v.symbol] = c_identifier(str(v.symbol))
+            self.row_inputs[v.symbol] = (0, f"(double){name}_f", f"(double){name}_a[s]")
+        for v in k.values("gather"):
+            name = self.c_names[v.symbol] = c_identifier(str(v.symbol))
+            base = _RAW[ELEMENT_NAMES[v.definition.base]]
+            rows, slab = ("(double)wr[y]",) * 2 if base == "w" else (
+                ROWS.gather.format(a=base), SLAB.gather.format(a=base))
+            self.row_inputs[v.symbol] = (0, rows, slab)
+        for v in k.values("sum"):
+            name = self.c_names[v.symbol] = c_identifier(str(v.symbol))
+            self.row_inputs[v.symbol] = (v.level, name, f"acc_{name}[s]")
+
+    def c_name(self, symbol: sp.Symbol) -> str:
+        return self.c_names.get(symbol) or str(symbol)
+
+    def stage_of(self, expr: sp.Expr) -> int:
+        """-1: per call; 0: per row before the sums; l: after walk l."""
+        return max((self.float_stage(s) for s in expr.free_symbols), default=-1)
+
+    def float_stage(self, symbol: sp.Symbol) -> int:
+        if symbol in self.call_inputs:
+            return -1
+        if symbol in self.row_inputs:
+            return self.row_inputs[symbol][0]
+        definition = self.invariants.definitions().get(symbol)
+        if definition is not None:
+            return self.stage_of(definition)
+        if symbol in self.row_code:
+            return self.levels
+        raise ValueError(f"kernel {self.k.name}: the C kernels have no value {symbol}")
+
+    def is_max(self, symbol: sp.Symbol) -> bool:
+        return any(symbol == s.max for s in self.streams)
+
+    # -- element code of one walk variant ---------------------------------------------
+    def element_block(self, exprs: Sequence[sp.Expr], cached: Iterable[str],
+                      stores: Iterable[str], layout: _Layout) -> dict[str, object]:
+        """The loop body computing ``exprs``: loads, element definitions (an
+        exponential read from its buffer where ``cached`` names it), ``stores`` of
+        exponentials, common subexpressions; and ``exprs`` printed."""
+        cached, stores = set(cached), set(stores)
+        stored = {b for b, name in ELEMENT_NAMES.items() if self.caches.get(name) in stores}
+        needed: list[sp.IndexedBase] = []
+
+        def need(base):
+            if base in needed:
+                return
+            name = ELEMENT_NAMES[base]
+            if name not in _RAW and self.caches.get(name) not in cached:
+                for t in sorted(self.defs[base].atoms(sp.Indexed), key=str):
+                    need(t.base)
+            needed.append(base)
+
+        for base in sorted(_bases(exprs) | stored, key=lambda b: ELEMENT_NAMES[b]):
+            need(base)
+        names = _Names(self, layout)
+        printer = ElementPrinter(names, [s.shifted for s in self.streams])
+        setup, lines = [], []
+
+        def use(line):
+            if line and line not in setup:
+                setup.append(line)
+
+        raw = [b for b in needed if ELEMENT_NAMES[b] in _RAW]
+        for base in raw + [b for b in self.order if b in needed and b not in raw]:
+            name = ELEMENT_NAMES[base]
+            if name in _RAW:
+                line, code = layout.raw[_RAW[name]]
+            elif self.caches.get(name) in cached:
+                line, code = layout.cache(self.caches[name])
+            else:
+                line, code = None, printer.doprint(power_form(self.invariants(self.defs[base])))
+            use(line)
+            lines.append(f"const float {name} = {code};")
+            if base in stored:
+                line, access = layout.cache(self.caches[name])
+                use(line)
+                lines.append(f"{access} = {name};")
+        hoisted = [power_form(self.invariants(e)) for e in exprs]
+        temps, reduced = sp.cse(hoisted, symbols=sp.numbered_symbols("v_", real=True),
+                                order="canonical")
+        for symbol, e in temps:
+            lines.append(f"const float {symbol} = {printer.doprint(e)};")
+            names[symbol] = str(symbol)
+        return {"setup": setup, "lines": lines, "exprs": [printer.doprint(e) for e in reduced]}
+
+    def variants(self, exprs: Sequence[sp.Expr], relevant: Sequence[str], mode: str
+                 ) -> list[dict[str, object]]:
+        """One element block per subset of the ``relevant`` buffers present, for each
+        layout, with the C condition that selects it.  ``mode``: ``store`` (walk 1
+        stores the exponentials into the buffers present), ``read`` (later walks read
+        them back), ``grad`` (``exprs`` per buffer: the buffers present are outputs)."""
+        subsets = [frozenset(c) for n in range(len(relevant), -1, -1)
+                   for c in itertools.combinations(relevant, n)]
+        if "g" in relevant:  # a scratch buffer is there only with a gradient
+            subsets = [s for s in subsets if "g" in s or not s & set(self.scratch)]
+        if mode == "grad":
+            subsets = [s for s in subsets if s & set(self.buffers)]
+        found = []
+        for i, subset in enumerate(subsets):
+            entry = {"buffers": sorted(subset)}
+            for layout in LAYOUTS:
+                present = " && ".join(layout.pointer.format(b=b) if b in subset else
+                                      "!" + layout.pointer.format(b=b) for b in relevant)
+                if len(subsets) == 1:
+                    opening = "{"
+                elif i == 0:
+                    opening = f"if ({present}) {{"
+                elif i == len(subsets) - 1:
+                    opening = "} else {"
+                else:
+                    opening = f"}} else if ({present}) {{"
+                if mode == "grad":
+                    chosen = [e for b, e in zip(self.buffers, exprs, strict=True) if b in subset]
+                    block = self.element_block(chosen, cached=subset, stores=(), layout=layout)
+                    block["outputs"] = dict(zip([b for b in self.buffers if b in subset],
+                                                block["exprs"], strict=True))
+                    if layout is SLAB:  # where the outputs go
+                        block["setup"] += [line for b, line in _SLAB_OUTPUTS.items()
+                                           if b in subset and line not in block["setup"]]
+                elif mode == "store":
+                    block = self.element_block(exprs, cached=(), stores=subset, layout=layout)
+                else:
+                    block = self.element_block(exprs, cached=subset, stores=(), layout=layout)
+                block["open"] = opening
+                entry[layout.name] = block
+            found.append(entry)
+        return found
+
+    # -- the walks --------------------------------------------------------------------------
+    def maxima(self) -> list[dict[str, object]]:
+        """Walk 0: each stream's maximum of the raw logits, then its transform."""
+        found = []
+        for s in self.streams:
+            definition = self.defs[s.logit]
+            raw = s.raw[K]
+            transformed = definition != raw
+            if transformed and not _proved_increasing(definition, raw):
+                raise ValueError(f"kernel {self.k.name}: the C kernels take the maximum of "
+                                 f"the raw logits, which needs {definition} increasing in "
+                                 f"{raw} (SymPy does not prove it)")
+            name = self.c_name(s.max)
+            entry = {"name": name, "raw": _RAW[ELEMENT_NAMES[s.raw]]}
+            for layout in LAYOUTS:
+                code = None
+                if transformed:
+                    names = _Names(self, layout)
+                    names[raw] = layout.row_float.format(name)
+                    code = ElementPrinter(names).doprint(power_form(self.invariants(definition)))
+                entry[layout.name] = code
+            found.append(entry)
+        return found
+
+    def logit_gathers(self) -> None:
+        """A transformed logit at the target class (``s·tanh(u_y/s)`` in a loss) is
+        computed by the element code, in float32, as the walks compute it: the loss
+        then agrees with the row's own exponentials (one class: exactly 0, never
+        below), instead of differing from them by the rounding of ``x``."""
+        self.logit_gather: dict[sp.Expr, sp.Symbol] = {}
+        gathered = {v.definition: v.symbol for v in self.k.values("gather")}
+        for s in self.streams:
+            definition, raw = self.defs[s.logit], s.raw[K]
+            if definition == raw or s.raw[Y] not in gathered:
+                continue
+            name = c_identifier(f"{ELEMENT_NAMES[s.logit]}_y")
+            symbol = sp.Symbol(name, real=True)
+            self.logit_gather[definition.xreplace({raw: gathered[s.raw[Y]]})] = symbol
+            self.c_names[symbol] = name
+            codes = []
+            for layout in LAYOUTS:
+                names = _Names(self, layout)
+                names[raw] = layout.gather.format(a=_RAW[ELEMENT_NAMES[s.raw]])[len("(double)"):]
+                code = ElementPrinter(names).doprint(power_form(self.invariants(definition)))
+                codes.append(f"(double)({code})")
+            self.row_inputs[symbol] = (0, *codes)
+
+    def sum_walk(self, level: int) -> dict[str, object]:
+        values = self.k.values("sum", level)
+        summands = [v.summand for v in values]
+        if level == 1:  # stores the exponentials later walks read
+            later = [v.summand for v in self.k.values("sum") if v.level > 1]
+            later += [g.element for g in (self.k.grad, self.k.grad_teacher) if g is not None]
+            wanted, mode = _bases(later), "store"
+        else:
+            wanted, mode = _bases(summands), "read"
+        relevant = [b for b in self.buffers + self.scratch if self.cached_base(b) in wanted]
+        return {"level": level, "sums": [self.c_name(v.symbol) for v in values],
+                "variants": self.variants(summands, relevant, mode)}
+
+    def gradient(self) -> dict[str, object]:
+        outputs, count = [], itertools.count()
+        for prefix, g in (("coef", self.k.grad), ("tcoef", self.k.grad_teacher)):
+            if g is None:
+                continue
+            element = sp.S.Zero
+            for coefficient, factor in g.terms:
+                symbol = sp.Symbol(f"{prefix}_{next(count)}", real=True)
+                self.row_code[symbol] = coefficient
+                element += symbol * factor
+            outputs.append(element)
+        targets = {}
+        for buffer, g in zip(self.buffers, (self.k.grad, self.k.grad_teacher), strict=False):
+            if g is not None and g.target != 0:
+                if "y" not in self.k.arrays:
+                    raise ValueError(f"kernel {self.k.name}: a target term without a class "
+                                     "index")
+                symbol = sp.Symbol("target" if buffer == "g" else "ttarget", real=True)
+                self.row_code[symbol] = g.target
+                self.float_uses.add(symbol)
+                targets[buffer] = str(symbol)
+        wanted = _bases(outputs)
+        relevant = self.buffers + [b for b in self.scratch if self.cached_base(b) in wanted]
+        return {"variants": self.variants(outputs, relevant, "grad"), "targets": targets}
+
+    # -- row code between the walks ------------------------------------------------------
+    def stages(self) -> list[dict[str, object]]:
+        """Per stage (-1: per call, 0: after the maxima, l: after walk l): the reads of
+        the row's inputs, the double statements (CSE'd), and the float casts of what
+        the walks after it read."""
+        statements: dict[int, list[tuple[sp.Symbol, sp.Expr]]] = {}
+        for symbol, definition in self.invariants.definitions().items():
+            statements.setdefault(self.stage_of(definition), []).append((symbol, definition))
+        statements.setdefault(self.levels, []).extend(
+            (symbol, e.subs(self.logit_gather)) for symbol, e in self.row_code.items())
+        names = {s: self.c_name(s) for s in [*self.c_names, *self.call_inputs,
+                                              *self.invariants.definitions(), *self.row_code]}
+        found, read = [], set()
+        for stage in range(-1, self.levels + 1):
+            items = statements.get(stage, [])
+            temps, reduced = sp.cse([e for _, e in items],
+                                    symbols=sp.numbered_symbols(f"t_{stage + 1}_", real=True),
+                                    order="canonical")
+            local = {**names, **{s: str(s) for s, _ in temps}}
+            printer = RowPrinter(local)
+            body = [(str(s), printer.doprint(e)) for s, e in temps]
+            body += [(local[s], printer.doprint(e)) for (s, _), e in zip(items, reduced,
+                                                                          strict=True)]
+            casts = sorted((s for s in self.float_uses if not self.is_max(s)
+                            and self.float_stage(s) == stage), key=str)
+            uses = set().union(set(casts), *(e.free_symbols for _, e in temps),
+                               *(e.free_symbols for e in reduced))
+            inputs = sorted((s for s in uses if s in self.row_inputs), key=str)
+            entry = {"stage": stage}
+            for layout in LAYOUTS:
+                reads = [(names[s], self.row_inputs[s][2 if layout is SLAB else 1])
+                         for s in inputs if layout is SLAB or s not in read]
+                # a sum's double is the walk's result itself (rows)
+                reads = [(n, code) for n, code in reads if n != code]
+                entry[layout.name] = {
+                    "reads": reads, "body": body,
+                    "casts": [(self._float(s, layout, stage), names[s]) for s in casts]}
+            if stage == -1:
+                entry["call_inputs"] = [(names[s], code) for s, code in
+                                        sorted(self.call_inputs.items(), key=lambda i: str(i[0]))]
+            read |= set(inputs)
+            found.append(entry)
+        return found
+
+    def _float(self, symbol: sp.Symbol, layout: _Layout, stage: int) -> str:
+        name = self.c_name(symbol)
+        return f"{name}_f" if stage == -1 else layout.row_float.format(name)
+
+    def row_floats(self) -> list[str]:
+        """The per-row floats a slab keeps per position (``name_a[SYMCE_SLAB]``)."""
+        return sorted(self.c_name(s) for s in self.float_uses
+                      if not self.is_max(s) and self.float_stage(s) >= 0)
+
+
+def _bases(exprs: Iterable[sp.Expr]) -> set[sp.IndexedBase]:
+    return {t.base for e in exprs for t in e.atoms(sp.Indexed)}
+
+
+def _proved_increasing(definition: sp.Expr, raw: sp.Indexed) -> bool:
+    """``definition`` (of ``raw``) increasing on the reals, by SymPy."""
+    u = sp.Symbol("u_raw", real=True)
+    return bool(is_increasing(definition.xreplace({raw: u}), sp.Reals, u))
+
+
+def kernel_context(kernel: Kernel) -> dict[str, object]:
+    """What ``templates/c/module.c.j2`` renders for one kernel."""
+    kp = _KernelPrinter(kernel)
+    maxima = kp.maxima()
+    kp.logit_gathers()
+    walks = [kp.sum_walk(level) for level in range(1, kp.levels + 1)]
+    gradient = kp.gradient()
+    stages = kp.stages()
+    inputs = ["u"] + (["p"] if "p" in kernel.arrays else []) + \
+        (["tu"] if "teacher" in kernel.arrays else [])
+    params = entry_parameters(kernel)
+    return {
+        "name": kernel.name,
+        "key": kernel.key,
+        "function": f"symce_{kernel.name}",
+        "parameters": [p.name for p in params],
+        "declarations": [p.ctype + ("" if p.ctype.endswith("*") else " ") + p.name
+                         for p in params],
+        "arrays": [p.name for p in params if p.role == "array"],
+        "values": [p.name for p in params if p.role == "value"],
+        "losses": [f"loss_{t}" for t, _ in kernel.losses],
+        "inputs": inputs,
+        "outputs": kp.buffers,
+        "scratch": kp.scratch,
+        "weighted": "w" in kernel.arrays,
+        "indexed": "y" in kernel.arrays,
+        "maxima": maxima,
+        "walks": walks,
+        "gradient": gradient,
+        "stages": stages,
+        "row_floats": kp.row_floats(),
+    }
+
+
+def _render(contexts: list[dict[str, object]], header: list[str]) -> str:
     from symce.render.env import render
 
-    return render("c/cross_entropy.c.j2", header=header,
-                  kernels=[kernel_context(k, name) for k, name in kernels],
-                  slab_positions=SLAB_POSITIONS, rows_below=ROWS_BELOW, **exp2_context())
+    return render("c/module.c.j2", header=header, kernels=contexts,
+                  slab_positions=SLAB_POSITIONS, rows_below=ROWS_BELOW, **numeric_context())
 
 
-__all__ = ["CPrinter", "SLAB_POSITIONS", "c_code", "c_source", "exp2_coefficients",
-           "kernel_context"]
+def c_source(kernels: Iterable[Kernel], header: list[str]) -> str:
+    """The C source of every kernel of a module."""
+    return _render([kernel_context(k) for k in kernels], header)
+
+
+def c_header(loss: str) -> list[str]:
+    """The provenance lines of a module's C source (the same for every backend)."""
+    from symce.render.env import header_lines
+
+    return header_lines(loss, "c/module.c.j2", f"symce generate {loss} (or symce build)")
+
+
+def c_context(kernels: Iterable[Kernel], header: list[str], openmp: bool = False
+              ) -> dict[str, object]:
+    """A module template's compiled part: ``c_source``, the kernel table
+    ``c_kernels`` (key, entry point, array and value names in argument order),
+    ``c_optional`` (the arrays that may be ``None``) and ``c_openmp`` (built with
+    OpenMP: the torch module's kernels run on its team)."""
+    contexts = [kernel_context(k) for k in kernels]
+    table = [{"key": c["key"], "function": c["function"], "array_names": c["arrays"],
+              "value_names": c["values"]} for c in contexts]
+    return {"c_source": _render(contexts, header), "c_kernels": table, "c_openmp": openmp,
+            "c_optional": list(OPTIONAL_ARRAYS)}
+
+
+__all__ = ["ElementPrinter", "ExpTimes", "OPTIONAL_ARRAYS", "Parameter", "ROWS_BELOW",
+           "RowPrinter", "SLAB_POSITIONS", "c_context", "c_identifier", "c_source",
+           "element_code", "entry_parameters", "kernel_context", "power_form"]

@@ -314,7 +314,10 @@ class _Hoister:
     def __call__(self, expr: sp.Expr) -> sp.Expr:
         expr = self._gathers(expr)
         while True:
-            innermost = [t for t in expr.atoms(sp.Sum) if not t.function.has(sp.Sum)]
+            # in a structural order: atoms() is a set, and the names given here
+            # (sum_e_, sum_e__ …) and the sums' order must not depend on the hash seed
+            innermost = sorted((t for t in expr.atoms(sp.Sum) if not t.function.has(sp.Sum)),
+                               key=sp.default_sort_key)
             if not innermost:
                 return expr
             expr = expr.xreplace({t: self._sum(t) for t in innermost})
@@ -406,6 +409,8 @@ def split_gradient(grad: sp.Expr) -> Gradient:
                 raise ProofError(f"the gradient is not linear in δ_ky: {term}")
             # f(k) δ_ky = f(y) δ_ky: the delta is zero unless k = y
             others = sp.Mul(*[f for f in factors if f is not deltas[0]])
+            if others.has(sp.KroneckerDelta):
+                raise ProofError(f"the gradient is not linear in δ_ky: {term}")
             target += others.xreplace({K: Y})
         else:
             rest.append(term)
@@ -462,11 +467,21 @@ def derivation_of(loss_name: str) -> Derivation:
 
 
 @functools.cache
-def _lowered(loss_name: str, step: str) -> sp.Expr:
+def _lowered(loss_name: str, step: str, fixed: tuple[tuple[sp.Symbol, float], ...] = ()
+             ) -> sp.Expr:
     """A step's right-hand side lowered; powers of a base combined first
-    (``(1 − q)^γ / (1 − q) = (1 − q)^{γ−1}``: no ``0/0`` where ``q`` rounds to 1)."""
+    (``(1 − q)^γ / (1 − q) = (1 − q)^{γ−1}``: no ``0/0`` where ``q`` rounds to 1).
+
+    ``fixed``: parameters set to their "off" value first (a kernel specialised
+    for it): SymPy then drops what vanishes — with ``γ = 0`` the focal loss's
+    expressions are cross-entropy's, and no ``0 · (1 − q)^{−1}`` is left to be
+    ``0 · ∞`` where ``q`` rounds to 1.
+    """
     derivation = derivation_of(loss_name)
-    return lower(sp.powsimp(derivation.step(step).rhs, deep=True), derivation)
+    rhs = derivation.step(step).rhs
+    if fixed:
+        rhs = rhs.xreplace({symbol: sp.nsimplify(value) for symbol, value in fixed})
+    return lower(sp.powsimp(rhs, deep=True), derivation)
 
 
 @functools.cache
@@ -482,9 +497,13 @@ def build_kernel(loss_name: str, kind: str, flags: tuple[tuple[str, bool], ...])
     masked = kind in ("index", "teacher")
     mask = MASK if masked else sp.S.One
 
+    # specialised parameters that are off at their declared value: fixed to it
+    fixed = tuple((p.symbol, p.off) for p in loss.params
+                  if p.specialise and p.off is not None and not on.get(p.name, True))
+
     def prepared(step: str) -> sp.Expr:
-        return substitute_targets(_lowered(loss_name, step), derivation, kind, weighted,
-                                  smoothed)
+        return substitute_targets(_lowered(loss_name, step, fixed), derivation, kind,
+                                  weighted, smoothed)
 
     losses, grads, grads_t = [], [], []
     for term, info in zip(loss.terms, derivation.terms, strict=True):
@@ -557,7 +576,12 @@ def _names(loss: Loss) -> dict[sp.Basic, str]:
 
 
 def kernels(loss: str) -> tuple[Kernel, ...]:
-    """Every kernel of ``loss``: each target kind × each setting of the specialised options."""
+    """Every kernel of ``loss``: each target kind × each setting of the specialised options.
+
+    >>> k = kernels("cross_entropy")[0]
+    >>> k.name, k.grad.target
+    ('index', -scale_cross_entropy*valid)
+    """
     return tuple(build_kernel(loss, kind, flags) for kind, flags in kernel_keys(get_loss(loss)))
 
 

@@ -29,7 +29,7 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pytorch import TorchPrinter
 
 from symce.codegen.ir import LOG2_E, STUDENT, TEACHER, J, K, Kernel
-from symce.losses.targets import EPS, MASK, N_CLASSES, P, W
+from symce.losses.targets import EPS, MASK, N_CLASSES, P, W, Y
 
 #: element arrays by IR base (shared by every array backend)
 ELEMENT_NAMES: Mapping[sp.IndexedBase, str] = {
@@ -48,7 +48,7 @@ def exp2_form(expr: sp.Expr) -> sp.Expr:
     """``exp(a) = 2^(a·log₂e)``: the kernels' exponential (a cheaper machine operation).
 
     >>> exp2_form(sp.exp(sp.Symbol("a")))
-    2**(1.44269504088896340735992468100*a)
+    2**(1.442695040888963407359924681*a)
     """
     return expr.replace(lambda t: isinstance(t, sp.exp), lambda t: 2 ** (LOG2_E * t.args[0]))
 
@@ -72,7 +72,7 @@ class ArrayPrinterMixin:
     def _print_Indexed(self, expr: sp.Indexed) -> str:
         (index,) = expr.indices
         name = ELEMENT_NAMES.get(expr.base)
-        if name is None or not (index == K or index.is_Symbol):
+        if name is None or index == Y or not index.is_Symbol:
             raise ValueError(f"no array form for {expr} (gathers are row values)")
         return name
 
@@ -116,13 +116,23 @@ class NumpyArrayPrinter(ArrayPrinterMixin, NumPyPrinter):
 
 
 class TorchArrayPrinter(ArrayPrinterMixin, TorchPrinter):
-    """PyTorch: ``torch.sum(…, dim=1, keepdim=True)``."""
+    """PyTorch: ``torch.sum(…, dim=1, keepdim=True)``; powers as ``a**b``.
+
+    SymPy's ``torch.pow(a, b)`` fails where both are Python numbers (a
+    parameter squared: ``temperature**2``); Python's ``**`` serves tensors and
+    numbers alike.
+    """
 
     templates = {
         "class_sum": "torch.sum({body}, dim=1, keepdim=True)",
         "class_dot": "_class_dot({factors})",
         "exp2": "torch.exp2({arg})",
     }
+
+    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
+        if expr.exp == -1 or (expr.base == 2 and "exp2" in self.templates):
+            return super()._print_Pow(expr)
+        return self._hprint_Pow(expr, rational=rational, sqrt=self._module_format("torch.sqrt"))
 
 
 PRINTERS: dict[str, type[ArrayPrinterMixin]] = {

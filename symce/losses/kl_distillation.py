@@ -34,7 +34,7 @@ def kl_distillation() -> Loss:
                     r"definition: $T^2$ times the KL divergence of the student's $q$ from "
                     r"the teacher's $p$", reduction="rows"),),
         targets=TEACHER,
-        params=(Param("temperature", TEMPERATURE, 1.0, sp.Gt(TEMPERATURE, 0),
+        params=(Param("temperature", TEMPERATURE, 1.0, sp.Gt(TEMPERATURE, 0, evaluate=False),
                       "a number > 0", "softmax temperature of student and teacher",
                       leading=True, examples=(2.0,)),),
         transform=Transform(

@@ -38,8 +38,11 @@ if TYPE_CHECKING:
 class Param:
     """A parameter of a loss: a keyword argument of every generated function.
 
-    ``valid`` is a SymPy relation in ``symbol`` that a value must satisfy;
-    ``rule`` says it in words for the error message ("a number >= 0").
+    ``valid`` is a SymPy relation in ``symbol`` that a value must satisfy,
+    built with ``evaluate=False``: the symbol's own assumptions would decide
+    it (``Ge(gamma, 0)`` is ``True`` for a nonnegative ``gamma``) and every
+    check printed from it would pass anything; ``rule`` says it in words for
+    the error message ("a number >= 0").
     ``optional``: ``None`` is allowed (and switches the parameter's feature
     off, e.g. no soft-capping).  ``leading``: the argument comes right after
     the target (``focal_loss(input, target, gamma=2.0, ...)``); otherwise after
@@ -67,6 +70,10 @@ class Param:
             raise ValueError(f"parameter name {self.name!r} is not an identifier")
         if self.valid.free_symbols - {self.symbol}:
             raise ValueError(f"{self.name}: its valid range may use only its own symbol")
+        if self.symbol not in self.valid.free_symbols:
+            raise ValueError(f"{self.name}: its valid range {self.valid} does not test the "
+                             "value (decided by the symbol's assumptions? build it with "
+                             "evaluate=False)")
 
 
 @dataclass(frozen=True)

@@ -94,13 +94,27 @@ def _derivation(loss: str):
 
 
 @functools.cache
-def _derived_code(loss_name: str) -> dict[str, Any]:
-    """The derivation's expressions printed as NumPy over ``(N, C, S)`` arrays."""
+def _derived_code(loss_name: str, values: tuple[tuple[str, Any], ...] | None = None
+                  ) -> dict[str, Any]:
+    """The derivation's expressions printed as NumPy over ``(N, C, S)`` arrays.
+
+    ``values``: parameter values substituted (exactly) before printing, so that
+    SymPy folds what they decide: ``γ = 0`` removes the focal terms, and a
+    number exponent combines ``(1 − q)^γ / (1 − q)`` into ``(1 − q)^(γ−1)``,
+    finite where ``q = 1`` for ``γ ≥ 1``; ``None``: the parameters stay
+    symbols, read at run time.
+    """
     d = _derivation(loss_name)
     ctx = d.context
     vocab = _Vocabulary(d)
     printer = _NumpyVocabulary(vocab.bases, vocab.names)
     by_name = {s.name: s for s in d.steps}
+    fixed = {} if values is None else _exact(get_loss(loss_name), dict(values))
+
+    def doprint(expr):
+        if values is None:
+            return printer.doprint(expr)
+        return printer.doprint(_guard_coefficients(expr.xreplace(fixed), ctx._c))
 
     def stable(expr):
         """``log q = x − ℓ`` (and the teacher's ``log p = φ(t) − ℓ_t``): no log of an
@@ -111,7 +125,7 @@ def _derived_code(loss_name: str) -> dict[str, Any]:
                 lambda t: isinstance(t, sp.log) and isinstance(t.args[0], sp.Indexed)
                 and t.args[0].base == ctx._c,
                 lambda t: ctx.teacher_logit(t.args[0].indices[0]) - ctx.ell_t)
-        return printer.doprint(expr)
+        return doprint(expr)
 
     code = {"terms": [], "teacher": []}
     for info in d.terms:
@@ -121,8 +135,36 @@ def _derived_code(loss_name: str) -> dict[str, Any]:
         if info.teacher_gradient is not None:
             code["teacher"].append((info.term, stable(by_name[info.teacher_gradient].rhs)))
     if "transform_derivative" in by_name:
-        code["factor"] = printer.doprint(by_name["transform_derivative"].rhs)
+        code["factor"] = doprint(by_name["transform_derivative"].rhs)
     return code
+
+
+def _guard_coefficients(expr: sp.Expr, c: sp.IndexedBase) -> sp.Expr:
+    """``c_j · f`` as 0 where ``c_j = 0``, for ``f`` with a negative power (unbounded).
+
+    A class with coefficient 0 is not in the loss at all; its term must not
+    turn into ``0 · ∞ = nan`` where ``f`` blows up (focal loss's
+    ``(1 − q_j)^(γ−1)`` with ``γ < 1`` at ``q_j = 1``).  Other products are
+    printed as they are.
+    """
+    def weighted(e: sp.Basic) -> bool:
+        if not e.is_Mul:
+            return False
+        coefficient = any(isinstance(f, sp.Indexed) and f.base == c for f in e.args)
+        unbounded = any(f.is_Pow and f.exp.is_negative for f in e.args)
+        return coefficient and unbounded
+
+    def guarded(e: sp.Mul) -> sp.Expr:
+        factor = next(f for f in e.args if isinstance(f, sp.Indexed) and f.base == c)
+        return sp.Piecewise((0, sp.Eq(factor, 0)), (e, True))
+
+    return expr.replace(weighted, guarded)
+
+
+def _exact(loss: Loss, values: dict[str, Any]) -> dict[sp.Symbol, sp.Expr]:
+    """Parameter symbol → its value as an exact number (``0.1`` → ``1/10``)."""
+    return {p.symbol: sp.Rational(repr(float(values[p.name]))) for p in loss.params
+            if values.get(p.name) is not None}
 
 
 @functools.cache
@@ -158,6 +200,7 @@ def _layout(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], a.shape[1], int(np.prod(a.shape[2:], dtype=np.int64)))
 
 
+@functools.cache  # printed once per loss and kind (symce check calls this per case)
 def _coefficient_code(loss: Loss, kind: str) -> str:
     model = loss.targets.coefficients(kind, True, True)
     j = sp.Symbol("j", integer=True)
@@ -204,14 +247,24 @@ def _targets(loss: Loss, x3: np.ndarray, inputs: Inputs) -> dict[str, Any]:
 
 def _denominator(loss: Loss, term, kind: str, found: dict[str, Any], reduction: str,
                  n_classes: int) -> float | None:
-    expr = loss.targets.denominator(reduction, term.reduction, kind, found["weighted"])
-    if expr is None:
+    value = _denominator_function(loss, reduction, term.reduction, kind, found["weighted"])
+    if value is None:
         return None
     w_y = found["w_y"] if found["w_y"] is not None else 1.0
-    value = sp.lambdify((MASK, sp.Symbol("w_y"), N_CLASSES),
-                        expr.xreplace({W[Y]: sp.Symbol("w_y")}), "numpy")
     return float(np.sum(np.broadcast_to(value(found["valid"], w_y, n_classes),
                                         found["valid"].shape)))
+
+
+@functools.cache
+def _denominator_function(loss: Loss, reduction: str, term_reduction: str, kind: str,
+                          weighted: bool):
+    """The target model's per-row denominator weight as a NumPy function of
+    ``(valid, w_y, n)``, or ``None`` where the reduction does not divide."""
+    expr = loss.targets.denominator(reduction, term_reduction, kind, weighted)
+    if expr is None:
+        return None
+    return sp.lambdify((MASK, sp.Symbol("w_y"), N_CLASSES),
+                       expr.xreplace({W[Y]: sp.Symbol("w_y")}), "numpy")
 
 
 def _reduce(loss: Loss, found, reduction, rows, n_classes, input_shape):
@@ -244,6 +297,46 @@ def _upstream(inputs: Inputs, loss: Loss, reduction: str, n: int, s: int):
     return float(inputs.grad_output)
 
 
+def _evaluate(loss: Loss, code: dict[str, Any], u3: np.ndarray, found: dict[str, Any],
+              values: dict[str, Any], perturb=None):
+    """The derivation's per-row terms on ``(N, C, S)`` raw logits ``u3``.
+
+    ``found`` is the target model's answer (:func:`_targets`: ``c``, or the
+    teacher's raw logits ``t``, and the row mask ``valid``).  Returns ``(rows,
+    grads, teacher, env)``: each term's row loss (mask applied), its gradient
+    with respect to the transformed logits and, with a teacher, with respect
+    to the teacher's raw logits (both unmasked), and the evaluation's names
+    (for the transform's derivative, ``code["factor"]``).
+    """
+    n, n_classes, s = u3.shape
+    transform = _transform_numpy(loss, values)
+    x = transform(u3) if transform else u3
+    env = {"np": np, "x": x, "n_classes": n_classes, "_class_dot": _class_dot,
+           **{p.name: (0.0 if values.get(p.name, p.default) is None
+                       else float(values.get(p.name, p.default)))
+              for p in loss.params}}
+    m = x.max(axis=1, keepdims=True)
+    env["ell"] = m + np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+    env["q"] = np.exp(x - env["ell"])
+    if perturb is not None:
+        env["q"] = perturb(env["q"])
+    if found["kind"] == "teacher":
+        tx = transform(found["t"]) if transform and loss.transform.teacher else found["t"]
+        mt = tx.max(axis=1, keepdims=True)
+        env["ell_t"] = mt + np.log(np.exp(tx - mt).sum(axis=1, keepdims=True))
+        env["c"] = np.exp(tx - env["ell_t"])
+        env["t"] = found["t"]
+    else:
+        env["c"] = found["c"]
+    rows, grads, teacher = {}, {}, {}
+    for term, loss_code, grad_code in code["terms"]:
+        rows[term] = np.broadcast_to(eval(loss_code, env), (n, 1, s)) * found["valid"]  # noqa: S307
+        grads[term] = np.broadcast_to(eval(grad_code, env), x.shape)  # noqa: S307
+    for term, teacher_code in code["teacher"]:
+        teacher[term] = np.broadcast_to(eval(teacher_code, env), x.shape)  # noqa: S307
+    return rows, grads, teacher, (env if transform is not None else None)
+
+
 def derived(loss_name: str, inputs: Inputs) -> Outcome:
     """The loss and gradients printed from the derivation, in float64 NumPy."""
     loss = get_loss(loss_name)
@@ -253,38 +346,122 @@ def derived(loss_name: str, inputs: Inputs) -> Outcome:
     u3 = _layout(np.asarray(inputs.input, dtype=np.float64))
     n, n_classes, s = u3.shape
     transform = _transform_numpy(loss, o)
-    x = transform(u3) if transform else u3
-    found = _targets(loss, x, inputs)
-    env = {"np": np, "x": x, "n_classes": n_classes, "_class_dot": _class_dot,
-           **{p.name: (0.0 if o.get(p.name, p.default) is None else float(o.get(p.name, p.default)))
-              for p in loss.params}}
-    m = x.max(axis=1, keepdims=True)
-    env["ell"] = m + np.log(np.exp(x - m).sum(axis=1, keepdims=True))
-    env["q"] = np.exp(x - env["ell"])
-    if found["kind"] == "teacher":
-        tx = transform(found["t"]) if transform and loss.transform.teacher else found["t"]
-        mt = tx.max(axis=1, keepdims=True)
-        env["ell_t"] = mt + np.log(np.exp(tx - mt).sum(axis=1, keepdims=True))
-        env["c"] = np.exp(tx - env["ell_t"])
-        env["t"] = found["t"]
-    else:
-        env["c"] = found["c"]
-    rows, grads = {}, {}
-    for term, loss_code, grad_code in code["terms"]:
-        rows[term] = np.broadcast_to(eval(loss_code, env), (n, 1, s)) * found["valid"]  # noqa: S307
-        grads[term] = np.broadcast_to(eval(grad_code, env), x.shape)  # noqa: S307
+    found = _targets(loss, transform(u3) if transform else u3, inputs)
+    rows, grads, teacher, env = _evaluate(loss, code, u3, found, o)
     terms, factors = _reduce(loss, found, reduction, rows, n_classes, inputs.input.shape)
     up = _upstream(inputs, loss, reduction, n, s)
     grad = sum(up * factors[t] * found["valid"] * grads[t] for t in grads)
-    if transform is not None:
+    if env is not None:
         grad = grad * eval(code["factor"], env)  # noqa: S307
     grad_t = None
-    if code["teacher"]:
-        grad_t = sum(up * factors[t] * found["valid"] * np.broadcast_to(eval(c, env), x.shape)  # noqa: S307
-                     for t, c in code["teacher"])
+    if teacher:
+        grad_t = sum(up * factors[t] * found["valid"] * teacher[t] for t in teacher)
         grad_t = grad_t.reshape(inputs.input.shape)
     return Outcome(loss=sum(terms.values()), terms=terms, grad=grad.reshape(inputs.input.shape),
                    grad_teacher=grad_t)
+
+
+# -- one row per sample and position: the core that symce check evaluates ----------
+@dataclass
+class Rows:
+    """Each term's values on rows (one per sample and position, the classes last).
+
+    ``loss[t]``: the row's term ``[R]`` (masked rows 0); ``grad[t]``: its
+    gradient with respect to the row's raw logits ``[R, C]`` (the transform's
+    derivative chained; masked rows 0); ``grad_teacher[t]``: with respect to
+    the teacher's raw logits (teacher targets only).
+    """
+
+    loss: dict[str, np.ndarray]
+    grad: dict[str, np.ndarray]
+    grad_teacher: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def derived_rows(loss_name: str, x: np.ndarray, target: np.ndarray, *,
+                 params: dict[str, Any] | None = None,
+                 valid: np.ndarray | None = None, dtype: str = "float64",
+                 perturb=None) -> Rows:
+    """The derivation's per-row terms and gradients for rows ``x`` and their targets.
+
+    ``x``: raw logits ``[R, C]`` (before the loss's transform); ``target``:
+    the target coefficients ``c`` ``[R, C]`` (class targets: any ``c``, not
+    only what the options give, so a checker can evaluate the loss the usual
+    wrong ways), or the teacher's raw logits ``[R, C]``; ``valid``: ``[R]``,
+    1 for a row that counts, 0 for a masked one (default: all count);
+    ``params``: parameter values by name (the defaults for the rest);
+    ``dtype``: the precision it is evaluated in (float64 unless asked: a
+    checker may want to know where the same formulas fail in float32);
+    ``perturb``: a function applied to the softmax ``q`` once computed (a
+    checker rounding it once more, to see how much the result depends on
+    that rounding).
+
+    The code is printed from the proved steps with the parameter values
+    substituted first (:func:`_derived_code`).
+
+    >>> import numpy as np
+    >>> rows = derived_rows("cross_entropy", np.zeros((1, 2)), np.array([[1.0, 0.0]]))
+    >>> rows.loss["cross_entropy"].round(6), rows.grad["cross_entropy"]
+    (array([0.693147]), array([[-0.5,  0.5]]))
+    """
+    loss = get_loss(loss_name)
+    values = {p.name: p.default for p in loss.params} | dict(params or {})
+    code = _derived_code(loss_name, tuple(sorted(values.items())))
+    u3 = np.asarray(x, dtype=dtype)[:, :, None]
+    r = u3.shape[0]
+    mask = np.ones((r, 1, 1), dtype) if valid is None else np.asarray(valid, dtype).reshape(r, 1, 1)
+    target3 = np.asarray(target, dtype=dtype)[:, :, None]
+    if loss.targets.name == "teacher":
+        found = {"kind": "teacher", "t": target3, "valid": mask}
+    else:
+        found = {"kind": "classes", "c": target3, "valid": mask}
+    with np.errstate(all="ignore"):
+        rows, grads, teacher, env = _evaluate(loss, code, u3, found, values, perturb)
+        factor = 1.0 if env is None else eval(code["factor"], env)  # noqa: S307
+        return Rows(loss={t: v[:, 0, 0] for t, v in rows.items()},
+                    grad={t: (mask * g * factor)[:, :, 0] for t, g in grads.items()},
+                    grad_teacher={t: (mask * g)[:, :, 0] for t, g in teacher.items()})
+
+
+@dataclass
+class TargetRows:
+    """What the target model makes of one call's target and options, on rows.
+
+    ``target``: the coefficients ``c`` ``[R, C]`` (class targets) or the
+    teacher's raw logits; ``valid``: ``[R]`` row mask; ``denominators``: each
+    term reduction (``"target"``, ``"rows"``) → what ``reduction`` divides its
+    sum by (``None``: it does not divide; per-row reductions: ``None``).
+    """
+
+    kind: str
+    target: np.ndarray
+    valid: np.ndarray
+    denominators: dict[str, float | None]
+
+
+def target_rows(loss_name: str, inputs: Inputs) -> TargetRows:
+    """The target model of ``loss_name`` applied to ``inputs``, one row per sample and position.
+
+    Rows are in the order of ``input.movedim(1, -1).reshape(-1, C)``.
+    """
+    loss = get_loss(loss_name)
+    reduction = inputs.options.get("reduction", loss.targets.default_reduction)
+    u3 = _layout(np.asarray(inputs.input, dtype=np.float64))
+    n_classes = u3.shape[1]
+    found = _targets(loss, u3, inputs)
+
+    def rows(a3: np.ndarray) -> np.ndarray:
+        return np.moveaxis(np.broadcast_to(a3, (a3.shape[0], a3.shape[1], u3.shape[2])),
+                           1, -1).reshape(-1, a3.shape[1])
+
+    target = rows(found["t"] if found["kind"] == "teacher" else found["c"])
+    denominators: dict[str, float | None] = {}
+    for term in loss.terms:
+        if reduction not in loss.targets.per_row_reductions:
+            denominators[term.reduction] = _denominator(loss, term, found["kind"], found,
+                                                        reduction, n_classes)
+        else:
+            denominators[term.reduction] = None
+    return TargetRows(found["kind"], target, rows(found["valid"])[:, 0], denominators)
 
 
 def definition(loss_name: str, inputs: Inputs) -> Outcome:
@@ -346,13 +523,17 @@ def definition(loss_name: str, inputs: Inputs) -> Outcome:
 
 
 # -- helpers -----------------------------------------------------------------------------
+@functools.cache
+def _transform_function(loss: Loss):
+    u = sp.Symbol("u", real=True)
+    return sp.lambdify([u, *(p.symbol for p in loss.params)], loss.transform.apply(u), "numpy")
+
+
 def _transform_numpy(loss: Loss, options):
     tr = loss.transform
     if tr is None or (tr.gate is not None and options.get(tr.gate) is None):
         return None
-    u = sp.Symbol("u", real=True)
-    symbols = [p.symbol for p in loss.params]
-    fn = sp.lambdify([u, *symbols], tr.apply(u), "numpy")
+    fn = _transform_function(loss)
     values = [options.get(p.name, p.default) for p in loss.params]
     return lambda a: fn(a, *[0.0 if v is None else v for v in values])
 
@@ -384,4 +565,5 @@ def _torch_class_dot(*arrays):
     return out.sum(dim=1, keepdim=True)
 
 
-__all__ = ["Inputs", "Outcome", "definition", "derived"]
+__all__ = ["Inputs", "Outcome", "Rows", "TargetRows", "definition", "derived",
+           "derived_rows", "target_rows"]
