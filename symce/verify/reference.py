@@ -347,7 +347,11 @@ def derived(loss_name: str, inputs: Inputs) -> Outcome:
     n, n_classes, s = u3.shape
     transform = _transform_numpy(loss, o)
     found = _targets(loss, transform(u3) if transform else u3, inputs)
-    rows, grads, teacher, env = _evaluate(loss, code, u3, found, o)
+    # a guarded product (``_guard_coefficients``) evaluates both branches of its
+    # select: the one not taken may divide 0 by 0; a NaN that reaches the result
+    # is still one (the comparison counts it)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rows, grads, teacher, env = _evaluate(loss, code, u3, found, o)
     terms, factors = _reduce(loss, found, reduction, rows, n_classes, inputs.input.shape)
     up = _upstream(inputs, loss, reduction, n, s)
     grad = sum(up * factors[t] * found["valid"] * grads[t] for t in grads)
