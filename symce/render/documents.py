@@ -55,16 +55,21 @@ def math(rows: list[str], fmt: str) -> str:
     return _TEXT_JOIN[fmt].join(rows)
 
 
-def _parts(step: Step) -> list[Any]:
+def _parts(step: Step, derivation: Derivation) -> list[Any]:
     parts = [step.lhs, *step.via, step.rhs]
-    if not step.via and step.lhs == step.rhs:  # already in closed form: shown once
-        return [step.rhs]
+    if not step.via and step.lhs == step.rhs:
+        # already in closed form: shown once, after what it is the value of when
+        # an earlier step proved that (its lhs = its rhs = this step's lhs:
+        # ``∂L_z/∂x_k = 2λℓq_k`` rather than ``2λℓq_k`` alone)
+        earlier = next((s for s in derivation.steps[:derivation.steps.index(step)]
+                        if s.rhs == step.lhs and s.lhs != s.rhs), None)
+        return [step.rhs] if earlier is None else [earlier.lhs, step.rhs]
     return parts
 
 
 def render_step(step: Step, derivation: Derivation, fmt: str) -> str:
     """One step's equations in ``fmt`` (what the golden cases under tests/cases/ hold)."""
-    return math(step_rows(_parts(step), style_for(derivation, fmt)), fmt)
+    return math(step_rows(_parts(step, derivation), style_for(derivation, fmt)), fmt)
 
 
 def _general(step: Step, derivation: Derivation, fmt: str) -> str | None:
@@ -79,7 +84,7 @@ def _general(step: Step, derivation: Derivation, fmt: str) -> str | None:
     except KeyError:
         return None
     params = frozenset(p.symbol for p in get_loss(derivation.loss).params)
-    return math(step_rows(_parts(general), Style(fmt, params, None)), fmt)
+    return math(step_rows(_parts(general, symbolic), Style(fmt, params, None)), fmt)
 
 
 def _symbolic(loss: str) -> Derivation:
