@@ -55,5 +55,16 @@ def list_losses() -> dict[str, str]:
 __all__ = ["CLASSES", "TEACHER", "Loss", "Param", "Term", "Transform", "check_value",
            "get_loss", "list_losses", "register", "unregister"]
 
-# Importing a loss module registers it.
-from symce.losses import cross_entropy, focal_loss, kl_distillation  # noqa: E402,F401
+
+def _import_losses() -> None:
+    """Import every loss module of this package (importing one registers it): a
+    new loss is one file here, with no list to edit."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name not in ("spec", "targets") and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_losses()
