@@ -59,8 +59,30 @@ def evaluated(expr: Any) -> Any:
             return expr
         return sp.ImmutableMatrix(*expr.shape, [evaluated(e) for e in expr])
     if isinstance(expr, sp.Basic) and _displays(expr, seen):
-        return expr.xreplace({u: u.args[0] for u in expr.atoms(sp.UnevaluatedExpr)})
+        # nested display forms: an outer one's argument may hold inner ones
+        while expr.has(sp.UnevaluatedExpr):
+            expr = expr.xreplace({u: u.args[0] for u in expr.atoms(sp.UnevaluatedExpr)})
     return expr
+
+
+def inexact(expr: Any) -> bool:
+    """Whether ``expr`` holds a floating-point number (rounding proves nothing).
+
+    ``(v + 1)(v + 10^{16})`` and ``v^2 + 10^{16} v + 10^{16}`` expand alike in floats.
+    """
+    if isinstance(expr, sp.MatrixBase):
+        seen: dict[int, bool] = {}
+        return any(_has_float(e, seen) for e in expr)
+    return isinstance(expr, float) or (isinstance(expr, sp.Basic) and _has_float(expr, {}))
+
+
+def _has_float(expr: Any, seen: dict[int, bool]) -> bool:
+    if not isinstance(expr, sp.Basic):
+        return isinstance(expr, float)
+    key = id(expr)
+    if key not in seen:
+        seen[key] = isinstance(expr, sp.Float) or any(_has_float(a, seen) for a in expr.args)
+    return seen[key]
 
 
 def _displays(expr: sp.Basic, seen: dict[int, bool]) -> bool:
@@ -146,8 +168,16 @@ class Derivation:
                 raise ProofError(
                     f"step {number} '{step.name}' uses unknown assumption(s) {unknown}"
                 )
+            repeated = sorted({a for a in step.assumptions if step.assumptions.count(a) > 1})
+            if repeated:
+                raise ProofError(f"step {number} '{step.name}' states {repeated} more than once")
             links = step.links()
             for lhs, rhs in links:
+                if inexact(lhs) or inexact(rhs):
+                    raise ProofError(
+                        f"step {number} '{step.name}' holds a floating-point number: "
+                        f"{_short(lhs)} = {_short(rhs)} is not checked in rounded arithmetic"
+                    )
                 try:
                     ok = self.context.equal(lhs, rhs, step.assumptions)
                 except ProofError:

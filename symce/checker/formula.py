@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import sympy as sp
-from sympy.parsing.sympy_parser import parse_expr, standard_transformations
+from sympy.parsing.sympy_parser import parse_expr, rationalize, standard_transformations
 
 #: documented name → the derivation's vector it stands for (p is the target c)
 _VECTORS = {"q": "q", "p": "c", "c": "c", "x": "x"}
@@ -124,7 +124,10 @@ def parse_claim(claim: str | sp.Basic) -> sp.Expr:
     if isinstance(claim, str):
         local = {**names, "sum": ClassSum, "softmax": Softmax, "exp": sp.exp, "log": sp.log}
         try:
-            expr = parse_expr(claim, local_dict=local, transformations=standard_transformations)
+            # number literals exact (0.1 is 1/10): floats would be added in rounded
+            # arithmetic while the claim is parsed, and a proof in floats proves nothing
+            expr = parse_expr(claim, local_dict=local,
+                              transformations=(*standard_transformations, rationalize))
         except Exception as exc:
             raise ValueError(f"cannot parse the formula {claim!r}: {exc}") from exc
     else:
@@ -136,6 +139,8 @@ def parse_claim(claim: str | sp.Basic) -> sp.Expr:
                 if isinstance(s, sp.Symbol) and s.name in names
             }
         )
+    # the floats of a SymPy claim as the numeric search reads them (see _evaluate)
+    expr = expr.xreplace({f: sp.nsimplify(f, rational=True) for f in expr.atoms(sp.Float)})
     unknown = sorted(str(s) for s in expr.free_symbols if str(s) not in names)
     if unknown:
         raise ValueError(

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import sympy as sp
 
+from symce.errors import ProofError
+
 if TYPE_CHECKING:
     from symce.losses.spec import Loss
 
@@ -197,6 +199,11 @@ class Context(ABC):
         Decisions are remembered (the same question always has the same
         answer), so re-checking an unchanged step costs a lookup.
         """
+        from symce.proof import inexact
+
+        if inexact(lhs) or inexact(rhs):  # before the memory: 1.0 and 1 are one key
+            raise ProofError("a floating-point number in an equality: rounding proves "
+                             "nothing (write it as a rational)")
         key = (lhs, rhs, tuple(assumptions))
         decided = self._decided.get(key)
         if decided is None:

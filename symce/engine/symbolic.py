@@ -115,6 +115,14 @@ class SymbolicContext(Context):
         base = var.base if isinstance(var, sp.Indexed) else var
         expr = self._substitute_terms(expr)
         student = base is None or base in (self._x, self._u)
+        if self.transform is not None and base in (self._x, self._q, self.ell) and expr.has(
+                self._u):  # u = φ⁻¹(x) depends on x: no raw logit is held constant
+            expr = expr.replace(lambda t: self._is(t, self._u),
+                                lambda t: self.transform.inverse(self._x[t.indices[0]]))
+        if base in (self._q, self.ell) and expr.has(self._x):
+            # in the coordinates q, ℓ the logits are x_a = log q_a + ℓ, not constants
+            expr = expr.replace(lambda t: self._is(t, self._x),
+                                lambda t: sp.log(self._q[t.indices[0]]) + self.ell)
         if student:
             expr = expr.xreplace({self.ell: self.lse_explicit()})
             expr = expr.replace(lambda t: self._is(t, self._q),
@@ -186,26 +194,48 @@ class SymbolicContext(Context):
 
     # -- steering -------------------------------------------------------
     def _drop_piecewise(self, expr: sp.Expr) -> sp.Expr:
-        """Resolve ``Piecewise`` conditions with the index range ``1 ≤ s ≤ n``."""
+        """Resolve ``Piecewise`` conditions with the index range ``1 ≤ s ≤ n``.
+
+        ``s``: a free index, or the dummy of an enclosing sum over ``1..n``; a
+        dummy over another range (or a bound index) is not assumed in range.
+        """
         if not expr.has(sp.Piecewise):
             return expr
-        facts: dict[sp.Basic, Any] = {}
-        for s in expr.free_symbols | {self.i, self.j, self.k, self.l}:
-            if s.is_integer and s != self.n:
+
+        def facts(ranged) -> dict[sp.Basic, Any]:
+            found: dict[sp.Basic, Any] = {}
+            for s in ranged:
                 for rel in (sp.Ge(s, 1), sp.Le(1, s), sp.Le(s, self.n), sp.Ge(self.n, s),
                             sp.Gt(s, 0), sp.Lt(0, s)):
-                    facts[rel] = sp.true
+                    found[rel] = sp.true
+            return found
 
-        def pick(pw: sp.Piecewise) -> sp.Expr:
+        def pick(pw: sp.Piecewise, known) -> sp.Expr:
             for value, cond in pw.args:
-                decided = cond.xreplace(facts)
+                decided = cond.xreplace(known)
                 if decided == sp.true:
                     return value
                 if decided != sp.false:
                     return pw  # undecided: leave it, the comparison will fail
             return pw
 
-        return expr.replace(lambda t: isinstance(t, sp.Piecewise), pick)
+        def walk(e: sp.Basic, ranged: frozenset) -> sp.Basic:
+            if not e.has(sp.Piecewise):
+                return e
+            if isinstance(e, sp.Sum):
+                dummies = {lim[0] for lim in e.limits}
+                full = {lim[0] for lim in e.limits if tuple(lim[1:]) == (1, self.n)}
+                inner = frozenset((ranged - dummies) | full)
+                return sp.Sum(walk(e.function, inner), *e.limits)
+            args = [walk(a, ranged) for a in e.args]
+            e = e.func(*args) if args != list(e.args) else e
+            return pick(e, facts(ranged)) if isinstance(e, sp.Piecewise) else e
+
+        return walk(expr, self._indices())
+
+    def _indices(self) -> frozenset[sp.Symbol]:
+        """The free indices, each in ``1..n`` by the standing index range."""
+        return frozenset((self.i, self.j, self.k, self.l))
 
     def _sift(self, expr: sp.Expr) -> sp.Expr:
         """Sums made linear and ``Σ_j f_j δ_ja = f_a`` (the index range: ``1 ≤ a ≤ n``).
@@ -218,7 +248,7 @@ class SymbolicContext(Context):
         expr = _linearise(expr)
         if expr.has(sp.Derivative):
             expr = _linearise(self._drop_piecewise(expr.doit()))
-        return _linearise(_sift_deltas(expr))
+        return _linearise(_sift_deltas(expr, self.n, self._indices()))
 
     def _zero(self, e: sp.Expr, assumptions: Sequence[str]) -> bool:
         """``e = 0`` with every remaining sum as an independent atom."""
@@ -311,24 +341,34 @@ def _canonical_sum_bodies(expr: sp.Expr) -> sp.Expr:
     return expr.replace(lambda t: isinstance(t, sp.Sum), body)
 
 
-def _sift_deltas(expr: sp.Expr) -> sp.Expr:
-    """``Σ_j f_j δ_ja → f_a`` in every (linear) sum whose body has the factor ``δ_ja``."""
+def _sift_deltas(expr: sp.Expr, n: sp.Expr, ranged: frozenset[sp.Basic]) -> sp.Expr:
+    """``Σ_{j=1}^{n} f_j δ_ja → f_a`` in every (linear) sum whose body has the factor ``δ_ja``.
+
+    Only over the full range ``1..n`` and only for an ``a`` known to lie in it
+    (``ranged``: the free indices, and the dummies of enclosing sums over
+    ``1..n``); otherwise the delta may pick no term at all.
+    """
     if not expr.has(sp.KroneckerDelta):
         return expr
-    if isinstance(expr, sp.Sum) and len(expr.limits) == 1:
-        (j, _, _), = expr.limits
-        body = _sift_deltas(expr.function)
-        factors = sp.Mul.make_args(body)
-        for f in factors:
-            if isinstance(f, sp.KroneckerDelta) and j in f.args and f.args[0] != f.args[1]:
-                (other,) = set(f.args) - {j}
-                if not other.has(j):
+    if isinstance(expr, sp.Sum):
+        dummies = {lim[0] for lim in expr.limits}
+        full = len(expr.limits) == 1 and tuple(expr.limits[0][1:]) == (1, n)
+        inner = (ranged - dummies) | (dummies if full else set())
+        body = _sift_deltas(expr.function, n, frozenset(inner))
+        if full:
+            (j, _, _), = expr.limits
+            factors = sp.Mul.make_args(body)
+            for f in factors:
+                if isinstance(f, sp.KroneckerDelta) and j in f.args and f.args[0] != f.args[1]:
+                    (other,) = set(f.args) - {j}
                     rest = sp.Mul(*[g for g in factors if g is not f])
-                    return rest.xreplace({j: other})
+                    if other in ranged and not any(
+                            other in {lim[0] for lim in t.limits} for t in rest.atoms(sp.Sum)):
+                        return rest.xreplace({j: other})
         return sp.Sum(body, *expr.limits)
     if expr.is_Atom or not expr.args:
         return expr
-    return expr.func(*[_sift_deltas(a) for a in expr.args])
+    return expr.func(*[_sift_deltas(a, n, ranged) for a in expr.args])
 
 
 def _linearise(expr: sp.Expr) -> sp.Expr:
@@ -347,14 +387,39 @@ def _linearise(expr: sp.Expr) -> sp.Expr:
     return expr.func(*[_linearise(a) for a in expr.args])
 
 
-def _canonical_dummies(expr: sp.Expr, names: tuple[str, ...], depth: int = 0) -> sp.Expr:
-    """Rename each sum's dummy by nesting depth so equal sums compare equal."""
+def _canonical_dummies(expr: sp.Expr, names: tuple[str, ...]) -> sp.Expr:
+    """Rename each sum's dummy by nesting depth so equal sums compare equal.
+
+    Renaming never captures: every dummy first becomes a fresh ``Dummy``, and
+    the canonical names are chosen unlike any free symbol's name.
+    """
+    if not expr.has(sp.Sum):
+        return expr
+    taken = {str(s) for s in expr.free_symbols}
+    prefix = names[0]
+    while any(t == prefix or (t.startswith(prefix) and t[len(prefix):].isdigit())
+              for t in taken):
+        prefix = "_" + prefix
+    return _rename_dummies(_fresh_dummies(expr), prefix, 0)
+
+
+def _fresh_dummies(expr: sp.Expr) -> sp.Expr:
     if isinstance(expr, sp.Sum) and len(expr.limits) == 1:
         (idx, lo, hi), = expr.limits
-        name = names[0] if depth == 0 else f"{names[0]}{depth + 1}"
+        d = sp.Dummy(str(idx), integer=True)
+        return sp.Sum(_fresh_dummies(expr.function.xreplace({idx: d})), (d, lo, hi))
+    if expr.is_Atom or not expr.args:
+        return expr
+    return expr.func(*[_fresh_dummies(a) for a in expr.args])
+
+
+def _rename_dummies(expr: sp.Expr, prefix: str, depth: int) -> sp.Expr:
+    if isinstance(expr, sp.Sum) and len(expr.limits) == 1:
+        (idx, lo, hi), = expr.limits
+        name = prefix if depth == 0 else f"{prefix}{depth + 1}"
         u = sp.Symbol(name, integer=True)
-        body = _canonical_dummies(expr.function.xreplace({idx: u}), names, depth + 1)
+        body = _rename_dummies(expr.function.xreplace({idx: u}), prefix, depth + 1)
         return sp.Sum(body, (u, lo, hi))
     if expr.is_Atom or not expr.args:
         return expr
-    return expr.func(*[_canonical_dummies(a, names, depth) for a in expr.args])
+    return expr.func(*[_rename_dummies(a, prefix, depth) for a in expr.args])

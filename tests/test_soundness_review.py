@@ -1,0 +1,261 @@
+"""Adversarial soundness tests: the checker must never accept a false identity.
+
+Each test states a specific false identity (or an unneeded / insufficient
+assumption) and asserts that it is rejected, so every test here can fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sympy as sp
+
+from symce.checker.formula import check_gradient_formula
+from symce.engine.concrete import ConcreteContext
+from symce.engine.symbolic import SymbolicContext
+from symce.errors import ProofError
+from symce.losses import get_loss
+from symce.proof import Derivation, Step, evaluated
+
+U = sp.UnevaluatedExpr
+
+
+@pytest.fixture(scope="module")
+def sym():
+    return SymbolicContext()
+
+
+@pytest.fixture(scope="module")
+def con():
+    return ConcreteContext(3)
+
+
+def derivation(ctx, *steps: Step) -> Derivation:
+    n = None if not isinstance(ctx.n, int) else ctx.n
+    return Derivation("review", "", n, tuple(steps), ctx)
+
+
+def rejected(ctx, lhs, rhs, assumptions=()) -> None:
+    """``Derivation.check`` refuses the step ``lhs = rhs``."""
+    with pytest.raises(ProofError):
+        derivation(ctx, Step("s", "s", lhs, rhs, "wishful", tuple(assumptions))).check()
+
+
+def accepted(ctx, lhs, rhs, assumptions=()) -> None:
+    derivation(ctx, Step("s", "s", lhs, rhs, "true", tuple(assumptions))).check()
+
+
+# -- Kronecker-delta sifting and sums with other bounds ------------------------
+def test_sifting_respects_the_sums_bounds(sym):
+    x, j, k, n = sym._x, sym.j, sym.k, sym.n
+    # for k > 2 the left side is 0
+    rejected(sym, sp.Sum(x[j] * sp.KroneckerDelta(j, k), (j, 1, 2)), x[k])
+    # for every k the left side is 0 (j > k)
+    rejected(sym, sp.Sum(sp.KroneckerDelta(j, k), (j, k + 1, n)), 1)
+    rejected(sym, sp.Sum(x[j] * sp.KroneckerDelta(j, k), (j, 2, n)), x[k])
+    # over the full range the sift is right
+    accepted(sym, sp.Sum(x[j] * sp.KroneckerDelta(j, k), (j, 1, n)), x[k])
+
+
+def test_sifting_needs_the_other_index_in_range(sym):
+    x, j, k, n = sym._x, sym.j, sym.k, sym.n
+    # k + 1 = n + 1 lies outside 1..n for k = n: the sum is 0 there
+    rejected(sym, sp.Sum(x[j] * sp.KroneckerDelta(j, k + 1), (j, 1, n)), x[k + 1])
+    rejected(sym, sp.Sum(sp.KroneckerDelta(j, 2 * k), (j, 1, n)), 1)
+
+
+def test_sifting_by_an_outer_dummy_uses_its_range(sym):
+    x, j, n = sym._x, sym.j, sym.n
+    i = sp.Symbol("i2", integer=True)
+    # inner sift by the outer dummy i, which runs over 0..n: the i = 0 term is 0, not x_0
+    inner = sp.Sum(x[j] * sp.KroneckerDelta(j, i) / (1 + x[i] ** 2), (j, 1, n))
+    rejected(sym, sp.Sum(inner, (i, 0, n)), sp.Sum(x[i] / (1 + x[i] ** 2), (i, 0, n)))
+
+
+def test_piecewise_on_a_bound_dummy_uses_the_sums_range(sym):
+    x, j, k, n = sym._x, sym.j, sym.k, sym.n
+    f = sp.Function("f")
+    # Σ_{j=0}^{n} [j ≥ 1] = n, not n + 1
+    s = sp.Sum(sp.Piecewise((1, j >= 1), (0, True)), (j, 0, n))
+    rejected(sym, sp.Derivative(f(x[k]) + s * x[k], x[k]), sp.Derivative(f(x[k]), x[k]) + n + 1)
+
+
+def test_empty_and_shortened_sums_are_not_full_sums(sym):
+    c, j, n = sym.c, sym.j, sym.n
+    rejected(sym, sp.Sum(c(j), (j, 1, n - 1)), 1, ["normalised"])
+    rejected(sym, sp.Sum(sym._x[j], (j, 1, 0)), sym._x[1])
+    rejected(sym, sp.Sum(c(j) ** 2, (j, 1, n)), 1, ["normalised"])
+    rejected(sym, c(sym.k), 1, ["normalised"])
+
+
+# -- renaming dummies ------------------------------------------------------
+def test_renaming_a_dummy_does_not_capture_a_free_symbol(sym):
+    x, j, n = sym._x, sym.j, sym.n
+    u = sp.Symbol("_u", integer=True)  # the name the check renames dummies to
+    rejected(sym, sp.Sum(x[j] / (x[j] + x[u]), (j, 1, n)), n / 2)
+    rejected(sym, sp.Sum(x[j] * x[u] / (x[j] + x[u]) ** 2, (j, 1, n)), n / 4)
+
+
+# -- floating-point numbers ----------------------------------------------------
+@pytest.mark.parametrize("which", ["symbolic", "concrete"])
+def test_floating_point_rounding_proves_nothing(sym, con, which):
+    ctx = sym if which == "symbolic" else con
+    v = ctx.x(sym.k) if which == "symbolic" else ctx.x(0)
+    big = sp.Float(1e16)
+    # (v + 1)(v + 10^16) = v^2 + (10^16 + 1) v + 10^16: the v is lost in rounding
+    rejected(ctx, (v + 1) * (v + big), v**2 + big * v + big)
+    with pytest.raises(ProofError):
+        ctx.equal((v + 1) * (v + big), v**2 + big * v + big, ())
+
+
+def test_formula_with_float_rounding_is_not_proved():
+    claim = "q*sum(p) - p + (q + 1)*(q + 1e16) - q**2 - 1e16*q - 1e16"
+    for n in (None, 3):
+        assert check_gradient_formula(claim, n=n).status == "refuted"
+
+
+# -- display forms -----------------------------------------------------------
+def test_nested_display_forms_are_all_evaluated(con):
+    q = con._q
+    nested = U(U(q[0]) + q[1])
+    assert not evaluated(nested).has(sp.UnevaluatedExpr)
+    m = sp.ImmutableMatrix([nested, U(U(U(q[2])))])
+    assert not any(e.has(sp.UnevaluatedExpr) for e in evaluated(m))
+    rejected(con, nested, U(q[0]) + U(q[0]))
+    accepted(con, nested, q[1] + q[0])
+
+
+def test_a_display_form_in_via_is_checked(con):
+    q = con._q
+    step = Step("s", "s", q[0] + q[1], q[1] + q[0], "r", via=(U(q[0] + q[2]),))
+    with pytest.raises(ProofError):
+        derivation(con, step).check()
+
+
+# -- assumptions -------------------------------------------------------------
+def test_a_repeated_assumption_is_rejected(con):
+    c = con._c
+    with pytest.raises(ProofError):
+        derivation(con, Step("s", "s", c[0] + c[1] + c[2], 1, "r",
+                             ("normalised", "normalised"))).check()
+
+
+def test_an_unneeded_assumption_is_rejected_in_the_concrete_context(con):
+    q = con._q
+    # Σq = 1 holds without Σc = 1 (the general path proves it, the quick one does not)
+    with pytest.raises(ProofError, match="proved without it"):
+        derivation(con, Step("s", "s", q[0] + q[1] + q[2], 1, "r", ("normalised",))).check()
+
+
+def test_insufficient_assumptions_are_rejected(sym, con):
+    for ctx, c in ((sym, sym.c(sym.k)), (con, con._c[0])):
+        rejected(ctx, sp.log(c**2), 2 * sp.log(c))  # c may be negative
+        rejected(ctx, sp.log(c**2), 2 * sp.log(c), ["normalised"])
+        accepted(ctx, sp.log(c**2), 2 * sp.log(c), ["positive_targets"])
+
+
+# -- the transform x = φ(u) --------------------------------------------------
+@pytest.fixture(scope="module")
+def capped():
+    loss = get_loss("cross_entropy")
+    return SymbolicContext(loss), ConcreteContext(2, loss)
+
+
+def test_a_raw_logit_is_not_constant_in_itself(capped):
+    sym, con = capped
+    for ctx, u in ((sym, sym.u(sym.k)), (con, con.u(0))):
+        rejected(ctx, ctx.D(u, u), 0)
+        accepted(ctx, ctx.D(u, u), 1)
+
+
+def test_a_raw_logit_depends_on_its_capped_logit(capped):
+    sym, con = capped
+    for ctx, a in ((sym, sym.k), (con, 0)):
+        u, x = ctx.u(a), ctx.x(a)
+        rejected(ctx, ctx.D(u, x), 0)
+        rejected(ctx, ctx.D(u * ctx.q(a), x), u * ctx.q(a) * (1 - ctx.q(a)))
+
+
+# -- log and power rules -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("lhs", "rhs"),
+    [
+        (lambda v: sp.log(v**2), lambda v: 2 * sp.log(v)),
+        (lambda v: sp.sqrt(v**2), lambda v: v),
+        (lambda v: (v**2) ** sp.Rational(3, 2), lambda v: v**3),
+        (lambda v: sp.Abs(v), lambda v: v),
+        (lambda v: sp.log(sp.exp(sp.I * v)), lambda v: sp.I * v),
+        (lambda v: sp.atan(sp.tan(v)), lambda v: v),
+        (lambda v: sp.log(-sp.exp(v)), lambda v: v),
+    ],
+)
+def test_log_and_power_rules_need_positivity(sym, con, lhs, rhs):
+    for ctx, v in ((sym, sym.x(sym.k)), (con, con.x(0))):  # a real logit, maybe negative
+        rejected(ctx, lhs(v), rhs(v))
+
+
+def test_log_of_a_product_needs_both_factors_positive(sym, con):
+    for ctx, a, b in ((sym, sym.c(sym.k), sym.c(sym.i)), (con, con.c(0), con.c(1))):
+        # both negative: log(ab) is real, log a + log b is not
+        rejected(ctx, sp.log(a * b), sp.log(a) + sp.log(b))
+        rejected(ctx, sp.log(a * b), sp.log(a) + sp.log(b), ["normalised"])
+        accepted(ctx, sp.log(a * b), sp.log(a) + sp.log(b), ["positive_targets"])
+    q = sym.q(sym.k)  # q > 0: log(q c) = log q + log c for every c
+    accepted(sym, sp.log(q * sym.c(sym.k)), sp.log(q) + sp.log(sym.c(sym.k)))
+
+
+# -- memoisation -------------------------------------------------------------
+def test_a_decision_is_not_reused_under_other_assumptions(sym):
+    c = sym.sum(sym.c)
+    assert sym.equal(c, 1, ("normalised",))
+    assert not sym.equal(c, 1, ())
+    assert not SymbolicContext().equal(c, 1, ())
+
+
+def test_a_decision_is_not_reused_for_another_n():
+    c3, c4 = ConcreteContext(3), ConcreteContext(4)
+    assert c3.equal(sum(c3._q), 1, ())
+    s = sp.Add(*[sp.Symbol(f"q_{a}", positive=True) for a in (1, 2, 3)])
+    assert not c4.equal(s, 1, ())  # q_1 + q_2 + q_3 = 1 - q_4 for n = 4
+
+
+# -- claimed gradient formulas ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("claim", "assume"),
+    [
+        ("q*sum(p) - p + sqrt(x**2) - x", ()),
+        ("q*sum(p) - p + (x**2)**(1/2) - x", ()),
+        ("q*sum(p) - p + Abs(x) - x", ()),
+        ("q*sum(p) - p + Max(x, 0) - x", ()),
+        ("q*sum(p) - p + Piecewise((1, x > 0), (0, True)) - 1", ()),
+        ("q*sum(p) - p + sum(q**2) - 1", ()),
+        ("q*sum(p) - p + sum(p*q) - sum(p)*sum(q)", ()),
+        ("q - p", ()),
+        ("q - p + sum(p) - 1", ()),
+        ("q - p + sum(p**2) - 1", ("normalised",)),
+        ("q*sum(p) - p + log(p**2) - 2*log(p)", ("normalised",)),
+    ],
+)
+@pytest.mark.parametrize("n", [None, 3])
+def test_false_formulas_are_not_proved(claim, assume, n):
+    assert check_gradient_formula(claim, n=n, assume=assume).status != "proved"
+
+
+def test_formula_literals_are_exact():
+    # 10^20 + 1 − 10^20 is 1, whatever floats make of it
+    assert check_gradient_formula("q*sum(p) - p + 1e20 + 1 - 1e20").status == "refuted"
+    assert check_gradient_formula("q*sum(p) - p + 1e20 - 1e20").status == "proved"
+    assert check_gradient_formula("(2.0*q*sum(p) - 2*p)/2", n=3).status == "proved"
+    q, p = sp.symbols("q p")
+    assert check_gradient_formula(q - sp.Float(1.0) * p, assume="normalised").status == "proved"
+    assert check_gradient_formula(q - sp.Float(1.5) * p, assume="normalised").status == "refuted"
+
+
+def test_logits_are_not_constants_in_the_coordinates_q_and_ell(sym, con):
+    # x_a = log q_a + ℓ is accepted, so ∂x_k/∂q_k = 0 and ∂x_k/∂ℓ = 0 must not be
+    for ctx, a in ((sym, sym.k), (con, 0)):
+        x, q, ell = ctx.x(a), ctx.q(a), ctx.ell
+        accepted(ctx, x, sp.log(q) + ell)
+        rejected(ctx, ctx.D(x, q), 0)
+        rejected(ctx, sp.Derivative(x, ell), 0)
+        accepted(ctx, ctx.D(x, q), 1 / q)
+        accepted(ctx, sp.Derivative(x, ell), 1)
