@@ -259,3 +259,49 @@ def test_logits_are_not_constants_in_the_coordinates_q_and_ell(sym, con):
         rejected(ctx, sp.Derivative(x, ell), 0)
         accepted(ctx, ctx.D(x, q), 1 / q)
         accepted(ctx, sp.Derivative(x, ell), 1)
+
+
+# -- a symbol that prints like the derivation's own but is another ---------------
+def test_a_lookalike_symbol_cannot_smuggle_an_assumption(sym, con):
+    cp = sp.IndexedBase("c", positive=True)  # prints c_k, but c > 0 unstated
+    rejected(sym, sp.log(cp[sym.k] ** 2), 2 * sp.log(cp[sym.k]))
+    c1 = sp.Symbol("c_1", positive=True)
+    rejected(con, sp.log(c1**2), 2 * sp.log(c1))
+    x1 = sp.Symbol("x_1", positive=True)  # a logit may be negative
+    rejected(con, sp.sqrt(x1**2), x1)
+    k = sp.Symbol("k")  # not the integer index k
+    rejected(sym, sp.Sum(sym.x(sym.j) * sp.KroneckerDelta(sym.j, k), (sym.j, 1, sym.n)), sym.x(k))
+    with pytest.raises(ProofError, match="c_1"):
+        con.equal(sp.log(c1**2), 2 * sp.log(c1), ())
+
+
+# -- tampering with a real derivation ---------------------------------------------
+@pytest.fixture(scope="module")
+def ce3():
+    import symce
+
+    return symce.derive("cross_entropy", n=3)
+
+
+def test_tampered_assumptions_of_a_real_step_are_rejected(ce3):
+    for assumptions in [("normalised", "normalised"), ("normalised", "positive_targets"),
+                        ("positive_targets",), ()]:
+        with pytest.raises(ProofError):
+            ce3.replace_step("normalised", assumptions=assumptions).check()
+    ce3.check()
+
+
+def test_a_gradient_off_in_one_entry_or_by_rounding_is_rejected(ce3):
+    g = ce3.result
+    for wrong in (g + sp.ImmutableMatrix([0, 0, sp.Rational(1, 10**30)]),
+                  g.applyfunc(lambda e: e * sp.Float(1.0)),
+                  sp.ImmutableMatrix([g[0], g[2], g[1]])):
+        with pytest.raises(ProofError):
+            ce3.replace_step("gradient", rhs=wrong).check()
+
+
+def test_normalised_replaces_only_the_full_sum_of_c(con):
+    c, q = con._c, con._q
+    rejected(con, c[0] + c[1], 1, ["normalised"])
+    rejected(con, c[0] * q[0] + c[1] * q[1] + c[2] * q[2], 1, ["normalised"])
+    accepted(con, 2 * c[0] + 2 * c[1] + 2 * c[2], 2, ["normalised"])

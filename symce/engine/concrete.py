@@ -164,6 +164,9 @@ class ConcreteContext(Context):
         self._term_cache.clear()
 
     # -- vocabulary -----------------------------------------------------
+    def _vocabulary(self) -> tuple[sp.Basic, ...]:
+        return (*self._x, *self._u, *self._t, *self._q, *self._c, *self._p)
+
     def x(self, a: int) -> sp.Expr:
         return self._x[a]
 
@@ -251,8 +254,11 @@ class ConcreteContext(Context):
         if key not in self._cache:
             self._cache[key] = self._substitute_loss(f).xreplace({self._csum: self._C})
         f = self._cache[key]
-        if var in self._x_pos:  # u = φ⁻¹(x) depends on x: no raw logit is held constant
-            f = self._fold_u(f)
+        if var in self._x_pos and self.transform is not None:
+            key = ("u in x", f)  # u = φ⁻¹(x) depends on x: no raw logit is held constant
+            if key not in self._cache:
+                self._cache[key] = self._fold_u(f)
+            f = self._cache[key]
         if (var in self._q_set or var == self.ell) and f.free_symbols & (
                 self._x_set | set(self._u)):
             # in the coordinates q, ℓ the logits are x_a = log q_a + ℓ, not constants

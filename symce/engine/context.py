@@ -64,6 +64,7 @@ class Context(ABC):
         self.loss = loss
         self._terms: dict[sp.Symbol, Callable[[], sp.Expr]] = {}
         self._decided: dict[tuple, bool] = {}
+        self._vetted: set[Any] = set()
         self._term_cache: dict[sp.Symbol, sp.Expr] = {}
         transform = loss.transform if loss is not None else None
         self.transform = transform
@@ -151,6 +152,7 @@ class Context(ABC):
             self._reset_caches()
         self._terms[symbol] = formula
         self._term_cache.pop(symbol, None)
+        self._vetted.clear()  # a new term symbol: lookalikes of it are vetted anew
 
     def loss_definition(self, per_class: Callable[[Any], sp.Expr]) -> None:
         """Declare ``L := Σ_i per_class(i)`` (kept for callers of the old API)."""
@@ -199,16 +201,49 @@ class Context(ABC):
         Decisions are remembered (the same question always has the same
         answer), so re-checking an unchanged step costs a lookup.
         """
-        from symce.proof import inexact
-
-        if inexact(lhs) or inexact(rhs):  # before the memory: 1.0 and 1 are one key
-            raise ProofError("a floating-point number in an equality: rounding proves "
-                             "nothing (write it as a rational)")
+        self.vet(lhs)  # before the memory: 1.0 and 1 are one key
+        self.vet(rhs)
         key = (lhs, rhs, tuple(assumptions))
         decided = self._decided.get(key)
         if decided is None:
             decided = self._decided[key] = bool(self.decide(lhs, rhs, assumptions))
         return decided
+
+    def vet(self, expr: Any) -> None:
+        """Refuse what no decision may rest on: a floating-point number (rounding
+        proves nothing), or a symbol named like one of the vocabulary's but not it
+        (``c_1`` declared positive prints as the context's ``c_1`` and would smuggle
+        in an unstated assumption)."""
+        from symce.proof import scan
+
+        memo = isinstance(expr, sp.Basic)  # not 1.0 found as the int 1
+        if memo and expr in self._vetted:  # a step re-checked: vetted already
+            return
+        floats, symbols = scan(expr)
+        if floats:
+            raise ProofError("a floating-point number in an equality: rounding proves "
+                             "nothing (write it as a rational)")
+        own = self._own_symbols()
+        lookalikes = sorted({str(s) for s in symbols if str(s) in own and s not in own[str(s)]})
+        if lookalikes:
+            raise ProofError(
+                f"{', '.join(lookalikes)}: named like the derivation's own symbol(s) but "
+                "declared otherwise (other assumptions); use the context's vocabulary")
+        if memo:
+            self._vetted.add(expr)
+
+    def _own_symbols(self) -> dict[str, set[sp.Basic]]:
+        """Name → the vocabulary's symbols (and indexed bases) of that name."""
+        own: dict[str, set[sp.Basic]] = {}
+        params = [p.symbol for p in self.loss.params] if self.loss is not None else []
+        for s in (*self._vocabulary(), self.L, self.m, self.ell, self.ell_t, *params,
+                  *self._terms):
+            own.setdefault(str(s), set()).add(s)
+        return own
+
+    @abstractmethod
+    def _vocabulary(self) -> Sequence[sp.Basic]:
+        """The context's own symbols and indexed bases (logits, q, c, p, indices …)."""
 
     @abstractmethod
     def decide(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:

@@ -56,6 +56,10 @@ class SymbolicContext(Context):
             _check_inverse(self.transform)
 
     # -- vocabulary -----------------------------------------------------
+    def _vocabulary(self) -> tuple[sp.Basic, ...]:
+        return (self._x, self._u, self._t, self._q, self._c, self._p, self.n,
+                self.i, self.j, self.k, self.l)
+
     def x(self, a: Any) -> sp.Expr:
         return self._x[a]
 
