@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sympy as sp
+from sympy.core.function import AppliedUndef
 
 from symce.errors import ProofError
 
@@ -74,7 +75,8 @@ def inexact(expr: Any) -> bool:
 
 
 def scan(expr: Any) -> tuple[bool, set[sp.Basic]]:
-    """Whether ``expr`` holds a float, and its symbols and indexed bases (free or bound).
+    """Whether ``expr`` holds a float, and its symbols, indexed bases (free or bound)
+    and applied undefined functions.
 
     Shared subtrees are looked at once (the entries of a Hessian share their rows).
     """
@@ -94,6 +96,8 @@ def scan(expr: Any) -> tuple[bool, set[sp.Basic]]:
         elif isinstance(e, (sp.Symbol, sp.IndexedBase)):
             found.add(e)
         else:
+            if isinstance(e, AppliedUndef):
+                found.add(e)
             for a in e.args:
                 walk(a)
 

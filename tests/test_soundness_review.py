@@ -91,8 +91,11 @@ def test_empty_and_shortened_sums_are_not_full_sums(sym):
 def test_renaming_a_dummy_does_not_capture_a_free_symbol(sym):
     x, j, n = sym._x, sym.j, sym.n
     u = sp.Symbol("_u", integer=True)  # the name the check renames dummies to
-    rejected(sym, sp.Sum(x[j] / (x[j] + x[u]), (j, 1, n)), n / 2)
-    rejected(sym, sp.Sum(x[j] * x[u] / (x[j] + x[u]) ** 2, (j, 1, n)), n / 4)
+    # (decide itself: equal refuses a free symbol declared integer before deciding)
+    assert not sym.decide(sp.Sum(x[j] / (x[j] + x[u]), (j, 1, n)), n / 2, ())
+    assert not sym.decide(sp.Sum(x[j] * x[u] / (x[j] + x[u]) ** 2, (j, 1, n)), n / 4, ())
+    v = sp.Symbol("_u")  # plain: passes the vetting, still not captured
+    rejected(sym, sp.Sum(x[j] / (x[j] + x[v]), (j, 1, n)), n / 2)
 
 
 # -- floating-point numbers ----------------------------------------------------
@@ -305,3 +308,40 @@ def test_normalised_replaces_only_the_full_sum_of_c(con):
     rejected(con, c[0] + c[1], 1, ["normalised"])
     rejected(con, c[0] * q[0] + c[1] * q[1] + c[2] * q[2], 1, ["normalised"])
     accepted(con, 2 * c[0] + 2 * c[1] + 2 * c[2], 2, ["normalised"])
+
+
+def test_a_new_symbol_cannot_declare_an_unstated_assumption(sym, con):
+    for ctx, x in ((sym, sym.x(sym.k)), (con, con.x(0))):
+        y = sp.Symbol("x_1 - 5", positive=True)  # prints as x_1 - 5
+        rejected(ctx, sp.sqrt(y**2), y)
+        rejected(ctx, sp.sqrt(sp.Symbol("s", nonnegative=True) ** 2), sp.Symbol("s"))
+        f = sp.Function("f", positive=True)
+        rejected(ctx, sp.sqrt(f(x) ** 2), f(x))
+        d = sp.Dummy("x_1", positive=True)  # prints as x_1
+        rejected(ctx, sp.sqrt(d**2), d)
+        m = sp.Symbol("m2", integer=True)  # an integer only by declaration
+        rejected(ctx, sp.sin(sp.pi * m, evaluate=False), 0)
+        accepted(ctx, sp.Symbol("y") + x, x + sp.Symbol("y"))  # a plain symbol is fine
+        r = sp.Symbol("r", real=True)  # and a real one (every quantity here is real)
+        accepted(ctx, sp.log(sp.exp(r)), r)
+        rejected(ctx, sp.sqrt(r**2), r)
+    j = sp.Symbol("j2", negative=True)  # a dummy over 1..n declared negative
+    s = sp.Sum(sp.Piecewise((1, j < 0), (0, True)), (j, 1, sym.n))
+    rejected(sym, s, sym.n)
+    j = sp.Symbol("j2", integer=True)  # an integer dummy is fine
+    accepted(sym, sp.Sum(sym.x(j), (j, 1, sym.n)), sym.sum(sym.x))
+
+
+def test_a_sum_that_may_be_empty_is_not_counted_below_zero(sym):
+    j, k, n, x = sym.j, sym.k, sym.n, sym.x
+    # for k = 1 the sum is empty (0); SymPy's convention would make it -1
+    rejected(sym, sp.Sum(1, (j, 1, k - 2)), k - 2)
+    rejected(sym, sp.Sum(x(k), (j, 1, k - 2)), (k - 2) * x(k))
+    accepted(sym, sp.Sum(x(k), (j, 1, n)), n * x(k))
+
+
+def test_a_leftover_derivative_does_not_evaluate_sums_by_sympys_convention(sym):
+    j, k, x = sym.j, sym.k, sym.x(sym.k)
+    f = sp.Function("f")  # its derivative stays unevaluated
+    lhs = sp.Derivative(f(x) + sp.Sum(x, (j, 1, k - 2)), x)
+    rejected(sym, lhs, sp.Derivative(f(x), x) + k - 2)

@@ -224,11 +224,25 @@ class Context(ABC):
             raise ProofError("a floating-point number in an equality: rounding proves "
                              "nothing (write it as a rational)")
         own = self._own_symbols()
-        lookalikes = sorted({str(s) for s in symbols if str(s) in own and s not in own[str(s)]})
+        lookalikes = sorted({_name(s) for s in symbols
+                             if _name(s) in own and s not in own[_name(s)]})
         if lookalikes:
             raise ProofError(
                 f"{', '.join(lookalikes)}: named like the derivation's own symbol(s) but "
                 "declared otherwise (other assumptions); use the context's vocabulary")
+        # a new symbol declared positive (named 'x_1 - 5', say) states an assumption
+        # the step does not: only plain or real symbols (every quantity here is real,
+        # a standing fact), and integer dummies of sums
+        declared = [s for s in symbols if _name(s) not in own and _declares(s)]
+        if declared:
+            free = (set().union(*[e.free_symbols for e in expr])
+                    if isinstance(expr, sp.MatrixBase) else sp.sympify(expr).free_symbols)
+            unstated = sorted({_name(s) for s in declared
+                               if s in free or s.assumptions0 != _INTEGER})
+            if unstated:
+                raise ProofError(
+                    f"{', '.join(unstated)}: declared with assumptions (positive, real, "
+                    "...) that no step states; use plain symbols or the context's vocabulary")
         if memo:
             self._vetted.add(expr)
 
@@ -256,3 +270,24 @@ class Context(ABC):
         without it); a context may trade completeness for speed here.
         """
         return self.equal(lhs, rhs, assumptions)
+
+
+_PLAIN = sp.Symbol("plain").assumptions0
+_REAL = sp.Symbol("real", real=True).assumptions0
+_INTEGER = sp.Symbol("integer", integer=True).assumptions0
+_FACTS = ("real", "positive", "negative", "nonnegative", "nonpositive", "zero", "nonzero",
+          "integer", "rational", "imaginary", "finite")
+
+
+def _name(s: sp.Basic) -> str:
+    """How ``s`` prints: a ``Dummy`` by its bare name, a function by its own."""
+    if isinstance(s, (sp.Symbol, sp.IndexedBase)):
+        return s.name
+    return str(s.func)
+
+
+def _declares(s: sp.Basic) -> bool:
+    """Whether ``s`` carries assumptions of its own (a plain ``Symbol('y')`` does not)."""
+    if isinstance(s, (sp.Symbol, sp.IndexedBase)):
+        return s.assumptions0 not in (_PLAIN, _REAL)
+    return any(getattr(s, f"is_{fact}") is not None for fact in _FACTS)

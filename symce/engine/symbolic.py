@@ -250,8 +250,10 @@ class SymbolicContext(Context):
         on ``1 ≤ a ≤ n``, which the standing index range decides the same way.
         """
         expr = _linearise(expr)
-        if expr.has(sp.Derivative):
-            expr = _linearise(self._drop_piecewise(expr.doit()))
+        if expr.has(sp.Derivative):  # the derivatives only: not Sum.doit's conventions
+            expr = expr.replace(lambda t: isinstance(t, sp.Derivative),
+                                lambda t: t.doit(deep=False))
+            expr = _linearise(self._drop_piecewise(expr))
         return _linearise(_sift_deltas(expr, self.n, self._indices()))
 
     def _zero(self, e: sp.Expr, assumptions: Sequence[str]) -> bool:
@@ -376,15 +378,23 @@ def _sift_deltas(expr: sp.Expr, n: sp.Expr, ranged: frozenset[sp.Basic]) -> sp.E
 
 
 def _linearise(expr: sp.Expr) -> sp.Expr:
-    """Split sums over ``+`` and pull factors free of the dummy out of them."""
+    """Split sums over ``+`` and pull factors free of the dummy out of them.
+
+    A term free of the dummy counts ``hi − lo + 1`` times only where that is
+    known to be ``≥ 0``: below, the sum is empty (0) to a reader, while SymPy's
+    convention makes ``Σ_{j=1}^{k-2} 1 = k − 2`` (−1 for ``k = 1``).
+    """
     if isinstance(expr, sp.Sum) and len(expr.limits) == 1:
         (idx, lo, hi), = expr.limits
+        count = hi - lo + 1
         terms = []
         for term in sp.Add.make_args(sp.expand(_linearise(expr.function))):
             # factor_terms first: a factor free of idx may sit inside a denominator
             outside, inside = sp.factor_terms(term).as_independent(idx, as_Add=False)
-            terms.append(outside * (sp.Sum(inside, (idx, lo, hi)) if inside.has(idx)
-                                    else inside * (hi - lo + 1)))
+            if inside.has(idx) or not count.is_nonnegative:
+                terms.append(outside * sp.Sum(inside, (idx, lo, hi)))
+            else:
+                terms.append(outside * inside * count)
         return sp.Add(*terms)
     if expr.is_Atom or not expr.args:
         return expr
