@@ -236,6 +236,10 @@ def test_a_decision_is_not_reused_for_another_n():
         ("q - p + sum(p) - 1", ()),
         ("q - p + sum(p**2) - 1", ("normalised",)),
         ("q*sum(p) - p + log(p**2) - 2*log(p)", ("normalised",)),
+        ("q*sum(p) - p + sum(p - q)", ()),
+        ("q*sum(p) - p + sum(q*sum(x*q)) - sum(x*q)*sum(p)", ()),
+        ("q*sum(p) - p + sum(x*q) - x*sum(q)", ()),
+        ("q*sum(p) - p + sum(log(q)) - n*log(q)", ()),
     ],
 )
 @pytest.mark.parametrize("n", [None, 3])
@@ -345,3 +349,27 @@ def test_a_leftover_derivative_does_not_evaluate_sums_by_sympys_convention(sym):
     f = sp.Function("f")  # its derivative stays unevaluated
     lhs = sp.Derivative(f(x) + sp.Sum(x, (j, 1, k - 2)), x)
     rejected(sym, lhs, sp.Derivative(f(x), x) + k - 2)
+
+
+def test_a_wrong_inverse_of_the_transform_is_refused_for_concrete_n_too():
+    import dataclasses
+
+    loss = get_loss("cross_entropy")
+    wrong = dataclasses.replace(loss, transform=dataclasses.replace(
+        loss.transform, inverse=lambda x: x))  # not the inverse of s·tanh(u/s)
+    with pytest.raises(ProofError, match="does not invert"):
+        SymbolicContext(wrong)
+    with pytest.raises(ProofError, match="does not invert"):
+        ConcreteContext(2, wrong)
+
+
+@pytest.mark.parametrize(
+    ("claim", "assume"),
+    [
+        ("q*sum(p) - p + sum(p - q)", ("normalised",)),
+        ("q*sum(p) - p + sum(q*sum(x*q)) - sum(x*q)", ()),
+        ("q*sum(p) - p + sum(q*sum(p)) - sum(p)", ()),
+    ],
+)
+def test_true_formulas_with_sums_are_proved(claim, assume):
+    assert check_gradient_formula(claim, assume=assume).status == "proved"

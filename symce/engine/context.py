@@ -70,6 +70,8 @@ class Context(ABC):
         self.transform = transform
         self.teacher = loss is not None and loss.targets.name == "teacher"
         self.teacher_transform = transform if transform is not None and transform.teacher else None
+        if transform is not None:  # both contexts rewrite u = φ⁻¹(x): prove it first
+            _check_inverse(transform)
 
     # -- vocabulary -----------------------------------------------------
     @abstractmethod
@@ -291,3 +293,27 @@ def _declares(s: sp.Basic) -> bool:
     if isinstance(s, (sp.Symbol, sp.IndexedBase)):
         return s.assumptions0 not in (_PLAIN, _REAL)
     return any(getattr(s, f"is_{fact}") is not None for fact in _FACTS)
+
+
+_INVERSES: set[tuple[Any, Any]] = set()  # (apply, inverse) pairs proved
+
+
+def _check_inverse(transform) -> None:
+    """``inverse`` inverts ``apply`` on the reals, proved by SymPy (once per pair).
+
+    ``φ(φ⁻¹(x)) = x`` directly; ``φ⁻¹(φ(u)) = u`` directly or, where SymPy
+    does not simplify it (``atanh(tanh(u))``), as a function of ``u`` whose
+    derivative is 1 everywhere and whose value at 0 is 0.
+    """
+    key = (transform.apply, transform.inverse)
+    if key in _INVERSES:
+        return
+    u, x = sp.Symbol("u", real=True), sp.Symbol("x", real=True)
+    right = sp.simplify(transform.apply(transform.inverse(x)) - x) == 0
+    back = transform.inverse(transform.apply(u))
+    left = sp.simplify(back - u) == 0 or (
+        sp.simplify(sp.diff(back, u) - 1) == 0 and sp.simplify(back.subs(u, 0)) == 0)
+    if not (right and left):
+        raise ProofError(f"the inverse given for the transform {transform.name!r} does not "
+                         "invert it")
+    _INVERSES.add(key)
