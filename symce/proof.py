@@ -182,6 +182,15 @@ class Derivation:
         """Re-prove every step; raise :class:`ProofError` at the first failure."""
         from symce.progress import report
 
+        # what a document says it proves is what the context decides
+        decided_n = self.context.n if isinstance(self.context.n, int) else None
+        if self.n != decided_n:
+            raise ProofError(f"the derivation is labelled n = {self.n}, but its context "
+                             f"decides for {'a symbolic n' if decided_n is None else decided_n}")
+        loss = getattr(self.context, "loss", None)
+        if loss is not None and loss.name != self.loss:
+            raise ProofError(f"the derivation is labelled {self.loss!r}, but its context "
+                             f"defines the loss {loss.name!r}")
         for number, step in enumerate(self.steps, start=1):
             report(f"checking step {number}/{len(self.steps)}: {step.name}")
             unknown = [a for a in step.assumptions if a not in self.context.assumptions]

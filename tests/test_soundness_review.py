@@ -31,7 +31,7 @@ def con():
 
 def derivation(ctx, *steps: Step) -> Derivation:
     n = None if not isinstance(ctx.n, int) else ctx.n
-    return Derivation("review", "", n, tuple(steps), ctx)
+    return Derivation(ctx.loss.name if ctx.loss else "review", "", n, tuple(steps), ctx)
 
 
 def rejected(ctx, lhs, rhs, assumptions=()) -> None:
@@ -373,3 +373,11 @@ def test_a_wrong_inverse_of_the_transform_is_refused_for_concrete_n_too():
 )
 def test_true_formulas_with_sums_are_proved(claim, assume):
     assert check_gradient_formula(claim, assume=assume).status == "proved"
+
+
+def test_a_derivation_relabelled_for_another_n_or_loss_is_rejected(ce3):
+    import dataclasses
+
+    for changes in ({"n": 5}, {"n": None}, {"loss": "focal_loss"}):
+        with pytest.raises(ProofError, match="labelled"):
+            dataclasses.replace(ce3, **changes).check()
