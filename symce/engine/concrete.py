@@ -123,7 +123,7 @@ class ConcreteContext(Context):
         self._c_positive = {c: sp.Symbol(c.name, positive=True) for c in self._c}
         self._params = frozenset(p.symbol for p in loss.params) if loss is not None else frozenset()
         self._x_pos = {v: a for a, v in enumerate(self._x)}
-        self._x_set = frozenset(self._x)
+        self._xu_set = frozenset(self._x) | frozenset(self._u)
         self._c_set = frozenset(self._c)
         self._u_pos = {v: a for a, v in enumerate(self._u)}
         self._t_pos = {v: a for a, v in enumerate(self._t)}
@@ -131,6 +131,7 @@ class ConcreteContext(Context):
 
     def _init_caches(self) -> None:
         self._q_set = frozenset(self._q)
+        self._x_in_q = {x: sp.log(q) + self.ell for x, q in zip(self._x, self._q, strict=True)}
         self._z = sp.Add(*[sp.exp(x) for x in self._x])
         self._csum = sp.Add(*self._c)
         # Σc does not depend on the logits; as one atom it costs O(1) to carry
@@ -259,11 +260,12 @@ class ConcreteContext(Context):
             if key not in self._cache:
                 self._cache[key] = self._fold_u(f)
             f = self._cache[key]
-        if (var in self._q_set or var == self.ell) and f.free_symbols & (
-                self._x_set | set(self._u)):
-            # in the coordinates q, ℓ the logits are x_a = log q_a + ℓ, not constants
-            f = self._fold_u(f).xreplace(
-                {x: sp.log(q) + self.ell for x, q in zip(self._x, self._q, strict=True)})
+        if var in self._q_set or var == self.ell:
+            key = ("x in q", f)  # in the coordinates q, ℓ: x_a = log q_a + ℓ, not constants
+            if key not in self._cache:
+                self._cache[key] = (self._fold_u(f).xreplace(self._x_in_q)
+                                    if f.free_symbols & self._xu_set else f)
+            f = self._cache[key]
         if var not in self._x_pos:
             key = ("with sum of c", f)
             if key not in self._cache:

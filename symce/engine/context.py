@@ -65,6 +65,7 @@ class Context(ABC):
         self._terms: dict[sp.Symbol, Callable[[], sp.Expr]] = {}
         self._decided: dict[tuple, bool] = {}
         self._vetted: set[Any] = set()
+        self._own: dict[str, set[sp.Basic]] | None = None
         self._term_cache: dict[sp.Symbol, sp.Expr] = {}
         transform = loss.transform if loss is not None else None
         self.transform = transform
@@ -155,6 +156,7 @@ class Context(ABC):
         self._terms[symbol] = formula
         self._term_cache.pop(symbol, None)
         self._vetted.clear()  # a new term symbol: lookalikes of it are vetted anew
+        self._own = None
 
     def loss_definition(self, per_class: Callable[[Any], sp.Expr]) -> None:
         """Declare ``L := Σ_i per_class(i)`` (kept for callers of the old API)."""
@@ -250,12 +252,14 @@ class Context(ABC):
 
     def _own_symbols(self) -> dict[str, set[sp.Basic]]:
         """Name → the vocabulary's symbols (and indexed bases) of that name."""
-        own: dict[str, set[sp.Basic]] = {}
-        params = [p.symbol for p in self.loss.params] if self.loss is not None else []
-        for s in (*self._vocabulary(), self.L, self.m, self.ell, self.ell_t, *params,
-                  *self._terms):
-            own.setdefault(str(s), set()).add(s)
-        return own
+        if self._own is None:
+            own: dict[str, set[sp.Basic]] = {}
+            params = [p.symbol for p in self.loss.params] if self.loss is not None else []
+            for s in (*self._vocabulary(), self.L, self.m, self.ell, self.ell_t, *params,
+                      *self._terms):
+                own.setdefault(_name(s), set()).add(s)
+            self._own = own
+        return self._own
 
     @abstractmethod
     def _vocabulary(self) -> Sequence[sp.Basic]:
