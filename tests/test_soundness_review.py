@@ -381,3 +381,19 @@ def test_a_derivation_relabelled_for_another_n_or_loss_is_rejected(ce3):
     for changes in ({"n": 5}, {"n": None}, {"loss": "focal_loss"}):
         with pytest.raises(ProofError, match="labelled"):
             dataclasses.replace(ce3, **changes).check()
+
+
+# -- a derivative in an index that a sum inside binds -------------------------------
+def test_a_sum_binding_the_derivatives_index_is_another_index(sym):
+    """``∂/∂x_j Σ_j v_j x_j`` is ``v_j``: the sum's ``j`` is bound, ``x_j``'s is free
+    (SymPy's own ``diff`` answers ``Σ_j v_j``, differentiating every term)."""
+    j, k, n = sym.j, sym.k, sym.n
+    v = sp.IndexedBase("v", real=True)
+    lhs = sym.D(sp.Sum(v[j] * sym.x(j), (j, 1, n)), sym.x(j))
+    rejected(sym, lhs, sp.Sum(v[j], (j, 1, n)))
+    derivation(sym, Step("s", "s", lhs, v[j], "sifting")).check()
+    through_q = sym.D(sp.Sum(sym.q(j) * v[j], (j, 1, n)), sym.x(j))
+    rejected(sym, through_q, sp.Sum(v[j], (j, 1, n)))
+    rejected(sym, through_q, sym.q(j) * v[j])
+    right = sym.q(j) * v[j] - sym.q(j) * sp.Sum(sym.q(k) * v[k], (k, 1, n))
+    derivation(sym, Step("s", "s", through_q, right, "the softmax Jacobian")).check()

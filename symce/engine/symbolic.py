@@ -185,6 +185,10 @@ class SymbolicContext(Context):
         f = d.expr
         for var, count in d.variable_count:
             f = self._substitute(f, var)
+            if _binds(f, var):
+                # ∂/∂x_j of Σ_j v_j x_j: the sum's j is another index than x_j's (SymPy's
+                # diff would differentiate every x_j in the sum: Σ_j v_j, not v_j)
+                f = _fresh_dummies(f)
             f = sp.diff(f, (var, count))
             f = self._fold(self._sift(f))
         self._cache[d] = f
@@ -395,6 +399,12 @@ def _canonical_dummies(expr: sp.Expr, names: tuple[str, ...]) -> sp.Expr:
               for t in taken):
         prefix = "_" + prefix
     return _rename_dummies(_fresh_dummies(expr), prefix, 0)
+
+
+def _binds(expr: sp.Expr, var: sp.Basic) -> bool:
+    """Whether a sum in ``expr`` binds an index that ``var`` (``x_j``) has free."""
+    free = {s for s in var.free_symbols if isinstance(s, sp.Symbol)}
+    return bool(free) and any(limit[0] in free for s in expr.atoms(sp.Sum) for limit in s.limits)
 
 
 def _fresh_dummies(expr: sp.Expr) -> sp.Expr:
