@@ -21,10 +21,15 @@ The forward computes the gradient too, block by block of rows that fit in
 cache, each element array in place where nothing reads it again (the
 shifted logits overwrite the logits, their exponentials the shifted logits,
 and the gradient is formed where the exponentials lie), so besides the
-gradient no tensor of the input's size exists.  The backward scales the
-saved gradient by ``grad_output`` in place (one backward per forward).
-Gradients flow to ``input``; a ``target`` or ``weight`` that requires grad is refused
-(those gradients are not implemented yet).
+gradient no tensor of the input's size exists.  The first backward scales the
+saved gradient by ``grad_output`` in place; a second backward of a retained
+graph computes it again.  With ``create_graph=True`` the gradient is
+differentiable: its backward is the Hessian-vector product printed from the
+derivation's checked second-order steps.
+Gradients flow to ``input``, to probability targets and to the class weights
+of probability targets (a weight that requires grad with class indices raises
+``RuntimeError``, as PyTorch; a differentiable gradient with a weight that
+requires grad raises ``NotImplementedError``).
 
 float32 inputs on the CPU run compiled kernels (C printed from the same
 derivation, built on first use with a C compiler and cached; see
@@ -47,7 +52,6 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from torch.autograd.function import once_differentiable
 
 __all__ = ["FocalFunction", "FocalLoss", "compiled_library", "focal_loss", "use_compiled"]
 
@@ -64,7 +68,9 @@ _RETURNED = ()
 _SCALARS = ('gamma', 'label_smoothing')
 # the target takes a gradient (derived), or is refused one
 _TARGET_GRADIENT = False
-_NO_GRADIENT_YET = ('weight',)
+# where the class weights are among the Function's inputs (input, target, wanted, *options)
+_WEIGHT_AT = _ARGUMENTS.index("weight") + 1 if "weight" in _ARGUMENTS else None
+_HALF = (torch.float16, torch.bfloat16)
 # bytes of logits per block: a few L2s' worth, since torch's intra-op threads
 # split every operation on a block; the fork and join of each operation then
 # stays small against its work, and each thread's share stays near its L2
@@ -8808,7 +8814,7 @@ def _targets(input, target, options, n_classes):
         if ignore_index != -100:  # as torch.nn.functional.cross_entropy
             raise ValueError("ignore_index is not supported for probability (float) targets")
         found["kind"] = "probability"
-        found["p"] = _layout(target.detach(), input.dim())
+        found["p"] = _layout(target, input.dim())
         return found
     if target.dtype == torch.bool or target.is_complex():
         raise ValueError(f"target must be integer class indices or float probabilities, "
@@ -8840,6 +8846,17 @@ def _targets(input, target, options, n_classes):
     found["y"] = torch.where(valid, target, 0).reshape(rows)
     found["valid"] = valid.reshape(rows).to(dtype)
     return found
+
+
+def _refuse_gradients(target, options):
+    """Class weights that require grad with class indices: PyTorch's error (its
+    ``nll_loss`` has no derivative for them)."""
+    weight = options["weight"]
+    if isinstance(weight, torch.Tensor) and weight.requires_grad and isinstance(
+            target, torch.Tensor) and not target.is_floating_point():
+        raise RuntimeError("focal_loss: the function is not differentiable with respect to "
+                           "argument 'weight' for class-index targets. This input cannot have "
+                           "requires_grad True.")
 
 
 def _kernel_key(kind, options):
@@ -8908,10 +8925,10 @@ def _scales(denominators, reduction, upstream, rows, loss_shape, dtype, device):
     for term, denominator in denominators.items():
         go = 1.0 if upstream is None else upstream[term]
         if isinstance(go, torch.Tensor) and reduction in _PER_ROW:
-            go = torch.broadcast_to(go.detach().to(device=device, dtype=dtype), loss_shape)
+            go = torch.broadcast_to(go.to(device=device, dtype=dtype), loss_shape)
             go = go.reshape(rows)
         elif isinstance(go, torch.Tensor):
-            go = go.detach().to(device=device, dtype=torch.float64)
+            go = go.to(device=device, dtype=torch.float64)
         scale = go if denominator is None else _divide(go, denominator)
         # in the blocks' dtype: a float64 scalar tensor sends float32 operations
         # down torch's slower mixed-dtype path (measured: 3x on addcmul_)
@@ -9115,85 +9132,437 @@ def _result(reduced, options):
     return (total, *returned) if returned else total
 
 
-def _refuse_gradients(needs_input_grad):
-    """A gradient the module does not compute is an error, never a silent None."""
-    if needs_input_grad[1] and not _TARGET_GRADIENT:
-        raise NotImplementedError(
-            "focal_loss: the gradient with respect to target is not implemented "
-            "yet; pass target.detach()")
-    for name in _NO_GRADIENT_YET:
-        if needs_input_grad[_ARGUMENTS.index(name)]:
-            raise NotImplementedError(f"focal_loss: the gradient with respect to {name} is not "
-                                      f"implemented yet; pass {name}.detach()")
+# -- the dense path ------------------------------------------------------------
+# What the fused kernels do not give: a gradient that is itself differentiable
+# (create_graph=True, double backward), the gradients with respect to the
+# target's probabilities and the class weights.  Whole (N, C, S) arrays in the
+# compute dtype, every expression printed from the derivation's checked steps
+# (the second-order ones: Hessian-vector products and mixed derivatives).
+
+
+def _dense_x_no_gamma(wanted, u, tu, c, v, n_classes, gamma, label_smoothing):
+    """Per term, each quantity in ``wanted`` (None where a term has none)."""
+    x = u
+    m = torch.amax(x, dim=1, keepdim=True)
+    z = -m + x
+    e = torch.exp2(1.442695040888963407359924681*z)
+    out = {}
+    if "gradient" in wanted:
+        out["gradient"] = (-c + e*torch.sum(c, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True), )
+    if "hvp" in wanted:
+        out["hvp"] = ((v*torch.sum(c, dim=1, keepdim=True) - torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum(c, dim=1, keepdim=True))*e/torch.sum(e, dim=1, keepdim=True), )
+    if "grad_c" in wanted:
+        out["grad_c"] = (-v + torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True), )
+    if "dl_dc" in wanted:
+        out["dl_dc"] = (torch.log(torch.sum(e, dim=1, keepdim=True)) - z, )
+    if "dl_dc_r" in wanted:
+        out["dl_dc_r"] = (e*torch.sum(v, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) - v, )
+    if "dl_dc_c" in wanted:
+        out["dl_dc_c"] = (0, )
+    if "teacher_gradient" in wanted:
+        out["teacher_gradient"] = (None, )
+    return out
+
+
+def _dense_x(wanted, u, tu, c, v, n_classes, gamma, label_smoothing):
+    """Per term, each quantity in ``wanted`` (None where a term has none)."""
+    x = u
+    m = torch.amax(x, dim=1, keepdim=True)
+    z = -m + x
+    e = torch.exp2(1.442695040888963407359924681*z)
+    out = {}
+    if "gradient" in wanted:
+        out["gradient"] = (gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e/torch.sum(e, dim=1, keepdim=True) - gamma*e*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) - (-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*c + e*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*c, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True), )
+    if "hvp" in wanted:
+        out["hvp"] = ((-gamma**2*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e*v/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) + gamma**2*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) - gamma**2*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e**2/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)**2), dim=1, keepdim=True) + gamma**2*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e**2*v/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)**2), dim=1, keepdim=True) + gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e*v/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) - gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) + gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*v - gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) + 2*gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*c*v - 2*gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*c*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) - gamma*v*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) + 2*gamma*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*c*e/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) + 2*gamma*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) + gamma*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e**2/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)**2), dim=1, keepdim=True) - 2*gamma*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*c*e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) - gamma*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) - gamma*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e**2*v/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)**2), dim=1, keepdim=True) + v*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*c, dim=1, keepdim=True) - torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*c, dim=1, keepdim=True)*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True))*e/torch.sum(e, dim=1, keepdim=True), )
+    if "grad_c" in wanted:
+        out["grad_c"] = ((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*e*v/((-e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) - gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*e*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/((-e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) - v + torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)), )
+    if "dl_dc" in wanted:
+        out["dl_dc"] = (-(-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z), )
+    if "dl_dc_r" in wanted:
+        out["dl_dc_r"] = (-gamma*(m + torch.log(torch.sum(e, dim=1, keepdim=True)))*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*e*v/torch.sum(e, dim=1, keepdim=True) + gamma*(m + torch.log(torch.sum(e, dim=1, keepdim=True)))*e*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) + gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*e*v*x/torch.sum(e, dim=1, keepdim=True) - gamma*e*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*e*v*x/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) - (-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*v + e*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*v, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True), )
+    if "dl_dc_c" in wanted:
+        out["dl_dc_c"] = (0, )
+    if "teacher_gradient" in wanted:
+        out["teacher_gradient"] = (None, )
+    return out
+
+
+# kernel key → its dense variant (the same transform and specialised parameters)
+_DENSE = {
+    ('index', False, False, False): _dense_x_no_gamma,
+    ('index', False, False, True): _dense_x,
+    ('index', False, True, False): _dense_x_no_gamma,
+    ('index', False, True, True): _dense_x,
+    ('index', True, False, False): _dense_x_no_gamma,
+    ('index', True, False, True): _dense_x,
+    ('index', True, True, False): _dense_x_no_gamma,
+    ('index', True, True, True): _dense_x,
+    ('probability', False, False, False): _dense_x_no_gamma,
+    ('probability', False, False, True): _dense_x,
+    ('probability', False, True, False): _dense_x_no_gamma,
+    ('probability', False, True, True): _dense_x,
+    ('probability', True, False, False): _dense_x_no_gamma,
+    ('probability', True, False, True): _dense_x,
+    ('probability', True, True, False): _dense_x_no_gamma,
+    ('probability', True, True, True): _dense_x,
+}
+
+
+def _dense_coefficients(kind, weighted, smoothed, onehot, w_y, w, p, label_smoothing,
+                        n_classes):
+    """The target model's ``c`` and its derivatives ``∂c/∂p``, ``∂c/∂w`` (dense; None
+    where there are none)."""
+    if (kind, weighted, smoothed) == ('index', False, False):
+        return (onehot, None, None)
+    if (kind, weighted, smoothed) == ('index', False, True):
+        return (label_smoothing/n_classes + (1 - label_smoothing)*onehot, None, None)
+    if (kind, weighted, smoothed) == ('index', True, False):
+        return (onehot*w_y, None, None)
+    if (kind, weighted, smoothed) == ('index', True, True):
+        return (label_smoothing*w/n_classes + (1 - label_smoothing)*onehot*w_y, None, label_smoothing/n_classes + (1 - label_smoothing)*onehot)
+    if (kind, weighted, smoothed) == ('probability', False, False):
+        return (p, 1, None)
+    if (kind, weighted, smoothed) == ('probability', False, True):
+        return (label_smoothing/n_classes + (1 - label_smoothing)*p, 1 - label_smoothing, None)
+    if (kind, weighted, smoothed) == ('probability', True, False):
+        return (p*w, w, p)
+    if (kind, weighted, smoothed) == ('probability', True, True):
+        return ((label_smoothing/n_classes + (1 - label_smoothing)*p)*w, (1 - label_smoothing)*w, label_smoothing/n_classes + (1 - label_smoothing)*p)
+    return (None, None, None)
+
+
+def _dense_setup(input, target, options):
+    """What the dense path reads, in the compute dtype: the logits as (N, C, S), the
+    coefficients, each term's row factor with the row mask."""
+    n_classes = _check_input(input)
+    found = _targets(input, target, options, n_classes)
+    kind, reduction = found["kind"], options["reduction"]
+    dtype = _compute_dtype(input.dtype)
+    device = input.device
+    u = _layout(input, input.dim()).to(dtype)
+    n, _, s = u.shape
+    rows = (n, 1, s)
+    w, y, valid = found["w"], found["y"], found["valid"]
+    weight = found["weight"]
+    w_y = None if (weight is None or y is None) else weight[y]
+    onehot = None
+    if y is not None:
+        onehot = torch.zeros(u.shape, dtype=dtype, device=device).scatter_(1, y, 1.0)
+    p = None if found["p"] is None else found["p"].to(dtype)
+    tu = None if found["tu"] is None else found["tu"].to(dtype)
+    smoothed = float(options["label_smoothing"]) > 0.0 if "label_smoothing" in options else False
+    c, dc_dp, dc_dw = _dense_coefficients(kind, w is not None, smoothed, onehot, w_y, w, p,
+                                          float(options.get("label_smoothing", 0.0)),
+                                          n_classes)
+    denominators = _denominators(kind, w is not None, reduction, valid, w_y, rows, n_classes)
+    loss_shape = () if input.dim() == 1 else (n,) + tuple(input.shape[2:])
+    scalars = {name: (0.0 if options.get(name) is None else float(options[name]))
+               for name in ('gamma', 'label_smoothing')}
+    return {"u": u, "tu": tu, "c": c, "dc_dp": dc_dp, "dc_dw": dc_dw, "kind": kind,
+            "valid": 1.0 if valid is None else valid, "denominators": denominators,
+            "rows": rows, "loss_shape": loss_shape, "dtype": dtype, "device": device,
+            "n_classes": n_classes, "scalars": scalars, "reduction": reduction,
+            "evaluate": _DENSE[_kernel_key(kind, options)]}
+
+
+def _dense_scales(setup, grad_output):
+    """Each term's row factor ``grad_output / denominator`` times the row mask
+    (``grad_output`` None: of ``loss.sum()``)."""
+    upstream = None if grad_output is None else dict.fromkeys(setup["denominators"], grad_output)
+    scales = _scales(setup["denominators"], setup["reduction"], upstream, setup["rows"],
+                     setup["loss_shape"], setup["dtype"], setup["device"])
+    return [scales[term] * setup["valid"] for term in _TERMS]
+
+
+def _dense_evaluate(setup, wanted, v=None):
+    return setup["evaluate"](wanted, setup["u"], setup["tu"], setup["c"], v,
+                             setup["n_classes"], **setup["scalars"])
+
+
+def _combine(scales, values):
+    """``Σ_t scale_t · value_t`` over the terms that have the value (None: none has)."""
+    total = None
+    for scale, value in zip(scales, values, strict=True):
+        if value is None:
+            continue
+        total = scale * value if total is None else total + scale * value
+    return total
+
+
+def _dense_target_gradients(input, target, options, grad_output, want_target, want_weight):
+    """``∂L/∂p`` (probability targets) and ``∂L/∂w`` (their class weights), dense."""
+    setup = _dense_setup(input, target, options)
+    scales = _dense_scales(setup, grad_output)
+    grad_c = _combine(scales, _dense_evaluate(setup, ("dl_dc",))["dl_dc"])
+    grad_target = grad_weight = None
+    if grad_c is None:
+        grad_c = torch.zeros_like(setup["u"])
+    if want_target:
+        grad_target = (setup["dc_dp"] * grad_c).reshape(target.shape).to(target.dtype)
+    if want_weight:
+        weight = options["weight"]
+        grad_weight = torch.broadcast_to(setup["dc_dw"] * grad_c, setup["u"].shape).sum(
+            dim=(0, 2)).to(weight.dtype)
+    return grad_target, grad_weight
+
+
+def _dense_second_order(input, target, options, grad_output, v_input, v_target):
+    """The backward of the gradient: for cotangents ``v_input`` (on ∂L/∂input) and
+    ``v_target`` (on ∂L/∂p), the products with the derived second derivatives:
+    ``(∂/∂input, ∂/∂p, ∂/∂grad_output)`` of ``⟨v_input, ∂L/∂input⟩ + ⟨v_target, ∂L/∂p⟩``."""
+    setup = _dense_setup(input, target, options)
+    scales = _dense_scales(setup, grad_output)
+    units = _dense_scales(setup, None)
+    dtype = setup["dtype"]
+    shape = setup["u"].shape
+    d_input = d_c = d_go = None
+
+    def add(total, value):
+        return value if total is None else (total if value is None else total + value)
+
+    if v_input is not None:
+        v = _layout(v_input, input.dim()).to(dtype)
+        found = _dense_evaluate(setup, ("hvp", "grad_c", "gradient"), v)
+        d_input = _combine(scales, found["hvp"])
+        d_c = _combine(scales, found["grad_c"])
+        d_go = _combine(units, [None if g is None else torch.sum(v * g, dim=1, keepdim=True)
+                                for g in found["gradient"]])
+    if v_target is not None:
+        vc = setup["dc_dp"] * _layout(v_target, input.dim()).to(dtype)
+        found = _dense_evaluate(setup, ("dl_dc_r", "dl_dc_c", "dl_dc"), vc)
+        d_input = add(d_input, _combine(scales, found["dl_dc_r"]))
+        d_c = add(d_c, _combine(scales, found["dl_dc_c"]))
+        d_go = add(d_go, _combine(units, [None if g is None else
+                                          torch.sum(vc * g, dim=1, keepdim=True)
+                                          for g in found["dl_dc"]]))
+    grad_input = grad_target = grad_go = None
+    if d_input is not None:
+        grad_input = torch.broadcast_to(d_input, shape).reshape(input.shape).to(input.dtype)
+    if d_c is not None and target.is_floating_point() and setup["dc_dp"] is not None:
+        grad_target = torch.broadcast_to(setup["dc_dp"] * d_c, shape).reshape(
+            target.shape).to(target.dtype)
+    if d_go is not None:
+        d_go = torch.broadcast_to(d_go, setup["rows"])
+        if grad_output.dim() == 0:
+            grad_go = d_go.sum().to(grad_output.dtype)
+        else:
+            grad_go = d_go.reshape(setup["loss_shape"]).to(grad_output.dtype)
+    return grad_input, grad_target, grad_go
+
+
+# -- autograd --------------------------------------------------------------------
+def _functorch_active():
+    """torch.func's transforms (grad, vmap, jacrev) see the backward's tensors wrapped:
+    the saved gradient is then not scaled in place."""
+    check = getattr(torch._C._functorch, "_are_functorch_transforms_active", None) if hasattr(
+        torch._C, "_functorch") else None
+    return bool(check()) if check is not None else False
 
 
 def _scaled(grad, grad_output, per_row):
     """The saved gradient of ``loss.sum()`` times ``grad_output``, in place."""
     if per_row and grad.dim() > 1:  # one upstream value per row: broadcast over the classes
         return grad.mul_(grad_output.unsqueeze(1).to(grad.dtype))
-    if grad_output.device.type != "cpu" or float(grad_output) != 1.0:  # no sync on a GPU
+    # a CPU scalar is read without a device sync; on an accelerator always multiply
+    if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
         grad.mul_(grad_output.to(grad.dtype))
     return grad
+
+
+def _options_of(ctx):
+    input, target, *tensors = ctx.saved_tensors
+    options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
+    return input, target, options
+
+
+def _vmap_by_rows(function, info, in_dims, *args):
+    """A vmap rule for a Function whose forward is not made of torch operations: one
+    call per batch entry, stacked along dimension 0."""
+    outs = []
+    for i in range(info.batch_size):
+        sliced = [a.select(d, i) if d is not None and isinstance(a, torch.Tensor) else a
+                  for a, d in zip(args, in_dims, strict=True)]
+        outs.append(function.apply(*sliced))
+    first = outs[0]
+    if not isinstance(first, tuple):
+        return torch.stack(outs), 0
+    stacked, dims = [], []
+    for k, value in enumerate(first):
+        if isinstance(value, torch.Tensor):
+            stacked.append(torch.stack([o[k] for o in outs]))
+            dims.append(0)
+        else:
+            stacked.append(value)
+            dims.append(None)
+    return tuple(stacked), tuple(dims)
 
 
 class FocalFunction(torch.autograd.Function):
     """``focal_loss`` whose backward is the generated gradient.
 
     The forward computes the loss and the gradient of ``loss.sum()`` (of the
-    reduced loss for the reductions to one value) in one pass; the backward
-    scales the saved gradient by ``grad_output`` in place and hands it back,
-    so one backward per forward (``retain_graph`` double backward is
-    refused).  A term returned on its own that gets its own upstream
-    gradient has the gradients computed again with each term's.
+    reduced loss for the reductions to one value) in one pass and returns the
+    gradient as a last, non-differentiable output (``setup_context`` keeps
+    it); the first backward scales it by ``grad_output`` in place.  A second
+    backward of a retained graph computes the gradient again; a backward that
+    builds a graph (``create_graph=True``) hands out ``_FocalFunctionGradient``,
+    whose own backward is the derived Hessian-vector product.  A half-precision
+    input's gradient is computed in the backward (one rounding of the scaled
+    gradient).
     """
 
     @staticmethod
-    def forward(ctx, input, target, *values):
+    def forward(input, target, wanted, *values):
         options = dict(zip(_OPTIONS, values, strict=True))
-        _refuse_gradients(ctx.needs_input_grad)
-        ctx.set_materialize_grads(False)
-        ctx.need_grad = ctx.needs_input_grad[0]
-        ctx.need_grad_teacher = _TARGET_GRADIENT and ctx.needs_input_grad[1]
-        losses, denominators, grads = _run(input, target, options, ctx.need_grad,
-                                           ctx.need_grad_teacher)
-        ctx.grads = grads
-        ctx.per_row = options["reduction"] in _PER_ROW
-        if any(options[flag] for flag, _ in _RETURNED):  # a term may get its own gradient
-            tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
-            ctx.save_for_backward(input, target, *(options[name] for name in tensors))
-            ctx.tensor_options = tensors
-            ctx.options = {name: v for name, v in options.items() if name not in tensors}
-        return _result(_reduce(losses, denominators, options["reduction"], input), options)
+        need_grad, need_grad_teacher = wanted
+        losses, denominators, grads = _run(input, target, options, need_grad,
+                                           need_grad_teacher)
+        result = _result(_reduce(losses, denominators, options["reduction"], input), options)
+        result = result if isinstance(result, tuple) else (result,)
+        return (*result, *grads)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output, *grad_returned):
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError("focal_loss: the saved gradient was already used "
-                               "(one backward per forward)")
-        ctx.grads = None
-        if any(g is not None for g in grad_returned):
-            grads = _recompute(ctx, grad_output, grad_returned)
+    def setup_context(ctx, inputs, output):
+        input, target, wanted, *values = inputs
+        options = dict(zip(_OPTIONS, values, strict=True))
+        ctx.set_materialize_grads(False)
+        *_, grad, tgrad = output
+        ctx.mark_non_differentiable(*(g for g in (grad, tgrad) if g is not None))
+        ctx.grads = (grad, tgrad)
+        ctx.per_row = options["reduction"] in _PER_ROW
+        ctx.returned = sum(bool(options[flag]) for flag, _ in _RETURNED)
+        tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
+        ctx.save_for_backward(input, target, *(options[name] for name in tensors))
+        ctx.tensor_options = tensors
+        ctx.options = {name: v for name, v in options.items() if name not in tensors}
+
+    @staticmethod
+    def backward(ctx, grad_output, *rest):
+        grad_returned = rest[:ctx.returned]
+        input, target, options = _options_of(ctx)
+        needs = ctx.needs_input_grad
+        need_input = needs[0]
+        need_target = needs[1] and (_TARGET_GRADIENT or target.is_floating_point())
+        need_weight = _WEIGHT_AT is not None and needs[_WEIGHT_AT]
+        grads = [None] * len(needs)
+        if grad_output is None and not any(g is not None for g in grad_returned):
+            return tuple(grads)
+        if torch.is_grad_enabled() or _functorch_active():
+            # the gradient itself is to be differentiable (create_graph=True, torch.func)
+            _refuse_second_order(need_weight, need_target, grad_returned)
+            go = grad_output if grad_output is not None else torch.zeros(
+                (), dtype=input.dtype, device=input.device)
+            values = tuple(options[name] for name in _OPTIONS)
+            grads[0], grads[1] = _FocalFunctionGradient.apply(
+                input, target, go, (need_input, need_target), *values)
+            return tuple(grads)
+        saved, ctx.grads = ctx.grads, (None, None)
+        need_teacher = need_target and _TARGET_GRADIENT
+        if any(g is not None for g in grad_returned) or input.dtype in _HALF:
+            # a term with an upstream gradient of its own, a half-precision input:
+            # computed with each term's upstream gradient (in float32, one rounding)
+            upstream = _upstream(options, grad_output, grad_returned)
+            _, _, (g, tg) = _run(input, target, options, need_input, need_teacher, upstream)
         else:
-            grads = tuple(None if g is None else _scaled(g, grad_output, ctx.per_row)
-                          for g in grads)
-        return (*grads, *(None,) * len(_OPTIONS))
+            if (need_input and saved[0] is None) or (need_teacher and saved[1] is None):
+                # a second backward of a retained graph: the same gradient again
+                _, _, saved = _run(input, target, options, need_input, need_teacher)
+            g, tg = (None if s is None else _scaled(s, grad_output, ctx.per_row) for s in saved)
+        grads[0] = g
+        if _TARGET_GRADIENT:
+            grads[1] = tg
+        elif need_target or need_weight:
+            if any(x is not None for x in grad_returned):
+                raise NotImplementedError(
+                    "focal_loss: target or weight gradients with a returned term's own upstream "
+                    "gradient are not implemented")
+            grads[1], gw = _dense_target_gradients(input, target, options, grad_output,
+                                                   need_target, need_weight)
+            if need_weight:
+                grads[_WEIGHT_AT] = gw
+        return tuple(grads)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_by_rows(FocalFunction, info, in_dims, *args)
 
 
-def _recompute(ctx, grad_output, grad_returned):
-    """The gradients when a returned term has an upstream gradient of its own: the
-    saved one is of the total alone, so they are computed again with each term's."""
-    input, target, *tensors = ctx.saved_tensors
-    options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
+def _upstream(options, grad_output, grad_returned):
+    """Each term's upstream gradient: the total's, plus its own where it is returned."""
     total = 0.0 if grad_output is None else grad_output
     upstream = dict.fromkeys(_TERMS, total)
     returned = [term for flag, term in _RETURNED if options[flag]]
     for term, g in zip(returned, grad_returned, strict=True):
         if g is not None:
             upstream[term] = upstream[term] + g
-    _, _, grads = _run(input, target, options, ctx.need_grad, ctx.need_grad_teacher, upstream)
-    return grads
+    return upstream
+
+
+def _refuse_second_order(need_weight, need_target, grad_returned):
+    """What a differentiable gradient does not cover raises, never a silent wrong answer."""
+    if need_weight:
+        raise NotImplementedError("focal_loss: a differentiable gradient (create_graph=True) with "
+                                  "a weight that requires grad is not implemented")
+    if need_target and _TARGET_GRADIENT:
+        raise NotImplementedError("focal_loss: a differentiable gradient (create_graph=True) "
+                                  "with a target that requires grad is not "
+                                  "implemented")
+    if any(g is not None for g in grad_returned):
+        raise NotImplementedError("focal_loss: a differentiable gradient (create_graph=True) "
+                                  "with a returned term's own upstream gradient is not "
+                                  "implemented")
+
+
+class _FocalFunctionGradient(torch.autograd.Function):
+    """The gradients of ``focal_loss`` as a function of ``input``, ``target`` and
+    ``grad_output``; its backward is the derived Hessian-vector product and the
+    mixed derivatives (``_dense_second_order``)."""
+
+    @staticmethod
+    def forward(input, target, grad_output, wanted, *values):
+        options = dict(zip(_OPTIONS, values, strict=True))
+        need_input, need_target = wanted
+        grad = grad_target = None
+        if need_input or (need_target and _TARGET_GRADIENT):
+            upstream = dict.fromkeys(_TERMS, grad_output)
+            _, _, (grad, tg) = _run(input, target, options, need_input,
+                                    need_target and _TARGET_GRADIENT, upstream)
+            grad_target = tg if _TARGET_GRADIENT else None
+        if need_target and not _TARGET_GRADIENT:
+            grad_target, _ = _dense_target_gradients(input, target, options, grad_output,
+                                                     True, False)
+        return grad, grad_target
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, grad_output, wanted, *values = inputs
+        options = dict(zip(_OPTIONS, values, strict=True))
+        ctx.set_materialize_grads(False)
+        tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
+        ctx.save_for_backward(input, target, grad_output,
+                              *(options[name] for name in tensors))
+        ctx.tensor_options = tensors
+        ctx.options = {name: v for name, v in options.items() if name not in tensors}
+
+    @staticmethod
+    def backward(ctx, v_input, v_target):
+        # torch operations on tensors that keep their graph: a third derivative is
+        # autograd of the printed second-order expressions
+        input, target, grad_output, *tensors = ctx.saved_tensors
+        options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
+        if v_target is not None and _TARGET_GRADIENT:
+            raise NotImplementedError("focal_loss: the second derivative through the "
+                                      "target's gradient is not implemented")
+        grad_input, grad_target, grad_go = _dense_second_order(input, target, options,
+                                                               grad_output, v_input, v_target)
+        needs = ctx.needs_input_grad
+        return (grad_input if needs[0] else None, grad_target if needs[1] else None,
+                grad_go if needs[2] else None, None, *(None,) * len(_OPTIONS))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_by_rows(_FocalFunctionGradient, info, in_dims, *args)
 
 
 def focal_loss(input, target, gamma=2.0, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0):
@@ -9211,7 +9580,15 @@ def focal_loss(input, target, gamma=2.0, weight=None, ignore_index=-100, reducti
     values = (gamma, weight, ignore_index, reduction, label_smoothing,)
     if not torch.is_grad_enabled():  # no graph to record: the loss alone
         return _loss_only(input, target, values)
-    return FocalFunction.apply(input, target, *values)
+    _refuse_gradients(target, dict(zip(_OPTIONS, values, strict=True)))
+    # the gradient is formed in the forward, except for a half-precision input: its
+    # backward computes it with grad_output in float32 (one rounding)
+    full = isinstance(input, torch.Tensor) and input.dtype not in _HALF
+    wanted = (full and input.requires_grad,
+              full and _TARGET_GRADIENT and isinstance(target, torch.Tensor)
+              and target.requires_grad)
+    *result, _, _ = FocalFunction.apply(input, target, wanted, *values)
+    return result[0] if len(result) == 1 else tuple(result)
 
 
 def _loss_only(input, target, values):

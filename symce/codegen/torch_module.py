@@ -16,6 +16,7 @@ from symce.codegen.c import c_context, c_header
 from symce.codegen.ir import Kernel
 from symce.codegen.module import arguments, denominators
 from symce.codegen.printers import array_code, array_kernel_context, kernel_names
+from symce.codegen.second_order import second_order_context
 from symce.losses import get_loss
 from symce.losses.targets import MASK, N_CLASSES, W, Y
 
@@ -46,6 +47,8 @@ def torch_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
         "teacher_gradient": any(k.grad_teacher is not None for k in ks),
         # the compiled kernels, on torch's own OpenMP team (see templates/shared/compiled.py.j2)
         **c_context(ks, c_header(loss_name), openmp=True),
+        # the dense path: double backward and target gradients (symce/codegen/second_order.py)
+        **second_order_context(loss_name, ks),
     }
 
 
