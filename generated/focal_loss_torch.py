@@ -8827,15 +8827,31 @@ def _targets(input, target, options, n_classes):
     target = target.to(torch.int64)
     rows = _row_shape(input)
     found["kind"] = "index"
-    # the common case in one reduction (one host sync): every target is a
-    # class.  Then no entry needs replacing, and if ignore_index lies outside
-    # the targets' range, none is ignored (valid None: every row counts)
-    low, high = (0, -1) if target.numel() == 0 else torch.stack(torch.aminmax(target)).tolist()
-    if 0 <= low and high < n_classes:
-        found["y"] = target.reshape(rows)
-        if low <= ignore_index <= high:  # an ignored target is a class: gathered, then masked
-            found["valid"] = (target != ignore_index).reshape(rows).to(dtype)
-        return found
+    # checked on the device, without a host sync (see _check_classes)
+    valid = target != ignore_index
+    bad = valid & ((target < 0) | (target >= n_classes))
+    _check_classes(bad, target, n_classes, ignore_index)
+    found["y"] = torch.where(valid & ~bad, target, 0).reshape(rows)
+    found["valid"] = valid.reshape(rows).to(dtype)
+    return found
+
+
+def _check_classes(bad, target, n_classes, ignore_index):
+    """A class index out of range raises where PyTorch's cross-entropy does: on the
+    CPU at once (``IndexError``: reading a CPU flag is no device sync), on an
+    accelerator as a device-side assert (``torch._assert_async``, no host sync);
+    meta tensors hold no values to check."""
+    if bad.device.type == "meta":
+        return
+    if bad.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(bad.any()):
+            raise IndexError(
+                f"target {int(target[bad].reshape(-1)[0])} is out of bounds for {n_classes} "
+                f"classes (valid: 0..{n_classes - 1} or ignore_index={ignore_index})"
+            )
+        return
+    torch._assert_async(torch.logical_not(bad.any()),
+                        f"a target is out of bounds for {n_classes} classes")
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= n_classes))
     if bool(bad.any()):
@@ -9365,7 +9381,8 @@ def _scaled(grad, grad_output, per_row):
     if per_row and grad.dim() > 1:  # one upstream value per row: broadcast over the classes
         return grad.mul_(grad_output.unsqueeze(1).to(grad.dtype))
     # a CPU scalar is read without a device sync; on an accelerator always multiply
-    if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
+    if grad_output.device.type != "cpu" or torch.compiler.is_compiling() or (
+            float(grad_output) != 1.0):
         grad.mul_(grad_output.to(grad.dtype))
     return grad
 
@@ -9578,6 +9595,12 @@ def focal_loss(input, target, gamma=2.0, weight=None, ignore_index=-100, reducti
     torch.Size([2, 4])
     """
     values = (gamma, weight, ignore_index, reduction, label_smoothing,)
+    if isinstance(input, torch.Tensor) and _autocast(input.device.type):
+        # autocast's policy for cross-entropy (and the losses like it): float32,
+        # half-precision arguments cast, the rest of the call outside autocast
+        with torch.autocast(input.device.type, enabled=False):
+            return focal_loss(_float32(input), _float32(target),
+                              *(_float32(v) for v in values))
     if not torch.is_grad_enabled():  # no graph to record: the loss alone
         return _loss_only(input, target, values)
     _refuse_gradients(target, dict(zip(_OPTIONS, values, strict=True)))
@@ -9589,6 +9612,21 @@ def focal_loss(input, target, gamma=2.0, weight=None, ignore_index=-100, reducti
               and target.requires_grad)
     *result, _, _ = FocalFunction.apply(input, target, wanted, *values)
     return result[0] if len(result) == 1 else tuple(result)
+
+
+def _autocast(device_type):
+    """Whether autocast is on for the device (meta and the like have no autocast)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
+def _float32(value):
+    """A half-precision tensor as float32 (autocast's cast: float64 and the rest as given)."""
+    if isinstance(value, torch.Tensor) and value.dtype in _HALF:
+        return value.float()
+    return value
 
 
 def _loss_only(input, target, values):

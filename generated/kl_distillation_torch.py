@@ -2009,7 +2009,8 @@ def _scaled(grad, grad_output, per_row):
     if per_row and grad.dim() > 1:  # one upstream value per row: broadcast over the classes
         return grad.mul_(grad_output.unsqueeze(1).to(grad.dtype))
     # a CPU scalar is read without a device sync; on an accelerator always multiply
-    if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
+    if grad_output.device.type != "cpu" or torch.compiler.is_compiling() or (
+            float(grad_output) != 1.0):
         grad.mul_(grad_output.to(grad.dtype))
     return grad
 
@@ -2222,6 +2223,12 @@ def kl_distillation(input, teacher, temperature=1.0, reduction='batchmean', mask
     torch.Size([2, 4])
     """
     values = (temperature, reduction, mask,)
+    if isinstance(input, torch.Tensor) and _autocast(input.device.type):
+        # autocast's policy for cross-entropy (and the losses like it): float32,
+        # half-precision arguments cast, the rest of the call outside autocast
+        with torch.autocast(input.device.type, enabled=False):
+            return kl_distillation(_float32(input), _float32(teacher),
+                              *(_float32(v) for v in values))
     if not torch.is_grad_enabled():  # no graph to record: the loss alone
         return _loss_only(input, teacher, values)
     _refuse_gradients(teacher, dict(zip(_OPTIONS, values, strict=True)))
@@ -2233,6 +2240,21 @@ def kl_distillation(input, teacher, temperature=1.0, reduction='batchmean', mask
               and teacher.requires_grad)
     *result, _, _ = KLDistillationFunction.apply(input, teacher, wanted, *values)
     return result[0] if len(result) == 1 else tuple(result)
+
+
+def _autocast(device_type):
+    """Whether autocast is on for the device (meta and the like have no autocast)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
+def _float32(value):
+    """A half-precision tensor as float32 (autocast's cast: float64 and the rest as given)."""
+    if isinstance(value, torch.Tensor) and value.dtype in _HALF:
+        return value.float()
+    return value
 
 
 def _loss_only(input, target, values):

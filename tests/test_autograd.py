@@ -286,3 +286,79 @@ def test_torch_func_grad_jacrev_and_vmap(loss):
     torch.testing.assert_close(
         torch.func.vmap(torch.func.grad(lambda x: function(x, target)))(xs),
         torch.func.vmap(torch.func.grad(lambda x: reference(x, target)))(xs))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("reduction_index", [0, -1])
+def test_meta_tensors_give_shapes_and_dtypes_forward_and_backward(loss, reduction_index):
+    """Meta tensors hold no values: nothing on the path reads one on the host."""
+    reduction = REDUCTIONS[loss][reduction_index]
+    kind = "teacher" if loss == "kl_distillation" else "index"
+    x, target, options = _inputs(loss, (4, 5, 3), kind, {})
+    x_meta = torch.empty(x.shape, device="meta", requires_grad=True)
+    target_meta = torch.empty_like(target, device="meta")
+    want = REFERENCES[loss](x.float(), target.float() if kind == "teacher" else target,
+                            reduction=reduction)
+    got = getattr(MODULES[loss], loss)(x_meta, target_meta, reduction=reduction)
+    assert got.device.type == "meta" and got.shape == want.shape and got.dtype == torch.float32
+    (g,) = torch.autograd.grad(got, x_meta, torch.ones_like(got), create_graph=True)
+    assert g.device.type == "meta" and g.shape == x.shape and g.dtype == torch.float32
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_autocast_gives_pytorchs_dtypes(loss):
+    """Autocast's policy for cross-entropy: a float32 loss from bfloat16 logits, and a
+    bfloat16 gradient for them."""
+    kind = "teacher" if loss == "kl_distillation" else "index"
+    x, target, options = _inputs(loss, (4, 5), kind, {})
+    x = x.detach().to(torch.bfloat16).requires_grad_()
+    if kind == "teacher":
+        target = target.to(torch.bfloat16)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = getattr(MODULES[loss], loss)(x, target)
+        if loss == "cross_entropy":
+            assert F.cross_entropy(x, target).dtype == torch.float32
+    assert out.dtype == torch.float32
+    out.backward()
+    assert x.grad.dtype == torch.bfloat16
+    want = REFERENCES[loss](x.detach().double(), target.double() if kind == "teacher" else target)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_class_index_out_of_range_still_raises_index_error():
+    with pytest.raises(IndexError, match="out of bounds"):
+        MODULES["cross_entropy"].cross_entropy(torch.randn(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(IndexError, match="out of bounds"):
+        MODULES["cross_entropy"].cross_entropy(torch.randn(2, 3), torch.tensor([-1, -100]))
+
+
+def _ulps(got, want, dtype):
+    """``|got − want|`` in units of the last place of ``dtype`` at ``want``."""
+    r = want.to(dtype).abs()
+    ulp = (torch.nextafter(r, torch.tensor(float("inf"), dtype=dtype)) - r).double()
+    return ((got.double() - want).abs() / ulp).max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_half_precision_gradients_within_one_ulp_of_float64(dtype, loss):
+    """Every reduction, a per-row (or scalar) upstream gradient that is not 1: the gradient
+    is scaled in float32 and rounded once (PyTorch's CPU kernels are many ulps off)."""
+    gen = _gen(11)
+    function = getattr(MODULES[loss], loss)
+    for reduction in REDUCTIONS[loss]:
+        x = (3 * torch.randn(16, 33, generator=gen)).to(dtype).requires_grad_()
+        if loss == "kl_distillation":
+            target = (3 * torch.randn(16, 33, generator=gen)).to(dtype)
+            options = {"temperature": 2.0}
+        else:
+            target, options = torch.randint(0, 33, (16,), generator=gen), {"label_smoothing": 0.1}
+        out = function(x, target, reduction=reduction, **options)
+        upstream = (torch.rand(out.shape, generator=gen) + 0.5).to(dtype)
+        (got,) = torch.autograd.grad(out, x, upstream)
+        x64 = x.detach().double().requires_grad_()
+        t64 = target.double() if loss == "kl_distillation" else target
+        (want,) = torch.autograd.grad(REFERENCES[loss](x64, t64, reduction=reduction, **options),
+                                      x64, upstream.double())
+        assert got.dtype == dtype
+        assert _ulps(got, want, dtype) <= 1.0, reduction

@@ -157,12 +157,29 @@ def test_default_leaves_the_logits_alone(loss):
     torch.testing.assert_close(x.detach(), before, rtol=0, atol=0)
 
 
-def test_one_backward_per_forward():
+def test_a_retained_graph_backpropagates_twice():
     x = torch.randn(3, 5, requires_grad=True)
     loss, _ = _call("cross_entropy", x)
     loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+
+
+def test_a_second_backward_after_an_inplace_forward_is_refused():
+    x = torch.randn(3, 5, requires_grad=True)
+    loss = MODULES["cross_entropy"].cross_entropy(x.clone(), torch.tensor([0, 1, 2]),
+                                                  inplace=True)
+    loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward per forward"):
         loss.backward()
+
+
+def test_a_differentiable_gradient_is_refused_not_silent():
+    x = torch.randn(3, 5, requires_grad=True)
+    loss, _ = _call("cross_entropy", x)
+    with pytest.raises(NotImplementedError, match="create_graph=True"):
+        torch.autograd.grad(loss, x, create_graph=True)
 
 
 def test_teacher_gradient_only_where_asked():
