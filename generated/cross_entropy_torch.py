@@ -55,6 +55,7 @@ import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+import uuid
 
 import torch
 
@@ -9460,6 +9461,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean
     torch.Size([2, 4])
     """
     values = (weight, ignore_index, reduction, label_smoothing, z_loss, softcap, return_z_loss,)
+    if torch.compiler.is_compiling():
+        return _compiled_call(input, target, values)
     if isinstance(input, torch.Tensor) and _autocast(input.device.type):
         # autocast's policy for cross-entropy (and the losses like it): float32,
         # half-precision arguments cast, the rest of the call outside autocast
@@ -9477,6 +9480,89 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean
               and target.requires_grad)
     *result, _, _ = CrossEntropyFunction.apply(input, target, wanted, *values)
     return result[0] if len(result) == 1 else tuple(result)
+
+
+# -- torch.compile ---------------------------------------------------------------
+# dynamo cannot trace the kernels (ctypes, Python loops over blocks), so under
+# torch.compile the call is one custom operator: its shapes from a fake
+# implementation, its backward registered with it.  The namespace is new at each
+# import: two copies of this file, or several generated modules, coexist.
+_OP_NAMESPACE = "symce_" + uuid.uuid4().hex
+_OP_LIBRARY = torch.library.Library(_OP_NAMESPACE, "DEF")
+_OP_LIBRARY.define("cross_entropy(Tensor input, Tensor target, bool need_grad, bool need_teacher, "
+                   "Tensor? weight, int ignore_index, str reduction, float label_smoothing, float z_loss, float? softcap, bool return_z_loss) -> Tensor[]")
+_OP_QUALNAME = f"{_OP_NAMESPACE}::cross_entropy"
+# the float arguments of the schema (a Python int is passed as a float)
+_OP_FLOATS = ('label_smoothing', 'z_loss', 'softcap')
+
+
+def _op_impl(input, target, need_grad, need_teacher, *values):
+    options = dict(zip(_OPTIONS, values, strict=True))
+    losses, denominators, grads = _run(input, target, options, need_grad, need_teacher)
+    result = _result(_reduce(losses, denominators, options["reduction"], input), options)
+    result = result if isinstance(result, tuple) else (result,)
+    # no output may alias another (or an input): a fresh empty tensor for each one missing
+    return [*(r.clone() for r in result), *(input.new_empty(0) if g is None else g for g in grads)]
+
+
+def _op_fake(input, target, need_grad, need_teacher, *values):
+    options = dict(zip(_OPTIONS, values, strict=True))
+    shape = () if options["reduction"] not in _PER_ROW or input.dim() == 1 else (
+        (input.shape[0], *input.shape[2:]))
+    count = 1 + sum(bool(options[flag]) for flag, _ in _RETURNED)
+    grad = torch.empty_like(input, memory_format=torch.contiguous_format) if need_grad else (
+        input.new_empty(0))
+    tgrad = torch.empty_like(target, memory_format=torch.contiguous_format) if need_teacher else (
+        input.new_empty(0))
+    return [*(input.new_empty(shape) for _ in range(count)), grad, tgrad]
+
+
+def _op_setup_context(ctx, inputs, output):
+    input, target, need_grad, need_teacher, *values = inputs
+    options = dict(zip(_OPTIONS, values, strict=True))
+    ctx.per_row = options["reduction"] in _PER_ROW
+    ctx.flags = (need_grad, need_teacher)
+    ctx.save_for_backward(output[-2], output[-1])
+
+
+def _op_backward(ctx, grads):
+    saved = ctx.saved_tensors
+    grad_output = grads[0]
+
+    def scaled(g):
+        if ctx.per_row and g.dim() > 1:
+            return g * grad_output.unsqueeze(1).to(g.dtype)
+        return g * grad_output.to(g.dtype)
+
+    out = [scaled(g) if flag else None for g, flag in zip(saved, ctx.flags, strict=True)]
+    return (*out, None, None, *(None,) * len(_OPTIONS))
+
+
+_OP_LIBRARY.impl("cross_entropy", _op_impl, "CompositeExplicitAutograd")
+torch.library.register_fake(_OP_QUALNAME, _op_fake, lib=_OP_LIBRARY)
+torch.library.register_autograd(_OP_QUALNAME, _op_backward, setup_context=_op_setup_context,
+                                lib=_OP_LIBRARY)
+_OP = getattr(getattr(torch.ops, _OP_NAMESPACE), "cross_entropy")
+
+
+def _compiled_call(input, target, values):
+    """The call under torch.compile: the custom operator (first derivatives)."""
+    options = dict(zip(_OPTIONS, values, strict=True))
+    if any(options[flag] for flag, _ in _RETURNED):
+        raise NotImplementedError("cross_entropy: under torch.compile a term returned on its own "
+                                  "is not implemented")
+    _refuse_gradients(target, options)
+    grad_on = torch.is_grad_enabled()
+    if grad_on and not _TARGET_GRADIENT and (target.requires_grad or any(
+            isinstance(v, torch.Tensor) and v.requires_grad for v in values)):
+        raise NotImplementedError("cross_entropy: under torch.compile the gradients with respect "
+                                  "to the target and the weights are not implemented")
+    need_grad = grad_on and input.requires_grad
+    need_teacher = grad_on and _TARGET_GRADIENT and target.requires_grad
+    values = tuple(float(v) if name in _OP_FLOATS and _is_number(v) else v
+                   for name, v in zip(_OPTIONS, values, strict=True))
+    out = _OP(input, target, need_grad, need_teacher, *values)
+    return out[0] if len(out) == 3 else tuple(out[:-2])
 
 
 def _autocast(device_type):

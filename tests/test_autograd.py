@@ -362,3 +362,57 @@ def test_half_precision_gradients_within_one_ulp_of_float64(dtype, loss):
                                       x64, upstream.double())
         assert got.dtype == dtype
         assert _ulps(got, want, dtype) <= 1.0, reduction
+
+
+def _import_as(name, loss):
+    """The generated module loaded from its file under ``name``, as Python's recipe for
+    importing a source file does (``sys.modules`` first: torch.compile imports a
+    function's module by name for its guards)."""
+    import importlib.util
+    import sys
+
+    from tests.parity import GENERATED
+    spec = importlib.util.spec_from_file_location(name, GENERATED / f"{loss}_torch.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+COMPILED = {loss: _import_as(f"compiled_{loss}_torch", loss) for loss in LOSSES}
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_torch_compile_fullgraph_without_graph_breaks(loss):
+    """Under torch.compile the call is one custom operator (named per import): zero graph
+    breaks by ``torch._dynamo.explain``, and the compiled loss and gradient as eager."""
+    kind = "teacher" if loss == "kl_distillation" else "index"
+    x, target, options = _inputs(loss, (4, 5), kind, {})
+    x = x.detach().float().requires_grad_()
+    target = target.float() if kind == "teacher" else target
+    function = getattr(COMPILED[loss], loss)
+    for reduction in (REDUCTIONS[loss][0], "none"):
+        def f(x, t, reduction=reduction):
+            return function(x, t, reduction=reduction)
+
+        explained = torch._dynamo.explain(f)(x, target)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        compiled = torch.compile(f, fullgraph=True)
+        out = compiled(x, target)
+        upstream = torch.rand(out.shape, generator=_gen(3))
+        (got,) = torch.autograd.grad(out, x, upstream)
+        eager = f(x, target)
+        (want,) = torch.autograd.grad(eager, x, upstream)
+        torch.testing.assert_close(out, eager)
+        torch.testing.assert_close(got, want)
+
+
+def test_the_same_file_imported_twice_registers_two_operators():
+    again = _import_as("another_name_for_it", "cross_entropy")
+    assert again._OP_NAMESPACE != COMPILED["cross_entropy"]._OP_NAMESPACE
+    namespaces = {m._OP_NAMESPACE for m in (*COMPILED.values(), *MODULES.values(), again)}
+    assert len(namespaces) == 2 * len(LOSSES) + 1
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 3])
+    for module in (again, COMPILED["cross_entropy"]):
+        torch.testing.assert_close(torch.compile(module.cross_entropy, fullgraph=True)(x, y),
+                                   F.cross_entropy(x, y))

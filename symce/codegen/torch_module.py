@@ -31,6 +31,25 @@ def _kernel(kernel: Kernel) -> dict[str, object]:
             "plan": schedule(kernel, lambda e: array_code(e, "torch", names))}
 
 
+def op_schema(loss_name: str) -> list[str]:
+    """``type name`` of each argument after ``input`` and the target, for the custom
+    operator torch.compile sees (a schema of ``torch.library``)."""
+    loss = get_loss(loss_name)
+    params = {p.name: p for p in loss.params}
+    found = []
+    for a in arguments(loss)[2:]:
+        if a.name in params:
+            kind = "float?" if params[a.name].optional else "float"
+        elif a.role == "flag":
+            kind = "bool"
+        else:
+            default = loss.targets.option(a.name).default if a.role == "option" else ""
+            kind = {type(None): "Tensor?", bool: "bool", int: "int", float: "float",
+                    str: "str"}[type(default)]
+        found.append(f"{kind} {a.name}")
+    return found
+
+
 def torch_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
     loss = get_loss(loss_name)
     scalars = sorted({s for k in ks for s in k.scalars})
@@ -45,6 +64,8 @@ def torch_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
         "module_arguments": [a for a in rest if a.name not in per_call],
         "forward_arguments": [a for a in rest if a.name in per_call],
         "teacher_gradient": any(k.grad_teacher is not None for k in ks),
+        "op_schema": op_schema(loss_name),
+        "op_floats": [a.split()[1] for a in op_schema(loss_name) if a.startswith("float")],
         # the compiled kernels, on torch's own OpenMP team (see templates/shared/compiled.py.j2)
         **c_context(ks, c_header(loss_name), openmp=True),
         # the dense path: double backward and target gradients (symce/codegen/second_order.py)
@@ -52,4 +73,4 @@ def torch_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
     }
 
 
-__all__ = ["BLOCK_ARRAYS", "torch_context"]
+__all__ = ["BLOCK_ARRAYS", "op_schema", "torch_context"]
