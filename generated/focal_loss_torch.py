@@ -50,6 +50,7 @@ import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+import inspect
 import uuid
 
 import torch
@@ -8828,7 +8829,19 @@ def _targets(input, target, options, n_classes):
     target = target.to(torch.int64)
     rows = _row_shape(input)
     found["kind"] = "index"
-    # checked on the device, without a host sync (see _check_classes)
+    if target.device.type == "cpu" and not torch.compiler.is_compiling():
+        # on the CPU a value is read without a device sync: the common case in one
+        # reduction, every target a class.  Then no entry needs replacing, and if
+        # ignore_index lies outside the targets' range, none is ignored (valid None:
+        # every row counts)
+        low, high = (0, -1) if target.numel() == 0 else torch.stack(
+            torch.aminmax(target)).tolist()
+        if 0 <= low and high < n_classes:
+            found["y"] = target.reshape(rows)
+            if low <= ignore_index <= high:  # an ignored target is a class: gathered, masked
+                found["valid"] = (target != ignore_index).reshape(rows).to(dtype)
+            return found
+    # elsewhere checked on the device, without a host sync (see _check_classes)
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= n_classes))
     _check_classes(bad, target, n_classes, ignore_index)
@@ -9372,8 +9385,7 @@ def _dense_second_order(input, target, options, grad_output, v_input, v_target):
 def _functorch_active():
     """torch.func's transforms (grad, vmap, jacrev) see the backward's tensors wrapped:
     the saved gradient is then not scaled in place."""
-    check = getattr(torch._C._functorch, "_are_functorch_transforms_active", None) if hasattr(
-        torch._C, "_functorch") else None
+    check = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(check()) if check is not None else False
 
 
@@ -9581,6 +9593,12 @@ class _FocalFunctionGradient(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, *args):
         return _vmap_by_rows(_FocalFunctionGradient, info, in_dims, *args)
+
+
+# Function.apply binds the forward's signature on every call when setup_context is
+# defined: computed once here (inspect.signature reads it) instead of at each call
+for _function in (FocalFunction, _FocalFunctionGradient):
+    _function.forward.__signature__ = inspect.signature(_function.forward)
 
 
 def focal_loss(input, target, gamma=2.0, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0):

@@ -51,6 +51,7 @@ import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+import inspect
 import uuid
 
 import torch
@@ -2000,8 +2001,7 @@ def _dense_second_order(input, target, options, grad_output, v_input, v_target):
 def _functorch_active():
     """torch.func's transforms (grad, vmap, jacrev) see the backward's tensors wrapped:
     the saved gradient is then not scaled in place."""
-    check = getattr(torch._C._functorch, "_are_functorch_transforms_active", None) if hasattr(
-        torch._C, "_functorch") else None
+    check = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(check()) if check is not None else False
 
 
@@ -2209,6 +2209,12 @@ class _KLDistillationFunctionGradient(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, *args):
         return _vmap_by_rows(_KLDistillationFunctionGradient, info, in_dims, *args)
+
+
+# Function.apply binds the forward's signature on every call when setup_context is
+# defined: computed once here (inspect.signature reads it) instead of at each call
+for _function in (KLDistillationFunction, _KLDistillationFunctionGradient):
+    _function.forward.__signature__ = inspect.signature(_function.forward)
 
 
 def kl_distillation(input, teacher, temperature=1.0, reduction='batchmean', mask=None):
