@@ -9056,6 +9056,12 @@ def _dense_x(wanted, u, tu, c, v, n_classes, label_smoothing, softcap, z_loss):
         out["dl_dc_c"] = (0, None, )
     if "teacher_gradient" in wanted:
         out["teacher_gradient"] = (None, None, )
+    if "teacher_cross" in wanted:
+        out["teacher_cross"] = (None, None, )
+    if "teacher_dl_r" in wanted:
+        out["teacher_dl_r"] = (None, None, )
+    if "teacher_hvp" in wanted:
+        out["teacher_hvp"] = (None, None, )
     return out
 
 
@@ -9080,6 +9086,12 @@ def _dense_u(wanted, u, tu, c, v, n_classes, label_smoothing, softcap, z_loss):
         out["dl_dc_c"] = (0, None, )
     if "teacher_gradient" in wanted:
         out["teacher_gradient"] = (None, None, )
+    if "teacher_cross" in wanted:
+        out["teacher_cross"] = (None, None, )
+    if "teacher_dl_r" in wanted:
+        out["teacher_dl_r"] = (None, None, )
+    if "teacher_hvp" in wanted:
+        out["teacher_hvp"] = (None, None, )
     return out
 
 
@@ -9204,39 +9216,48 @@ def _dense_target_gradients(input, target, options, grad_output, want_target, wa
 
 def _dense_second_order(input, target, options, grad_output, v_input, v_target):
     """The backward of the gradient: for cotangents ``v_input`` (on ∂L/∂input) and
-    ``v_target`` (on ∂L/∂p), the products with the derived second derivatives:
-    ``(∂/∂input, ∂/∂p, ∂/∂grad_output)`` of ``⟨v_input, ∂L/∂input⟩ + ⟨v_target, ∂L/∂p⟩``."""
+    ``v_target`` (on the target's gradient: ∂L/∂p, or a teacher's ∂L/∂t), the
+    products with the derived second derivatives — ``(∂/∂input, ∂/∂target,
+    ∂/∂grad_output)`` of ``⟨v_input, ∂L/∂input⟩ + ⟨v_target, ∂L/∂target⟩``."""
     setup = _dense_setup(input, target, options)
     scales = _dense_scales(setup, grad_output)
     units = _dense_scales(setup, None)
     dtype = setup["dtype"]
     shape = setup["u"].shape
+    # per cotangent: the quantities giving ∂/∂input, ∂/∂(coefficients or teacher), and
+    # the gradient it contracts (for ∂/∂grad_output)
+    if _TARGET_GRADIENT:
+        through = {"input": ("hvp", "teacher_cross", "gradient"),
+                   "target": ("teacher_dl_r", "teacher_hvp", "teacher_gradient")}
+        chain = None  # the teacher's logits are the target itself
+    else:
+        through = {"input": ("hvp", "grad_c", "gradient"),
+                   "target": ("dl_dc_r", "dl_dc_c", "dl_dc")}
+        chain = setup["dc_dp"]  # ∂c/∂p: probabilities to coefficients
     d_input = d_c = d_go = None
 
     def add(total, value):
         return value if total is None else (total if value is None else total + value)
 
-    if v_input is not None:
-        v = _layout(v_input, input.dim()).to(dtype)
-        found = _dense_evaluate(setup, ("hvp", "grad_c", "gradient"), v)
-        d_input = _combine(scales, found["hvp"])
-        d_c = _combine(scales, found["grad_c"])
-        d_go = _combine(units, [None if g is None else torch.sum(v * g, dim=1, keepdim=True)
-                                for g in found["gradient"]])
-    if v_target is not None:
-        vc = setup["dc_dp"] * _layout(v_target, input.dim()).to(dtype)
-        found = _dense_evaluate(setup, ("dl_dc_r", "dl_dc_c", "dl_dc"), vc)
-        d_input = add(d_input, _combine(scales, found["dl_dc_r"]))
-        d_c = add(d_c, _combine(scales, found["dl_dc_c"]))
+    for which, cotangent in (("input", v_input), ("target", v_target)):
+        if cotangent is None:
+            continue
+        v = _layout(cotangent, input.dim()).to(dtype)
+        if which == "target" and chain is not None:
+            v = chain * v
+        to_input, to_c, contracted = through[which]
+        found = _dense_evaluate(setup, through[which], v)
+        d_input = add(d_input, _combine(scales, found[to_input]))
+        d_c = add(d_c, _combine(scales, found[to_c]))
         d_go = add(d_go, _combine(units, [None if g is None else
-                                          torch.sum(vc * g, dim=1, keepdim=True)
-                                          for g in found["dl_dc"]]))
+                                          torch.sum(v * g, dim=1, keepdim=True)
+                                          for g in found[contracted]]))
     grad_input = grad_target = grad_go = None
     if d_input is not None:
         grad_input = torch.broadcast_to(d_input, shape).reshape(input.shape).to(input.dtype)
-    if d_c is not None and target.is_floating_point() and setup["dc_dp"] is not None:
-        grad_target = torch.broadcast_to(setup["dc_dp"] * d_c, shape).reshape(
-            target.shape).to(target.dtype)
+    if d_c is not None and target.is_floating_point():
+        d_target = d_c if chain is None else chain * d_c
+        grad_target = torch.broadcast_to(d_target, shape).reshape(target.shape).to(target.dtype)
     if d_go is not None:
         d_go = torch.broadcast_to(d_go, setup["rows"])
         if grad_output.dim() == 0:
@@ -9399,10 +9420,6 @@ def _refuse_second_order(need_weight, need_target, grad_returned):
     if need_weight:
         raise NotImplementedError("cross_entropy: a differentiable gradient (create_graph=True) with "
                                   "a weight that requires grad is not implemented")
-    if need_target and _TARGET_GRADIENT:
-        raise NotImplementedError("cross_entropy: a differentiable gradient (create_graph=True) "
-                                  "with a target that requires grad is not "
-                                  "implemented")
     if any(g is not None for g in grad_returned):
         raise NotImplementedError("cross_entropy: a differentiable gradient (create_graph=True) "
                                   "with a returned term's own upstream gradient is not "
@@ -9446,9 +9463,6 @@ class _CrossEntropyFunctionGradient(torch.autograd.Function):
         # autograd of the printed second-order expressions
         input, target, grad_output, *tensors = ctx.saved_tensors
         options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
-        if v_target is not None and _TARGET_GRADIENT:
-            raise NotImplementedError("cross_entropy: the second derivative through the "
-                                      "target's gradient is not implemented")
         grad_input, grad_target, grad_go = _dense_second_order(input, target, options,
                                                                grad_output, v_input, v_target)
         needs = ctx.needs_input_grad

@@ -29,8 +29,7 @@ graph computes it again.  With ``create_graph=True`` the gradient is
 differentiable: its backward is the Hessian-vector product printed from the
 derivation's checked second-order steps.
 Gradients flow to ``input`` and, when it requires grad, to ``teacher``
-(a differentiable gradient with a ``teacher`` that requires grad raises
-``NotImplementedError``).
+(both differentiable again with ``create_graph=True``).
 
 float32 inputs on the CPU run compiled kernels (C printed from the same
 derivation, built on first use with a C compiler and cached; see
@@ -1862,6 +1861,12 @@ def _dense_u(wanted, u, tu, c, v, n_classes, label_smoothing, temperature):
         out["dl_dc_c"] = (None, )
     if "teacher_gradient" in wanted:
         out["teacher_gradient"] = (temperature*(torch.log(torch.sum(e, dim=1, keepdim=True)) - torch.log(torch.sum(te, dim=1, keepdim=True)) + tz - z - torch.sum(te/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True) + torch.sum((-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*te/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True) - torch.sum((-torch.log(torch.sum(te, dim=1, keepdim=True)) + tz)*te/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True) + 1)*te/torch.sum(te, dim=1, keepdim=True), )
+    if "teacher_cross" in wanted:
+        out["teacher_cross"] = ((-v + torch.sum(te*v/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True))*te/torch.sum(te, dim=1, keepdim=True), )
+    if "teacher_dl_r" in wanted:
+        out["teacher_dl_r"] = (-e*torch.sum(te/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum(te*v/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) + e*torch.sum(te*v/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) - te*v/torch.sum(te, dim=1, keepdim=True) + te*torch.sum(te*v/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True)/torch.sum(te, dim=1, keepdim=True), )
+    if "teacher_hvp" in wanted:
+        out["teacher_hvp"] = ((-(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*v + (-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*torch.sum(te*v/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True) + v*torch.sum((-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*te/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True) + v - 2*torch.sum((-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*te/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum(te*v/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True) - torch.sum(te*v/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True) + torch.sum((-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*te*v/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True) + tu*v/temperature - tu*torch.sum(te*v/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True)/temperature - v*torch.sum(tu*te/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True)/temperature + 2*torch.sum(tu*te/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum(te*v/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True)/temperature - torch.sum(tu*te*v/torch.sum(te, dim=1, keepdim=True), dim=1, keepdim=True)/temperature)*te/torch.sum(te, dim=1, keepdim=True), )
     return out
 
 
@@ -1955,39 +1960,48 @@ def _dense_target_gradients(input, target, options, grad_output, want_target, wa
 
 def _dense_second_order(input, target, options, grad_output, v_input, v_target):
     """The backward of the gradient: for cotangents ``v_input`` (on ∂L/∂input) and
-    ``v_target`` (on ∂L/∂p), the products with the derived second derivatives:
-    ``(∂/∂input, ∂/∂p, ∂/∂grad_output)`` of ``⟨v_input, ∂L/∂input⟩ + ⟨v_target, ∂L/∂p⟩``."""
+    ``v_target`` (on the target's gradient: ∂L/∂p, or a teacher's ∂L/∂t), the
+    products with the derived second derivatives — ``(∂/∂input, ∂/∂target,
+    ∂/∂grad_output)`` of ``⟨v_input, ∂L/∂input⟩ + ⟨v_target, ∂L/∂target⟩``."""
     setup = _dense_setup(input, target, options)
     scales = _dense_scales(setup, grad_output)
     units = _dense_scales(setup, None)
     dtype = setup["dtype"]
     shape = setup["u"].shape
+    # per cotangent: the quantities giving ∂/∂input, ∂/∂(coefficients or teacher), and
+    # the gradient it contracts (for ∂/∂grad_output)
+    if _TARGET_GRADIENT:
+        through = {"input": ("hvp", "teacher_cross", "gradient"),
+                   "target": ("teacher_dl_r", "teacher_hvp", "teacher_gradient")}
+        chain = None  # the teacher's logits are the target itself
+    else:
+        through = {"input": ("hvp", "grad_c", "gradient"),
+                   "target": ("dl_dc_r", "dl_dc_c", "dl_dc")}
+        chain = setup["dc_dp"]  # ∂c/∂p: probabilities to coefficients
     d_input = d_c = d_go = None
 
     def add(total, value):
         return value if total is None else (total if value is None else total + value)
 
-    if v_input is not None:
-        v = _layout(v_input, input.dim()).to(dtype)
-        found = _dense_evaluate(setup, ("hvp", "grad_c", "gradient"), v)
-        d_input = _combine(scales, found["hvp"])
-        d_c = _combine(scales, found["grad_c"])
-        d_go = _combine(units, [None if g is None else torch.sum(v * g, dim=1, keepdim=True)
-                                for g in found["gradient"]])
-    if v_target is not None:
-        vc = setup["dc_dp"] * _layout(v_target, input.dim()).to(dtype)
-        found = _dense_evaluate(setup, ("dl_dc_r", "dl_dc_c", "dl_dc"), vc)
-        d_input = add(d_input, _combine(scales, found["dl_dc_r"]))
-        d_c = add(d_c, _combine(scales, found["dl_dc_c"]))
+    for which, cotangent in (("input", v_input), ("target", v_target)):
+        if cotangent is None:
+            continue
+        v = _layout(cotangent, input.dim()).to(dtype)
+        if which == "target" and chain is not None:
+            v = chain * v
+        to_input, to_c, contracted = through[which]
+        found = _dense_evaluate(setup, through[which], v)
+        d_input = add(d_input, _combine(scales, found[to_input]))
+        d_c = add(d_c, _combine(scales, found[to_c]))
         d_go = add(d_go, _combine(units, [None if g is None else
-                                          torch.sum(vc * g, dim=1, keepdim=True)
-                                          for g in found["dl_dc"]]))
+                                          torch.sum(v * g, dim=1, keepdim=True)
+                                          for g in found[contracted]]))
     grad_input = grad_target = grad_go = None
     if d_input is not None:
         grad_input = torch.broadcast_to(d_input, shape).reshape(input.shape).to(input.dtype)
-    if d_c is not None and target.is_floating_point() and setup["dc_dp"] is not None:
-        grad_target = torch.broadcast_to(setup["dc_dp"] * d_c, shape).reshape(
-            target.shape).to(target.dtype)
+    if d_c is not None and target.is_floating_point():
+        d_target = d_c if chain is None else chain * d_c
+        grad_target = torch.broadcast_to(d_target, shape).reshape(target.shape).to(target.dtype)
     if d_go is not None:
         d_go = torch.broadcast_to(d_go, setup["rows"])
         if grad_output.dim() == 0:
@@ -2150,10 +2164,6 @@ def _refuse_second_order(need_weight, need_target, grad_returned):
     if need_weight:
         raise NotImplementedError("kl_distillation: a differentiable gradient (create_graph=True) with "
                                   "a weight that requires grad is not implemented")
-    if need_target and _TARGET_GRADIENT:
-        raise NotImplementedError("kl_distillation: a differentiable gradient (create_graph=True) "
-                                  "with a teacher that requires grad is not "
-                                  "implemented")
     if any(g is not None for g in grad_returned):
         raise NotImplementedError("kl_distillation: a differentiable gradient (create_graph=True) "
                                   "with a returned term's own upstream gradient is not "
@@ -2197,9 +2207,6 @@ class _KLDistillationFunctionGradient(torch.autograd.Function):
         # autograd of the printed second-order expressions
         input, target, grad_output, *tensors = ctx.saved_tensors
         options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
-        if v_target is not None and _TARGET_GRADIENT:
-            raise NotImplementedError("kl_distillation: the second derivative through the "
-                                      "teacher's gradient is not implemented")
         grad_input, grad_target, grad_go = _dense_second_order(input, target, options,
                                                                grad_output, v_input, v_target)
         needs = ctx.needs_input_grad

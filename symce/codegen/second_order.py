@@ -36,7 +36,8 @@ from symce.losses.targets import P, W, Y
 from symce.proof import Derivation
 
 #: the quantities printed for each term (None where a term has none)
-QUANTITIES = ("gradient", "hvp", "grad_c", "dl_dc", "dl_dc_r", "dl_dc_c", "teacher_gradient")
+QUANTITIES = ("gradient", "hvp", "grad_c", "dl_dc", "dl_dc_r", "dl_dc_c", "teacher_gradient",
+              "teacher_cross", "teacher_dl_r", "teacher_hvp")
 
 
 @functools.cache
@@ -57,9 +58,9 @@ class DensePrinter(TorchArrayPrinter):
     direction ``v``, the coefficients ``c``, the one-hot target ``onehot`` and
     the gathered weight ``w_y``."""
 
-    def __init__(self, names, coefficients: sp.IndexedBase):
+    def __init__(self, names, coefficients: sp.IndexedBase, teacher: sp.IndexedBase):
         super().__init__(names)
-        self._arrays = {V: "v", coefficients: "c"}
+        self._arrays = {V: "v", coefficients: "c", teacher: ELEMENT_NAMES[TEACHER.raw]}
 
     def _print_Indexed(self, expr: sp.Indexed) -> str:
         (index,) = expr.indices
@@ -104,7 +105,7 @@ def second_order_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, ob
     ctx = base.context
     by_name = {s.name: s for s in (*base.steps, *second.steps)}
     names = {**ks[0].names}
-    printer = DensePrinter(names, ctx._c)
+    printer = DensePrinter(names, ctx._c, ctx._t)
 
     def code(expr, fixed):
         if expr is None:
@@ -139,6 +140,9 @@ def second_order_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, ob
                 "dl_dc_r": step(so.dl_dc_r),
                 "dl_dc_c": step(so.dl_dc_c),
                 "teacher_gradient": step(info.teacher_gradient),
+                "teacher_cross": step(so.teacher_cross),
+                "teacher_dl_r": step(so.teacher_dl_r),
+                "teacher_hvp": step(so.teacher_hvp),
             }
             terms.append({q: code(e, fixed) for q, e in quantities.items()})
         variants[name] = {

@@ -317,6 +317,11 @@ class SecondOrderSteps:
     grad_c: str | None
     dl_dc_r: str | None
     dl_dc_c: str | None
+    #: with a teacher: ``∂(Σ_l v_l ∂L/∂r_l)/∂t_k``, ``∂(Σ_l v_l ∂L/∂t_l)/∂r_k`` and
+    #: ``∂(Σ_l v_l ∂L/∂t_l)/∂t_k`` (the teacher's Hessian-vector product)
+    teacher_cross: str | None = None
+    teacher_dl_r: str | None = None
+    teacher_hvp: str | None = None
 
 
 def second_order_steps(ctx: Context, loss: Loss, by_name: dict[str, Step],
@@ -373,6 +378,19 @@ def second_order_steps(ctx: Context, loss: Loss, by_name: dict[str, Step],
                     report(f"deriving {name}{key}")
                     lhs = ctx.D(contracted, wrt)
                     steps.append(Step(f"{name}{key}", "Target gradient, differentiated", lhs,
+                                      ctx.evaluate(lhs), "differentiate; contract with $v$"))
+                    names[key] = f"{name}{key}"
+            if ctx.teacher and info.teacher_gradient is not None:
+                Gt = by_name[info.teacher_gradient].rhs
+                for key, f, wrt in (("teacher_cross", G, ctx.t(ctx.k)),
+                                    ("teacher_dl_r", Gt, r(ctx.k)),
+                                    ("teacher_hvp", Gt, ctx.t(ctx.k))):
+                    if key == "teacher_hvp" and var == "u":
+                        names[key] = f"{pre}x_teacher_hvp"  # the same: nothing of u in it
+                        continue
+                    report(f"deriving {name}{key}")
+                    lhs = ctx.D(contract(f.xreplace({ctx.k: ell}), ell), wrt)
+                    steps.append(Step(f"{name}{key}", "Teacher gradient, differentiated", lhs,
                                       ctx.evaluate(lhs), "differentiate; contract with $v$"))
                     names[key] = f"{name}{key}"
             found.append(SecondOrderSteps(term=info.term, var=var, gradient=grad_step, **names))
