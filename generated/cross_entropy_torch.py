@@ -32,9 +32,9 @@ graph computes it again.  With ``create_graph=True`` the gradient is
 differentiable: its backward is the Hessian-vector product printed from the
 derivation's checked second-order steps.
 Gradients flow to ``input``, to probability targets and to the class weights
-of probability targets (a weight that requires grad with class indices raises
-``RuntimeError``, as PyTorch; a differentiable gradient with a weight that
-requires grad raises ``NotImplementedError``).
+of probability targets, differentiable again with ``create_graph=True`` (a
+weight that requires grad with class indices raises ``RuntimeError``, as
+PyTorch).
 
 float32 inputs on the CPU run compiled kernels (C printed from the same
 derivation, built on first use with a C compiler and cached; see
@@ -8660,7 +8660,8 @@ def _targets(input, target, options, n_classes):
                 f"weight must have shape ({n_classes},) (one entry per class), "
                 f"got {tuple(weight.shape)}"
             )
-        weight = weight.detach().to(device=input.device, dtype=dtype)
+        # not detached: the dense path differentiates through it (the kernels run under no_grad)
+        weight = weight.to(device=input.device, dtype=dtype)
     found = {"w": None if weight is None else weight.reshape(1, -1, 1), "weight": weight,
              "y": None, "valid": None, "p": None, "tu": None, "teacher": None}
     _check_data("target", target, input)
@@ -9118,25 +9119,25 @@ _DENSE = {
 
 def _dense_coefficients(kind, weighted, smoothed, onehot, w_y, w, p, label_smoothing,
                         n_classes):
-    """The target model's ``c`` and its derivatives ``∂c/∂p``, ``∂c/∂w`` (dense; None
-    where there are none)."""
+    """The target model's ``c`` and its derivatives ``∂c/∂p``, ``∂c/∂w``, ``∂²c/∂p∂w``
+    (dense; None where there are none)."""
     if (kind, weighted, smoothed) == ('index', False, False):
-        return (onehot, None, None)
+        return (onehot, None, None, None)
     if (kind, weighted, smoothed) == ('index', False, True):
-        return (label_smoothing/n_classes + (1 - label_smoothing)*onehot, None, None)
+        return (label_smoothing/n_classes + (1 - label_smoothing)*onehot, None, None, None)
     if (kind, weighted, smoothed) == ('index', True, False):
-        return (onehot*w_y, None, None)
+        return (onehot*w_y, None, None, None)
     if (kind, weighted, smoothed) == ('index', True, True):
-        return (label_smoothing*w/n_classes + (1 - label_smoothing)*onehot*w_y, None, label_smoothing/n_classes + (1 - label_smoothing)*onehot)
+        return (label_smoothing*w/n_classes + (1 - label_smoothing)*onehot*w_y, None, label_smoothing/n_classes + (1 - label_smoothing)*onehot, None)
     if (kind, weighted, smoothed) == ('probability', False, False):
-        return (p, 1, None)
+        return (p, 1, None, None)
     if (kind, weighted, smoothed) == ('probability', False, True):
-        return (label_smoothing/n_classes + (1 - label_smoothing)*p, 1 - label_smoothing, None)
+        return (label_smoothing/n_classes + (1 - label_smoothing)*p, 1 - label_smoothing, None, None)
     if (kind, weighted, smoothed) == ('probability', True, False):
-        return (p*w, w, p)
+        return (p*w, w, p, 1)
     if (kind, weighted, smoothed) == ('probability', True, True):
-        return ((label_smoothing/n_classes + (1 - label_smoothing)*p)*w, (1 - label_smoothing)*w, label_smoothing/n_classes + (1 - label_smoothing)*p)
-    return (None, None, None)
+        return ((label_smoothing/n_classes + (1 - label_smoothing)*p)*w, (1 - label_smoothing)*w, label_smoothing/n_classes + (1 - label_smoothing)*p, 1 - label_smoothing)
+    return (None, None, None, None)
 
 
 def _dense_setup(input, target, options):
@@ -9159,14 +9160,14 @@ def _dense_setup(input, target, options):
     p = None if found["p"] is None else found["p"].to(dtype)
     tu = None if found["tu"] is None else found["tu"].to(dtype)
     smoothed = float(options["label_smoothing"]) > 0.0 if "label_smoothing" in options else False
-    c, dc_dp, dc_dw = _dense_coefficients(kind, w is not None, smoothed, onehot, w_y, w, p,
+    c, dc_dp, dc_dw, d2c = _dense_coefficients(kind, w is not None, smoothed, onehot, w_y, w, p,
                                           float(options.get("label_smoothing", 0.0)),
                                           n_classes)
     denominators = _denominators(kind, w is not None, reduction, valid, w_y, rows, n_classes)
     loss_shape = () if input.dim() == 1 else (n,) + tuple(input.shape[2:])
     scalars = {name: (0.0 if options.get(name) is None else float(options[name]))
                for name in ('label_smoothing', 'softcap', 'z_loss')}
-    return {"u": u, "tu": tu, "c": c, "dc_dp": dc_dp, "dc_dw": dc_dw, "kind": kind,
+    return {"u": u, "tu": tu, "c": c, "dc_dp": dc_dp, "dc_dw": dc_dw, "d2c": d2c, "kind": kind,
             "valid": 1.0 if valid is None else valid, "denominators": denominators,
             "rows": rows, "loss_shape": loss_shape, "dtype": dtype, "device": device,
             "n_classes": n_classes, "scalars": scalars, "reduction": reduction,
@@ -9214,11 +9215,12 @@ def _dense_target_gradients(input, target, options, grad_output, want_target, wa
     return grad_target, grad_weight
 
 
-def _dense_second_order(input, target, options, grad_output, v_input, v_target):
+def _dense_second_order(input, target, options, grad_output, v_input, v_target, v_weight=None):
     """The backward of the gradient: for cotangents ``v_input`` (on ∂L/∂input) and
-    ``v_target`` (on the target's gradient: ∂L/∂p, or a teacher's ∂L/∂t), the
-    products with the derived second derivatives — ``(∂/∂input, ∂/∂target,
-    ∂/∂grad_output)`` of ``⟨v_input, ∂L/∂input⟩ + ⟨v_target, ∂L/∂target⟩``."""
+    ``v_target`` (on the target's gradient: ∂L/∂p, or a teacher's ∂L/∂t) and
+    ``v_weight`` (on ∂L/∂w), the products with the derived second derivatives —
+    ``(∂/∂input, ∂/∂target, ∂/∂weight, ∂/∂grad_output)`` of the sum of the
+    cotangents' inner products with those gradients."""
     setup = _dense_setup(input, target, options)
     scales = _dense_scales(setup, grad_output)
     units = _dense_scales(setup, None)
@@ -9239,12 +9241,18 @@ def _dense_second_order(input, target, options, grad_output, v_input, v_target):
     def add(total, value):
         return value if total is None else (total if value is None else total + value)
 
-    for which, cotangent in (("input", v_input), ("target", v_target)):
-        if cotangent is None:
+    # the cotangents on ∂L/∂p and ∂L/∂w meet the coefficients' gradient through ∂c/∂p, ∂c/∂w
+    v_c = None
+    if v_target is not None:
+        v_c = _layout(v_target, input.dim()).to(dtype)
+        v_c = v_c if chain is None else chain * v_c
+    if v_weight is not None:
+        v_c = add(v_c, setup["dc_dw"] * v_weight.to(dtype).reshape(1, -1, 1))
+    for which, v in (("input", v_input), ("target", v_c)):
+        if v is None:
             continue
-        v = _layout(cotangent, input.dim()).to(dtype)
-        if which == "target" and chain is not None:
-            v = chain * v
+        if which == "input":
+            v = _layout(v, input.dim()).to(dtype)
         to_input, to_c, contracted = through[which]
         found = _dense_evaluate(setup, through[which], v)
         d_input = add(d_input, _combine(scales, found[to_input]))
@@ -9252,19 +9260,34 @@ def _dense_second_order(input, target, options, grad_output, v_input, v_target):
         d_go = add(d_go, _combine(units, [None if g is None else
                                           torch.sum(v * g, dim=1, keepdim=True)
                                           for g in found[contracted]]))
-    grad_input = grad_target = grad_go = None
+    grad_input = grad_target = grad_weight = grad_go = None
+    d_target = d_weight = None
+    if d_c is not None:
+        d_target = d_c if chain is None else chain * d_c
+        if setup["dc_dw"] is not None:
+            d_weight = setup["dc_dw"] * d_c
+    if setup["d2c"] is not None and (v_target is not None or v_weight is not None):
+        # ∂c/∂p holds w and ∂c/∂w holds p: the gradients' own mixed terms, ∂²c/∂p∂w
+        grad_c = _combine(scales, _dense_evaluate(setup, ("dl_dc",))["dl_dc"])
+        if grad_c is not None and v_weight is not None:
+            d_target = add(d_target, v_weight.to(dtype).reshape(1, -1, 1) * setup["d2c"] * grad_c)
+        if grad_c is not None and v_target is not None:
+            d_weight = add(d_weight, _layout(v_target, input.dim()).to(dtype) * setup["d2c"]
+                           * grad_c)
     if d_input is not None:
         grad_input = torch.broadcast_to(d_input, shape).reshape(input.shape).to(input.dtype)
-    if d_c is not None and target.is_floating_point():
-        d_target = d_c if chain is None else chain * d_c
+    if d_target is not None and target.is_floating_point():
         grad_target = torch.broadcast_to(d_target, shape).reshape(target.shape).to(target.dtype)
+    if d_weight is not None and isinstance(options.get("weight"), torch.Tensor):
+        grad_weight = torch.broadcast_to(d_weight, shape).sum(dim=(0, 2)).to(
+            options["weight"].dtype)
     if d_go is not None:
         d_go = torch.broadcast_to(d_go, setup["rows"])
         if grad_output.dim() == 0:
             grad_go = d_go.sum().to(grad_output.dtype)
         else:
             grad_go = d_go.reshape(setup["loss_shape"]).to(grad_output.dtype)
-    return grad_input, grad_target, grad_go
+    return grad_input, grad_target, grad_weight, grad_go
 
 
 # -- autograd --------------------------------------------------------------------
@@ -9366,12 +9389,14 @@ class CrossEntropyFunction(torch.autograd.Function):
             return tuple(grads)
         if torch.is_grad_enabled() or _functorch_active():
             # the gradient itself is to be differentiable (create_graph=True, torch.func)
-            _refuse_second_order(need_weight, need_target, grad_returned)
+            _refuse_second_order(grad_returned)
             go = grad_output if grad_output is not None else torch.zeros(
                 (), dtype=input.dtype, device=input.device)
             values = tuple(options[name] for name in _OPTIONS)
-            grads[0], grads[1] = _CrossEntropyFunctionGradient.apply(
-                input, target, go, (need_input, need_target), *values)
+            grads[0], grads[1], gw = _CrossEntropyFunctionGradient.apply(
+                input, target, go, (need_input, need_target, need_weight), *values)
+            if need_weight:
+                grads[_WEIGHT_AT] = gw
             return tuple(grads)
         saved, ctx.grads = ctx.grads, (None, None)
         need_teacher = need_target and _TARGET_GRADIENT
@@ -9415,11 +9440,8 @@ def _upstream(options, grad_output, grad_returned):
     return upstream
 
 
-def _refuse_second_order(need_weight, need_target, grad_returned):
+def _refuse_second_order(grad_returned):
     """What a differentiable gradient does not cover raises, never a silent wrong answer."""
-    if need_weight:
-        raise NotImplementedError("cross_entropy: a differentiable gradient (create_graph=True) with "
-                                  "a weight that requires grad is not implemented")
     if any(g is not None for g in grad_returned):
         raise NotImplementedError("cross_entropy: a differentiable gradient (create_graph=True) "
                                   "with a returned term's own upstream gradient is not "
@@ -9434,17 +9456,18 @@ class _CrossEntropyFunctionGradient(torch.autograd.Function):
     @staticmethod
     def forward(input, target, grad_output, wanted, *values):
         options = dict(zip(_OPTIONS, values, strict=True))
-        need_input, need_target = wanted
-        grad = grad_target = None
+        need_input, need_target, need_weight = wanted
+        grad = grad_target = grad_weight = None
         if need_input or (need_target and _TARGET_GRADIENT):
             upstream = dict.fromkeys(_TERMS, grad_output)
             _, _, (grad, tg) = _run(input, target, options, need_input,
                                     need_target and _TARGET_GRADIENT, upstream)
             grad_target = tg if _TARGET_GRADIENT else None
-        if need_target and not _TARGET_GRADIENT:
-            grad_target, _ = _dense_target_gradients(input, target, options, grad_output,
-                                                     True, False)
-        return grad, grad_target
+        if (need_target and not _TARGET_GRADIENT) or need_weight:
+            gt, grad_weight = _dense_target_gradients(input, target, options, grad_output,
+                                                      need_target, need_weight)
+            grad_target = grad_target if _TARGET_GRADIENT else gt
+        return grad, grad_target, grad_weight
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -9458,16 +9481,19 @@ class _CrossEntropyFunctionGradient(torch.autograd.Function):
         ctx.options = {name: v for name, v in options.items() if name not in tensors}
 
     @staticmethod
-    def backward(ctx, v_input, v_target):
+    def backward(ctx, v_input, v_target, v_weight):
         # torch operations on tensors that keep their graph: a third derivative is
         # autograd of the printed second-order expressions
         input, target, grad_output, *tensors = ctx.saved_tensors
         options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
-        grad_input, grad_target, grad_go = _dense_second_order(input, target, options,
-                                                               grad_output, v_input, v_target)
+        grad_input, grad_target, grad_weight, grad_go = _dense_second_order(
+            input, target, options, grad_output, v_input, v_target, v_weight)
         needs = ctx.needs_input_grad
-        return (grad_input if needs[0] else None, grad_target if needs[1] else None,
-                grad_go if needs[2] else None, None, *(None,) * len(_OPTIONS))
+        grads = [grad_input if needs[0] else None, grad_target if needs[1] else None,
+                 grad_go if needs[2] else None, None, *(None,) * len(_OPTIONS)]
+        if _WEIGHT_AT is not None and needs[_WEIGHT_AT + 1]:  # after grad_output
+            grads[_WEIGHT_AT + 1] = grad_weight
+        return tuple(grads)
 
     @staticmethod
     def vmap(info, in_dims, *args):

@@ -163,8 +163,8 @@ def second_order_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, ob
 
 
 def _coefficient_table(loss, printer) -> list[dict[str, object]]:
-    """Per (kind, weighted, smoothed): ``c``, ``∂c/∂p`` and ``∂c/∂w`` printed (None where
-    the model has no coefficients, a teacher's softmax)."""
+    """Per (kind, weighted, smoothed): ``c``, ``∂c/∂p``, ``∂c/∂w`` and ``∂²c/∂p∂w`` printed
+    (None where the model has no coefficients, a teacher's softmax)."""
     model = loss.targets
     table = []
     for kind in model.kinds:
@@ -179,6 +179,8 @@ def _coefficient_table(loss, printer) -> list[dict[str, object]]:
                     "c": printer.doprint(c),
                     "dc_dp": printer.doprint(sp.diff(c, P[K])) if c.has(P) else None,
                     "dc_dw": printer.doprint(sp.diff(c, W[K])) if c.has(W[K]) else None,
+                    "d2c": printer.doprint(sp.diff(c, P[K], W[K]))
+                    if c.has(P) and c.has(W[K]) else None,
                 })
     return table
 
