@@ -393,3 +393,19 @@ def test_the_printers_functions_run_interpreted(tmp_path):
     for i, name in enumerate(module.NAMES):
         np.testing.assert_allclose(out[i].numpy(), numpy[name](a.numpy()), rtol=1e-12,
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_gradcheck_in_float64(loss):
+    """First derivatives by finite differences (a retained graph backpropagated again
+    for every column gradcheck compares)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    if loss == "kl_distillation":
+        target = torch.randn(3, 4, dtype=torch.float64, generator=gen)
+    else:
+        target = torch.tensor([0, 3, 1])
+    function = getattr(MODULES[loss], loss)
+    for reduction in ("sum", "none"):
+        assert torch.autograd.gradcheck(lambda x, r=reduction: function(x, target, reduction=r),
+                                        (x,))
