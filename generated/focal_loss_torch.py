@@ -9311,8 +9311,10 @@ def _dense_setup(input, target, options):
 
 def _dense_scales(setup, grad_output):
     """Each term's row factor ``grad_output / denominator`` times the row mask
-    (``grad_output`` None: of ``loss.sum()``)."""
-    upstream = None if grad_output is None else dict.fromkeys(setup["denominators"], grad_output)
+    (``grad_output``: one for every term, or term → its own; None: of ``loss.sum()``)."""
+    upstream = grad_output
+    if grad_output is not None and not isinstance(grad_output, dict):
+        upstream = dict.fromkeys(setup["denominators"], grad_output)
     scales = _scales(setup["denominators"], setup["reduction"], upstream, setup["rows"],
                      setup["loss_shape"], setup["dtype"], setup["device"])
     return [scales[term] * setup["valid"] for term in _TERMS]
@@ -9371,7 +9373,8 @@ def _dense_second_order(input, target, options, grad_output, v_input, v_target, 
         through = {"input": ("hvp", "grad_c", "gradient"),
                    "target": ("dl_dc_r", "dl_dc_c", "dl_dc")}
         chain = setup["dc_dp"]  # ∂c/∂p: probabilities to coefficients
-    d_input = d_c = d_go = None
+    d_input = d_c = None
+    d_go = [None] * len(_TERMS)  # per term: ∂/∂(its upstream gradient)
 
     def add(total, value):
         return value if total is None else (total if value is None else total + value)
@@ -9392,9 +9395,8 @@ def _dense_second_order(input, target, options, grad_output, v_input, v_target, 
         found = _dense_evaluate(setup, through[which], v)
         d_input = add(d_input, _combine(scales, found[to_input]))
         d_c = add(d_c, _combine(scales, found[to_c]))
-        d_go = add(d_go, _combine(units, [None if g is None else
-                                          torch.sum(v * g, dim=1, keepdim=True)
-                                          for g in found[contracted]]))
+        d_go = [add(total, None if g is None else unit * torch.sum(v * g, dim=1, keepdim=True))
+                for total, unit, g in zip(d_go, units, found[contracted], strict=True)]
     grad_input = grad_target = grad_weight = grad_go = None
     d_target = d_weight = None
     if d_c is not None:
@@ -9416,12 +9418,20 @@ def _dense_second_order(input, target, options, grad_output, v_input, v_target, 
     if d_weight is not None and isinstance(options.get("weight"), torch.Tensor):
         grad_weight = torch.broadcast_to(d_weight, shape).sum(dim=(0, 2)).to(
             options["weight"].dtype)
-    if d_go is not None:
-        d_go = torch.broadcast_to(d_go, setup["rows"])
-        if grad_output.dim() == 0:
-            grad_go = d_go.sum().to(grad_output.dtype)
-        else:
-            grad_go = d_go.reshape(setup["loss_shape"]).to(grad_output.dtype)
+    upstreams = grad_output if isinstance(grad_output, dict) else None
+    if upstreams is None:  # one upstream gradient for every term
+        d_go = [_combine([1.0] * len(_TERMS), d_go)]
+        upstreams = {"total": grad_output}
+    grad_go = []
+    for d, go in zip(d_go, upstreams.values(), strict=True):
+        if d is None:
+            grad_go.append(None)
+            continue
+        d = torch.broadcast_to(d, setup["rows"])
+        grad_go.append(d.sum().to(go.dtype) if go.dim() == 0 else
+                       d.reshape(setup["loss_shape"]).to(go.dtype))
+    if not isinstance(grad_output, dict):
+        grad_go = grad_go[0]
     return grad_input, grad_target, grad_weight, grad_go
 
 
@@ -9523,13 +9533,15 @@ class FocalFunction(torch.autograd.Function):
         if grad_output is None and not any(g is not None for g in grad_returned):
             return tuple(grads)
         if torch.is_grad_enabled() or _functorch_active():
-            # the gradient itself is to be differentiable (create_graph=True, torch.func)
-            _refuse_second_order(grad_returned)
+            # the gradient itself is to be differentiable (create_graph=True, torch.func):
+            # each term's upstream gradient an input of the Function that forms it
             go = grad_output if grad_output is not None else torch.zeros(
                 (), dtype=input.dtype, device=input.device)
+            upstream = _upstream(options, go, grad_returned)
             values = tuple(options[name] for name in _OPTIONS)
             grads[0], grads[1], gw = _FocalFunctionGradient.apply(
-                input, target, go, (need_input, need_target, need_weight), *values)
+                input, target, *(upstream[term] for term in _TERMS),
+                (need_input, need_target, need_weight), *values)
             if need_weight:
                 grads[_WEIGHT_AT] = gw
             return tuple(grads)
@@ -9549,11 +9561,10 @@ class FocalFunction(torch.autograd.Function):
         if _TARGET_GRADIENT:
             grads[1] = tg
         elif need_target or need_weight:
+            upstream = grad_output
             if any(x is not None for x in grad_returned):
-                raise NotImplementedError(
-                    "focal_loss: target or weight gradients with a returned term's own upstream "
-                    "gradient are not implemented")
-            grads[1], gw = _dense_target_gradients(input, target, options, grad_output,
+                upstream = _upstream(options, grad_output, grad_returned)
+            grads[1], gw = _dense_target_gradients(input, target, options, upstream,
                                                    need_target, need_weight)
             if need_weight:
                 grads[_WEIGHT_AT] = gw
@@ -9575,28 +9586,21 @@ def _upstream(options, grad_output, grad_returned):
     return upstream
 
 
-def _refuse_second_order(grad_returned):
-    """What a differentiable gradient does not cover raises, never a silent wrong answer."""
-    if any(g is not None for g in grad_returned):
-        raise NotImplementedError("focal_loss: a differentiable gradient (create_graph=True) "
-                                  "with a returned term's own upstream gradient is not "
-                                  "implemented")
-
-
 class _FocalFunctionGradient(torch.autograd.Function):
     """The gradients of ``focal_loss`` as a function of ``input``, ``target`` and
     ``grad_output``; its backward is the derived Hessian-vector product and the
     mixed derivatives (``_dense_second_order``)."""
 
     @staticmethod
-    def forward(input, target, grad_output, wanted, *values):
+    def forward(input, target, *rest):
+        upstreams, (wanted, *values) = rest[:len(_TERMS)], rest[len(_TERMS):]
+        grad_output = dict(zip(_TERMS, upstreams, strict=True))
         options = dict(zip(_OPTIONS, values, strict=True))
         need_input, need_target, need_weight = wanted
         grad = grad_target = grad_weight = None
         if need_input or (need_target and _TARGET_GRADIENT):
-            upstream = dict.fromkeys(_TERMS, grad_output)
             _, _, (grad, tg) = _run(input, target, options, need_input,
-                                    need_target and _TARGET_GRADIENT, upstream)
+                                    need_target and _TARGET_GRADIENT, grad_output)
             grad_target = tg if _TARGET_GRADIENT else None
         if (need_target and not _TARGET_GRADIENT) or need_weight:
             gt, grad_weight = _dense_target_gradients(input, target, options, grad_output,
@@ -9606,11 +9610,12 @@ class _FocalFunctionGradient(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, target, grad_output, wanted, *values = inputs
+        input, target, *rest = inputs
+        upstreams, (wanted, *values) = rest[:len(_TERMS)], rest[len(_TERMS):]
         options = dict(zip(_OPTIONS, values, strict=True))
         ctx.set_materialize_grads(False)
         tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
-        ctx.save_for_backward(input, target, grad_output,
+        ctx.save_for_backward(input, target, *upstreams,
                               *(options[name] for name in tensors))
         ctx.tensor_options = tensors
         ctx.options = {name: v for name, v in options.items() if name not in tensors}
@@ -9619,15 +9624,18 @@ class _FocalFunctionGradient(torch.autograd.Function):
     def backward(ctx, v_input, v_target, v_weight):
         # torch operations on tensors that keep their graph: a third derivative is
         # autograd of the printed second-order expressions
-        input, target, grad_output, *tensors = ctx.saved_tensors
+        input, target, *saved = ctx.saved_tensors
+        upstreams, tensors = saved[:len(_TERMS)], saved[len(_TERMS):]
         options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
+        grad_output = dict(zip(_TERMS, upstreams, strict=True))
         grad_input, grad_target, grad_weight, grad_go = _dense_second_order(
             input, target, options, grad_output, v_input, v_target, v_weight)
         needs = ctx.needs_input_grad
         grads = [grad_input if needs[0] else None, grad_target if needs[1] else None,
-                 grad_go if needs[2] else None, None, *(None,) * len(_OPTIONS)]
-        if _WEIGHT_AT is not None and needs[_WEIGHT_AT + 1]:  # after grad_output
-            grads[_WEIGHT_AT + 1] = grad_weight
+                 *(g if need else None for g, need in zip(grad_go, needs[2:], strict=False)),
+                 None, *(None,) * len(_OPTIONS)]
+        if _WEIGHT_AT is not None and needs[_WEIGHT_AT + len(_TERMS)]:  # after the upstreams
+            grads[_WEIGHT_AT + len(_TERMS)] = grad_weight
         return tuple(grads)
 
     @staticmethod

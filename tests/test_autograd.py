@@ -269,17 +269,24 @@ def test_distillation_with_a_teacher_that_requires_grad():
         lambda x, t: MODULES["kl_distillation"].kl_distillation(x, t, temperature=2.0), (x, t))
 
 
-def test_what_a_differentiable_gradient_does_not_cover_raises():
-    """A returned term with its own upstream gradient: an error, never a gradient without
-    ``grad_fn`` or a silently missing term."""
-    x = _logits((3, 4))
-    total, z = MODULES["cross_entropy"].cross_entropy(x, _classes((3, 4)), z_loss=0.1,
-                                                      return_z_loss=True)
-    with pytest.raises(NotImplementedError, match="create_graph=True"):
-        torch.autograd.grad(total + z, x, create_graph=True)
-    # the total alone is covered
-    (g,) = torch.autograd.grad(total, x, create_graph=True)
-    assert g.grad_fn is not None
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_a_returned_term_with_its_own_upstream_gradient_differentiates_twice(reduction):
+    """``return_z_loss``: the total and the z part each get their own upstream gradient;
+    both flow into the differentiable gradient (probabilities and weights too)."""
+    x = _logits((3, 5))
+    p, w = _probabilities((3, 5)).requires_grad_(), _weight(5).requires_grad_()
+    function = MODULES["cross_entropy"].cross_entropy
+
+    def f(x, p, w):
+        total, z = function(x, p, weight=w, z_loss=0.1, softcap=3.0, return_z_loss=True,
+                            reduction=reduction, label_smoothing=0.1)
+        return total + 2 * z
+
+    assert torch.autograd.gradcheck(f, (x, p, w))
+    assert torch.autograd.gradgradcheck(f, (x, p, w))
+    y = _classes((3, 5), ignore=True)
+    assert torch.autograd.gradgradcheck(
+        lambda x: function(x, y, z_loss=0.1, return_z_loss=True, reduction=reduction)[1], (x,))
 
 
 def test_third_derivatives_are_autograd_of_the_printed_second_order():
