@@ -26,10 +26,15 @@ The forward computes the gradient too, block by block of rows that fit in
 cache, each element array in place where nothing reads it again (the
 shifted logits overwrite the logits, their exponentials the shifted logits,
 and the gradient is formed where the exponentials lie), so besides the
-gradient no tensor of the input's size exists.  The backward scales the
-saved gradient by ``grad_output`` in place (one backward per forward).
-Gradients flow to ``input``; a ``target`` or ``weight`` that requires grad is refused
-(those gradients are not implemented yet).
+gradient no tensor of the input's size exists.  The first backward scales the
+saved gradient by ``grad_output`` in place; a second backward of a retained
+graph computes it again.  With ``create_graph=True`` the gradient is
+differentiable: its backward is the Hessian-vector product printed from the
+derivation's checked second-order steps.
+Gradients flow to ``input``, to probability targets and to the class weights
+of probability targets, differentiable again with ``create_graph=True`` (a
+weight that requires grad with class indices raises ``RuntimeError``, as
+PyTorch).
 
 float32 inputs on the CPU run compiled kernels (C printed from the same
 derivation, built on first use with a C compiler and cached; see
@@ -50,9 +55,10 @@ import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+import inspect
+import uuid
 
 import torch
-from torch.autograd.function import once_differentiable
 
 __all__ = ["CrossEntropyFunction", "CrossEntropyLoss", "compiled_library", "cross_entropy", "use_compiled"]
 
@@ -69,7 +75,9 @@ _RETURNED = (('return_z_loss', 'z'),)
 _SCALARS = ('label_smoothing', 'softcap', 'z_loss')
 # the target takes a gradient (derived), or is refused one
 _TARGET_GRADIENT = False
-_NO_GRADIENT_YET = ('weight',)
+# where the class weights are among the Function's inputs (input, target, wanted, *options)
+_WEIGHT_AT = _ARGUMENTS.index("weight") + 1 if "weight" in _ARGUMENTS else None
+_HALF = (torch.float16, torch.bfloat16)
 # bytes of logits per block: a few L2s' worth, since torch's intra-op threads
 # split every operation on a block; the fork and join of each operation then
 # stays small against its work, and each thread's share stays near its L2
@@ -8652,7 +8660,8 @@ def _targets(input, target, options, n_classes):
                 f"weight must have shape ({n_classes},) (one entry per class), "
                 f"got {tuple(weight.shape)}"
             )
-        weight = weight.detach().to(device=input.device, dtype=dtype)
+        # not detached: the dense path differentiates through it (the kernels run under no_grad)
+        weight = weight.to(device=input.device, dtype=dtype)
     found = {"w": None if weight is None else weight.reshape(1, -1, 1), "weight": weight,
              "y": None, "valid": None, "p": None, "tu": None, "teacher": None}
     _check_data("target", target, input)
@@ -8673,7 +8682,7 @@ def _targets(input, target, options, n_classes):
         if ignore_index != -100:  # as torch.nn.functional.cross_entropy
             raise ValueError("ignore_index is not supported for probability (float) targets")
         found["kind"] = "probability"
-        found["p"] = _layout(target.detach(), input.dim())
+        found["p"] = _layout(target, input.dim())
         return found
     if target.dtype == torch.bool or target.is_complex():
         raise ValueError(f"target must be integer class indices or float probabilities, "
@@ -8686,15 +8695,43 @@ def _targets(input, target, options, n_classes):
     target = target.to(torch.int64)
     rows = _row_shape(input)
     found["kind"] = "index"
-    # the common case in one reduction (one host sync): every target is a
-    # class.  Then no entry needs replacing, and if ignore_index lies outside
-    # the targets' range, none is ignored (valid None: every row counts)
-    low, high = (0, -1) if target.numel() == 0 else torch.stack(torch.aminmax(target)).tolist()
-    if 0 <= low and high < n_classes:
-        found["y"] = target.reshape(rows)
-        if low <= ignore_index <= high:  # an ignored target is a class: gathered, then masked
-            found["valid"] = (target != ignore_index).reshape(rows).to(dtype)
-        return found
+    if target.device.type == "cpu" and not torch.compiler.is_compiling():
+        # on the CPU a value is read without a device sync: the common case in one
+        # reduction, every target a class.  Then no entry needs replacing, and if
+        # ignore_index lies outside the targets' range, none is ignored (valid None:
+        # every row counts)
+        low, high = (0, -1) if target.numel() == 0 else torch.stack(
+            torch.aminmax(target)).tolist()
+        if 0 <= low and high < n_classes:
+            found["y"] = target.reshape(rows)
+            if low <= ignore_index <= high:  # an ignored target is a class: gathered, masked
+                found["valid"] = (target != ignore_index).reshape(rows).to(dtype)
+            return found
+    # elsewhere checked on the device, without a host sync (see _check_classes)
+    valid = target != ignore_index
+    bad = valid & ((target < 0) | (target >= n_classes))
+    _check_classes(bad, target, n_classes, ignore_index)
+    found["y"] = torch.where(valid & ~bad, target, 0).reshape(rows)
+    found["valid"] = valid.reshape(rows).to(dtype)
+    return found
+
+
+def _check_classes(bad, target, n_classes, ignore_index):
+    """A class index out of range raises where PyTorch's cross-entropy does: on the
+    CPU at once (``IndexError``: reading a CPU flag is no device sync), on an
+    accelerator as a device-side assert (``torch._assert_async``, no host sync);
+    meta tensors hold no values to check."""
+    if bad.device.type == "meta":
+        return
+    if bad.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(bad.any()):
+            raise IndexError(
+                f"target {int(target[bad].reshape(-1)[0])} is out of bounds for {n_classes} "
+                f"classes (valid: 0..{n_classes - 1} or ignore_index={ignore_index})"
+            )
+        return
+    torch._assert_async(torch.logical_not(bad.any()),
+                        f"a target is out of bounds for {n_classes} classes")
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= n_classes))
     if bool(bad.any()):
@@ -8705,6 +8742,17 @@ def _targets(input, target, options, n_classes):
     found["y"] = torch.where(valid, target, 0).reshape(rows)
     found["valid"] = valid.reshape(rows).to(dtype)
     return found
+
+
+def _refuse_gradients(target, options):
+    """Class weights that require grad with class indices: PyTorch's error (its
+    ``nll_loss`` has no derivative for them)."""
+    weight = options["weight"]
+    if isinstance(weight, torch.Tensor) and weight.requires_grad and isinstance(
+            target, torch.Tensor) and not target.is_floating_point():
+        raise RuntimeError("cross_entropy: the function is not differentiable with respect to "
+                           "argument 'weight' for class-index targets. This input cannot have "
+                           "requires_grad True.")
 
 
 def _kernel_key(kind, options):
@@ -8773,10 +8821,10 @@ def _scales(denominators, reduction, upstream, rows, loss_shape, dtype, device):
     for term, denominator in denominators.items():
         go = 1.0 if upstream is None else upstream[term]
         if isinstance(go, torch.Tensor) and reduction in _PER_ROW:
-            go = torch.broadcast_to(go.detach().to(device=device, dtype=dtype), loss_shape)
+            go = torch.broadcast_to(go.to(device=device, dtype=dtype), loss_shape)
             go = go.reshape(rows)
         elif isinstance(go, torch.Tensor):
-            go = go.detach().to(device=device, dtype=torch.float64)
+            go = go.to(device=device, dtype=torch.float64)
         scale = go if denominator is None else _divide(go, denominator)
         # in the blocks' dtype: a float64 scalar tensor sends float32 operations
         # down torch's slower mixed-dtype path (measured: 3x on addcmul_)
@@ -8980,85 +9028,490 @@ def _result(reduced, options):
     return (total, *returned) if returned else total
 
 
-def _refuse_gradients(needs_input_grad):
-    """A gradient the module does not compute is an error, never a silent None."""
-    if needs_input_grad[1] and not _TARGET_GRADIENT:
-        raise NotImplementedError(
-            "cross_entropy: the gradient with respect to target is not implemented "
-            "yet; pass target.detach()")
-    for name in _NO_GRADIENT_YET:
-        if needs_input_grad[_ARGUMENTS.index(name)]:
-            raise NotImplementedError(f"cross_entropy: the gradient with respect to {name} is not "
-                                      f"implemented yet; pass {name}.detach()")
+# -- the dense path ------------------------------------------------------------
+# What the fused kernels do not give: a gradient that is itself differentiable
+# (create_graph=True, double backward), the gradients with respect to the
+# target's probabilities and the class weights.  Whole (N, C, S) arrays in the
+# compute dtype, every expression printed from the derivation's checked steps
+# (the second-order ones: Hessian-vector products and mixed derivatives).
+
+
+def _dense_x(wanted, u, tu, c, v, n_classes, label_smoothing, softcap, z_loss):
+    """Per term, each quantity in ``wanted`` (None where a term has none)."""
+    x = u
+    m = torch.amax(x, dim=1, keepdim=True)
+    z = -m + x
+    e = torch.exp2(1.442695040888963407359924681*z)
+    out = {}
+    if "gradient" in wanted:
+        out["gradient"] = (-c + e*torch.sum(c, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True), 2*z_loss*(m + torch.log(torch.sum(e, dim=1, keepdim=True)))*e/torch.sum(e, dim=1, keepdim=True), )
+    if "hvp" in wanted:
+        out["hvp"] = ((v - torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True))*e*torch.sum(c, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True), 2*z_loss*((m + torch.log(torch.sum(e, dim=1, keepdim=True)))*v - (m + torch.log(torch.sum(e, dim=1, keepdim=True)))*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) + torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True))*e/torch.sum(e, dim=1, keepdim=True), )
+    if "grad_c" in wanted:
+        out["grad_c"] = (-v + torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True), 0, )
+    if "dl_dc" in wanted:
+        out["dl_dc"] = (torch.log(torch.sum(e, dim=1, keepdim=True)) - z, None, )
+    if "dl_dc_r" in wanted:
+        out["dl_dc_r"] = (e*torch.sum(v, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) - v, None, )
+    if "dl_dc_c" in wanted:
+        out["dl_dc_c"] = (0, None, )
+    if "teacher_gradient" in wanted:
+        out["teacher_gradient"] = (None, None, )
+    if "teacher_cross" in wanted:
+        out["teacher_cross"] = (None, None, )
+    if "teacher_dl_r" in wanted:
+        out["teacher_dl_r"] = (None, None, )
+    if "teacher_hvp" in wanted:
+        out["teacher_hvp"] = (None, None, )
+    return out
+
+
+def _dense_u(wanted, u, tu, c, v, n_classes, label_smoothing, softcap, z_loss):
+    """Per term, each quantity in ``wanted`` (None where a term has none)."""
+    x = softcap*torch.tanh(u/softcap)
+    m = torch.amax(x, dim=1, keepdim=True)
+    z = -m + x
+    e = torch.exp2(1.442695040888963407359924681*z)
+    out = {}
+    if "gradient" in wanted:
+        out["gradient"] = ((1 - x**2/softcap**2)*(-c + e*torch.sum(c, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True)), 2*z_loss*(1 - x**2/softcap**2)*(m + torch.log(torch.sum(e, dim=1, keepdim=True)))*e/torch.sum(e, dim=1, keepdim=True), )
+    if "hvp" in wanted:
+        out["hvp"] = (e*v*torch.sum(c, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) - e*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum(c, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) + 2*c*v*x/softcap**2 - 2*e*v*x**2*torch.sum(c, dim=1, keepdim=True)/(softcap**2*torch.sum(e, dim=1, keepdim=True)) - 2*e*v*x*torch.sum(c, dim=1, keepdim=True)/(softcap**2*torch.sum(e, dim=1, keepdim=True)) + e*x**2*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum(c, dim=1, keepdim=True)/(softcap**2*torch.sum(e, dim=1, keepdim=True)) + e*torch.sum(e*v*x**2/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum(c, dim=1, keepdim=True)/(softcap**2*torch.sum(e, dim=1, keepdim=True)) - 2*c*v*x**3/softcap**4 + e*v*x**4*torch.sum(c, dim=1, keepdim=True)/(softcap**4*torch.sum(e, dim=1, keepdim=True)) + 2*e*v*x**3*torch.sum(c, dim=1, keepdim=True)/(softcap**4*torch.sum(e, dim=1, keepdim=True)) - e*x**2*torch.sum(e*v*x**2/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum(c, dim=1, keepdim=True)/(softcap**4*torch.sum(e, dim=1, keepdim=True)), 2*z_loss*((m + torch.log(torch.sum(e, dim=1, keepdim=True)))*v - (m + torch.log(torch.sum(e, dim=1, keepdim=True)))*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) + torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) - 2*(m + torch.log(torch.sum(e, dim=1, keepdim=True)))*v*x**2/softcap**2 - 2*(m + torch.log(torch.sum(e, dim=1, keepdim=True)))*v*x/softcap**2 + (m + torch.log(torch.sum(e, dim=1, keepdim=True)))*x**2*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/softcap**2 + (m + torch.log(torch.sum(e, dim=1, keepdim=True)))*torch.sum(e*v*x**2/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/softcap**2 - x**2*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/softcap**2 - torch.sum(e*v*x**2/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/softcap**2 + (m + torch.log(torch.sum(e, dim=1, keepdim=True)))*v*x**4/softcap**4 + 2*(m + torch.log(torch.sum(e, dim=1, keepdim=True)))*v*x**3/softcap**4 - (m + torch.log(torch.sum(e, dim=1, keepdim=True)))*x**2*torch.sum(e*v*x**2/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/softcap**4 + x**2*torch.sum(e*v*x**2/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/softcap**4)*e/torch.sum(e, dim=1, keepdim=True), )
+    if "grad_c" in wanted:
+        out["grad_c"] = (-v + torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) + v*x**2/softcap**2 - torch.sum(e*v*x**2/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/softcap**2, 0, )
+    if "dl_dc" in wanted:
+        out["dl_dc"] = (torch.log(torch.sum(e, dim=1, keepdim=True)) - z, None, )
+    if "dl_dc_r" in wanted:
+        out["dl_dc_r"] = (e*torch.sum(v, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) - v - e*x**2*torch.sum(v, dim=1, keepdim=True)/(softcap**2*torch.sum(e, dim=1, keepdim=True)) + v*x**2/softcap**2, None, )
+    if "dl_dc_c" in wanted:
+        out["dl_dc_c"] = (0, None, )
+    if "teacher_gradient" in wanted:
+        out["teacher_gradient"] = (None, None, )
+    if "teacher_cross" in wanted:
+        out["teacher_cross"] = (None, None, )
+    if "teacher_dl_r" in wanted:
+        out["teacher_dl_r"] = (None, None, )
+    if "teacher_hvp" in wanted:
+        out["teacher_hvp"] = (None, None, )
+    return out
+
+
+# kernel key → its dense variant (the same transform and specialised parameters)
+_DENSE = {
+    ('index', False, False, False): _dense_x,
+    ('index', False, False, True): _dense_u,
+    ('index', False, True, False): _dense_x,
+    ('index', False, True, True): _dense_u,
+    ('index', True, False, False): _dense_x,
+    ('index', True, False, True): _dense_u,
+    ('index', True, True, False): _dense_x,
+    ('index', True, True, True): _dense_u,
+    ('probability', False, False, False): _dense_x,
+    ('probability', False, False, True): _dense_u,
+    ('probability', False, True, False): _dense_x,
+    ('probability', False, True, True): _dense_u,
+    ('probability', True, False, False): _dense_x,
+    ('probability', True, False, True): _dense_u,
+    ('probability', True, True, False): _dense_x,
+    ('probability', True, True, True): _dense_u,
+}
+
+
+def _dense_coefficients(kind, weighted, smoothed, onehot, w_y, w, p, label_smoothing,
+                        n_classes):
+    """The target model's ``c`` and its derivatives ``∂c/∂p``, ``∂c/∂w``, ``∂²c/∂p∂w``
+    (dense; None where there are none)."""
+    if (kind, weighted, smoothed) == ('index', False, False):
+        return (onehot, None, None, None)
+    if (kind, weighted, smoothed) == ('index', False, True):
+        return (label_smoothing/n_classes + (1 - label_smoothing)*onehot, None, None, None)
+    if (kind, weighted, smoothed) == ('index', True, False):
+        return (onehot*w_y, None, None, None)
+    if (kind, weighted, smoothed) == ('index', True, True):
+        return (label_smoothing*w/n_classes + (1 - label_smoothing)*onehot*w_y, None, label_smoothing/n_classes + (1 - label_smoothing)*onehot, None)
+    if (kind, weighted, smoothed) == ('probability', False, False):
+        return (p, 1, None, None)
+    if (kind, weighted, smoothed) == ('probability', False, True):
+        return (label_smoothing/n_classes + (1 - label_smoothing)*p, 1 - label_smoothing, None, None)
+    if (kind, weighted, smoothed) == ('probability', True, False):
+        return (p*w, w, p, 1)
+    if (kind, weighted, smoothed) == ('probability', True, True):
+        return ((label_smoothing/n_classes + (1 - label_smoothing)*p)*w, (1 - label_smoothing)*w, label_smoothing/n_classes + (1 - label_smoothing)*p, 1 - label_smoothing)
+    return (None, None, None, None)
+
+
+def _dense_setup(input, target, options):
+    """What the dense path reads, in the compute dtype: the logits as (N, C, S), the
+    coefficients, each term's row factor with the row mask."""
+    n_classes = _check_input(input)
+    found = _targets(input, target, options, n_classes)
+    kind, reduction = found["kind"], options["reduction"]
+    dtype = _compute_dtype(input.dtype)
+    device = input.device
+    u = _layout(input, input.dim()).to(dtype)
+    n, _, s = u.shape
+    rows = (n, 1, s)
+    w, y, valid = found["w"], found["y"], found["valid"]
+    weight = found["weight"]
+    w_y = None if (weight is None or y is None) else weight[y]
+    onehot = None
+    if y is not None:
+        onehot = torch.zeros(u.shape, dtype=dtype, device=device).scatter_(1, y, 1.0)
+    p = None if found["p"] is None else found["p"].to(dtype)
+    tu = None if found["tu"] is None else found["tu"].to(dtype)
+    smoothed = float(options["label_smoothing"]) > 0.0 if "label_smoothing" in options else False
+    c, dc_dp, dc_dw, d2c = _dense_coefficients(kind, w is not None, smoothed, onehot, w_y, w, p,
+                                          float(options.get("label_smoothing", 0.0)),
+                                          n_classes)
+    denominators = _denominators(kind, w is not None, reduction, valid, w_y, rows, n_classes)
+    loss_shape = () if input.dim() == 1 else (n,) + tuple(input.shape[2:])
+    scalars = {name: (0.0 if options.get(name) is None else float(options[name]))
+               for name in ('label_smoothing', 'softcap', 'z_loss')}
+    return {"u": u, "tu": tu, "c": c, "dc_dp": dc_dp, "dc_dw": dc_dw, "d2c": d2c, "kind": kind,
+            "valid": 1.0 if valid is None else valid, "denominators": denominators,
+            "rows": rows, "loss_shape": loss_shape, "dtype": dtype, "device": device,
+            "n_classes": n_classes, "scalars": scalars, "reduction": reduction,
+            "evaluate": _DENSE[_kernel_key(kind, options)]}
+
+
+def _dense_scales(setup, grad_output):
+    """Each term's row factor ``grad_output / denominator`` times the row mask
+    (``grad_output``: one for every term, or term → its own; None: of ``loss.sum()``)."""
+    upstream = grad_output
+    if grad_output is not None and not isinstance(grad_output, dict):
+        upstream = dict.fromkeys(setup["denominators"], grad_output)
+    scales = _scales(setup["denominators"], setup["reduction"], upstream, setup["rows"],
+                     setup["loss_shape"], setup["dtype"], setup["device"])
+    return [scales[term] * setup["valid"] for term in _TERMS]
+
+
+def _dense_evaluate(setup, wanted, v=None):
+    return setup["evaluate"](wanted, setup["u"], setup["tu"], setup["c"], v,
+                             setup["n_classes"], **setup["scalars"])
+
+
+def _combine(scales, values):
+    """``Σ_t scale_t · value_t`` over the terms that have the value (None: none has)."""
+    total = None
+    for scale, value in zip(scales, values, strict=True):
+        if value is None:
+            continue
+        total = scale * value if total is None else total + scale * value
+    return total
+
+
+def _dense_target_gradients(input, target, options, grad_output, want_target, want_weight):
+    """``∂L/∂p`` (probability targets) and ``∂L/∂w`` (their class weights), dense."""
+    setup = _dense_setup(input, target, options)
+    scales = _dense_scales(setup, grad_output)
+    grad_c = _combine(scales, _dense_evaluate(setup, ("dl_dc",))["dl_dc"])
+    grad_target = grad_weight = None
+    if grad_c is None:
+        grad_c = torch.zeros_like(setup["u"])
+    if want_target:
+        grad_target = (setup["dc_dp"] * grad_c).reshape(target.shape).to(target.dtype)
+    if want_weight:
+        weight = options["weight"]
+        grad_weight = torch.broadcast_to(setup["dc_dw"] * grad_c, setup["u"].shape).sum(
+            dim=(0, 2)).to(weight.dtype)
+    return grad_target, grad_weight
+
+
+def _dense_second_order(input, target, options, grad_output, v_input, v_target, v_weight=None):
+    """The backward of the gradient: for cotangents ``v_input`` (on ∂L/∂input) and
+    ``v_target`` (on the target's gradient: ∂L/∂p, or a teacher's ∂L/∂t) and
+    ``v_weight`` (on ∂L/∂w), the products with the derived second derivatives —
+    ``(∂/∂input, ∂/∂target, ∂/∂weight, ∂/∂grad_output)`` of the sum of the
+    cotangents' inner products with those gradients."""
+    setup = _dense_setup(input, target, options)
+    scales = _dense_scales(setup, grad_output)
+    units = _dense_scales(setup, None)
+    dtype = setup["dtype"]
+    shape = setup["u"].shape
+    # per cotangent: the quantities giving ∂/∂input, ∂/∂(coefficients or teacher), and
+    # the gradient it contracts (for ∂/∂grad_output)
+    if _TARGET_GRADIENT:
+        through = {"input": ("hvp", "teacher_cross", "gradient"),
+                   "target": ("teacher_dl_r", "teacher_hvp", "teacher_gradient")}
+        chain = None  # the teacher's logits are the target itself
+    else:
+        through = {"input": ("hvp", "grad_c", "gradient"),
+                   "target": ("dl_dc_r", "dl_dc_c", "dl_dc")}
+        chain = setup["dc_dp"]  # ∂c/∂p: probabilities to coefficients
+    d_input = d_c = None
+    d_go = [None] * len(_TERMS)  # per term: ∂/∂(its upstream gradient)
+
+    def add(total, value):
+        return value if total is None else (total if value is None else total + value)
+
+    # the cotangents on ∂L/∂p and ∂L/∂w meet the coefficients' gradient through ∂c/∂p, ∂c/∂w
+    v_c = None
+    if v_target is not None:
+        v_c = _layout(v_target, input.dim()).to(dtype)
+        v_c = v_c if chain is None else chain * v_c
+    if v_weight is not None:
+        v_c = add(v_c, setup["dc_dw"] * v_weight.to(dtype).reshape(1, -1, 1))
+    for which, v in (("input", v_input), ("target", v_c)):
+        if v is None:
+            continue
+        if which == "input":
+            v = _layout(v, input.dim()).to(dtype)
+        to_input, to_c, contracted = through[which]
+        found = _dense_evaluate(setup, through[which], v)
+        d_input = add(d_input, _combine(scales, found[to_input]))
+        d_c = add(d_c, _combine(scales, found[to_c]))
+        d_go = [add(total, None if g is None else unit * torch.sum(v * g, dim=1, keepdim=True))
+                for total, unit, g in zip(d_go, units, found[contracted], strict=True)]
+    grad_input = grad_target = grad_weight = grad_go = None
+    d_target = d_weight = None
+    if d_c is not None:
+        d_target = d_c if chain is None else chain * d_c
+        if setup["dc_dw"] is not None:
+            d_weight = setup["dc_dw"] * d_c
+    if setup["d2c"] is not None and (v_target is not None or v_weight is not None):
+        # ∂c/∂p holds w and ∂c/∂w holds p: the gradients' own mixed terms, ∂²c/∂p∂w
+        grad_c = _combine(scales, _dense_evaluate(setup, ("dl_dc",))["dl_dc"])
+        if grad_c is not None and v_weight is not None:
+            d_target = add(d_target, v_weight.to(dtype).reshape(1, -1, 1) * setup["d2c"] * grad_c)
+        if grad_c is not None and v_target is not None:
+            d_weight = add(d_weight, _layout(v_target, input.dim()).to(dtype) * setup["d2c"]
+                           * grad_c)
+    if d_input is not None:
+        grad_input = torch.broadcast_to(d_input, shape).reshape(input.shape).to(input.dtype)
+    if d_target is not None and target.is_floating_point():
+        grad_target = torch.broadcast_to(d_target, shape).reshape(target.shape).to(target.dtype)
+    if d_weight is not None and isinstance(options.get("weight"), torch.Tensor):
+        grad_weight = torch.broadcast_to(d_weight, shape).sum(dim=(0, 2)).to(
+            options["weight"].dtype)
+    upstreams = grad_output if isinstance(grad_output, dict) else None
+    if upstreams is None:  # one upstream gradient for every term
+        d_go = [_combine([1.0] * len(_TERMS), d_go)]
+        upstreams = {"total": grad_output}
+    grad_go = []
+    for d, go in zip(d_go, upstreams.values(), strict=True):
+        if d is None:
+            grad_go.append(None)
+            continue
+        d = torch.broadcast_to(d, setup["rows"])
+        grad_go.append(d.sum().to(go.dtype) if go.dim() == 0 else
+                       d.reshape(setup["loss_shape"]).to(go.dtype))
+    if not isinstance(grad_output, dict):
+        grad_go = grad_go[0]
+    return grad_input, grad_target, grad_weight, grad_go
+
+
+# -- autograd --------------------------------------------------------------------
+def _functorch_active():
+    """torch.func's transforms (grad, vmap, jacrev) see the backward's tensors wrapped:
+    the saved gradient is then not scaled in place."""
+    check = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(check()) if check is not None else False
 
 
 def _scaled(grad, grad_output, per_row):
     """The saved gradient of ``loss.sum()`` times ``grad_output``, in place."""
     if per_row and grad.dim() > 1:  # one upstream value per row: broadcast over the classes
         return grad.mul_(grad_output.unsqueeze(1).to(grad.dtype))
-    if grad_output.device.type != "cpu" or float(grad_output) != 1.0:  # no sync on a GPU
+    # a CPU scalar is read without a device sync; on an accelerator always multiply
+    if grad_output.device.type != "cpu" or torch.compiler.is_compiling() or (
+            float(grad_output) != 1.0):
         grad.mul_(grad_output.to(grad.dtype))
     return grad
+
+
+def _options_of(ctx):
+    input, target, *tensors = ctx.saved_tensors
+    options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
+    return input, target, options
+
+
+def _vmap_by_rows(function, info, in_dims, *args):
+    """A vmap rule for a Function whose forward is not made of torch operations: one
+    call per batch entry, stacked along dimension 0."""
+    outs = []
+    for i in range(info.batch_size):
+        sliced = [a.select(d, i) if d is not None and isinstance(a, torch.Tensor) else a
+                  for a, d in zip(args, in_dims, strict=True)]
+        outs.append(function.apply(*sliced))
+    first = outs[0]
+    if not isinstance(first, tuple):
+        return torch.stack(outs), 0
+    stacked, dims = [], []
+    for k, value in enumerate(first):
+        if isinstance(value, torch.Tensor):
+            stacked.append(torch.stack([o[k] for o in outs]))
+            dims.append(0)
+        else:
+            stacked.append(value)
+            dims.append(None)
+    return tuple(stacked), tuple(dims)
 
 
 class CrossEntropyFunction(torch.autograd.Function):
     """``cross_entropy`` whose backward is the generated gradient.
 
     The forward computes the loss and the gradient of ``loss.sum()`` (of the
-    reduced loss for the reductions to one value) in one pass; the backward
-    scales the saved gradient by ``grad_output`` in place and hands it back,
-    so one backward per forward (``retain_graph`` double backward is
-    refused).  A term returned on its own that gets its own upstream
-    gradient has the gradients computed again with each term's.
+    reduced loss for the reductions to one value) in one pass and returns the
+    gradient as a last, non-differentiable output (``setup_context`` keeps
+    it); the first backward scales it by ``grad_output`` in place.  A second
+    backward of a retained graph computes the gradient again; a backward that
+    builds a graph (``create_graph=True``) hands out ``_CrossEntropyFunctionGradient``,
+    whose own backward is the derived Hessian-vector product.  A half-precision
+    input's gradient is computed in the backward (one rounding of the scaled
+    gradient).
     """
 
     @staticmethod
-    def forward(ctx, input, target, *values):
+    def forward(input, target, wanted, *values):
         options = dict(zip(_OPTIONS, values, strict=True))
-        _refuse_gradients(ctx.needs_input_grad)
-        ctx.set_materialize_grads(False)
-        ctx.need_grad = ctx.needs_input_grad[0]
-        ctx.need_grad_teacher = _TARGET_GRADIENT and ctx.needs_input_grad[1]
-        losses, denominators, grads = _run(input, target, options, ctx.need_grad,
-                                           ctx.need_grad_teacher)
-        ctx.grads = grads
-        ctx.per_row = options["reduction"] in _PER_ROW
-        if any(options[flag] for flag, _ in _RETURNED):  # a term may get its own gradient
-            tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
-            ctx.save_for_backward(input, target, *(options[name] for name in tensors))
-            ctx.tensor_options = tensors
-            ctx.options = {name: v for name, v in options.items() if name not in tensors}
-        return _result(_reduce(losses, denominators, options["reduction"], input), options)
+        need_grad, need_grad_teacher = wanted
+        losses, denominators, grads = _run(input, target, options, need_grad,
+                                           need_grad_teacher)
+        result = _result(_reduce(losses, denominators, options["reduction"], input), options)
+        result = result if isinstance(result, tuple) else (result,)
+        return (*result, *grads)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output, *grad_returned):
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError("cross_entropy: the saved gradient was already used "
-                               "(one backward per forward)")
-        ctx.grads = None
-        if any(g is not None for g in grad_returned):
-            grads = _recompute(ctx, grad_output, grad_returned)
+    def setup_context(ctx, inputs, output):
+        input, target, wanted, *values = inputs
+        options = dict(zip(_OPTIONS, values, strict=True))
+        ctx.set_materialize_grads(False)
+        *_, grad, tgrad = output
+        ctx.mark_non_differentiable(*(g for g in (grad, tgrad) if g is not None))
+        ctx.grads = (grad, tgrad)
+        ctx.per_row = options["reduction"] in _PER_ROW
+        ctx.returned = sum(bool(options[flag]) for flag, _ in _RETURNED)
+        tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
+        ctx.save_for_backward(input, target, *(options[name] for name in tensors))
+        ctx.tensor_options = tensors
+        ctx.options = {name: v for name, v in options.items() if name not in tensors}
+
+    @staticmethod
+    def backward(ctx, grad_output, *rest):
+        grad_returned = rest[:ctx.returned]
+        input, target, options = _options_of(ctx)
+        needs = ctx.needs_input_grad
+        need_input = needs[0]
+        need_target = needs[1] and (_TARGET_GRADIENT or target.is_floating_point())
+        need_weight = _WEIGHT_AT is not None and needs[_WEIGHT_AT]
+        grads = [None] * len(needs)
+        if grad_output is None and not any(g is not None for g in grad_returned):
+            return tuple(grads)
+        if torch.is_grad_enabled() or _functorch_active():
+            # the gradient itself is to be differentiable (create_graph=True, torch.func):
+            # each term's upstream gradient an input of the Function that forms it
+            go = grad_output if grad_output is not None else torch.zeros(
+                (), dtype=input.dtype, device=input.device)
+            upstream = _upstream(options, go, grad_returned)
+            values = tuple(options[name] for name in _OPTIONS)
+            grads[0], grads[1], gw = _CrossEntropyFunctionGradient.apply(
+                input, target, *(upstream[term] for term in _TERMS),
+                (need_input, need_target, need_weight), *values)
+            if need_weight:
+                grads[_WEIGHT_AT] = gw
+            return tuple(grads)
+        saved, ctx.grads = ctx.grads, (None, None)
+        need_teacher = need_target and _TARGET_GRADIENT
+        if any(g is not None for g in grad_returned) or input.dtype in _HALF:
+            # a term with an upstream gradient of its own, a half-precision input:
+            # computed with each term's upstream gradient (in float32, one rounding)
+            upstream = _upstream(options, grad_output, grad_returned)
+            _, _, (g, tg) = _run(input, target, options, need_input, need_teacher, upstream)
         else:
-            grads = tuple(None if g is None else _scaled(g, grad_output, ctx.per_row)
-                          for g in grads)
-        return (*grads, *(None,) * len(_OPTIONS))
+            if (need_input and saved[0] is None) or (need_teacher and saved[1] is None):
+                # a second backward of a retained graph: the same gradient again
+                _, _, saved = _run(input, target, options, need_input, need_teacher)
+            g, tg = (None if s is None else _scaled(s, grad_output, ctx.per_row) for s in saved)
+        grads[0] = g
+        if _TARGET_GRADIENT:
+            grads[1] = tg
+        elif need_target or need_weight:
+            upstream = grad_output
+            if any(x is not None for x in grad_returned):
+                upstream = _upstream(options, grad_output, grad_returned)
+            grads[1], gw = _dense_target_gradients(input, target, options, upstream,
+                                                   need_target, need_weight)
+            if need_weight:
+                grads[_WEIGHT_AT] = gw
+        return tuple(grads)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_by_rows(CrossEntropyFunction, info, in_dims, *args)
 
 
-def _recompute(ctx, grad_output, grad_returned):
-    """The gradients when a returned term has an upstream gradient of its own: the
-    saved one is of the total alone, so they are computed again with each term's."""
-    input, target, *tensors = ctx.saved_tensors
-    options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
+def _upstream(options, grad_output, grad_returned):
+    """Each term's upstream gradient: the total's, plus its own where it is returned."""
     total = 0.0 if grad_output is None else grad_output
     upstream = dict.fromkeys(_TERMS, total)
     returned = [term for flag, term in _RETURNED if options[flag]]
     for term, g in zip(returned, grad_returned, strict=True):
         if g is not None:
             upstream[term] = upstream[term] + g
-    _, _, grads = _run(input, target, options, ctx.need_grad, ctx.need_grad_teacher, upstream)
-    return grads
+    return upstream
+
+
+class _CrossEntropyFunctionGradient(torch.autograd.Function):
+    """The gradients of ``cross_entropy`` as a function of ``input``, ``target`` and
+    ``grad_output``; its backward is the derived Hessian-vector product and the
+    mixed derivatives (``_dense_second_order``)."""
+
+    @staticmethod
+    def forward(input, target, *rest):
+        upstreams, (wanted, *values) = rest[:len(_TERMS)], rest[len(_TERMS):]
+        grad_output = dict(zip(_TERMS, upstreams, strict=True))
+        options = dict(zip(_OPTIONS, values, strict=True))
+        need_input, need_target, need_weight = wanted
+        grad = grad_target = grad_weight = None
+        if need_input or (need_target and _TARGET_GRADIENT):
+            _, _, (grad, tg) = _run(input, target, options, need_input,
+                                    need_target and _TARGET_GRADIENT, grad_output)
+            grad_target = tg if _TARGET_GRADIENT else None
+        if (need_target and not _TARGET_GRADIENT) or need_weight:
+            gt, grad_weight = _dense_target_gradients(input, target, options, grad_output,
+                                                      need_target, need_weight)
+            grad_target = grad_target if _TARGET_GRADIENT else gt
+        return grad, grad_target, grad_weight
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, *rest = inputs
+        upstreams, (wanted, *values) = rest[:len(_TERMS)], rest[len(_TERMS):]
+        options = dict(zip(_OPTIONS, values, strict=True))
+        ctx.set_materialize_grads(False)
+        tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
+        ctx.save_for_backward(input, target, *upstreams,
+                              *(options[name] for name in tensors))
+        ctx.tensor_options = tensors
+        ctx.options = {name: v for name, v in options.items() if name not in tensors}
+
+    @staticmethod
+    def backward(ctx, v_input, v_target, v_weight):
+        # torch operations on tensors that keep their graph: a third derivative is
+        # autograd of the printed second-order expressions
+        input, target, *saved = ctx.saved_tensors
+        upstreams, tensors = saved[:len(_TERMS)], saved[len(_TERMS):]
+        options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
+        grad_output = dict(zip(_TERMS, upstreams, strict=True))
+        grad_input, grad_target, grad_weight, grad_go = _dense_second_order(
+            input, target, options, grad_output, v_input, v_target, v_weight)
+        needs = ctx.needs_input_grad
+        grads = [grad_input if needs[0] else None, grad_target if needs[1] else None,
+                 *(g if need else None for g, need in zip(grad_go, needs[2:], strict=False)),
+                 None, *(None,) * len(_OPTIONS)]
+        if _WEIGHT_AT is not None and needs[_WEIGHT_AT + len(_TERMS)]:  # after the upstreams
+            grads[_WEIGHT_AT + len(_TERMS)] = grad_weight
+        return tuple(grads)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_by_rows(_CrossEntropyFunctionGradient, info, in_dims, *args)
+
+
+# Function.apply binds the forward's signature on every call when setup_context is
+# defined: computed once here (inspect.signature reads it) instead of at each call
+for _function in (CrossEntropyFunction, _CrossEntropyFunctionGradient):
+    _function.forward.__signature__ = inspect.signature(_function.forward)
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None, return_z_loss=False):
@@ -9074,9 +9527,123 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean
     torch.Size([2, 4])
     """
     values = (weight, ignore_index, reduction, label_smoothing, z_loss, softcap, return_z_loss,)
+    if torch.compiler.is_compiling():
+        return _compiled_call(input, target, values)
+    if isinstance(input, torch.Tensor) and _autocast(input.device.type):
+        # autocast's policy for cross-entropy (and the losses like it): float32,
+        # half-precision arguments cast, the rest of the call outside autocast
+        with torch.autocast(input.device.type, enabled=False):
+            return cross_entropy(_float32(input), _float32(target),
+                              *(_float32(v) for v in values))
     if not torch.is_grad_enabled():  # no graph to record: the loss alone
         return _loss_only(input, target, values)
-    return CrossEntropyFunction.apply(input, target, *values)
+    _refuse_gradients(target, dict(zip(_OPTIONS, values, strict=True)))
+    # the gradient is formed in the forward, except for a half-precision input: its
+    # backward computes it with grad_output in float32 (one rounding)
+    full = isinstance(input, torch.Tensor) and input.dtype not in _HALF
+    wanted = (full and input.requires_grad,
+              full and _TARGET_GRADIENT and isinstance(target, torch.Tensor)
+              and target.requires_grad)
+    *result, _, _ = CrossEntropyFunction.apply(input, target, wanted, *values)
+    return result[0] if len(result) == 1 else tuple(result)
+
+
+# -- torch.compile ---------------------------------------------------------------
+# dynamo cannot trace the kernels (ctypes, Python loops over blocks), so under
+# torch.compile the call is one custom operator: its shapes from a fake
+# implementation, its backward registered with it.  The namespace is new at each
+# import: two copies of this file, or several generated modules, coexist.
+_OP_NAMESPACE = "symce_" + uuid.uuid4().hex
+_OP_LIBRARY = torch.library.Library(_OP_NAMESPACE, "DEF")
+_OP_LIBRARY.define("cross_entropy(Tensor input, Tensor target, bool need_grad, bool need_teacher, "
+                   "Tensor? weight, int ignore_index, str reduction, float label_smoothing, float z_loss, float? softcap, bool return_z_loss) -> Tensor[]")
+_OP_QUALNAME = f"{_OP_NAMESPACE}::cross_entropy"
+# the float arguments of the schema (a Python int is passed as a float)
+_OP_FLOATS = ('label_smoothing', 'z_loss', 'softcap')
+
+
+def _op_impl(input, target, need_grad, need_teacher, *values):
+    options = dict(zip(_OPTIONS, values, strict=True))
+    losses, denominators, grads = _run(input, target, options, need_grad, need_teacher)
+    result = _result(_reduce(losses, denominators, options["reduction"], input), options)
+    result = result if isinstance(result, tuple) else (result,)
+    # no output may alias another (or an input): a fresh empty tensor for each one missing
+    return [*(r.clone() for r in result), *(input.new_empty(0) if g is None else g for g in grads)]
+
+
+def _op_fake(input, target, need_grad, need_teacher, *values):
+    options = dict(zip(_OPTIONS, values, strict=True))
+    shape = () if options["reduction"] not in _PER_ROW or input.dim() == 1 else (
+        (input.shape[0], *input.shape[2:]))
+    count = 1 + sum(bool(options[flag]) for flag, _ in _RETURNED)
+    grad = torch.empty_like(input, memory_format=torch.contiguous_format) if need_grad else (
+        input.new_empty(0))
+    tgrad = torch.empty_like(target, memory_format=torch.contiguous_format) if need_teacher else (
+        input.new_empty(0))
+    return [*(input.new_empty(shape) for _ in range(count)), grad, tgrad]
+
+
+def _op_setup_context(ctx, inputs, output):
+    input, target, need_grad, need_teacher, *values = inputs
+    options = dict(zip(_OPTIONS, values, strict=True))
+    ctx.per_row = options["reduction"] in _PER_ROW
+    ctx.flags = (need_grad, need_teacher)
+    ctx.save_for_backward(output[-2], output[-1])
+
+
+def _op_backward(ctx, grads):
+    saved = ctx.saved_tensors
+    grad_output = grads[0]
+
+    def scaled(g):
+        if ctx.per_row and g.dim() > 1:
+            return g * grad_output.unsqueeze(1).to(g.dtype)
+        return g * grad_output.to(g.dtype)
+
+    out = [scaled(g) if flag else None for g, flag in zip(saved, ctx.flags, strict=True)]
+    return (*out, None, None, *(None,) * len(_OPTIONS))
+
+
+_OP_LIBRARY.impl("cross_entropy", _op_impl, "CompositeExplicitAutograd")
+torch.library.register_fake(_OP_QUALNAME, _op_fake, lib=_OP_LIBRARY)
+torch.library.register_autograd(_OP_QUALNAME, _op_backward, setup_context=_op_setup_context,
+                                lib=_OP_LIBRARY)
+_OP = getattr(getattr(torch.ops, _OP_NAMESPACE), "cross_entropy")
+
+
+def _compiled_call(input, target, values):
+    """The call under torch.compile: the custom operator (first derivatives)."""
+    options = dict(zip(_OPTIONS, values, strict=True))
+    if any(options[flag] for flag, _ in _RETURNED):
+        raise NotImplementedError("cross_entropy: under torch.compile a term returned on its own "
+                                  "is not implemented")
+    _refuse_gradients(target, options)
+    grad_on = torch.is_grad_enabled()
+    if grad_on and not _TARGET_GRADIENT and (target.requires_grad or any(
+            isinstance(v, torch.Tensor) and v.requires_grad for v in values)):
+        raise NotImplementedError("cross_entropy: under torch.compile the gradients with respect "
+                                  "to the target and the weights are not implemented")
+    need_grad = grad_on and input.requires_grad
+    need_teacher = grad_on and _TARGET_GRADIENT and target.requires_grad
+    values = tuple(float(v) if name in _OP_FLOATS and _is_number(v) else v
+                   for name, v in zip(_OPTIONS, values, strict=True))
+    out = _OP(input, target, need_grad, need_teacher, *values)
+    return out[0] if len(out) == 3 else tuple(out[:-2])
+
+
+def _autocast(device_type):
+    """Whether autocast is on for the device (meta and the like have no autocast)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
+def _float32(value):
+    """A half-precision tensor as float32 (autocast's cast: float64 and the rest as given)."""
+    if isinstance(value, torch.Tensor) and value.dtype in _HALF:
+        return value.float()
+    return value
 
 
 def _loss_only(input, target, values):

@@ -44,7 +44,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 __all__ = ["FocalFunction", "FocalLoss", "focal_loss"]
 
@@ -1738,8 +1737,9 @@ class FocalFunction(torch.autograd.Function):
 
     The forward computes the loss and the gradient of the reduced loss in one
     kernel; the backward scales the saved gradient by ``grad_output`` in place
-    and hands it back, so one backward per forward (``retain_graph`` double
-    backward is refused).
+    and hands it back; a second backward of a retained graph computes it again
+    (not with ``inplace=True``: refused).  A differentiable gradient
+    (``create_graph=True``) raises ``NotImplementedError``.
     """
 
     @staticmethod
@@ -1755,17 +1755,30 @@ class FocalFunction(torch.autograd.Function):
             need_teacher_grad=False, inplace=inplace)
         ctx.per_row = options["reduction"] in _PER_ROW
         ctx.grads = (grad, teacher_grad)
+        ctx.inplace = inplace
+        if not inplace:  # kept for a second backward of a retained graph
+            ctx.save_for_backward(input, target)
+            ctx.options = options
         total = sum(reduced.values()).to(input.dtype)
         return total
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output, *logged):
-        if ctx.grads is None:
-            raise RuntimeError("focal_loss: the saved gradient was already used "
-                               "(one backward per forward)")
+        if torch.is_grad_enabled():  # create_graph=True: never a gradient without grad_fn
+            raise NotImplementedError(
+                "focal_loss: a differentiable gradient (create_graph=True, double backward) is "
+                "not implemented in the Triton module; the torch module has it")
         grads, ctx.grads = ctx.grads, None
-        grads = [None if g is None else _scale(g, grad_output, ctx.per_row) for g in grads]
+        if grads is None:  # a second backward of a retained graph: the gradient again
+            if ctx.inplace:
+                raise RuntimeError("focal_loss: with inplace=True the logits were overwritten by "
+                                   "the gradient: one backward per forward")
+            input, target = ctx.saved_tensors
+            _, grad, teacher_grad = _run(input, target, ctx.options, ctx.needs_input_grad[0],
+False, False)
+            grads = (grad, teacher_grad)
+        with torch.no_grad():
+            grads = [None if g is None else _scale(g, grad_output, ctx.per_row) for g in grads]
         return (grads[0], grads[1], None, None, None, None, None, None)
 
 

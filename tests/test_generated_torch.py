@@ -316,37 +316,6 @@ def test_teacher_gradient_only_when_the_teacher_requires_grad(backend, monkeypat
     torch.testing.assert_close(t.grad, t2.grad, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("loss, what", [
-    ("cross_entropy", "target"), ("cross_entropy", "weight"),
-    ("focal_loss", "target"), ("focal_loss", "weight"),
-])
-def test_gradients_not_implemented_yet_are_refused(backend, loss, what):
-    """A target or weight that requires grad gets an error, never a silent None."""
-    function = getattr(_module(loss, backend), loss)
-    x = torch.randn(3, 4, requires_grad=True)
-    p = torch.softmax(torch.randn(3, 4), 1)
-    w = torch.rand(4) + 0.5
-    if what == "target":
-        p.requires_grad_()
-    else:
-        w.requires_grad_()
-    with pytest.raises(NotImplementedError, match=f"gradient with respect to {what}"):
-        function(x, p, weight=w)
-    with torch.no_grad():  # nothing to differentiate: no refusal
-        function(x, p, weight=w)
-
-
-@pytest.mark.parametrize("loss", LOSSES)
-def test_second_backward_is_refused_clearly(backend, loss):
-    module = _module(loss, backend)
-    x, target, options = make_inputs(Case(loss, (3, 4), TARGET_KINDS[loss][0]))
-    x.requires_grad_()
-    out = getattr(module, loss)(x, target, **options)
-    out.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="one backward per forward"):
-        out.backward()
-
-
 @pytest.mark.parametrize("loss", LOSSES)
 def test_no_grad_input_needs_no_gradient(backend, loss, monkeypatch):
     module = _module(loss, backend)

@@ -157,12 +157,29 @@ def test_default_leaves_the_logits_alone(loss):
     torch.testing.assert_close(x.detach(), before, rtol=0, atol=0)
 
 
-def test_one_backward_per_forward():
+def test_a_retained_graph_backpropagates_twice():
     x = torch.randn(3, 5, requires_grad=True)
     loss, _ = _call("cross_entropy", x)
     loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+
+
+def test_a_second_backward_after_an_inplace_forward_is_refused():
+    x = torch.randn(3, 5, requires_grad=True)
+    loss = MODULES["cross_entropy"].cross_entropy(x.clone(), torch.tensor([0, 1, 2]),
+                                                  inplace=True)
+    loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward per forward"):
         loss.backward()
+
+
+def test_a_differentiable_gradient_is_refused_not_silent():
+    x = torch.randn(3, 5, requires_grad=True)
+    loss, _ = _call("cross_entropy", x)
+    with pytest.raises(NotImplementedError, match="create_graph=True"):
+        torch.autograd.grad(loss, x, create_graph=True)
 
 
 def test_teacher_gradient_only_where_asked():
@@ -376,3 +393,19 @@ def test_the_printers_functions_run_interpreted(tmp_path):
     for i, name in enumerate(module.NAMES):
         np.testing.assert_allclose(out[i].numpy(), numpy[name](a.numpy()), rtol=1e-12,
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_gradcheck_in_float64(loss):
+    """First derivatives by finite differences (a retained graph backpropagated again
+    for every column gradcheck compares)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    if loss == "kl_distillation":
+        target = torch.randn(3, 4, dtype=torch.float64, generator=gen)
+    else:
+        target = torch.tensor([0, 3, 1])
+    function = getattr(MODULES[loss], loss)
+    for reduction in ("sum", "none"):
+        assert torch.autograd.gradcheck(lambda x, r=reduction: function(x, target, reduction=r),
+                                        (x,))

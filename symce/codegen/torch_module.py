@@ -16,6 +16,7 @@ from symce.codegen.c import c_context, c_header
 from symce.codegen.ir import Kernel
 from symce.codegen.module import arguments, denominators
 from symce.codegen.printers import array_code, array_kernel_context, kernel_names
+from symce.codegen.second_order import second_order_context
 from symce.losses import get_loss
 from symce.losses.targets import MASK, N_CLASSES, W, Y
 
@@ -28,6 +29,25 @@ def _kernel(kernel: Kernel) -> dict[str, object]:
     names = kernel_names(kernel)
     return {**array_kernel_context(kernel, "torch"),
             "plan": schedule(kernel, lambda e: array_code(e, "torch", names))}
+
+
+def op_schema(loss_name: str) -> list[str]:
+    """``type name`` of each argument after ``input`` and the target, for the custom
+    operator torch.compile sees (a schema of ``torch.library``)."""
+    loss = get_loss(loss_name)
+    params = {p.name: p for p in loss.params}
+    found = []
+    for a in arguments(loss)[2:]:
+        if a.name in params:
+            kind = "float?" if params[a.name].optional else "float"
+        elif a.role == "flag":
+            kind = "bool"
+        else:
+            default = loss.targets.option(a.name).default if a.role == "option" else ""
+            kind = {type(None): "Tensor?", bool: "bool", int: "int", float: "float",
+                    str: "str"}[type(default)]
+        found.append(f"{kind} {a.name}")
+    return found
 
 
 def torch_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
@@ -44,9 +64,13 @@ def torch_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
         "module_arguments": [a for a in rest if a.name not in per_call],
         "forward_arguments": [a for a in rest if a.name in per_call],
         "teacher_gradient": any(k.grad_teacher is not None for k in ks),
+        "op_schema": op_schema(loss_name),
+        "op_floats": [a.split()[1] for a in op_schema(loss_name) if a.startswith("float")],
         # the compiled kernels, on torch's own OpenMP team (see templates/shared/compiled.py.j2)
         **c_context(ks, c_header(loss_name), openmp=True),
+        # the dense path: double backward and target gradients (symce/codegen/second_order.py)
+        **second_order_context(loss_name, ks),
     }
 
 
-__all__ = ["BLOCK_ARRAYS", "torch_context"]
+__all__ = ["BLOCK_ARRAYS", "op_schema", "torch_context"]

@@ -295,3 +295,103 @@ def step_group(name: str, loss: Loss) -> str:
                                                          "teacher_gradient"):
             return "teacher"
     return "own"
+
+
+# -- second order: what autograd's double backward needs --------------------------
+#: the direction of a Hessian-vector product (autograd's cotangent of a gradient)
+V = sp.IndexedBase("v", real=True)
+
+
+@dataclass(frozen=True)
+class SecondOrderSteps:
+    """Names of one term's second-order steps with respect to the raw logits ``r``
+    (``"x"``; with a transform also ``"u"``): ``hvp`` ``Σ_l ∂²L/∂r_k∂r_l v_l``,
+    ``grad_c`` ``∂(Σ_l v_l ∂L/∂r_l)/∂c_k``, ``dl_dc_r`` ``∂(Σ_l v_l ∂L/∂c_l)/∂r_k``,
+    ``dl_dc_c`` ``∂(Σ_l v_l ∂L/∂c_l)/∂c_k`` (None where the term has no ``∂L/∂c``
+    or the coefficients are a teacher's softmax)."""
+
+    term: str
+    var: str
+    gradient: str
+    hvp: str
+    grad_c: str | None
+    dl_dc_r: str | None
+    dl_dc_c: str | None
+    #: with a teacher: ``∂(Σ_l v_l ∂L/∂r_l)/∂t_k``, ``∂(Σ_l v_l ∂L/∂t_l)/∂r_k`` and
+    #: ``∂(Σ_l v_l ∂L/∂t_l)/∂t_k`` (the teacher's Hessian-vector product)
+    teacher_cross: str | None = None
+    teacher_dl_r: str | None = None
+    teacher_hvp: str | None = None
+
+
+def second_order_steps(ctx: Context, loss: Loss, by_name: dict[str, Step],
+                       infos) -> tuple[list[Step], list[SecondOrderSteps]]:
+    """The Hessian-vector products and the mixed derivatives in the coefficients.
+
+    Symbolic ``n`` only (the products are contractions over a second index
+    ``l``).  Each right-hand side is computed by the context and re-proved by
+    ``Derivation.check`` like every step.  With respect to ``x`` the product
+    is the proved Hessian times ``v``; with a transform, with respect to the
+    raw logits ``u``, the derivative of the proved chain rule.
+    """
+    if isinstance(ctx.n, int):
+        raise ValueError("the second-order steps are derived for a symbolic n")
+    ell = ctx.l  # the contraction's index: free in none of the derived expressions
+
+    def contract(vector, a):
+        return sp.Sum(ctx.entry(vector, a) * V[a], (a, 1, ctx.n)) if a == ell else None
+
+    steps: list[Step] = []
+    found: list[SecondOrderSteps] = []
+    variables = [("x", ctx.x)] + ([("u", ctx.u)] if loss.transform is not None else [])
+    for info in infos:
+        pre = "" if info.symbol == ctx.L else f"{info.term}_"
+        dl_dc = by_name[info.dl_dc].rhs if info.dl_dc is not None else None
+        for var, r in variables:
+            name = f"{pre}{var}_"
+            grad_step = info.gradient if var == "x" else info.transform_chain
+            G = by_name[grad_step].rhs
+            report(f"deriving {name}hvp")
+            if var == "x":
+                H = by_name[info.hessian].rhs
+                lhs = sp.Sum(ctx.entry(H, ctx.k, ell) * V[ell], (ell, 1, ctx.n))
+                rule = r"the proved Hessian times $v$; Kronecker-delta sifting"
+            else:
+                lhs = sp.Sum(ctx.D(G, r(ell)) * V[ell], (ell, 1, ctx.n))
+                rule = r"differentiate the chain rule through the transform; contract with $v$"
+            steps.append(Step(f"{name}hvp", "Hessian-vector product", lhs, ctx.evaluate(lhs),
+                              rule))
+            names = {"hvp": f"{name}hvp", "grad_c": None, "dl_dc_r": None, "dl_dc_c": None}
+            if not ctx.teacher:
+                report(f"deriving {name}grad_c")
+                lhs = ctx.D(contract(G.xreplace({ctx.k: ell}), ell), ctx.c(ctx.k))
+                steps.append(Step(f"{name}grad_c", "Gradient in the coefficients, contracted",
+                                  lhs, ctx.evaluate(lhs),
+                                  r"differentiate with $q$ and $c$ as independent variables"))
+                names["grad_c"] = f"{name}grad_c"
+            if dl_dc is not None and not ctx.teacher:
+                contracted = contract(dl_dc.xreplace({ctx.k: ell}), ell)
+                for key, wrt in (("dl_dc_r", r(ctx.k)), ("dl_dc_c", ctx.c(ctx.k))):
+                    if key == "dl_dc_c" and var == "u":
+                        names[key] = f"{pre}x_dl_dc_c"  # the same: nothing of u in it
+                        continue
+                    report(f"deriving {name}{key}")
+                    lhs = ctx.D(contracted, wrt)
+                    steps.append(Step(f"{name}{key}", "Target gradient, differentiated", lhs,
+                                      ctx.evaluate(lhs), "differentiate; contract with $v$"))
+                    names[key] = f"{name}{key}"
+            if ctx.teacher and info.teacher_gradient is not None:
+                Gt = by_name[info.teacher_gradient].rhs
+                for key, f, wrt in (("teacher_cross", G, ctx.t(ctx.k)),
+                                    ("teacher_dl_r", Gt, r(ctx.k)),
+                                    ("teacher_hvp", Gt, ctx.t(ctx.k))):
+                    if key == "teacher_hvp" and var == "u":
+                        names[key] = f"{pre}x_teacher_hvp"  # the same: nothing of u in it
+                        continue
+                    report(f"deriving {name}{key}")
+                    lhs = ctx.D(contract(f.xreplace({ctx.k: ell}), ell), wrt)
+                    steps.append(Step(f"{name}{key}", "Teacher gradient, differentiated", lhs,
+                                      ctx.evaluate(lhs), "differentiate; contract with $v$"))
+                    names[key] = f"{name}{key}"
+            found.append(SecondOrderSteps(term=info.term, var=var, gradient=grad_step, **names))
+    return steps, found
