@@ -466,12 +466,804 @@ typedef struct {
     int64_t S;
     double scale_cross_entropy;
     double scale_z;
-    double z_loss;
 } symce_args_index;
 
 /* one row of C classes, class stride 1 (ur in, gr out or NULL);
  * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
 static void row_index(const symce_args_index *restrict A, int64_t r, const float *restrict ur, float *restrict gr, const float *un, float *gn)
+{
+    const int64_t C = A->C;
+    const double n_classes = (double)A->C;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    const int64_t y = A->y[r];
+    /* walk 1: sum_e */
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        if (gr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_e[j] += part_sum_e[j];
+        }
+    }
+    double sum_e = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_e += acc_sum_e[j];
+    }
+    const double m = (double)m_f;
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double u_y = (double)ur[y];
+    const double valid = A->valid ? (double)A->valid[r] : 1.0;
+    const double t_2_0 = scale_cross_entropy*valid;
+    const double loss_cross_entropy = valid*(m - u_y + log(sum_e));
+    const double loss_z = 0;
+    const double coef_0 = t_2_0/sum_e;
+    const double target = -t_2_0;
+    const float coef_0_f = (float)coef_0;
+    const float target_f = (float)target;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float e = gr[c];
+            gr[c] = coef_0_f*e;
+        }
+    }
+    if (gr)
+        gr[y] += target_f;
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials; un (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_index(const symce_args_index *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const int64_t *restrict ys = A->y + r0;
+    const double n_classes = (double)A->C;
+    float coef_0_a[SYMCE_SLAB];
+    float target_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+    }
+    /* walk 1: sum_e; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_e[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_e[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_e[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_e[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (gs) {
+                const float *restrict uc = us + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_e[s] += e;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[s] += e;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_e[s] += part_sum_e[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+        const double m = (double)m_a[s];
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double u_y = (double)us[y * S + s];
+        const double valid = A->valid ? (double)A->valid[r0 + s] : 1.0;
+        const double t_2_0 = scale_cross_entropy*valid;
+        const double loss_cross_entropy = valid*(m - u_y + log(sum_e));
+        const double loss_z = 0;
+        const double coef_0 = t_2_0/sum_e;
+        const double target = -t_2_0;
+        coef_0_a[s] = (float)coef_0;
+        target_a[s] = (float)target;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        {
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float e = ec[s];
+                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_index(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, int64_t unit, int64_t *next)
+{
+    const symce_args_index A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)2 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_index(&A, r, u + r * C, g ? g + r * C : 0,
+                        u + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_g = scratch + 1 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_index(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
+                        t_u + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_index(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                            ahead ? u + next_at : 0);
+                else
+                    slab_index(&A, at, sample * S + s0, P, es,
+                            ahead ? u + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_index on an OpenMP team of `threads` (the caller among them) */
+void symce_index_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, unit, next);
+}
+#endif
+
+/* -- index_softcap ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const int64_t *y;
+    const float *valid;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double softcap;
+} symce_args_index_softcap;
+
+/* one row of C classes, class stride 1 (ur in, gr out or NULL, xsr this thread's scratch row or NULL);
+ * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
+static void row_index_softcap(const symce_args_index_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
+{
+    const int64_t C = A->C;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
+    const int64_t y = A->y[r];
+    /* walk 1: sum_e */
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        if (gr && xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else if (gr && !xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_e[j] += part_sum_e[j];
+        }
+    }
+    double sum_e = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_e += acc_sum_e[j];
+    }
+    const double m = (double)m_f;
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double u_y = (double)ur[y];
+    const double valid = A->valid ? (double)A->valid[r] : 1.0;
+    const double x_y = (double)(softcap_f*symce_tanh(h_0_f*ur[y]));
+    const double t_2_0 = scale_cross_entropy*valid;
+    const double t_2_1 = t_2_0/sum_e;
+    const double loss_cross_entropy = valid*(m - x_y + log(sum_e));
+    const double loss_z = 0;
+    const double coef_0 = -t_2_1/pow(softcap, 2);
+    const double coef_1 = t_2_1;
+    const double target = t_2_0*(pow(tanh(u_y/softcap), 2) - 1);
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float target_f = (float)target;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    if (gr && xsr) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float x = xsr[c];
+            const float e = gr[c];
+            gr[c] = coef_0_f*e*(x*x) + coef_1_f*e;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float u = ur[c];
+            const float x = softcap_f*symce_tanh(h_0_f*u);
+            const float e = gr[c];
+            gr[c] = coef_0_f*e*(x*x) + coef_1_f*e;
+        }
+    }
+    if (gr)
+        gr[y] += target_f;
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials, xs for the x; un (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_index_softcap(const symce_args_index_softcap *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const int64_t *restrict ys = A->y + r0;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float target_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {  /* the transform is increasing: the maximum's */
+        m_a[s] = softcap_f*symce_tanh(h_0_f*m_a[s]);
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+    }
+    /* walk 1: sum_e; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_e[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_e[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_e[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_e[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (gs && xss) {
+                const float *restrict uc = us + c * S;
+                float *xsc = xss + c * SYMCE_SLAB;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsc[s] = x;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_e[s] += e;
+                }
+            } else if (gs && !xss) {
+                const float *restrict uc = us + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_e[s] += e;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[s] += e;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_e[s] += part_sum_e[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+        const double m = (double)m_a[s];
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double u_y = (double)us[y * S + s];
+        const double valid = A->valid ? (double)A->valid[r0 + s] : 1.0;
+        const double x_y = (double)(softcap_f*symce_tanh(h_0_f*us[y * S + s]));
+        const double t_2_0 = scale_cross_entropy*valid;
+        const double t_2_1 = t_2_0/sum_e;
+        const double loss_cross_entropy = valid*(m - x_y + log(sum_e));
+        const double loss_z = 0;
+        const double coef_0 = -t_2_1/pow(softcap, 2);
+        const double coef_1 = t_2_1;
+        const double target = t_2_0*(pow(tanh(u_y/softcap), 2) - 1);
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        target_a[s] = (float)target;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        if (gs && xss) {
+            float *xsc = xss + c * SYMCE_SLAB;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float x = xsc[s];
+                const float e = ec[s];
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        } else {
+            const float *restrict uc = us + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float u = uc[s];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                const float e = ec[s];
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_index_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double softcap, int64_t unit, int64_t *next)
+{
+    const symce_args_index_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, softcap };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)2 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    /* walk 1's x for the later walks: a row, or a slab unit's (the same bound as es) */
+    float *xs = 0;
+    if (g && (S == 1 || scratch))
+        xs = malloc((size_t)C * sizeof(float));
+    else if (g && C * SYMCE_SLAB <= (1 << 18))
+        xs = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_index_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
+                        u + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_g = scratch + 1 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_index_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
+                        t_u + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_index_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                            ahead ? u + next_at : 0);
+                else
+                    slab_index_softcap(&A, at, sample * S + s0, P, es, xs,
+                            ahead ? u + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+    free(xs);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_index_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_index_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double softcap, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index_softcap(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, softcap, unit, next);
+}
+#endif
+
+/* -- index_z_loss ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const int64_t *y;
+    const float *valid;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double z_loss;
+} symce_args_index_z_loss;
+
+/* one row of C classes, class stride 1 (ur in, gr out or NULL);
+ * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
+static void row_index_z_loss(const symce_args_index_z_loss *restrict A, int64_t r, const float *restrict ur, float *restrict gr, const float *un, float *gn)
 {
     const int64_t C = A->C;
     const double z_loss = A->z_loss;
@@ -593,7 +1385,7 @@ static void row_index(const symce_args_index *restrict A, int64_t r, const float
  * thread's scratch for the exponentials; un (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_index(const symce_args_index *restrict A,
+static inline __attribute__((always_inline)) void slab_index_z_loss(const symce_args_index_z_loss *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un)
 {
     const int64_t C = A->C, S = A->S;
@@ -721,9 +1513,9 @@ static inline __attribute__((always_inline)) void slab_index(const symce_args_in
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_index(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next)
+void symce_index_z_loss(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next)
 {
-    const symce_args_index A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, z_loss };
+    const symce_args_index_z_loss A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, z_loss };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -749,7 +1541,7 @@ void symce_index(const float *u, float *g, float *loss_cross_entropy, float *los
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_index(&A, r, u + r * C, g ? g + r * C : 0,
+                row_index_z_loss(&A, r, u + r * C, g ? g + r * C : 0,
                         u + rn * C, g ? g + rn * C : 0);
             }
         } else if (scratch) {
@@ -760,7 +1552,7 @@ void symce_index(const float *u, float *g, float *loss_cross_entropy, float *los
                 for (int64_t s = 0; s < S; ++s)
                     t_u[s * C + c] = u[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_index(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
+                row_index_z_loss(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
                         t_u + s * C, 0);
             if (g)
                 for (int64_t c = 0; c < C; ++c)
@@ -780,10 +1572,10 @@ void symce_index(const float *u, float *g, float *loss_cross_entropy, float *los
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_index(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                    slab_index_z_loss(&A, at, sample * S + s0, SYMCE_SLAB, es,
                             ahead ? u + next_at : 0);
                 else
-                    slab_index(&A, at, sample * S + s0, P, es,
+                    slab_index_z_loss(&A, at, sample * S + s0, P, es,
                             ahead ? u + next_at : 0);
             }
         }
@@ -796,16 +1588,16 @@ void symce_index(const float *u, float *g, float *loss_cross_entropy, float *los
 }
 #ifdef _OPENMP
 
-/* symce_index on an OpenMP team of `threads` (the caller among them) */
-void symce_index_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next,
+/* symce_index_z_loss on an OpenMP team of `threads` (the caller among them) */
+void symce_index_z_loss_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_index(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, unit, next);
+    symce_index_z_loss(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, unit, next);
 }
 #endif
 
-/* -- index_softcap ------------------------------------------------------------ */
+/* -- index_z_loss_softcap ------------------------------------------------------------ */
 
 typedef struct {
     const float *u;
@@ -822,11 +1614,11 @@ typedef struct {
     double scale_z;
     double z_loss;
     double softcap;
-} symce_args_index_softcap;
+} symce_args_index_z_loss_softcap;
 
 /* one row of C classes, class stride 1 (ur in, gr out or NULL, xsr this thread's scratch row or NULL);
  * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
-static void row_index_softcap(const symce_args_index_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
+static void row_index_z_loss_softcap(const symce_args_index_z_loss_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
 {
     const int64_t C = A->C;
     const double z_loss = A->z_loss;
@@ -994,7 +1786,7 @@ static void row_index_softcap(const symce_args_index_softcap *restrict A, int64_
  * thread's scratch for the exponentials, xs for the x; un (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_index_softcap(const symce_args_index_softcap *restrict A,
+static inline __attribute__((always_inline)) void slab_index_z_loss_softcap(const symce_args_index_z_loss_softcap *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un)
 {
     const int64_t C = A->C, S = A->S;
@@ -1170,9 +1962,9 @@ static inline __attribute__((always_inline)) void slab_index_softcap(const symce
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_index_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next)
+void symce_index_z_loss_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next)
 {
-    const symce_args_index_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap };
+    const symce_args_index_z_loss_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -1204,7 +1996,7 @@ void symce_index_softcap(const float *u, float *g, float *loss_cross_entropy, fl
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_index_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
+                row_index_z_loss_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
                         u + rn * C, g ? g + rn * C : 0);
             }
         } else if (scratch) {
@@ -1215,7 +2007,7 @@ void symce_index_softcap(const float *u, float *g, float *loss_cross_entropy, fl
                 for (int64_t s = 0; s < S; ++s)
                     t_u[s * C + c] = u[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_index_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
+                row_index_z_loss_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
                         t_u + s * C, 0);
             if (g)
                 for (int64_t c = 0; c < C; ++c)
@@ -1235,10 +2027,10 @@ void symce_index_softcap(const float *u, float *g, float *loss_cross_entropy, fl
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_index_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                    slab_index_z_loss_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
                             ahead ? u + next_at : 0);
                 else
-                    slab_index_softcap(&A, at, sample * S + s0, P, es, xs,
+                    slab_index_z_loss_softcap(&A, at, sample * S + s0, P, es, xs,
                             ahead ? u + next_at : 0);
             }
         }
@@ -1252,12 +2044,12 @@ void symce_index_softcap(const float *u, float *g, float *loss_cross_entropy, fl
 }
 #ifdef _OPENMP
 
-/* symce_index_softcap on an OpenMP team of `threads` (the caller among them) */
-void symce_index_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next,
+/* symce_index_z_loss_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_index_z_loss_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_index_softcap(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap, unit, next);
+    symce_index_z_loss_softcap(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap, unit, next);
 }
 #endif
 
@@ -1277,12 +2069,880 @@ typedef struct {
     double scale_cross_entropy;
     double scale_z;
     double label_smoothing;
-    double z_loss;
 } symce_args_index_smoothed;
 
 /* one row of C classes, class stride 1 (ur in, gr out or NULL);
  * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
 static void row_index_smoothed(const symce_args_index_smoothed *restrict A, int64_t r, const float *restrict ur, float *restrict gr, const float *un, float *gn)
+{
+    const int64_t C = A->C;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    const int64_t y = A->y[r];
+    /* walk 1: sum_e, sum_z */
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    double acc_sum_z[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        float part_sum_z[SYMCE_SUM_LANES] = {0};
+        if (gr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                    part_sum_z[j] += z;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                    part_sum_z[j] += z;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                    part_sum_z[j] += z;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                    part_sum_z[j] += z;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_e[j] += part_sum_e[j];
+            acc_sum_z[j] += part_sum_z[j];
+        }
+    }
+    double sum_e = 0.0;
+    double sum_z = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_e += acc_sum_e[j];
+        sum_z += acc_sum_z[j];
+    }
+    const double m = (double)m_f;
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double u_y = (double)ur[y];
+    const double valid = A->valid ? (double)A->valid[r] : 1.0;
+    const double t_2_0 = m - u_y;
+    const double t_2_1 = label_smoothing/n_classes;
+    const double t_2_2 = scale_cross_entropy*valid;
+    const double loss_cross_entropy = valid*(-label_smoothing*t_2_0 - sum_z*t_2_1 + t_2_0 + log(sum_e));
+    const double loss_z = 0;
+    const double coef_0 = -t_2_1*t_2_2;
+    const double coef_1 = t_2_2/sum_e;
+    const double target = t_2_2*(label_smoothing - 1);
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float target_f = (float)target;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float e = gr[c];
+            gr[c] = coef_0_f + coef_1_f*e;
+        }
+    }
+    if (gr)
+        gr[y] += target_f;
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials; un (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_index_smoothed(const symce_args_index_smoothed *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const int64_t *restrict ys = A->y + r0;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float target_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+    }
+    /* walk 1: sum_e, sum_z; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_e[SYMCE_SLAB];
+    double acc_sum_z[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_e[s] = 0.0;
+        acc_sum_z[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_e[SYMCE_SLAB];
+        float part_sum_z[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_e[s] = 0.0f;
+            part_sum_z[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (gs) {
+                const float *restrict uc = us + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_e[s] += e;
+                    part_sum_z[s] += z;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[s] += e;
+                    part_sum_z[s] += z;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_e[s] += part_sum_e[s];
+            acc_sum_z[s] += part_sum_z[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+        const double m = (double)m_a[s];
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_z = acc_sum_z[s];
+        const double u_y = (double)us[y * S + s];
+        const double valid = A->valid ? (double)A->valid[r0 + s] : 1.0;
+        const double t_2_0 = m - u_y;
+        const double t_2_1 = label_smoothing/n_classes;
+        const double t_2_2 = scale_cross_entropy*valid;
+        const double loss_cross_entropy = valid*(-label_smoothing*t_2_0 - sum_z*t_2_1 + t_2_0 + log(sum_e));
+        const double loss_z = 0;
+        const double coef_0 = -t_2_1*t_2_2;
+        const double coef_1 = t_2_2/sum_e;
+        const double target = t_2_2*(label_smoothing - 1);
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        target_a[s] = (float)target;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        {
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float e = ec[s];
+                v[s] = coef_0_a[s] + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_index_smoothed(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, int64_t unit, int64_t *next)
+{
+    const symce_args_index_smoothed A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)2 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_index_smoothed(&A, r, u + r * C, g ? g + r * C : 0,
+                        u + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_g = scratch + 1 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_index_smoothed(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
+                        t_u + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_index_smoothed(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                            ahead ? u + next_at : 0);
+                else
+                    slab_index_smoothed(&A, at, sample * S + s0, P, es,
+                            ahead ? u + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_index_smoothed on an OpenMP team of `threads` (the caller among them) */
+void symce_index_smoothed_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index_smoothed(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, unit, next);
+}
+#endif
+
+/* -- index_smoothed_softcap ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const int64_t *y;
+    const float *valid;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double label_smoothing;
+    double softcap;
+} symce_args_index_smoothed_softcap;
+
+/* one row of C classes, class stride 1 (ur in, gr out or NULL, xsr this thread's scratch row or NULL);
+ * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
+static void row_index_smoothed_softcap(const symce_args_index_smoothed_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
+{
+    const int64_t C = A->C;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
+    const int64_t y = A->y[r];
+    /* walk 1: sum_e, sum_z */
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    double acc_sum_z[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        float part_sum_z[SYMCE_SUM_LANES] = {0};
+        if (gr && xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                    part_sum_z[j] += z;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                    part_sum_z[j] += z;
+                }
+            }
+        } else if (gr && !xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                    part_sum_z[j] += z;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                    part_sum_z[j] += z;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                    part_sum_z[j] += z;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                    part_sum_z[j] += z;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_e[j] += part_sum_e[j];
+            acc_sum_z[j] += part_sum_z[j];
+        }
+    }
+    double sum_e = 0.0;
+    double sum_z = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_e += acc_sum_e[j];
+        sum_z += acc_sum_z[j];
+    }
+    const double m = (double)m_f;
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double u_y = (double)ur[y];
+    const double valid = A->valid ? (double)A->valid[r] : 1.0;
+    const double x_y = (double)(softcap_f*symce_tanh(h_0_f*ur[y]));
+    const double t_2_0 = m - x_y;
+    const double t_2_1 = label_smoothing/n_classes;
+    const double t_2_2 = scale_cross_entropy*valid;
+    const double t_2_3 = t_2_1*t_2_2;
+    const double t_2_4 = pow(softcap, -2);
+    const double t_2_5 = t_2_2/sum_e;
+    const double t_2_6 = pow(tanh(u_y/softcap), 2);
+    const double loss_cross_entropy = valid*(-label_smoothing*t_2_0 - sum_z*t_2_1 + t_2_0 + log(sum_e));
+    const double loss_z = 0;
+    const double coef_0 = -t_2_3;
+    const double coef_1 = -t_2_4*t_2_5;
+    const double coef_2 = t_2_5;
+    const double coef_3 = t_2_3*t_2_4;
+    const double target = t_2_2*(-label_smoothing*t_2_6 + label_smoothing + t_2_6 - 1);
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float coef_2_f = (float)coef_2;
+    const float coef_3_f = (float)coef_3;
+    const float target_f = (float)target;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    if (gr && xsr) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float x = xsr[c];
+            const float e = gr[c];
+            const float v_0 = (x*x);
+            gr[c] = coef_0_f + coef_1_f*v_0*e + coef_2_f*e + coef_3_f*v_0;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float u = ur[c];
+            const float x = softcap_f*symce_tanh(h_0_f*u);
+            const float e = gr[c];
+            const float v_0 = (x*x);
+            gr[c] = coef_0_f + coef_1_f*v_0*e + coef_2_f*e + coef_3_f*v_0;
+        }
+    }
+    if (gr)
+        gr[y] += target_f;
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials, xs for the x; un (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(const symce_args_index_smoothed_softcap *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const int64_t *restrict ys = A->y + r0;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float coef_2_a[SYMCE_SLAB];
+    float coef_3_a[SYMCE_SLAB];
+    float target_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {  /* the transform is increasing: the maximum's */
+        m_a[s] = softcap_f*symce_tanh(h_0_f*m_a[s]);
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+    }
+    /* walk 1: sum_e, sum_z; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_e[SYMCE_SLAB];
+    double acc_sum_z[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_e[s] = 0.0;
+        acc_sum_z[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_e[SYMCE_SLAB];
+        float part_sum_z[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_e[s] = 0.0f;
+            part_sum_z[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (gs && xss) {
+                const float *restrict uc = us + c * S;
+                float *xsc = xss + c * SYMCE_SLAB;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsc[s] = x;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_e[s] += e;
+                    part_sum_z[s] += z;
+                }
+            } else if (gs && !xss) {
+                const float *restrict uc = us + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_e[s] += e;
+                    part_sum_z[s] += z;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[s] += e;
+                    part_sum_z[s] += z;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_e[s] += part_sum_e[s];
+            acc_sum_z[s] += part_sum_z[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+        const double m = (double)m_a[s];
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_z = acc_sum_z[s];
+        const double u_y = (double)us[y * S + s];
+        const double valid = A->valid ? (double)A->valid[r0 + s] : 1.0;
+        const double x_y = (double)(softcap_f*symce_tanh(h_0_f*us[y * S + s]));
+        const double t_2_0 = m - x_y;
+        const double t_2_1 = label_smoothing/n_classes;
+        const double t_2_2 = scale_cross_entropy*valid;
+        const double t_2_3 = t_2_1*t_2_2;
+        const double t_2_4 = pow(softcap, -2);
+        const double t_2_5 = t_2_2/sum_e;
+        const double t_2_6 = pow(tanh(u_y/softcap), 2);
+        const double loss_cross_entropy = valid*(-label_smoothing*t_2_0 - sum_z*t_2_1 + t_2_0 + log(sum_e));
+        const double loss_z = 0;
+        const double coef_0 = -t_2_3;
+        const double coef_1 = -t_2_4*t_2_5;
+        const double coef_2 = t_2_5;
+        const double coef_3 = t_2_3*t_2_4;
+        const double target = t_2_2*(-label_smoothing*t_2_6 + label_smoothing + t_2_6 - 1);
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        coef_2_a[s] = (float)coef_2;
+        coef_3_a[s] = (float)coef_3;
+        target_a[s] = (float)target;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        if (gs && xss) {
+            float *xsc = xss + c * SYMCE_SLAB;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float x = xsc[s];
+                const float e = ec[s];
+                const float v_0 = (x*x);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        } else {
+            const float *restrict uc = us + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float u = uc[s];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                const float e = ec[s];
+                const float v_0 = (x*x);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_index_smoothed_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double softcap, int64_t unit, int64_t *next)
+{
+    const symce_args_index_smoothed_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, softcap };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)2 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    /* walk 1's x for the later walks: a row, or a slab unit's (the same bound as es) */
+    float *xs = 0;
+    if (g && (S == 1 || scratch))
+        xs = malloc((size_t)C * sizeof(float));
+    else if (g && C * SYMCE_SLAB <= (1 << 18))
+        xs = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_index_smoothed_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
+                        u + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_g = scratch + 1 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_index_smoothed_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
+                        t_u + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_index_smoothed_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                            ahead ? u + next_at : 0);
+                else
+                    slab_index_smoothed_softcap(&A, at, sample * S + s0, P, es, xs,
+                            ahead ? u + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+    free(xs);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_index_smoothed_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_index_smoothed_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double softcap, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index_smoothed_softcap(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, softcap, unit, next);
+}
+#endif
+
+/* -- index_smoothed_z_loss ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const int64_t *y;
+    const float *valid;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double label_smoothing;
+    double z_loss;
+} symce_args_index_smoothed_z_loss;
+
+/* one row of C classes, class stride 1 (ur in, gr out or NULL);
+ * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
+static void row_index_smoothed_z_loss(const symce_args_index_smoothed_z_loss *restrict A, int64_t r, const float *restrict ur, float *restrict gr, const float *un, float *gn)
 {
     const int64_t C = A->C;
     const double label_smoothing = A->label_smoothing;
@@ -1418,7 +3078,7 @@ static void row_index_smoothed(const symce_args_index_smoothed *restrict A, int6
  * thread's scratch for the exponentials; un (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_index_smoothed(const symce_args_index_smoothed *restrict A,
+static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss(const symce_args_index_smoothed_z_loss *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un)
 {
     const int64_t C = A->C, S = A->S;
@@ -1560,9 +3220,9 @@ static inline __attribute__((always_inline)) void slab_index_smoothed(const symc
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_index_smoothed(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, int64_t unit, int64_t *next)
+void symce_index_smoothed_z_loss(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, int64_t unit, int64_t *next)
 {
-    const symce_args_index_smoothed A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss };
+    const symce_args_index_smoothed_z_loss A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -1588,7 +3248,7 @@ void symce_index_smoothed(const float *u, float *g, float *loss_cross_entropy, f
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_index_smoothed(&A, r, u + r * C, g ? g + r * C : 0,
+                row_index_smoothed_z_loss(&A, r, u + r * C, g ? g + r * C : 0,
                         u + rn * C, g ? g + rn * C : 0);
             }
         } else if (scratch) {
@@ -1599,7 +3259,7 @@ void symce_index_smoothed(const float *u, float *g, float *loss_cross_entropy, f
                 for (int64_t s = 0; s < S; ++s)
                     t_u[s * C + c] = u[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_index_smoothed(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
+                row_index_smoothed_z_loss(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
                         t_u + s * C, 0);
             if (g)
                 for (int64_t c = 0; c < C; ++c)
@@ -1619,10 +3279,10 @@ void symce_index_smoothed(const float *u, float *g, float *loss_cross_entropy, f
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_index_smoothed(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                    slab_index_smoothed_z_loss(&A, at, sample * S + s0, SYMCE_SLAB, es,
                             ahead ? u + next_at : 0);
                 else
-                    slab_index_smoothed(&A, at, sample * S + s0, P, es,
+                    slab_index_smoothed_z_loss(&A, at, sample * S + s0, P, es,
                             ahead ? u + next_at : 0);
             }
         }
@@ -1635,16 +3295,16 @@ void symce_index_smoothed(const float *u, float *g, float *loss_cross_entropy, f
 }
 #ifdef _OPENMP
 
-/* symce_index_smoothed on an OpenMP team of `threads` (the caller among them) */
-void symce_index_smoothed_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, int64_t unit, int64_t *next,
+/* symce_index_smoothed_z_loss on an OpenMP team of `threads` (the caller among them) */
+void symce_index_smoothed_z_loss_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_index_smoothed(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, unit, next);
+    symce_index_smoothed_z_loss(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, unit, next);
 }
 #endif
 
-/* -- index_smoothed_softcap ------------------------------------------------------------ */
+/* -- index_smoothed_z_loss_softcap ------------------------------------------------------------ */
 
 typedef struct {
     const float *u;
@@ -1662,11 +3322,11 @@ typedef struct {
     double label_smoothing;
     double z_loss;
     double softcap;
-} symce_args_index_smoothed_softcap;
+} symce_args_index_smoothed_z_loss_softcap;
 
 /* one row of C classes, class stride 1 (ur in, gr out or NULL, xsr this thread's scratch row or NULL);
  * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
-static void row_index_smoothed_softcap(const symce_args_index_smoothed_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
+static void row_index_smoothed_z_loss_softcap(const symce_args_index_smoothed_z_loss_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
 {
     const int64_t C = A->C;
     const double label_smoothing = A->label_smoothing;
@@ -1857,7 +3517,7 @@ static void row_index_smoothed_softcap(const symce_args_index_smoothed_softcap *
  * thread's scratch for the exponentials, xs for the x; un (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(const symce_args_index_smoothed_softcap *restrict A,
+static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss_softcap(const symce_args_index_smoothed_z_loss_softcap *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un)
 {
     const int64_t C = A->C, S = A->S;
@@ -2056,9 +3716,9 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(co
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_index_smoothed_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, int64_t unit, int64_t *next)
+void symce_index_smoothed_z_loss_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, int64_t unit, int64_t *next)
 {
-    const symce_args_index_smoothed_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap };
+    const symce_args_index_smoothed_z_loss_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -2090,7 +3750,7 @@ void symce_index_smoothed_softcap(const float *u, float *g, float *loss_cross_en
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_index_smoothed_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
+                row_index_smoothed_z_loss_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
                         u + rn * C, g ? g + rn * C : 0);
             }
         } else if (scratch) {
@@ -2101,7 +3761,7 @@ void symce_index_smoothed_softcap(const float *u, float *g, float *loss_cross_en
                 for (int64_t s = 0; s < S; ++s)
                     t_u[s * C + c] = u[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_index_smoothed_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
+                row_index_smoothed_z_loss_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
                         t_u + s * C, 0);
             if (g)
                 for (int64_t c = 0; c < C; ++c)
@@ -2121,10 +3781,10 @@ void symce_index_smoothed_softcap(const float *u, float *g, float *loss_cross_en
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_index_smoothed_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                    slab_index_smoothed_z_loss_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
                             ahead ? u + next_at : 0);
                 else
-                    slab_index_smoothed_softcap(&A, at, sample * S + s0, P, es, xs,
+                    slab_index_smoothed_z_loss_softcap(&A, at, sample * S + s0, P, es, xs,
                             ahead ? u + next_at : 0);
             }
         }
@@ -2138,12 +3798,12 @@ void symce_index_smoothed_softcap(const float *u, float *g, float *loss_cross_en
 }
 #ifdef _OPENMP
 
-/* symce_index_smoothed_softcap on an OpenMP team of `threads` (the caller among them) */
-void symce_index_smoothed_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, int64_t unit, int64_t *next,
+/* symce_index_smoothed_z_loss_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_index_smoothed_z_loss_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_index_smoothed_softcap(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, unit, next);
+    symce_index_smoothed_z_loss_softcap(u, g, loss_cross_entropy, loss_z, y, valid, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, unit, next);
 }
 #endif
 
@@ -2163,12 +3823,818 @@ typedef struct {
     int64_t S;
     double scale_cross_entropy;
     double scale_z;
-    double z_loss;
 } symce_args_index_weighted;
 
 /* one row of C classes, class stride 1 (ur in, gr out or NULL);
  * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
 static void row_index_weighted(const symce_args_index_weighted *restrict A, int64_t r, const float *restrict ur, float *restrict gr, const float *un, float *gn)
+{
+    const int64_t C = A->C;
+    const float *restrict wr = A->w;
+    const double n_classes = (double)A->C;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    const int64_t y = A->y[r];
+    /* walk 1: sum_e */
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        if (gr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_e[j] += part_sum_e[j];
+        }
+    }
+    double sum_e = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_e += acc_sum_e[j];
+    }
+    const double m = (double)m_f;
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double u_y = (double)ur[y];
+    const double valid = A->valid ? (double)A->valid[r] : 1.0;
+    const double w_y = (double)wr[y];
+    const double t_2_0 = valid*w_y;
+    const double t_2_1 = scale_cross_entropy*t_2_0;
+    const double loss_cross_entropy = t_2_0*(m - u_y + log(sum_e));
+    const double loss_z = 0;
+    const double coef_0 = t_2_1/sum_e;
+    const double target = -t_2_1;
+    const float coef_0_f = (float)coef_0;
+    const float target_f = (float)target;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float e = gr[c];
+            gr[c] = coef_0_f*e;
+        }
+    }
+    if (gr)
+        gr[y] += target_f;
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials; un (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_index_weighted(const symce_args_index_weighted *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const float *restrict wr = A->w;
+    const int64_t *restrict ys = A->y + r0;
+    const double n_classes = (double)A->C;
+    float coef_0_a[SYMCE_SLAB];
+    float target_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+    }
+    /* walk 1: sum_e; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_e[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_e[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_e[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_e[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (gs) {
+                const float *restrict uc = us + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_e[s] += e;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[s] += e;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_e[s] += part_sum_e[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+        const double m = (double)m_a[s];
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double u_y = (double)us[y * S + s];
+        const double valid = A->valid ? (double)A->valid[r0 + s] : 1.0;
+        const double w_y = (double)wr[y];
+        const double t_2_0 = valid*w_y;
+        const double t_2_1 = scale_cross_entropy*t_2_0;
+        const double loss_cross_entropy = t_2_0*(m - u_y + log(sum_e));
+        const double loss_z = 0;
+        const double coef_0 = t_2_1/sum_e;
+        const double target = -t_2_1;
+        coef_0_a[s] = (float)coef_0;
+        target_a[s] = (float)target;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        {
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float e = ec[s];
+                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_index_weighted(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, int64_t unit, int64_t *next)
+{
+    const symce_args_index_weighted A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)2 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_index_weighted(&A, r, u + r * C, g ? g + r * C : 0,
+                        u + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_g = scratch + 1 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_index_weighted(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
+                        t_u + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_index_weighted(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                            ahead ? u + next_at : 0);
+                else
+                    slab_index_weighted(&A, at, sample * S + s0, P, es,
+                            ahead ? u + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_index_weighted on an OpenMP team of `threads` (the caller among them) */
+void symce_index_weighted_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index_weighted(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, unit, next);
+}
+#endif
+
+/* -- index_weighted_softcap ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const int64_t *y;
+    const float *valid;
+    const float *w;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double softcap;
+} symce_args_index_weighted_softcap;
+
+/* one row of C classes, class stride 1 (ur in, gr out or NULL, xsr this thread's scratch row or NULL);
+ * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
+static void row_index_weighted_softcap(const symce_args_index_weighted_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
+{
+    const int64_t C = A->C;
+    const float *restrict wr = A->w;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
+    const int64_t y = A->y[r];
+    /* walk 1: sum_e */
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        if (gr && xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else if (gr && !xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[j] += e;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_e[j] += part_sum_e[j];
+        }
+    }
+    double sum_e = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_e += acc_sum_e[j];
+    }
+    const double m = (double)m_f;
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double u_y = (double)ur[y];
+    const double valid = A->valid ? (double)A->valid[r] : 1.0;
+    const double w_y = (double)wr[y];
+    const double x_y = (double)(softcap_f*symce_tanh(h_0_f*ur[y]));
+    const double t_2_0 = valid*w_y;
+    const double t_2_1 = scale_cross_entropy*t_2_0;
+    const double t_2_2 = t_2_1/sum_e;
+    const double loss_cross_entropy = t_2_0*(m - x_y + log(sum_e));
+    const double loss_z = 0;
+    const double coef_0 = -t_2_2/pow(softcap, 2);
+    const double coef_1 = t_2_2;
+    const double target = t_2_1*(pow(tanh(u_y/softcap), 2) - 1);
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float target_f = (float)target;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    if (gr && xsr) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float x = xsr[c];
+            const float e = gr[c];
+            gr[c] = coef_0_f*e*(x*x) + coef_1_f*e;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float u = ur[c];
+            const float x = softcap_f*symce_tanh(h_0_f*u);
+            const float e = gr[c];
+            gr[c] = coef_0_f*e*(x*x) + coef_1_f*e;
+        }
+    }
+    if (gr)
+        gr[y] += target_f;
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials, xs for the x; un (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_index_weighted_softcap(const symce_args_index_weighted_softcap *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const float *restrict wr = A->w;
+    const int64_t *restrict ys = A->y + r0;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float target_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {  /* the transform is increasing: the maximum's */
+        m_a[s] = softcap_f*symce_tanh(h_0_f*m_a[s]);
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+    }
+    /* walk 1: sum_e; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_e[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_e[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_e[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_e[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (gs && xss) {
+                const float *restrict uc = us + c * S;
+                float *xsc = xss + c * SYMCE_SLAB;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsc[s] = x;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_e[s] += e;
+                }
+            } else if (gs && !xss) {
+                const float *restrict uc = us + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_e[s] += e;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_e[s] += e;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_e[s] += part_sum_e[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+        const double m = (double)m_a[s];
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double u_y = (double)us[y * S + s];
+        const double valid = A->valid ? (double)A->valid[r0 + s] : 1.0;
+        const double w_y = (double)wr[y];
+        const double x_y = (double)(softcap_f*symce_tanh(h_0_f*us[y * S + s]));
+        const double t_2_0 = valid*w_y;
+        const double t_2_1 = scale_cross_entropy*t_2_0;
+        const double t_2_2 = t_2_1/sum_e;
+        const double loss_cross_entropy = t_2_0*(m - x_y + log(sum_e));
+        const double loss_z = 0;
+        const double coef_0 = -t_2_2/pow(softcap, 2);
+        const double coef_1 = t_2_2;
+        const double target = t_2_1*(pow(tanh(u_y/softcap), 2) - 1);
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        target_a[s] = (float)target;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        if (gs && xss) {
+            float *xsc = xss + c * SYMCE_SLAB;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float x = xsc[s];
+                const float e = ec[s];
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        } else {
+            const float *restrict uc = us + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float u = uc[s];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                const float e = ec[s];
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_index_weighted_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double softcap, int64_t unit, int64_t *next)
+{
+    const symce_args_index_weighted_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, softcap };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)2 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    /* walk 1's x for the later walks: a row, or a slab unit's (the same bound as es) */
+    float *xs = 0;
+    if (g && (S == 1 || scratch))
+        xs = malloc((size_t)C * sizeof(float));
+    else if (g && C * SYMCE_SLAB <= (1 << 18))
+        xs = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_index_weighted_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
+                        u + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_g = scratch + 1 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_index_weighted_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
+                        t_u + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_index_weighted_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                            ahead ? u + next_at : 0);
+                else
+                    slab_index_weighted_softcap(&A, at, sample * S + s0, P, es, xs,
+                            ahead ? u + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+    free(xs);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_index_weighted_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_index_weighted_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double softcap, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index_weighted_softcap(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, softcap, unit, next);
+}
+#endif
+
+/* -- index_weighted_z_loss ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const int64_t *y;
+    const float *valid;
+    const float *w;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double z_loss;
+} symce_args_index_weighted_z_loss;
+
+/* one row of C classes, class stride 1 (ur in, gr out or NULL);
+ * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
+static void row_index_weighted_z_loss(const symce_args_index_weighted_z_loss *restrict A, int64_t r, const float *restrict ur, float *restrict gr, const float *un, float *gn)
 {
     const int64_t C = A->C;
     const float *restrict wr = A->w;
@@ -2293,7 +4759,7 @@ static void row_index_weighted(const symce_args_index_weighted *restrict A, int6
  * thread's scratch for the exponentials; un (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_index_weighted(const symce_args_index_weighted *restrict A,
+static inline __attribute__((always_inline)) void slab_index_weighted_z_loss(const symce_args_index_weighted_z_loss *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un)
 {
     const int64_t C = A->C, S = A->S;
@@ -2424,9 +4890,9 @@ static inline __attribute__((always_inline)) void slab_index_weighted(const symc
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_index_weighted(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next)
+void symce_index_weighted_z_loss(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next)
 {
-    const symce_args_index_weighted A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss };
+    const symce_args_index_weighted_z_loss A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -2452,7 +4918,7 @@ void symce_index_weighted(const float *u, float *g, float *loss_cross_entropy, f
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_index_weighted(&A, r, u + r * C, g ? g + r * C : 0,
+                row_index_weighted_z_loss(&A, r, u + r * C, g ? g + r * C : 0,
                         u + rn * C, g ? g + rn * C : 0);
             }
         } else if (scratch) {
@@ -2463,7 +4929,7 @@ void symce_index_weighted(const float *u, float *g, float *loss_cross_entropy, f
                 for (int64_t s = 0; s < S; ++s)
                     t_u[s * C + c] = u[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_index_weighted(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
+                row_index_weighted_z_loss(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
                         t_u + s * C, 0);
             if (g)
                 for (int64_t c = 0; c < C; ++c)
@@ -2483,10 +4949,10 @@ void symce_index_weighted(const float *u, float *g, float *loss_cross_entropy, f
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_index_weighted(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                    slab_index_weighted_z_loss(&A, at, sample * S + s0, SYMCE_SLAB, es,
                             ahead ? u + next_at : 0);
                 else
-                    slab_index_weighted(&A, at, sample * S + s0, P, es,
+                    slab_index_weighted_z_loss(&A, at, sample * S + s0, P, es,
                             ahead ? u + next_at : 0);
             }
         }
@@ -2499,16 +4965,16 @@ void symce_index_weighted(const float *u, float *g, float *loss_cross_entropy, f
 }
 #ifdef _OPENMP
 
-/* symce_index_weighted on an OpenMP team of `threads` (the caller among them) */
-void symce_index_weighted_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next,
+/* symce_index_weighted_z_loss on an OpenMP team of `threads` (the caller among them) */
+void symce_index_weighted_z_loss_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_index_weighted(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, unit, next);
+    symce_index_weighted_z_loss(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, unit, next);
 }
 #endif
 
-/* -- index_weighted_softcap ------------------------------------------------------------ */
+/* -- index_weighted_z_loss_softcap ------------------------------------------------------------ */
 
 typedef struct {
     const float *u;
@@ -2526,11 +4992,11 @@ typedef struct {
     double scale_z;
     double z_loss;
     double softcap;
-} symce_args_index_weighted_softcap;
+} symce_args_index_weighted_z_loss_softcap;
 
 /* one row of C classes, class stride 1 (ur in, gr out or NULL, xsr this thread's scratch row or NULL);
  * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
-static void row_index_weighted_softcap(const symce_args_index_weighted_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
+static void row_index_weighted_z_loss_softcap(const symce_args_index_weighted_z_loss_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
 {
     const int64_t C = A->C;
     const float *restrict wr = A->w;
@@ -2701,7 +5167,7 @@ static void row_index_weighted_softcap(const symce_args_index_weighted_softcap *
  * thread's scratch for the exponentials, xs for the x; un (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_index_weighted_softcap(const symce_args_index_weighted_softcap *restrict A,
+static inline __attribute__((always_inline)) void slab_index_weighted_z_loss_softcap(const symce_args_index_weighted_z_loss_softcap *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un)
 {
     const int64_t C = A->C, S = A->S;
@@ -2880,9 +5346,9 @@ static inline __attribute__((always_inline)) void slab_index_weighted_softcap(co
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_index_weighted_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next)
+void symce_index_weighted_z_loss_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next)
 {
-    const symce_args_index_weighted_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap };
+    const symce_args_index_weighted_z_loss_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -2914,7 +5380,7 @@ void symce_index_weighted_softcap(const float *u, float *g, float *loss_cross_en
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_index_weighted_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
+                row_index_weighted_z_loss_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
                         u + rn * C, g ? g + rn * C : 0);
             }
         } else if (scratch) {
@@ -2925,7 +5391,7 @@ void symce_index_weighted_softcap(const float *u, float *g, float *loss_cross_en
                 for (int64_t s = 0; s < S; ++s)
                     t_u[s * C + c] = u[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_index_weighted_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
+                row_index_weighted_z_loss_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
                         t_u + s * C, 0);
             if (g)
                 for (int64_t c = 0; c < C; ++c)
@@ -2945,10 +5411,10 @@ void symce_index_weighted_softcap(const float *u, float *g, float *loss_cross_en
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_index_weighted_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                    slab_index_weighted_z_loss_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
                             ahead ? u + next_at : 0);
                 else
-                    slab_index_weighted_softcap(&A, at, sample * S + s0, P, es, xs,
+                    slab_index_weighted_z_loss_softcap(&A, at, sample * S + s0, P, es, xs,
                             ahead ? u + next_at : 0);
             }
         }
@@ -2962,12 +5428,12 @@ void symce_index_weighted_softcap(const float *u, float *g, float *loss_cross_en
 }
 #ifdef _OPENMP
 
-/* symce_index_weighted_softcap on an OpenMP team of `threads` (the caller among them) */
-void symce_index_weighted_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next,
+/* symce_index_weighted_z_loss_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_index_weighted_z_loss_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_index_weighted_softcap(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap, unit, next);
+    symce_index_weighted_z_loss_softcap(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap, unit, next);
 }
 #endif
 
@@ -2988,13 +5454,932 @@ typedef struct {
     double scale_cross_entropy;
     double scale_z;
     double label_smoothing;
-    double z_loss;
     double sum_w;
 } symce_args_index_weighted_smoothed;
 
 /* one row of C classes, class stride 1 (ur in, gr out or NULL);
  * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
 static void row_index_weighted_smoothed(const symce_args_index_weighted_smoothed *restrict A, int64_t r, const float *restrict ur, float *restrict gr, const float *un, float *gn)
+{
+    const int64_t C = A->C;
+    const float *restrict wr = A->w;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double sum_w = A->sum_w;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    const int64_t y = A->y[r];
+    /* walk 1: sum_wz, sum_e */
+    double acc_sum_wz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_wz[SYMCE_SUM_LANES] = {0};
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        if (gr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_wz[j] += w*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_wz[j] += w*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_wz[j] += w*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_wz[j] += w*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_wz[j] += part_sum_wz[j];
+            acc_sum_e[j] += part_sum_e[j];
+        }
+    }
+    double sum_wz = 0.0;
+    double sum_e = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_wz += acc_sum_wz[j];
+        sum_e += acc_sum_e[j];
+    }
+    const double m = (double)m_f;
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double u_y = (double)ur[y];
+    const double valid = A->valid ? (double)A->valid[r] : 1.0;
+    const double w_y = (double)wr[y];
+    const double t_2_0 = log(sum_e);
+    const double t_2_1 = t_2_0*w_y;
+    const double t_2_2 = label_smoothing/n_classes;
+    const double t_2_3 = w_y*(-m + u_y);
+    const double t_2_4 = sum_w*t_2_2;
+    const double t_2_5 = scale_cross_entropy*valid;
+    const double loss_cross_entropy = valid*(-label_smoothing*t_2_1 + label_smoothing*t_2_3 - sum_wz*t_2_2 + t_2_0*t_2_4 + t_2_1 - t_2_3);
+    const double loss_z = 0;
+    const double coef_0 = t_2_5*(-label_smoothing*w_y + t_2_4 + w_y)/sum_e;
+    const double coef_1 = -t_2_2*t_2_5;
+    const double target = t_2_5*w_y*(label_smoothing - 1);
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float target_f = (float)target;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float w = wr[c];
+            const float e = gr[c];
+            gr[c] = coef_0_f*e + coef_1_f*w;
+        }
+    }
+    if (gr)
+        gr[y] += target_f;
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials; un (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(const symce_args_index_weighted_smoothed *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const float *restrict wr = A->w;
+    const int64_t *restrict ys = A->y + r0;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double sum_w = A->sum_w;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float target_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+    }
+    /* walk 1: sum_wz, sum_e; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_wz[SYMCE_SLAB];
+    double acc_sum_e[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_wz[s] = 0.0;
+        acc_sum_e[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_wz[SYMCE_SLAB];
+        float part_sum_e[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_wz[s] = 0.0f;
+            part_sum_e[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (gs) {
+                const float *restrict uc = us + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_wz[s] += w*z;
+                    part_sum_e[s] += e;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_wz[s] += w*z;
+                    part_sum_e[s] += e;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_wz[s] += part_sum_wz[s];
+            acc_sum_e[s] += part_sum_e[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+        const double m = (double)m_a[s];
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_wz = acc_sum_wz[s];
+        const double u_y = (double)us[y * S + s];
+        const double valid = A->valid ? (double)A->valid[r0 + s] : 1.0;
+        const double w_y = (double)wr[y];
+        const double t_2_0 = log(sum_e);
+        const double t_2_1 = t_2_0*w_y;
+        const double t_2_2 = label_smoothing/n_classes;
+        const double t_2_3 = w_y*(-m + u_y);
+        const double t_2_4 = sum_w*t_2_2;
+        const double t_2_5 = scale_cross_entropy*valid;
+        const double loss_cross_entropy = valid*(-label_smoothing*t_2_1 + label_smoothing*t_2_3 - sum_wz*t_2_2 + t_2_0*t_2_4 + t_2_1 - t_2_3);
+        const double loss_z = 0;
+        const double coef_0 = t_2_5*(-label_smoothing*w_y + t_2_4 + w_y)/sum_e;
+        const double coef_1 = -t_2_2*t_2_5;
+        const double target = t_2_5*w_y*(label_smoothing - 1);
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        target_a[s] = (float)target;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        {
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float w = wr[c];
+                const float e = ec[s];
+                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_index_weighted_smoothed(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double sum_w, int64_t unit, int64_t *next)
+{
+    const symce_args_index_weighted_smoothed A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, sum_w };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)2 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_index_weighted_smoothed(&A, r, u + r * C, g ? g + r * C : 0,
+                        u + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_g = scratch + 1 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_index_weighted_smoothed(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
+                        t_u + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_index_weighted_smoothed(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                            ahead ? u + next_at : 0);
+                else
+                    slab_index_weighted_smoothed(&A, at, sample * S + s0, P, es,
+                            ahead ? u + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_index_weighted_smoothed on an OpenMP team of `threads` (the caller among them) */
+void symce_index_weighted_smoothed_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double sum_w, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index_weighted_smoothed(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, sum_w, unit, next);
+}
+#endif
+
+/* -- index_weighted_smoothed_softcap ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const int64_t *y;
+    const float *valid;
+    const float *w;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double label_smoothing;
+    double softcap;
+    double sum_w;
+} symce_args_index_weighted_smoothed_softcap;
+
+/* one row of C classes, class stride 1 (ur in, gr out or NULL, xsr this thread's scratch row or NULL);
+ * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
+static void row_index_weighted_smoothed_softcap(const symce_args_index_weighted_smoothed_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
+{
+    const int64_t C = A->C;
+    const float *restrict wr = A->w;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double sum_w = A->sum_w;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
+    const int64_t y = A->y[r];
+    /* walk 1: sum_wz, sum_e */
+    double acc_sum_wz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_wz[SYMCE_SUM_LANES] = {0};
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        if (gr && xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_wz[j] += w*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_wz[j] += w*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else if (gr && !xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_wz[j] += w*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_wz[j] += w*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_wz[j] += w*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_wz[j] += w*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_wz[j] += part_sum_wz[j];
+            acc_sum_e[j] += part_sum_e[j];
+        }
+    }
+    double sum_wz = 0.0;
+    double sum_e = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_wz += acc_sum_wz[j];
+        sum_e += acc_sum_e[j];
+    }
+    const double m = (double)m_f;
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double u_y = (double)ur[y];
+    const double valid = A->valid ? (double)A->valid[r] : 1.0;
+    const double w_y = (double)wr[y];
+    const double x_y = (double)(softcap_f*symce_tanh(h_0_f*ur[y]));
+    const double t_2_0 = log(sum_e);
+    const double t_2_1 = t_2_0*w_y;
+    const double t_2_2 = label_smoothing/n_classes;
+    const double t_2_3 = w_y*(-m + x_y);
+    const double t_2_4 = sum_w*t_2_2;
+    const double t_2_5 = pow(softcap, -2);
+    const double t_2_6 = -label_smoothing*w_y + t_2_4 + w_y;
+    const double t_2_7 = scale_cross_entropy*valid;
+    const double t_2_8 = t_2_7/sum_e;
+    const double t_2_9 = t_2_2*t_2_7;
+    const double t_2_10 = pow(tanh(u_y/softcap), 2);
+    const double loss_cross_entropy = valid*(-label_smoothing*t_2_1 + label_smoothing*t_2_3 - sum_wz*t_2_2 + t_2_0*t_2_4 + t_2_1 - t_2_3);
+    const double loss_z = 0;
+    const double coef_0 = -t_2_5*t_2_6*t_2_8;
+    const double coef_1 = t_2_5*t_2_9;
+    const double coef_2 = t_2_6*t_2_8;
+    const double coef_3 = -t_2_9;
+    const double target = t_2_7*w_y*(-label_smoothing*t_2_10 + label_smoothing + t_2_10 - 1);
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float coef_2_f = (float)coef_2;
+    const float coef_3_f = (float)coef_3;
+    const float target_f = (float)target;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    if (gr && xsr) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float w = wr[c];
+            const float x = xsr[c];
+            const float e = gr[c];
+            const float v_0 = (x*x);
+            gr[c] = coef_0_f*v_0*e + coef_1_f*v_0*w + coef_2_f*e + coef_3_f*w;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float w = wr[c];
+            const float u = ur[c];
+            const float x = softcap_f*symce_tanh(h_0_f*u);
+            const float e = gr[c];
+            const float v_0 = (x*x);
+            gr[c] = coef_0_f*v_0*e + coef_1_f*v_0*w + coef_2_f*e + coef_3_f*w;
+        }
+    }
+    if (gr)
+        gr[y] += target_f;
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials, xs for the x; un (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_softcap(const symce_args_index_weighted_smoothed_softcap *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const float *restrict wr = A->w;
+    const int64_t *restrict ys = A->y + r0;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double sum_w = A->sum_w;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float coef_2_a[SYMCE_SLAB];
+    float coef_3_a[SYMCE_SLAB];
+    float target_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {  /* the transform is increasing: the maximum's */
+        m_a[s] = softcap_f*symce_tanh(h_0_f*m_a[s]);
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+    }
+    /* walk 1: sum_wz, sum_e; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_wz[SYMCE_SLAB];
+    double acc_sum_e[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_wz[s] = 0.0;
+        acc_sum_e[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_wz[SYMCE_SLAB];
+        float part_sum_e[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_wz[s] = 0.0f;
+            part_sum_e[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (gs && xss) {
+                const float *restrict uc = us + c * S;
+                float *xsc = xss + c * SYMCE_SLAB;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsc[s] = x;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_wz[s] += w*z;
+                    part_sum_e[s] += e;
+                }
+            } else if (gs && !xss) {
+                const float *restrict uc = us + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_wz[s] += w*z;
+                    part_sum_e[s] += e;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_wz[s] += w*z;
+                    part_sum_e[s] += e;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_wz[s] += part_sum_wz[s];
+            acc_sum_e[s] += part_sum_e[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const int64_t y = ys[s];
+        (void)y;
+        const double m = (double)m_a[s];
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_wz = acc_sum_wz[s];
+        const double u_y = (double)us[y * S + s];
+        const double valid = A->valid ? (double)A->valid[r0 + s] : 1.0;
+        const double w_y = (double)wr[y];
+        const double x_y = (double)(softcap_f*symce_tanh(h_0_f*us[y * S + s]));
+        const double t_2_0 = log(sum_e);
+        const double t_2_1 = t_2_0*w_y;
+        const double t_2_2 = label_smoothing/n_classes;
+        const double t_2_3 = w_y*(-m + x_y);
+        const double t_2_4 = sum_w*t_2_2;
+        const double t_2_5 = pow(softcap, -2);
+        const double t_2_6 = -label_smoothing*w_y + t_2_4 + w_y;
+        const double t_2_7 = scale_cross_entropy*valid;
+        const double t_2_8 = t_2_7/sum_e;
+        const double t_2_9 = t_2_2*t_2_7;
+        const double t_2_10 = pow(tanh(u_y/softcap), 2);
+        const double loss_cross_entropy = valid*(-label_smoothing*t_2_1 + label_smoothing*t_2_3 - sum_wz*t_2_2 + t_2_0*t_2_4 + t_2_1 - t_2_3);
+        const double loss_z = 0;
+        const double coef_0 = -t_2_5*t_2_6*t_2_8;
+        const double coef_1 = t_2_5*t_2_9;
+        const double coef_2 = t_2_6*t_2_8;
+        const double coef_3 = -t_2_9;
+        const double target = t_2_7*w_y*(-label_smoothing*t_2_10 + label_smoothing + t_2_10 - 1);
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        coef_2_a[s] = (float)coef_2;
+        coef_3_a[s] = (float)coef_3;
+        target_a[s] = (float)target;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        if (gs && xss) {
+            float *xsc = xss + c * SYMCE_SLAB;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float w = wr[c];
+                const float x = xsc[s];
+                const float e = ec[s];
+                const float v_0 = (x*x);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        } else {
+            const float *restrict uc = us + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float w = wr[c];
+                const float u = uc[s];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                const float e = ec[s];
+                const float v_0 = (x*x);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_index_weighted_smoothed_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double softcap, double sum_w, int64_t unit, int64_t *next)
+{
+    const symce_args_index_weighted_smoothed_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, softcap, sum_w };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)2 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    /* walk 1's x for the later walks: a row, or a slab unit's (the same bound as es) */
+    float *xs = 0;
+    if (g && (S == 1 || scratch))
+        xs = malloc((size_t)C * sizeof(float));
+    else if (g && C * SYMCE_SLAB <= (1 << 18))
+        xs = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_index_weighted_smoothed_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
+                        u + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_g = scratch + 1 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_index_weighted_smoothed_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
+                        t_u + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_index_weighted_smoothed_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                            ahead ? u + next_at : 0);
+                else
+                    slab_index_weighted_smoothed_softcap(&A, at, sample * S + s0, P, es, xs,
+                            ahead ? u + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+    free(xs);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_index_weighted_smoothed_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_index_weighted_smoothed_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double softcap, double sum_w, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_index_weighted_smoothed_softcap(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, softcap, sum_w, unit, next);
+}
+#endif
+
+/* -- index_weighted_smoothed_z_loss ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const int64_t *y;
+    const float *valid;
+    const float *w;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double label_smoothing;
+    double z_loss;
+    double sum_w;
+} symce_args_index_weighted_smoothed_z_loss;
+
+/* one row of C classes, class stride 1 (ur in, gr out or NULL);
+ * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
+static void row_index_weighted_smoothed_z_loss(const symce_args_index_weighted_smoothed_z_loss *restrict A, int64_t r, const float *restrict ur, float *restrict gr, const float *un, float *gn)
 {
     const int64_t C = A->C;
     const float *restrict wr = A->w;
@@ -3140,7 +6525,7 @@ static void row_index_weighted_smoothed(const symce_args_index_weighted_smoothed
  * thread's scratch for the exponentials; un (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(const symce_args_index_weighted_smoothed *restrict A,
+static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z_loss(const symce_args_index_weighted_smoothed_z_loss *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un)
 {
     const int64_t C = A->C, S = A->S;
@@ -3290,9 +6675,9 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(c
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_index_weighted_smoothed(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double sum_w, int64_t unit, int64_t *next)
+void symce_index_weighted_smoothed_z_loss(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double sum_w, int64_t unit, int64_t *next)
 {
-    const symce_args_index_weighted_smoothed A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, sum_w };
+    const symce_args_index_weighted_smoothed_z_loss A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, sum_w };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -3318,7 +6703,7 @@ void symce_index_weighted_smoothed(const float *u, float *g, float *loss_cross_e
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_index_weighted_smoothed(&A, r, u + r * C, g ? g + r * C : 0,
+                row_index_weighted_smoothed_z_loss(&A, r, u + r * C, g ? g + r * C : 0,
                         u + rn * C, g ? g + rn * C : 0);
             }
         } else if (scratch) {
@@ -3329,7 +6714,7 @@ void symce_index_weighted_smoothed(const float *u, float *g, float *loss_cross_e
                 for (int64_t s = 0; s < S; ++s)
                     t_u[s * C + c] = u[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_index_weighted_smoothed(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
+                row_index_weighted_smoothed_z_loss(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0,
                         t_u + s * C, 0);
             if (g)
                 for (int64_t c = 0; c < C; ++c)
@@ -3349,10 +6734,10 @@ void symce_index_weighted_smoothed(const float *u, float *g, float *loss_cross_e
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_index_weighted_smoothed(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                    slab_index_weighted_smoothed_z_loss(&A, at, sample * S + s0, SYMCE_SLAB, es,
                             ahead ? u + next_at : 0);
                 else
-                    slab_index_weighted_smoothed(&A, at, sample * S + s0, P, es,
+                    slab_index_weighted_smoothed_z_loss(&A, at, sample * S + s0, P, es,
                             ahead ? u + next_at : 0);
             }
         }
@@ -3365,16 +6750,16 @@ void symce_index_weighted_smoothed(const float *u, float *g, float *loss_cross_e
 }
 #ifdef _OPENMP
 
-/* symce_index_weighted_smoothed on an OpenMP team of `threads` (the caller among them) */
-void symce_index_weighted_smoothed_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double sum_w, int64_t unit, int64_t *next,
+/* symce_index_weighted_smoothed_z_loss on an OpenMP team of `threads` (the caller among them) */
+void symce_index_weighted_smoothed_z_loss_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double sum_w, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_index_weighted_smoothed(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, sum_w, unit, next);
+    symce_index_weighted_smoothed_z_loss(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, sum_w, unit, next);
 }
 #endif
 
-/* -- index_weighted_smoothed_softcap ------------------------------------------------------------ */
+/* -- index_weighted_smoothed_z_loss_softcap ------------------------------------------------------------ */
 
 typedef struct {
     const float *u;
@@ -3394,11 +6779,11 @@ typedef struct {
     double z_loss;
     double softcap;
     double sum_w;
-} symce_args_index_weighted_smoothed_softcap;
+} symce_args_index_weighted_smoothed_z_loss_softcap;
 
 /* one row of C classes, class stride 1 (ur in, gr out or NULL, xsr this thread's scratch row or NULL);
  * r: the row's index into the per-row arrays; un, gn: the next row's (to prefetch) */
-static void row_index_weighted_smoothed_softcap(const symce_args_index_weighted_smoothed_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
+static void row_index_weighted_smoothed_z_loss_softcap(const symce_args_index_weighted_smoothed_z_loss_softcap *restrict A, int64_t r, const float *restrict ur, float *restrict gr, float *restrict xsr, const float *un, float *gn)
 {
     const int64_t C = A->C;
     const float *restrict wr = A->w;
@@ -3603,7 +6988,7 @@ static void row_index_weighted_smoothed_softcap(const symce_args_index_weighted_
  * thread's scratch for the exponentials, xs for the x; un (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_softcap(const symce_args_index_weighted_smoothed_softcap *restrict A,
+static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z_loss_softcap(const symce_args_index_weighted_smoothed_z_loss_softcap *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un)
 {
     const int64_t C = A->C, S = A->S;
@@ -3813,9 +7198,9 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_s
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_index_weighted_smoothed_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, double sum_w, int64_t unit, int64_t *next)
+void symce_index_weighted_smoothed_z_loss_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, double sum_w, int64_t unit, int64_t *next)
 {
-    const symce_args_index_weighted_smoothed_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, sum_w };
+    const symce_args_index_weighted_smoothed_z_loss_softcap A = { u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, sum_w };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -3847,7 +7232,7 @@ void symce_index_weighted_smoothed_softcap(const float *u, float *g, float *loss
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_index_weighted_smoothed_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
+                row_index_weighted_smoothed_z_loss_softcap(&A, r, u + r * C, g ? g + r * C : 0, xs,
                         u + rn * C, g ? g + rn * C : 0);
             }
         } else if (scratch) {
@@ -3858,7 +7243,7 @@ void symce_index_weighted_smoothed_softcap(const float *u, float *g, float *loss
                 for (int64_t s = 0; s < S; ++s)
                     t_u[s * C + c] = u[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_index_weighted_smoothed_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
+                row_index_weighted_smoothed_z_loss_softcap(&A, r0 + s, t_u + s * C, g ? t_g + s * C : 0, xs,
                         t_u + s * C, 0);
             if (g)
                 for (int64_t c = 0; c < C; ++c)
@@ -3878,10 +7263,10 @@ void symce_index_weighted_smoothed_softcap(const float *u, float *g, float *loss
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_index_weighted_smoothed_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                    slab_index_weighted_smoothed_z_loss_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
                             ahead ? u + next_at : 0);
                 else
-                    slab_index_weighted_smoothed_softcap(&A, at, sample * S + s0, P, es, xs,
+                    slab_index_weighted_smoothed_z_loss_softcap(&A, at, sample * S + s0, P, es, xs,
                             ahead ? u + next_at : 0);
             }
         }
@@ -3895,12 +7280,12 @@ void symce_index_weighted_smoothed_softcap(const float *u, float *g, float *loss
 }
 #ifdef _OPENMP
 
-/* symce_index_weighted_smoothed_softcap on an OpenMP team of `threads` (the caller among them) */
-void symce_index_weighted_smoothed_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, double sum_w, int64_t unit, int64_t *next,
+/* symce_index_weighted_smoothed_z_loss_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_index_weighted_smoothed_z_loss_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const int64_t *y, const float *valid, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, double sum_w, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_index_weighted_smoothed_softcap(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, sum_w, unit, next);
+    symce_index_weighted_smoothed_z_loss_softcap(u, g, loss_cross_entropy, loss_z, y, valid, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, sum_w, unit, next);
 }
 #endif
 
@@ -3918,12 +7303,908 @@ typedef struct {
     int64_t S;
     double scale_cross_entropy;
     double scale_z;
-    double z_loss;
 } symce_args_probability;
 
 /* one row of C classes, class stride 1 (ur, pr in, gr out or NULL);
  * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
 static void row_probability(const symce_args_probability *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, const float *un, const float *pn, float *gn)
+{
+    const int64_t C = A->C;
+    const double n_classes = (double)A->C;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    /* walk 1: sum_pz, sum_e, sum_p */
+    double acc_sum_pz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    double acc_sum_p[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            __builtin_prefetch(pn + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_pz[SYMCE_SUM_LANES] = {0};
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        float part_sum_p[SYMCE_SUM_LANES] = {0};
+        if (gr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_pz[j] += part_sum_pz[j];
+            acc_sum_e[j] += part_sum_e[j];
+            acc_sum_p[j] += part_sum_p[j];
+        }
+    }
+    double sum_pz = 0.0;
+    double sum_e = 0.0;
+    double sum_p = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_pz += acc_sum_pz[j];
+        sum_e += acc_sum_e[j];
+        sum_p += acc_sum_p[j];
+    }
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double loss_cross_entropy = sum_p*log(sum_e) - sum_pz;
+    const double loss_z = 0;
+    const double coef_0 = scale_cross_entropy*sum_p/sum_e;
+    const double coef_1 = -scale_cross_entropy;
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float e = gr[c];
+            gr[c] = coef_0_f*e + coef_1_f*p;
+        }
+    }
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials; un, pn (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_probability(const symce_args_probability *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un, const float *pn)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    const float *restrict ps = A->p + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const double n_classes = (double)A->C;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            __builtin_prefetch(ps + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+    }
+    /* walk 1: sum_pz, sum_e, sum_p; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_pz[SYMCE_SLAB];
+    double acc_sum_e[SYMCE_SLAB];
+    double acc_sum_p[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_pz[s] = 0.0;
+        acc_sum_e[s] = 0.0;
+        acc_sum_p[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_pz[SYMCE_SLAB];
+        float part_sum_e[SYMCE_SLAB];
+        float part_sum_p[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_pz[s] = 0.0f;
+            part_sum_e[s] = 0.0f;
+            part_sum_p[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (pn)
+                __builtin_prefetch(pn + c * S);
+            if (gs) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_pz[s] += p*z;
+                    part_sum_e[s] += e;
+                    part_sum_p[s] += p;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[s] += p*z;
+                    part_sum_e[s] += e;
+                    part_sum_p[s] += p;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_pz[s] += part_sum_pz[s];
+            acc_sum_e[s] += part_sum_e[s];
+            acc_sum_p[s] += part_sum_p[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_p = acc_sum_p[s];
+        const double sum_pz = acc_sum_pz[s];
+        const double loss_cross_entropy = sum_p*log(sum_e) - sum_pz;
+        const double loss_z = 0;
+        const double coef_0 = scale_cross_entropy*sum_p/sum_e;
+        const double coef_1 = -scale_cross_entropy;
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        {
+            const float *restrict pc = ps + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float e = ec[s];
+                v[s] = coef_0_a[s]*e + coef_1_a[s]*p;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_probability(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, int64_t unit, int64_t *next)
+{
+    const symce_args_probability A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)3 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_probability(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
+                        u + rn * C,
+                        p + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_p = scratch + 1 * C * S;
+            float *t_g = scratch + 2 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_p[s * C + c] = p[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_probability(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
+                        t_u + s * C,
+                        t_p + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_probability(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+                else
+                    slab_probability(&A, at, sample * S + s0, P, es,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_probability on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, unit, next);
+}
+#endif
+
+/* -- probability_softcap ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const float *p;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double softcap;
+} symce_args_probability_softcap;
+
+/* one row of C classes, class stride 1 (ur, pr in, gr out or NULL, xsr this thread's scratch row or NULL);
+ * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
+static void row_probability_softcap(const symce_args_probability_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
+{
+    const int64_t C = A->C;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
+    /* walk 1: sum_pz, sum_e, sum_p */
+    double acc_sum_pz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    double acc_sum_p[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            __builtin_prefetch(pn + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_pz[SYMCE_SUM_LANES] = {0};
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        float part_sum_p[SYMCE_SUM_LANES] = {0};
+        if (gr && xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                }
+            }
+        } else if (gr && !xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_pz[j] += part_sum_pz[j];
+            acc_sum_e[j] += part_sum_e[j];
+            acc_sum_p[j] += part_sum_p[j];
+        }
+    }
+    double sum_pz = 0.0;
+    double sum_e = 0.0;
+    double sum_p = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_pz += acc_sum_pz[j];
+        sum_e += acc_sum_e[j];
+        sum_p += acc_sum_p[j];
+    }
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double t_2_0 = scale_cross_entropy/pow(softcap, 2);
+    const double t_2_1 = sum_p/sum_e;
+    const double loss_cross_entropy = sum_p*log(sum_e) - sum_pz;
+    const double loss_z = 0;
+    const double coef_0 = -t_2_0*t_2_1;
+    const double coef_1 = t_2_0;
+    const double coef_2 = scale_cross_entropy*t_2_1;
+    const double coef_3 = -scale_cross_entropy;
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float coef_2_f = (float)coef_2;
+    const float coef_3_f = (float)coef_3;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    if (gr && xsr) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float x = xsr[c];
+            const float e = gr[c];
+            const float v_0 = (x*x);
+            gr[c] = coef_0_f*v_0*e + coef_1_f*v_0*p + coef_2_f*e + coef_3_f*p;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float u = ur[c];
+            const float x = softcap_f*symce_tanh(h_0_f*u);
+            const float e = gr[c];
+            const float v_0 = (x*x);
+            gr[c] = coef_0_f*v_0*e + coef_1_f*v_0*p + coef_2_f*e + coef_3_f*p;
+        }
+    }
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials, xs for the x; un, pn (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_probability_softcap(const symce_args_probability_softcap *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un, const float *pn)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    const float *restrict ps = A->p + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float coef_2_a[SYMCE_SLAB];
+    float coef_3_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            __builtin_prefetch(ps + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {  /* the transform is increasing: the maximum's */
+        m_a[s] = softcap_f*symce_tanh(h_0_f*m_a[s]);
+    }
+    for (int64_t s = 0; s < P; ++s) {
+    }
+    /* walk 1: sum_pz, sum_e, sum_p; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_pz[SYMCE_SLAB];
+    double acc_sum_e[SYMCE_SLAB];
+    double acc_sum_p[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_pz[s] = 0.0;
+        acc_sum_e[s] = 0.0;
+        acc_sum_p[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_pz[SYMCE_SLAB];
+        float part_sum_e[SYMCE_SLAB];
+        float part_sum_p[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_pz[s] = 0.0f;
+            part_sum_e[s] = 0.0f;
+            part_sum_p[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (pn)
+                __builtin_prefetch(pn + c * S);
+            if (gs && xss) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *xsc = xss + c * SYMCE_SLAB;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsc[s] = x;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_pz[s] += p*z;
+                    part_sum_e[s] += e;
+                    part_sum_p[s] += p;
+                }
+            } else if (gs && !xss) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_pz[s] += p*z;
+                    part_sum_e[s] += e;
+                    part_sum_p[s] += p;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[s] += p*z;
+                    part_sum_e[s] += e;
+                    part_sum_p[s] += p;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_pz[s] += part_sum_pz[s];
+            acc_sum_e[s] += part_sum_e[s];
+            acc_sum_p[s] += part_sum_p[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_p = acc_sum_p[s];
+        const double sum_pz = acc_sum_pz[s];
+        const double t_2_0 = scale_cross_entropy/pow(softcap, 2);
+        const double t_2_1 = sum_p/sum_e;
+        const double loss_cross_entropy = sum_p*log(sum_e) - sum_pz;
+        const double loss_z = 0;
+        const double coef_0 = -t_2_0*t_2_1;
+        const double coef_1 = t_2_0;
+        const double coef_2 = scale_cross_entropy*t_2_1;
+        const double coef_3 = -scale_cross_entropy;
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        coef_2_a[s] = (float)coef_2;
+        coef_3_a[s] = (float)coef_3;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        if (gs && xss) {
+            const float *restrict pc = ps + c * S;
+            float *xsc = xss + c * SYMCE_SLAB;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float x = xsc[s];
+                const float e = ec[s];
+                const float v_0 = (x*x);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*p + coef_2_a[s]*e + coef_3_a[s]*p;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        } else {
+            const float *restrict pc = ps + c * S;
+            const float *restrict uc = us + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float u = uc[s];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                const float e = ec[s];
+                const float v_0 = (x*x);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*p + coef_2_a[s]*e + coef_3_a[s]*p;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_probability_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double softcap, int64_t unit, int64_t *next)
+{
+    const symce_args_probability_softcap A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, softcap };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)3 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    /* walk 1's x for the later walks: a row, or a slab unit's (the same bound as es) */
+    float *xs = 0;
+    if (g && (S == 1 || scratch))
+        xs = malloc((size_t)C * sizeof(float));
+    else if (g && C * SYMCE_SLAB <= (1 << 18))
+        xs = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_probability_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
+                        u + rn * C,
+                        p + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_p = scratch + 1 * C * S;
+            float *t_g = scratch + 2 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_p[s * C + c] = p[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_probability_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
+                        t_u + s * C,
+                        t_p + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_probability_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+                else
+                    slab_probability_softcap(&A, at, sample * S + s0, P, es, xs,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+    free(xs);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_probability_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double softcap, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability_softcap(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, softcap, unit, next);
+}
+#endif
+
+/* -- probability_z_loss ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const float *p;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double z_loss;
+} symce_args_probability_z_loss;
+
+/* one row of C classes, class stride 1 (ur, pr in, gr out or NULL);
+ * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
+static void row_probability_z_loss(const symce_args_probability_z_loss *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, const float *un, const float *pn, float *gn)
 {
     const int64_t C = A->C;
     const double z_loss = A->z_loss;
@@ -4063,7 +8344,7 @@ static void row_probability(const symce_args_probability *restrict A, int64_t r,
  * thread's scratch for the exponentials; un, pn (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_probability(const symce_args_probability *restrict A,
+static inline __attribute__((always_inline)) void slab_probability_z_loss(const symce_args_probability_z_loss *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un, const float *pn)
 {
     const int64_t C = A->C, S = A->S;
@@ -4209,9 +8490,9 @@ static inline __attribute__((always_inline)) void slab_probability(const symce_a
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_probability(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next)
+void symce_probability_z_loss(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next)
 {
-    const symce_args_probability A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, z_loss };
+    const symce_args_probability_z_loss A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, z_loss };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -4237,7 +8518,7 @@ void symce_probability(const float *u, float *g, float *loss_cross_entropy, floa
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_probability(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
+                row_probability_z_loss(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
                         u + rn * C,
                         p + rn * C, g ? g + rn * C : 0);
             }
@@ -4253,7 +8534,7 @@ void symce_probability(const float *u, float *g, float *loss_cross_entropy, floa
                 for (int64_t s = 0; s < S; ++s)
                     t_p[s * C + c] = p[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_probability(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
+                row_probability_z_loss(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
                         t_u + s * C,
                         t_p + s * C, 0);
             if (g)
@@ -4274,11 +8555,11 @@ void symce_probability(const float *u, float *g, float *loss_cross_entropy, floa
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_probability(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                    slab_probability_z_loss(&A, at, sample * S + s0, SYMCE_SLAB, es,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
                 else
-                    slab_probability(&A, at, sample * S + s0, P, es,
+                    slab_probability_z_loss(&A, at, sample * S + s0, P, es,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
             }
@@ -4292,16 +8573,16 @@ void symce_probability(const float *u, float *g, float *loss_cross_entropy, floa
 }
 #ifdef _OPENMP
 
-/* symce_probability on an OpenMP team of `threads` (the caller among them) */
-void symce_probability_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next,
+/* symce_probability_z_loss on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_z_loss_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_probability(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, unit, next);
+    symce_probability_z_loss(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, unit, next);
 }
 #endif
 
-/* -- probability_softcap ------------------------------------------------------------ */
+/* -- probability_z_loss_softcap ------------------------------------------------------------ */
 
 typedef struct {
     const float *u;
@@ -4317,11 +8598,11 @@ typedef struct {
     double scale_z;
     double z_loss;
     double softcap;
-} symce_args_probability_softcap;
+} symce_args_probability_z_loss_softcap;
 
 /* one row of C classes, class stride 1 (ur, pr in, gr out or NULL, xsr this thread's scratch row or NULL);
  * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
-static void row_probability_softcap(const symce_args_probability_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
+static void row_probability_z_loss_softcap(const symce_args_probability_z_loss_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
 {
     const int64_t C = A->C;
     const double z_loss = A->z_loss;
@@ -4518,7 +8799,7 @@ static void row_probability_softcap(const symce_args_probability_softcap *restri
  * thread's scratch for the exponentials, xs for the x; un, pn (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_probability_softcap(const symce_args_probability_softcap *restrict A,
+static inline __attribute__((always_inline)) void slab_probability_z_loss_softcap(const symce_args_probability_z_loss_softcap *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un, const float *pn)
 {
     const int64_t C = A->C, S = A->S;
@@ -4723,9 +9004,9 @@ static inline __attribute__((always_inline)) void slab_probability_softcap(const
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_probability_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next)
+void symce_probability_z_loss_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next)
 {
-    const symce_args_probability_softcap A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap };
+    const symce_args_probability_z_loss_softcap A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -4757,7 +9038,7 @@ void symce_probability_softcap(const float *u, float *g, float *loss_cross_entro
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_probability_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
+                row_probability_z_loss_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
                         u + rn * C,
                         p + rn * C, g ? g + rn * C : 0);
             }
@@ -4773,7 +9054,7 @@ void symce_probability_softcap(const float *u, float *g, float *loss_cross_entro
                 for (int64_t s = 0; s < S; ++s)
                     t_p[s * C + c] = p[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_probability_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
+                row_probability_z_loss_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
                         t_u + s * C,
                         t_p + s * C, 0);
             if (g)
@@ -4794,11 +9075,11 @@ void symce_probability_softcap(const float *u, float *g, float *loss_cross_entro
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_probability_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                    slab_probability_z_loss_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
                 else
-                    slab_probability_softcap(&A, at, sample * S + s0, P, es, xs,
+                    slab_probability_z_loss_softcap(&A, at, sample * S + s0, P, es, xs,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
             }
@@ -4813,12 +9094,12 @@ void symce_probability_softcap(const float *u, float *g, float *loss_cross_entro
 }
 #ifdef _OPENMP
 
-/* symce_probability_softcap on an OpenMP team of `threads` (the caller among them) */
-void symce_probability_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next,
+/* symce_probability_z_loss_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_z_loss_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_probability_softcap(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap, unit, next);
+    symce_probability_z_loss_softcap(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap, unit, next);
 }
 #endif
 
@@ -4837,12 +9118,982 @@ typedef struct {
     double scale_cross_entropy;
     double scale_z;
     double label_smoothing;
-    double z_loss;
 } symce_args_probability_smoothed;
 
 /* one row of C classes, class stride 1 (ur, pr in, gr out or NULL);
  * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
 static void row_probability_smoothed(const symce_args_probability_smoothed *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, const float *un, const float *pn, float *gn)
+{
+    const int64_t C = A->C;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    /* walk 1: sum_pz, sum_e, sum_p, sum_z */
+    double acc_sum_pz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    double acc_sum_p[SYMCE_SUM_LANES] = {0};
+    double acc_sum_z[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            __builtin_prefetch(pn + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_pz[SYMCE_SUM_LANES] = {0};
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        float part_sum_p[SYMCE_SUM_LANES] = {0};
+        float part_sum_z[SYMCE_SUM_LANES] = {0};
+        if (gr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                    part_sum_z[j] += z;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                    part_sum_z[j] += z;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                    part_sum_z[j] += z;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                    part_sum_z[j] += z;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_pz[j] += part_sum_pz[j];
+            acc_sum_e[j] += part_sum_e[j];
+            acc_sum_p[j] += part_sum_p[j];
+            acc_sum_z[j] += part_sum_z[j];
+        }
+    }
+    double sum_pz = 0.0;
+    double sum_e = 0.0;
+    double sum_p = 0.0;
+    double sum_z = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_pz += acc_sum_pz[j];
+        sum_e += acc_sum_e[j];
+        sum_p += acc_sum_p[j];
+        sum_z += acc_sum_z[j];
+    }
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double t_2_0 = log(sum_e);
+    const double t_2_1 = label_smoothing/n_classes;
+    const double loss_cross_entropy = -label_smoothing*sum_p*t_2_0 + label_smoothing*sum_pz + label_smoothing*t_2_0 + sum_p*t_2_0 - sum_pz - sum_z*t_2_1;
+    const double loss_z = 0;
+    const double coef_0 = -scale_cross_entropy*t_2_1;
+    const double coef_1 = scale_cross_entropy*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e;
+    const double coef_2 = scale_cross_entropy*(label_smoothing - 1);
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float coef_2_f = (float)coef_2;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float e = gr[c];
+            gr[c] = coef_0_f + coef_1_f*e + coef_2_f*p;
+        }
+    }
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials; un, pn (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_probability_smoothed(const symce_args_probability_smoothed *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un, const float *pn)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    const float *restrict ps = A->p + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float coef_2_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            __builtin_prefetch(ps + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+    }
+    /* walk 1: sum_pz, sum_e, sum_p, sum_z; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_pz[SYMCE_SLAB];
+    double acc_sum_e[SYMCE_SLAB];
+    double acc_sum_p[SYMCE_SLAB];
+    double acc_sum_z[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_pz[s] = 0.0;
+        acc_sum_e[s] = 0.0;
+        acc_sum_p[s] = 0.0;
+        acc_sum_z[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_pz[SYMCE_SLAB];
+        float part_sum_e[SYMCE_SLAB];
+        float part_sum_p[SYMCE_SLAB];
+        float part_sum_z[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_pz[s] = 0.0f;
+            part_sum_e[s] = 0.0f;
+            part_sum_p[s] = 0.0f;
+            part_sum_z[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (pn)
+                __builtin_prefetch(pn + c * S);
+            if (gs) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_pz[s] += p*z;
+                    part_sum_e[s] += e;
+                    part_sum_p[s] += p;
+                    part_sum_z[s] += z;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[s] += p*z;
+                    part_sum_e[s] += e;
+                    part_sum_p[s] += p;
+                    part_sum_z[s] += z;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_pz[s] += part_sum_pz[s];
+            acc_sum_e[s] += part_sum_e[s];
+            acc_sum_p[s] += part_sum_p[s];
+            acc_sum_z[s] += part_sum_z[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_p = acc_sum_p[s];
+        const double sum_pz = acc_sum_pz[s];
+        const double sum_z = acc_sum_z[s];
+        const double t_2_0 = log(sum_e);
+        const double t_2_1 = label_smoothing/n_classes;
+        const double loss_cross_entropy = -label_smoothing*sum_p*t_2_0 + label_smoothing*sum_pz + label_smoothing*t_2_0 + sum_p*t_2_0 - sum_pz - sum_z*t_2_1;
+        const double loss_z = 0;
+        const double coef_0 = -scale_cross_entropy*t_2_1;
+        const double coef_1 = scale_cross_entropy*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e;
+        const double coef_2 = scale_cross_entropy*(label_smoothing - 1);
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        coef_2_a[s] = (float)coef_2;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        {
+            const float *restrict pc = ps + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float e = ec[s];
+                v[s] = coef_0_a[s] + coef_1_a[s]*e + coef_2_a[s]*p;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_probability_smoothed(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, int64_t unit, int64_t *next)
+{
+    const symce_args_probability_smoothed A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)3 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_probability_smoothed(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
+                        u + rn * C,
+                        p + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_p = scratch + 1 * C * S;
+            float *t_g = scratch + 2 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_p[s * C + c] = p[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_probability_smoothed(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
+                        t_u + s * C,
+                        t_p + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_probability_smoothed(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+                else
+                    slab_probability_smoothed(&A, at, sample * S + s0, P, es,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_probability_smoothed on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_smoothed_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability_smoothed(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, unit, next);
+}
+#endif
+
+/* -- probability_smoothed_softcap ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const float *p;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double label_smoothing;
+    double softcap;
+} symce_args_probability_smoothed_softcap;
+
+/* one row of C classes, class stride 1 (ur, pr in, gr out or NULL, xsr this thread's scratch row or NULL);
+ * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
+static void row_probability_smoothed_softcap(const symce_args_probability_smoothed_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
+{
+    const int64_t C = A->C;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
+    /* walk 1: sum_pz, sum_e, sum_p, sum_z */
+    double acc_sum_pz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    double acc_sum_p[SYMCE_SUM_LANES] = {0};
+    double acc_sum_z[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            __builtin_prefetch(pn + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_pz[SYMCE_SUM_LANES] = {0};
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        float part_sum_p[SYMCE_SUM_LANES] = {0};
+        float part_sum_z[SYMCE_SUM_LANES] = {0};
+        if (gr && xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                    part_sum_z[j] += z;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                    part_sum_z[j] += z;
+                }
+            }
+        } else if (gr && !xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                    part_sum_z[j] += z;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                    part_sum_z[j] += z;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                    part_sum_z[j] += z;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[j] += p*z;
+                    part_sum_e[j] += e;
+                    part_sum_p[j] += p;
+                    part_sum_z[j] += z;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_pz[j] += part_sum_pz[j];
+            acc_sum_e[j] += part_sum_e[j];
+            acc_sum_p[j] += part_sum_p[j];
+            acc_sum_z[j] += part_sum_z[j];
+        }
+    }
+    double sum_pz = 0.0;
+    double sum_e = 0.0;
+    double sum_p = 0.0;
+    double sum_z = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_pz += acc_sum_pz[j];
+        sum_e += acc_sum_e[j];
+        sum_p += acc_sum_p[j];
+        sum_z += acc_sum_z[j];
+    }
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double t_2_0 = log(sum_e);
+    const double t_2_1 = label_smoothing/n_classes;
+    const double t_2_2 = scale_cross_entropy*t_2_1;
+    const double t_2_3 = 1.0/sum_e;
+    const double t_2_4 = -label_smoothing*sum_p + label_smoothing + sum_p;
+    const double t_2_5 = pow(softcap, -2);
+    const double t_2_6 = scale_cross_entropy*t_2_5;
+    const double t_2_7 = label_smoothing - 1;
+    const double loss_cross_entropy = -label_smoothing*sum_p*t_2_0 + label_smoothing*sum_pz + label_smoothing*t_2_0 + sum_p*t_2_0 - sum_pz - sum_z*t_2_1;
+    const double loss_z = 0;
+    const double coef_0 = -t_2_2;
+    const double coef_1 = -t_2_3*t_2_4*t_2_6;
+    const double coef_2 = -t_2_6*t_2_7;
+    const double coef_3 = scale_cross_entropy*t_2_3*t_2_4;
+    const double coef_4 = scale_cross_entropy*t_2_7;
+    const double coef_5 = t_2_2*t_2_5;
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float coef_2_f = (float)coef_2;
+    const float coef_3_f = (float)coef_3;
+    const float coef_4_f = (float)coef_4;
+    const float coef_5_f = (float)coef_5;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    if (gr && xsr) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float x = xsr[c];
+            const float e = gr[c];
+            const float v_0 = (x*x);
+            gr[c] = coef_0_f + coef_1_f*v_0*e + coef_2_f*v_0*p + coef_3_f*e + coef_4_f*p + coef_5_f*v_0;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float u = ur[c];
+            const float x = softcap_f*symce_tanh(h_0_f*u);
+            const float e = gr[c];
+            const float v_0 = (x*x);
+            gr[c] = coef_0_f + coef_1_f*v_0*e + coef_2_f*v_0*p + coef_3_f*e + coef_4_f*p + coef_5_f*v_0;
+        }
+    }
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials, xs for the x; un, pn (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_probability_smoothed_softcap(const symce_args_probability_smoothed_softcap *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un, const float *pn)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    const float *restrict ps = A->p + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float coef_2_a[SYMCE_SLAB];
+    float coef_3_a[SYMCE_SLAB];
+    float coef_4_a[SYMCE_SLAB];
+    float coef_5_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            __builtin_prefetch(ps + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {  /* the transform is increasing: the maximum's */
+        m_a[s] = softcap_f*symce_tanh(h_0_f*m_a[s]);
+    }
+    for (int64_t s = 0; s < P; ++s) {
+    }
+    /* walk 1: sum_pz, sum_e, sum_p, sum_z; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_pz[SYMCE_SLAB];
+    double acc_sum_e[SYMCE_SLAB];
+    double acc_sum_p[SYMCE_SLAB];
+    double acc_sum_z[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_pz[s] = 0.0;
+        acc_sum_e[s] = 0.0;
+        acc_sum_p[s] = 0.0;
+        acc_sum_z[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_pz[SYMCE_SLAB];
+        float part_sum_e[SYMCE_SLAB];
+        float part_sum_p[SYMCE_SLAB];
+        float part_sum_z[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_pz[s] = 0.0f;
+            part_sum_e[s] = 0.0f;
+            part_sum_p[s] = 0.0f;
+            part_sum_z[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (pn)
+                __builtin_prefetch(pn + c * S);
+            if (gs && xss) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *xsc = xss + c * SYMCE_SLAB;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsc[s] = x;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_pz[s] += p*z;
+                    part_sum_e[s] += e;
+                    part_sum_p[s] += p;
+                    part_sum_z[s] += z;
+                }
+            } else if (gs && !xss) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    part_sum_pz[s] += p*z;
+                    part_sum_e[s] += e;
+                    part_sum_p[s] += p;
+                    part_sum_z[s] += z;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    part_sum_pz[s] += p*z;
+                    part_sum_e[s] += e;
+                    part_sum_p[s] += p;
+                    part_sum_z[s] += z;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_pz[s] += part_sum_pz[s];
+            acc_sum_e[s] += part_sum_e[s];
+            acc_sum_p[s] += part_sum_p[s];
+            acc_sum_z[s] += part_sum_z[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_p = acc_sum_p[s];
+        const double sum_pz = acc_sum_pz[s];
+        const double sum_z = acc_sum_z[s];
+        const double t_2_0 = log(sum_e);
+        const double t_2_1 = label_smoothing/n_classes;
+        const double t_2_2 = scale_cross_entropy*t_2_1;
+        const double t_2_3 = 1.0/sum_e;
+        const double t_2_4 = -label_smoothing*sum_p + label_smoothing + sum_p;
+        const double t_2_5 = pow(softcap, -2);
+        const double t_2_6 = scale_cross_entropy*t_2_5;
+        const double t_2_7 = label_smoothing - 1;
+        const double loss_cross_entropy = -label_smoothing*sum_p*t_2_0 + label_smoothing*sum_pz + label_smoothing*t_2_0 + sum_p*t_2_0 - sum_pz - sum_z*t_2_1;
+        const double loss_z = 0;
+        const double coef_0 = -t_2_2;
+        const double coef_1 = -t_2_3*t_2_4*t_2_6;
+        const double coef_2 = -t_2_6*t_2_7;
+        const double coef_3 = scale_cross_entropy*t_2_3*t_2_4;
+        const double coef_4 = scale_cross_entropy*t_2_7;
+        const double coef_5 = t_2_2*t_2_5;
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        coef_2_a[s] = (float)coef_2;
+        coef_3_a[s] = (float)coef_3;
+        coef_4_a[s] = (float)coef_4;
+        coef_5_a[s] = (float)coef_5;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        if (gs && xss) {
+            const float *restrict pc = ps + c * S;
+            float *xsc = xss + c * SYMCE_SLAB;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float x = xsc[s];
+                const float e = ec[s];
+                const float v_0 = (x*x);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*v_0*p + coef_3_a[s]*e + coef_4_a[s]*p + coef_5_a[s]*v_0;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        } else {
+            const float *restrict pc = ps + c * S;
+            const float *restrict uc = us + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float u = uc[s];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                const float e = ec[s];
+                const float v_0 = (x*x);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*v_0*p + coef_3_a[s]*e + coef_4_a[s]*p + coef_5_a[s]*v_0;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_probability_smoothed_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double softcap, int64_t unit, int64_t *next)
+{
+    const symce_args_probability_smoothed_softcap A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, softcap };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)3 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    /* walk 1's x for the later walks: a row, or a slab unit's (the same bound as es) */
+    float *xs = 0;
+    if (g && (S == 1 || scratch))
+        xs = malloc((size_t)C * sizeof(float));
+    else if (g && C * SYMCE_SLAB <= (1 << 18))
+        xs = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_probability_smoothed_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
+                        u + rn * C,
+                        p + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_p = scratch + 1 * C * S;
+            float *t_g = scratch + 2 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_p[s * C + c] = p[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_probability_smoothed_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
+                        t_u + s * C,
+                        t_p + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_probability_smoothed_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+                else
+                    slab_probability_smoothed_softcap(&A, at, sample * S + s0, P, es, xs,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+    free(xs);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_probability_smoothed_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_smoothed_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double softcap, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability_smoothed_softcap(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, softcap, unit, next);
+}
+#endif
+
+/* -- probability_smoothed_z_loss ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const float *p;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double label_smoothing;
+    double z_loss;
+} symce_args_probability_smoothed_z_loss;
+
+/* one row of C classes, class stride 1 (ur, pr in, gr out or NULL);
+ * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
+static void row_probability_smoothed_z_loss(const symce_args_probability_smoothed_z_loss *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, const float *un, const float *pn, float *gn)
 {
     const int64_t C = A->C;
     const double label_smoothing = A->label_smoothing;
@@ -4997,7 +10248,7 @@ static void row_probability_smoothed(const symce_args_probability_smoothed *rest
  * thread's scratch for the exponentials; un, pn (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_probability_smoothed(const symce_args_probability_smoothed *restrict A,
+static inline __attribute__((always_inline)) void slab_probability_smoothed_z_loss(const symce_args_probability_smoothed_z_loss *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un, const float *pn)
 {
     const int64_t C = A->C, S = A->S;
@@ -5158,9 +10409,9 @@ static inline __attribute__((always_inline)) void slab_probability_smoothed(cons
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_probability_smoothed(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, int64_t unit, int64_t *next)
+void symce_probability_smoothed_z_loss(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, int64_t unit, int64_t *next)
 {
-    const symce_args_probability_smoothed A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss };
+    const symce_args_probability_smoothed_z_loss A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -5186,7 +10437,7 @@ void symce_probability_smoothed(const float *u, float *g, float *loss_cross_entr
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_probability_smoothed(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
+                row_probability_smoothed_z_loss(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
                         u + rn * C,
                         p + rn * C, g ? g + rn * C : 0);
             }
@@ -5202,7 +10453,7 @@ void symce_probability_smoothed(const float *u, float *g, float *loss_cross_entr
                 for (int64_t s = 0; s < S; ++s)
                     t_p[s * C + c] = p[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_probability_smoothed(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
+                row_probability_smoothed_z_loss(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
                         t_u + s * C,
                         t_p + s * C, 0);
             if (g)
@@ -5223,11 +10474,11 @@ void symce_probability_smoothed(const float *u, float *g, float *loss_cross_entr
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_probability_smoothed(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                    slab_probability_smoothed_z_loss(&A, at, sample * S + s0, SYMCE_SLAB, es,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
                 else
-                    slab_probability_smoothed(&A, at, sample * S + s0, P, es,
+                    slab_probability_smoothed_z_loss(&A, at, sample * S + s0, P, es,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
             }
@@ -5241,16 +10492,16 @@ void symce_probability_smoothed(const float *u, float *g, float *loss_cross_entr
 }
 #ifdef _OPENMP
 
-/* symce_probability_smoothed on an OpenMP team of `threads` (the caller among them) */
-void symce_probability_smoothed_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, int64_t unit, int64_t *next,
+/* symce_probability_smoothed_z_loss on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_smoothed_z_loss_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_probability_smoothed(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, unit, next);
+    symce_probability_smoothed_z_loss(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, unit, next);
 }
 #endif
 
-/* -- probability_smoothed_softcap ------------------------------------------------------------ */
+/* -- probability_smoothed_z_loss_softcap ------------------------------------------------------------ */
 
 typedef struct {
     const float *u;
@@ -5267,11 +10518,11 @@ typedef struct {
     double label_smoothing;
     double z_loss;
     double softcap;
-} symce_args_probability_smoothed_softcap;
+} symce_args_probability_smoothed_z_loss_softcap;
 
 /* one row of C classes, class stride 1 (ur, pr in, gr out or NULL, xsr this thread's scratch row or NULL);
  * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
-static void row_probability_smoothed_softcap(const symce_args_probability_smoothed_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
+static void row_probability_smoothed_z_loss_softcap(const symce_args_probability_smoothed_z_loss_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
 {
     const int64_t C = A->C;
     const double label_smoothing = A->label_smoothing;
@@ -5489,7 +10740,7 @@ static void row_probability_smoothed_softcap(const symce_args_probability_smooth
  * thread's scratch for the exponentials, xs for the x; un, pn (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_probability_smoothed_softcap(const symce_args_probability_smoothed_softcap *restrict A,
+static inline __attribute__((always_inline)) void slab_probability_smoothed_z_loss_softcap(const symce_args_probability_smoothed_z_loss_softcap *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un, const float *pn)
 {
     const int64_t C = A->C, S = A->S;
@@ -5715,9 +10966,9 @@ static inline __attribute__((always_inline)) void slab_probability_smoothed_soft
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_probability_smoothed_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, int64_t unit, int64_t *next)
+void symce_probability_smoothed_z_loss_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, int64_t unit, int64_t *next)
 {
-    const symce_args_probability_smoothed_softcap A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap };
+    const symce_args_probability_smoothed_z_loss_softcap A = { u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -5749,7 +11000,7 @@ void symce_probability_smoothed_softcap(const float *u, float *g, float *loss_cr
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_probability_smoothed_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
+                row_probability_smoothed_z_loss_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
                         u + rn * C,
                         p + rn * C, g ? g + rn * C : 0);
             }
@@ -5765,7 +11016,7 @@ void symce_probability_smoothed_softcap(const float *u, float *g, float *loss_cr
                 for (int64_t s = 0; s < S; ++s)
                     t_p[s * C + c] = p[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_probability_smoothed_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
+                row_probability_smoothed_z_loss_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
                         t_u + s * C,
                         t_p + s * C, 0);
             if (g)
@@ -5786,11 +11037,11 @@ void symce_probability_smoothed_softcap(const float *u, float *g, float *loss_cr
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_probability_smoothed_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                    slab_probability_smoothed_z_loss_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
                 else
-                    slab_probability_smoothed_softcap(&A, at, sample * S + s0, P, es, xs,
+                    slab_probability_smoothed_z_loss_softcap(&A, at, sample * S + s0, P, es, xs,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
             }
@@ -5805,12 +11056,12 @@ void symce_probability_smoothed_softcap(const float *u, float *g, float *loss_cr
 }
 #ifdef _OPENMP
 
-/* symce_probability_smoothed_softcap on an OpenMP team of `threads` (the caller among them) */
-void symce_probability_smoothed_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, int64_t unit, int64_t *next,
+/* symce_probability_smoothed_z_loss_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_smoothed_z_loss_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_probability_smoothed_softcap(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, unit, next);
+    symce_probability_smoothed_z_loss_softcap(u, g, loss_cross_entropy, loss_z, p, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, unit, next);
 }
 #endif
 
@@ -5829,12 +11080,954 @@ typedef struct {
     int64_t S;
     double scale_cross_entropy;
     double scale_z;
-    double z_loss;
 } symce_args_probability_weighted;
 
 /* one row of C classes, class stride 1 (ur, pr in, gr out or NULL);
  * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
 static void row_probability_weighted(const symce_args_probability_weighted *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, const float *un, const float *pn, float *gn)
+{
+    const int64_t C = A->C;
+    const float *restrict wr = A->w;
+    const double n_classes = (double)A->C;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    /* walk 1: sum_pw, sum_pwz, sum_e */
+    double acc_sum_pw[SYMCE_SUM_LANES] = {0};
+    double acc_sum_pwz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            __builtin_prefetch(pn + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_pw[SYMCE_SUM_LANES] = {0};
+        float part_sum_pwz[SYMCE_SUM_LANES] = {0};
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        if (gr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_pw[j] += part_sum_pw[j];
+            acc_sum_pwz[j] += part_sum_pwz[j];
+            acc_sum_e[j] += part_sum_e[j];
+        }
+    }
+    double sum_pw = 0.0;
+    double sum_pwz = 0.0;
+    double sum_e = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_pw += acc_sum_pw[j];
+        sum_pwz += acc_sum_pwz[j];
+        sum_e += acc_sum_e[j];
+    }
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double loss_cross_entropy = sum_pw*log(sum_e) - sum_pwz;
+    const double loss_z = 0;
+    const double coef_0 = -scale_cross_entropy;
+    const double coef_1 = scale_cross_entropy*sum_pw/sum_e;
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float w = wr[c];
+            const float e = gr[c];
+            gr[c] = coef_0_f*p*w + coef_1_f*e;
+        }
+    }
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials; un, pn (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_probability_weighted(const symce_args_probability_weighted *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un, const float *pn)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    const float *restrict ps = A->p + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const float *restrict wr = A->w;
+    const double n_classes = (double)A->C;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            __builtin_prefetch(ps + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+    }
+    /* walk 1: sum_pw, sum_pwz, sum_e; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_pw[SYMCE_SLAB];
+    double acc_sum_pwz[SYMCE_SLAB];
+    double acc_sum_e[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_pw[s] = 0.0;
+        acc_sum_pwz[s] = 0.0;
+        acc_sum_e[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_pw[SYMCE_SLAB];
+        float part_sum_pwz[SYMCE_SLAB];
+        float part_sum_e[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_pw[s] = 0.0f;
+            part_sum_pwz[s] = 0.0f;
+            part_sum_e[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (pn)
+                __builtin_prefetch(pn + c * S);
+            if (gs) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[s] += v_0;
+                    part_sum_pwz[s] += v_0*z;
+                    part_sum_e[s] += e;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[s] += v_0;
+                    part_sum_pwz[s] += v_0*z;
+                    part_sum_e[s] += e;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_pw[s] += part_sum_pw[s];
+            acc_sum_pwz[s] += part_sum_pwz[s];
+            acc_sum_e[s] += part_sum_e[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_pw = acc_sum_pw[s];
+        const double sum_pwz = acc_sum_pwz[s];
+        const double loss_cross_entropy = sum_pw*log(sum_e) - sum_pwz;
+        const double loss_z = 0;
+        const double coef_0 = -scale_cross_entropy;
+        const double coef_1 = scale_cross_entropy*sum_pw/sum_e;
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        {
+            const float *restrict pc = ps + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float w = wr[c];
+                const float e = ec[s];
+                v[s] = coef_0_a[s]*p*w + coef_1_a[s]*e;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_probability_weighted(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, int64_t unit, int64_t *next)
+{
+    const symce_args_probability_weighted A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)3 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_probability_weighted(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
+                        u + rn * C,
+                        p + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_p = scratch + 1 * C * S;
+            float *t_g = scratch + 2 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_p[s * C + c] = p[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_probability_weighted(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
+                        t_u + s * C,
+                        t_p + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_probability_weighted(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+                else
+                    slab_probability_weighted(&A, at, sample * S + s0, P, es,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_probability_weighted on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_weighted_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability_weighted(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, unit, next);
+}
+#endif
+
+/* -- probability_weighted_softcap ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const float *p;
+    const float *w;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double softcap;
+} symce_args_probability_weighted_softcap;
+
+/* one row of C classes, class stride 1 (ur, pr in, gr out or NULL, xsr this thread's scratch row or NULL);
+ * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
+static void row_probability_weighted_softcap(const symce_args_probability_weighted_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
+{
+    const int64_t C = A->C;
+    const float *restrict wr = A->w;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
+    /* walk 1: sum_pw, sum_pwz, sum_e */
+    double acc_sum_pw[SYMCE_SUM_LANES] = {0};
+    double acc_sum_pwz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            __builtin_prefetch(pn + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_pw[SYMCE_SUM_LANES] = {0};
+        float part_sum_pwz[SYMCE_SUM_LANES] = {0};
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        if (gr && xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else if (gr && !xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_pw[j] += part_sum_pw[j];
+            acc_sum_pwz[j] += part_sum_pwz[j];
+            acc_sum_e[j] += part_sum_e[j];
+        }
+    }
+    double sum_pw = 0.0;
+    double sum_pwz = 0.0;
+    double sum_e = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_pw += acc_sum_pw[j];
+        sum_pwz += acc_sum_pwz[j];
+        sum_e += acc_sum_e[j];
+    }
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double t_2_0 = scale_cross_entropy/pow(softcap, 2);
+    const double t_2_1 = sum_pw/sum_e;
+    const double loss_cross_entropy = sum_pw*log(sum_e) - sum_pwz;
+    const double loss_z = 0;
+    const double coef_0 = -t_2_0*t_2_1;
+    const double coef_1 = -scale_cross_entropy;
+    const double coef_2 = t_2_0;
+    const double coef_3 = scale_cross_entropy*t_2_1;
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float coef_2_f = (float)coef_2;
+    const float coef_3_f = (float)coef_3;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    if (gr && xsr) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float w = wr[c];
+            const float x = xsr[c];
+            const float e = gr[c];
+            const float v_0 = p*w;
+            const float v_1 = (x*x);
+            gr[c] = coef_0_f*v_1*e + coef_1_f*v_0 + coef_2_f*v_0*v_1 + coef_3_f*e;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float w = wr[c];
+            const float u = ur[c];
+            const float x = softcap_f*symce_tanh(h_0_f*u);
+            const float e = gr[c];
+            const float v_0 = p*w;
+            const float v_1 = (x*x);
+            gr[c] = coef_0_f*v_1*e + coef_1_f*v_0 + coef_2_f*v_0*v_1 + coef_3_f*e;
+        }
+    }
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials, xs for the x; un, pn (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_probability_weighted_softcap(const symce_args_probability_weighted_softcap *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un, const float *pn)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    const float *restrict ps = A->p + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const float *restrict wr = A->w;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float coef_2_a[SYMCE_SLAB];
+    float coef_3_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            __builtin_prefetch(ps + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {  /* the transform is increasing: the maximum's */
+        m_a[s] = softcap_f*symce_tanh(h_0_f*m_a[s]);
+    }
+    for (int64_t s = 0; s < P; ++s) {
+    }
+    /* walk 1: sum_pw, sum_pwz, sum_e; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_pw[SYMCE_SLAB];
+    double acc_sum_pwz[SYMCE_SLAB];
+    double acc_sum_e[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_pw[s] = 0.0;
+        acc_sum_pwz[s] = 0.0;
+        acc_sum_e[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_pw[SYMCE_SLAB];
+        float part_sum_pwz[SYMCE_SLAB];
+        float part_sum_e[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_pw[s] = 0.0f;
+            part_sum_pwz[s] = 0.0f;
+            part_sum_e[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (pn)
+                __builtin_prefetch(pn + c * S);
+            if (gs && xss) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *xsc = xss + c * SYMCE_SLAB;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsc[s] = x;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[s] += v_0;
+                    part_sum_pwz[s] += v_0*z;
+                    part_sum_e[s] += e;
+                }
+            } else if (gs && !xss) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[s] += v_0;
+                    part_sum_pwz[s] += v_0*z;
+                    part_sum_e[s] += e;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[s] += v_0;
+                    part_sum_pwz[s] += v_0*z;
+                    part_sum_e[s] += e;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_pw[s] += part_sum_pw[s];
+            acc_sum_pwz[s] += part_sum_pwz[s];
+            acc_sum_e[s] += part_sum_e[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_pw = acc_sum_pw[s];
+        const double sum_pwz = acc_sum_pwz[s];
+        const double t_2_0 = scale_cross_entropy/pow(softcap, 2);
+        const double t_2_1 = sum_pw/sum_e;
+        const double loss_cross_entropy = sum_pw*log(sum_e) - sum_pwz;
+        const double loss_z = 0;
+        const double coef_0 = -t_2_0*t_2_1;
+        const double coef_1 = -scale_cross_entropy;
+        const double coef_2 = t_2_0;
+        const double coef_3 = scale_cross_entropy*t_2_1;
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        coef_2_a[s] = (float)coef_2;
+        coef_3_a[s] = (float)coef_3;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        if (gs && xss) {
+            const float *restrict pc = ps + c * S;
+            float *xsc = xss + c * SYMCE_SLAB;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float w = wr[c];
+                const float x = xsc[s];
+                const float e = ec[s];
+                const float v_0 = p*w;
+                const float v_1 = (x*x);
+                v[s] = coef_0_a[s]*v_1*e + coef_1_a[s]*v_0 + coef_2_a[s]*v_0*v_1 + coef_3_a[s]*e;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        } else {
+            const float *restrict pc = ps + c * S;
+            const float *restrict uc = us + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float w = wr[c];
+                const float u = uc[s];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                const float e = ec[s];
+                const float v_0 = p*w;
+                const float v_1 = (x*x);
+                v[s] = coef_0_a[s]*v_1*e + coef_1_a[s]*v_0 + coef_2_a[s]*v_0*v_1 + coef_3_a[s]*e;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_probability_weighted_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double softcap, int64_t unit, int64_t *next)
+{
+    const symce_args_probability_weighted_softcap A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, softcap };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)3 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    /* walk 1's x for the later walks: a row, or a slab unit's (the same bound as es) */
+    float *xs = 0;
+    if (g && (S == 1 || scratch))
+        xs = malloc((size_t)C * sizeof(float));
+    else if (g && C * SYMCE_SLAB <= (1 << 18))
+        xs = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_probability_weighted_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
+                        u + rn * C,
+                        p + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_p = scratch + 1 * C * S;
+            float *t_g = scratch + 2 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_p[s * C + c] = p[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_probability_weighted_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
+                        t_u + s * C,
+                        t_p + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_probability_weighted_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+                else
+                    slab_probability_weighted_softcap(&A, at, sample * S + s0, P, es, xs,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+    free(xs);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_probability_weighted_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_weighted_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double softcap, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability_weighted_softcap(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, softcap, unit, next);
+}
+#endif
+
+/* -- probability_weighted_z_loss ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const float *p;
+    const float *w;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double z_loss;
+} symce_args_probability_weighted_z_loss;
+
+/* one row of C classes, class stride 1 (ur, pr in, gr out or NULL);
+ * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
+static void row_probability_weighted_z_loss(const symce_args_probability_weighted_z_loss *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, const float *un, const float *pn, float *gn)
 {
     const int64_t C = A->C;
     const float *restrict wr = A->w;
@@ -5984,7 +12177,7 @@ static void row_probability_weighted(const symce_args_probability_weighted *rest
  * thread's scratch for the exponentials; un, pn (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_probability_weighted(const symce_args_probability_weighted *restrict A,
+static inline __attribute__((always_inline)) void slab_probability_weighted_z_loss(const symce_args_probability_weighted_z_loss *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un, const float *pn)
 {
     const int64_t C = A->C, S = A->S;
@@ -6136,9 +12329,9 @@ static inline __attribute__((always_inline)) void slab_probability_weighted(cons
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_probability_weighted(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next)
+void symce_probability_weighted_z_loss(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next)
 {
-    const symce_args_probability_weighted A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss };
+    const symce_args_probability_weighted_z_loss A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -6164,7 +12357,7 @@ void symce_probability_weighted(const float *u, float *g, float *loss_cross_entr
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_probability_weighted(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
+                row_probability_weighted_z_loss(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
                         u + rn * C,
                         p + rn * C, g ? g + rn * C : 0);
             }
@@ -6180,7 +12373,7 @@ void symce_probability_weighted(const float *u, float *g, float *loss_cross_entr
                 for (int64_t s = 0; s < S; ++s)
                     t_p[s * C + c] = p[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_probability_weighted(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
+                row_probability_weighted_z_loss(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
                         t_u + s * C,
                         t_p + s * C, 0);
             if (g)
@@ -6201,11 +12394,11 @@ void symce_probability_weighted(const float *u, float *g, float *loss_cross_entr
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_probability_weighted(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                    slab_probability_weighted_z_loss(&A, at, sample * S + s0, SYMCE_SLAB, es,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
                 else
-                    slab_probability_weighted(&A, at, sample * S + s0, P, es,
+                    slab_probability_weighted_z_loss(&A, at, sample * S + s0, P, es,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
             }
@@ -6219,16 +12412,16 @@ void symce_probability_weighted(const float *u, float *g, float *loss_cross_entr
 }
 #ifdef _OPENMP
 
-/* symce_probability_weighted on an OpenMP team of `threads` (the caller among them) */
-void symce_probability_weighted_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next,
+/* symce_probability_weighted_z_loss on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_weighted_z_loss_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_probability_weighted(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, unit, next);
+    symce_probability_weighted_z_loss(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, unit, next);
 }
 #endif
 
-/* -- probability_weighted_softcap ------------------------------------------------------------ */
+/* -- probability_weighted_z_loss_softcap ------------------------------------------------------------ */
 
 typedef struct {
     const float *u;
@@ -6245,11 +12438,11 @@ typedef struct {
     double scale_z;
     double z_loss;
     double softcap;
-} symce_args_probability_weighted_softcap;
+} symce_args_probability_weighted_z_loss_softcap;
 
 /* one row of C classes, class stride 1 (ur, pr in, gr out or NULL, xsr this thread's scratch row or NULL);
  * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
-static void row_probability_weighted_softcap(const symce_args_probability_weighted_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
+static void row_probability_weighted_z_loss_softcap(const symce_args_probability_weighted_z_loss_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
 {
     const int64_t C = A->C;
     const float *restrict wr = A->w;
@@ -6463,7 +12656,7 @@ static void row_probability_weighted_softcap(const symce_args_probability_weight
  * thread's scratch for the exponentials, xs for the x; un, pn (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_probability_weighted_softcap(const symce_args_probability_weighted_softcap *restrict A,
+static inline __attribute__((always_inline)) void slab_probability_weighted_z_loss_softcap(const symce_args_probability_weighted_z_loss_softcap *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un, const float *pn)
 {
     const int64_t C = A->C, S = A->S;
@@ -6679,9 +12872,9 @@ static inline __attribute__((always_inline)) void slab_probability_weighted_soft
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_probability_weighted_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next)
+void symce_probability_weighted_z_loss_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next)
 {
-    const symce_args_probability_weighted_softcap A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap };
+    const symce_args_probability_weighted_z_loss_softcap A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -6713,7 +12906,7 @@ void symce_probability_weighted_softcap(const float *u, float *g, float *loss_cr
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_probability_weighted_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
+                row_probability_weighted_z_loss_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
                         u + rn * C,
                         p + rn * C, g ? g + rn * C : 0);
             }
@@ -6729,7 +12922,7 @@ void symce_probability_weighted_softcap(const float *u, float *g, float *loss_cr
                 for (int64_t s = 0; s < S; ++s)
                     t_p[s * C + c] = p[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_probability_weighted_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
+                row_probability_weighted_z_loss_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
                         t_u + s * C,
                         t_p + s * C, 0);
             if (g)
@@ -6750,11 +12943,11 @@ void symce_probability_weighted_softcap(const float *u, float *g, float *loss_cr
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_probability_weighted_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                    slab_probability_weighted_z_loss_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
                 else
-                    slab_probability_weighted_softcap(&A, at, sample * S + s0, P, es, xs,
+                    slab_probability_weighted_z_loss_softcap(&A, at, sample * S + s0, P, es, xs,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
             }
@@ -6769,12 +12962,12 @@ void symce_probability_weighted_softcap(const float *u, float *g, float *loss_cr
 }
 #ifdef _OPENMP
 
-/* symce_probability_weighted_softcap on an OpenMP team of `threads` (the caller among them) */
-void symce_probability_weighted_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next,
+/* symce_probability_weighted_z_loss_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_weighted_z_loss_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double z_loss, double softcap, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_probability_weighted_softcap(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap, unit, next);
+    symce_probability_weighted_z_loss_softcap(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, z_loss, softcap, unit, next);
 }
 #endif
 
@@ -6794,13 +12987,1035 @@ typedef struct {
     double scale_cross_entropy;
     double scale_z;
     double label_smoothing;
-    double z_loss;
     double sum_w;
 } symce_args_probability_weighted_smoothed;
 
 /* one row of C classes, class stride 1 (ur, pr in, gr out or NULL);
  * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
 static void row_probability_weighted_smoothed(const symce_args_probability_weighted_smoothed *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, const float *un, const float *pn, float *gn)
+{
+    const int64_t C = A->C;
+    const float *restrict wr = A->w;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double sum_w = A->sum_w;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    /* walk 1: sum_pw, sum_wz, sum_pwz, sum_e */
+    double acc_sum_pw[SYMCE_SUM_LANES] = {0};
+    double acc_sum_wz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_pwz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            __builtin_prefetch(pn + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_pw[SYMCE_SUM_LANES] = {0};
+        float part_sum_wz[SYMCE_SUM_LANES] = {0};
+        float part_sum_pwz[SYMCE_SUM_LANES] = {0};
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        if (gr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_wz[j] += w*z;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_wz[j] += w*z;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_wz[j] += w*z;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_wz[j] += w*z;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_pw[j] += part_sum_pw[j];
+            acc_sum_wz[j] += part_sum_wz[j];
+            acc_sum_pwz[j] += part_sum_pwz[j];
+            acc_sum_e[j] += part_sum_e[j];
+        }
+    }
+    double sum_pw = 0.0;
+    double sum_wz = 0.0;
+    double sum_pwz = 0.0;
+    double sum_e = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_pw += acc_sum_pw[j];
+        sum_wz += acc_sum_wz[j];
+        sum_pwz += acc_sum_pwz[j];
+        sum_e += acc_sum_e[j];
+    }
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double t_2_0 = log(sum_e);
+    const double t_2_1 = 1.0/n_classes;
+    const double t_2_2 = label_smoothing*t_2_1;
+    const double loss_cross_entropy = -label_smoothing*sum_pw*t_2_0 + label_smoothing*sum_pwz + label_smoothing*sum_w*t_2_0*t_2_1 + sum_pw*t_2_0 - sum_pwz - sum_wz*t_2_2;
+    const double loss_z = 0;
+    const double coef_0 = scale_cross_entropy*(label_smoothing - 1);
+    const double coef_1 = scale_cross_entropy*(-label_smoothing*sum_pw + sum_pw + sum_w*t_2_2)/sum_e;
+    const double coef_2 = -scale_cross_entropy*t_2_2;
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float coef_2_f = (float)coef_2;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float w = wr[c];
+            const float e = gr[c];
+            gr[c] = coef_0_f*p*w + coef_1_f*e + coef_2_f*w;
+        }
+    }
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials; un, pn (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_probability_weighted_smoothed(const symce_args_probability_weighted_smoothed *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un, const float *pn)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    const float *restrict ps = A->p + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const float *restrict wr = A->w;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double sum_w = A->sum_w;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float coef_2_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            __builtin_prefetch(ps + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+    }
+    /* walk 1: sum_pw, sum_wz, sum_pwz, sum_e; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_pw[SYMCE_SLAB];
+    double acc_sum_wz[SYMCE_SLAB];
+    double acc_sum_pwz[SYMCE_SLAB];
+    double acc_sum_e[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_pw[s] = 0.0;
+        acc_sum_wz[s] = 0.0;
+        acc_sum_pwz[s] = 0.0;
+        acc_sum_e[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_pw[SYMCE_SLAB];
+        float part_sum_wz[SYMCE_SLAB];
+        float part_sum_pwz[SYMCE_SLAB];
+        float part_sum_e[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_pw[s] = 0.0f;
+            part_sum_wz[s] = 0.0f;
+            part_sum_pwz[s] = 0.0f;
+            part_sum_e[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (pn)
+                __builtin_prefetch(pn + c * S);
+            if (gs) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[s] += v_0;
+                    part_sum_wz[s] += w*z;
+                    part_sum_pwz[s] += v_0*z;
+                    part_sum_e[s] += e;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float w = wr[c];
+                    const float x = u;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[s] += v_0;
+                    part_sum_wz[s] += w*z;
+                    part_sum_pwz[s] += v_0*z;
+                    part_sum_e[s] += e;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_pw[s] += part_sum_pw[s];
+            acc_sum_wz[s] += part_sum_wz[s];
+            acc_sum_pwz[s] += part_sum_pwz[s];
+            acc_sum_e[s] += part_sum_e[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_pw = acc_sum_pw[s];
+        const double sum_pwz = acc_sum_pwz[s];
+        const double sum_wz = acc_sum_wz[s];
+        const double t_2_0 = log(sum_e);
+        const double t_2_1 = 1.0/n_classes;
+        const double t_2_2 = label_smoothing*t_2_1;
+        const double loss_cross_entropy = -label_smoothing*sum_pw*t_2_0 + label_smoothing*sum_pwz + label_smoothing*sum_w*t_2_0*t_2_1 + sum_pw*t_2_0 - sum_pwz - sum_wz*t_2_2;
+        const double loss_z = 0;
+        const double coef_0 = scale_cross_entropy*(label_smoothing - 1);
+        const double coef_1 = scale_cross_entropy*(-label_smoothing*sum_pw + sum_pw + sum_w*t_2_2)/sum_e;
+        const double coef_2 = -scale_cross_entropy*t_2_2;
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        coef_2_a[s] = (float)coef_2;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        {
+            const float *restrict pc = ps + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float w = wr[c];
+                const float e = ec[s];
+                v[s] = coef_0_a[s]*p*w + coef_1_a[s]*e + coef_2_a[s]*w;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_probability_weighted_smoothed(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double sum_w, int64_t unit, int64_t *next)
+{
+    const symce_args_probability_weighted_smoothed A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, sum_w };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)3 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_probability_weighted_smoothed(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
+                        u + rn * C,
+                        p + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_p = scratch + 1 * C * S;
+            float *t_g = scratch + 2 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_p[s * C + c] = p[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_probability_weighted_smoothed(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
+                        t_u + s * C,
+                        t_p + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_probability_weighted_smoothed(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+                else
+                    slab_probability_weighted_smoothed(&A, at, sample * S + s0, P, es,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_probability_weighted_smoothed on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_weighted_smoothed_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double sum_w, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability_weighted_smoothed(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, sum_w, unit, next);
+}
+#endif
+
+/* -- probability_weighted_smoothed_softcap ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const float *p;
+    const float *w;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double label_smoothing;
+    double softcap;
+    double sum_w;
+} symce_args_probability_weighted_smoothed_softcap;
+
+/* one row of C classes, class stride 1 (ur, pr in, gr out or NULL, xsr this thread's scratch row or NULL);
+ * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
+static void row_probability_weighted_smoothed_softcap(const symce_args_probability_weighted_smoothed_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
+{
+    const int64_t C = A->C;
+    const float *restrict wr = A->w;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double sum_w = A->sum_w;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float m_f = -INFINITY;
+#pragma omp simd reduction(max:m_f)
+    for (int64_t c = 0; c < C; ++c) {
+        m_f = ur[c] > m_f ? ur[c] : m_f;
+    }
+    m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
+    /* walk 1: sum_pw, sum_wz, sum_pwz, sum_e */
+    double acc_sum_pw[SYMCE_SUM_LANES] = {0};
+    double acc_sum_wz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_pwz[SYMCE_SUM_LANES] = {0};
+    double acc_sum_e[SYMCE_SUM_LANES] = {0};
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_BLOCK < C ? c0 + SYMCE_BLOCK : C;
+        /* each block first prefetches the same stretch of the next row: its first
+         * walk then finds it in cache instead of waiting on memory, which the
+         * hardware prefetchers do not run ahead of across pages */
+        for (int64_t c = c0; c < c1; c += SYMCE_LINE) {
+            __builtin_prefetch(un + c);
+            __builtin_prefetch(pn + c);
+            if (gn)
+                __builtin_prefetch(gn + c, 1);
+        }
+        /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
+        float part_sum_pw[SYMCE_SUM_LANES] = {0};
+        float part_sum_wz[SYMCE_SUM_LANES] = {0};
+        float part_sum_pwz[SYMCE_SUM_LANES] = {0};
+        float part_sum_e[SYMCE_SUM_LANES] = {0};
+        if (gr && xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_wz[j] += w*z;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_wz[j] += w*z;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else if (gr && !xsr) {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_wz[j] += w*z;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    gr[c] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_wz[j] += w*z;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        } else {
+            int64_t s0 = c0;
+            for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
+#pragma omp simd
+                for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_wz[j] += w*z;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+            if (s0 < c1) {
+#pragma omp simd
+                for (int64_t j = 0; j < c1 - s0; ++j) {
+                    const int64_t c = s0 + j;
+                    const float u = ur[c];
+                    const float p = pr[c];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_f + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[j] += v_0;
+                    part_sum_wz[j] += w*z;
+                    part_sum_pwz[j] += v_0*z;
+                    part_sum_e[j] += e;
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+            acc_sum_pw[j] += part_sum_pw[j];
+            acc_sum_wz[j] += part_sum_wz[j];
+            acc_sum_pwz[j] += part_sum_pwz[j];
+            acc_sum_e[j] += part_sum_e[j];
+        }
+    }
+    double sum_pw = 0.0;
+    double sum_wz = 0.0;
+    double sum_pwz = 0.0;
+    double sum_e = 0.0;
+    for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
+        sum_pw += acc_sum_pw[j];
+        sum_wz += acc_sum_wz[j];
+        sum_pwz += acc_sum_pwz[j];
+        sum_e += acc_sum_e[j];
+    }
+    const double scale_cross_entropy = A->scales ? (double)A->scales[r] : A->scale_cross_entropy;
+    const double t_2_0 = log(sum_e);
+    const double t_2_1 = 1.0/n_classes;
+    const double t_2_2 = label_smoothing*t_2_1;
+    const double t_2_3 = 1.0/sum_e;
+    const double t_2_4 = -label_smoothing*sum_pw + sum_pw + sum_w*t_2_2;
+    const double t_2_5 = scale_cross_entropy/pow(softcap, 2);
+    const double t_2_6 = label_smoothing - 1;
+    const double loss_cross_entropy = -label_smoothing*sum_pw*t_2_0 + label_smoothing*sum_pwz + label_smoothing*sum_w*t_2_0*t_2_1 + sum_pw*t_2_0 - sum_pwz - sum_wz*t_2_2;
+    const double loss_z = 0;
+    const double coef_0 = -t_2_3*t_2_4*t_2_5;
+    const double coef_1 = scale_cross_entropy*t_2_6;
+    const double coef_2 = t_2_2*t_2_5;
+    const double coef_3 = -t_2_5*t_2_6;
+    const double coef_4 = scale_cross_entropy*t_2_3*t_2_4;
+    const double coef_5 = -scale_cross_entropy*t_2_2;
+    const float coef_0_f = (float)coef_0;
+    const float coef_1_f = (float)coef_1;
+    const float coef_2_f = (float)coef_2;
+    const float coef_3_f = (float)coef_3;
+    const float coef_4_f = (float)coef_4;
+    const float coef_5_f = (float)coef_5;
+    A->loss_cross_entropy[r] = (float)loss_cross_entropy;
+    A->loss_z[r] = (float)loss_z;
+    if (!gr)
+        return;
+    /* the gradient: per-row coefficients times element factors */
+    if (gr && xsr) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float w = wr[c];
+            const float x = xsr[c];
+            const float e = gr[c];
+            const float v_0 = p*w;
+            const float v_1 = (x*x);
+            gr[c] = coef_0_f*v_1*e + coef_1_f*v_0 + coef_2_f*v_1*w + coef_3_f*v_0*v_1 + coef_4_f*e + coef_5_f*w;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            const float p = pr[c];
+            const float w = wr[c];
+            const float u = ur[c];
+            const float x = softcap_f*symce_tanh(h_0_f*u);
+            const float e = gr[c];
+            const float v_0 = p*w;
+            const float v_1 = (x*x);
+            gr[c] = coef_0_f*v_1*e + coef_1_f*v_0 + coef_2_f*v_1*w + coef_3_f*v_0*v_1 + coef_4_f*e + coef_5_f*w;
+        }
+    }
+}
+
+/* P <= SYMCE_SLAB positions of one sample from `at` (position s of class c at
+ * c*S + s), rows r0 .. r0 + P - 1 of the per-row arrays.  Inlined where it is
+ * called with P == SYMCE_SLAB, so that the position loops have a fixed length:
+ * one vector wide, the per-position values in registers.  es (or NULL): this
+ * thread's scratch for the exponentials, xs for the x; un, pn (or NULL): the same positions
+ * of this thread's next unit, prefetched during the first sum walk, so its
+ * first walk finds them in cache. */
+static inline __attribute__((always_inline)) void slab_probability_weighted_smoothed_softcap(const symce_args_probability_weighted_smoothed_softcap *restrict A,
+        int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un, const float *pn)
+{
+    const int64_t C = A->C, S = A->S;
+    const float *restrict us = A->u + at;
+    const float *restrict ps = A->p + at;
+    float *restrict gs = A->g ? A->g + at : 0;
+    const float *restrict wr = A->w;
+    const double label_smoothing = A->label_smoothing;
+    const double n_classes = (double)A->C;
+    const double softcap = A->softcap;
+    const double sum_w = A->sum_w;
+    const double h_0 = 1.0/softcap;
+    const float h_0_f = (float)h_0;
+    const float softcap_f = (float)softcap;
+    float coef_0_a[SYMCE_SLAB];
+    float coef_1_a[SYMCE_SLAB];
+    float coef_2_a[SYMCE_SLAB];
+    float coef_3_a[SYMCE_SLAB];
+    float coef_4_a[SYMCE_SLAB];
+    float coef_5_a[SYMCE_SLAB];
+    float m_a[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        m_a[s] = -INFINITY;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        if (c + SYMCE_AHEAD < C) {
+            __builtin_prefetch(us + (c + SYMCE_AHEAD) * S);
+            __builtin_prefetch(ps + (c + SYMCE_AHEAD) * S);
+            if (gs && !es)
+                __builtin_prefetch(gs + (c + SYMCE_AHEAD) * S, 1);
+        }
+        const float *restrict uc = us + c * S;
+#pragma omp simd
+        for (int64_t s = 0; s < P; ++s) {
+            m_a[s] = uc[s] > m_a[s] ? uc[s] : m_a[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {  /* the transform is increasing: the maximum's */
+        m_a[s] = softcap_f*symce_tanh(h_0_f*m_a[s]);
+    }
+    for (int64_t s = 0; s < P; ++s) {
+    }
+    /* walk 1: sum_pw, sum_wz, sum_pwz, sum_e; float sums over a block of
+     * SYMCE_SLAB_BLOCK classes (one position a lane), double across blocks */
+    double acc_sum_pw[SYMCE_SLAB];
+    double acc_sum_wz[SYMCE_SLAB];
+    double acc_sum_pwz[SYMCE_SLAB];
+    double acc_sum_e[SYMCE_SLAB];
+    for (int64_t s = 0; s < P; ++s) {
+        acc_sum_pw[s] = 0.0;
+        acc_sum_wz[s] = 0.0;
+        acc_sum_pwz[s] = 0.0;
+        acc_sum_e[s] = 0.0;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += SYMCE_SLAB_BLOCK) {
+        const int64_t c1 = c0 + SYMCE_SLAB_BLOCK < C ? c0 + SYMCE_SLAB_BLOCK : C;
+        float part_sum_pw[SYMCE_SLAB];
+        float part_sum_wz[SYMCE_SLAB];
+        float part_sum_pwz[SYMCE_SLAB];
+        float part_sum_e[SYMCE_SLAB];
+        for (int64_t s = 0; s < P; ++s) {
+            part_sum_pw[s] = 0.0f;
+            part_sum_wz[s] = 0.0f;
+            part_sum_pwz[s] = 0.0f;
+            part_sum_e[s] = 0.0f;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            if (un)
+                __builtin_prefetch(un + c * S);
+            if (pn)
+                __builtin_prefetch(pn + c * S);
+            if (gs && xss) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *xsc = xss + c * SYMCE_SLAB;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsc[s] = x;
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[s] += v_0;
+                    part_sum_wz[s] += w*z;
+                    part_sum_pwz[s] += v_0*z;
+                    part_sum_e[s] += e;
+                }
+            } else if (gs && !xss) {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+                float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    ec[s] = e;
+                    const float v_0 = p*w;
+                    part_sum_pw[s] += v_0;
+                    part_sum_wz[s] += w*z;
+                    part_sum_pwz[s] += v_0*z;
+                    part_sum_e[s] += e;
+                }
+            } else {
+                const float *restrict uc = us + c * S;
+                const float *restrict pc = ps + c * S;
+#pragma omp simd
+                for (int64_t s = 0; s < P; ++s) {
+                    const float u = uc[s];
+                    const float p = pc[s];
+                    const float w = wr[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    const float z = -m_a[s] + x;
+                    const float e = symce_exp(z);
+                    const float v_0 = p*w;
+                    part_sum_pw[s] += v_0;
+                    part_sum_wz[s] += w*z;
+                    part_sum_pwz[s] += v_0*z;
+                    part_sum_e[s] += e;
+                }
+            }
+        }
+        for (int64_t s = 0; s < P; ++s) {
+            acc_sum_pw[s] += part_sum_pw[s];
+            acc_sum_wz[s] += part_sum_wz[s];
+            acc_sum_pwz[s] += part_sum_pwz[s];
+            acc_sum_e[s] += part_sum_e[s];
+        }
+    }
+    for (int64_t s = 0; s < P; ++s) {
+        const double scale_cross_entropy = A->scales ? (double)A->scales[r0 + s] : A->scale_cross_entropy;
+        const double sum_e = acc_sum_e[s];
+        const double sum_pw = acc_sum_pw[s];
+        const double sum_pwz = acc_sum_pwz[s];
+        const double sum_wz = acc_sum_wz[s];
+        const double t_2_0 = log(sum_e);
+        const double t_2_1 = 1.0/n_classes;
+        const double t_2_2 = label_smoothing*t_2_1;
+        const double t_2_3 = 1.0/sum_e;
+        const double t_2_4 = -label_smoothing*sum_pw + sum_pw + sum_w*t_2_2;
+        const double t_2_5 = scale_cross_entropy/pow(softcap, 2);
+        const double t_2_6 = label_smoothing - 1;
+        const double loss_cross_entropy = -label_smoothing*sum_pw*t_2_0 + label_smoothing*sum_pwz + label_smoothing*sum_w*t_2_0*t_2_1 + sum_pw*t_2_0 - sum_pwz - sum_wz*t_2_2;
+        const double loss_z = 0;
+        const double coef_0 = -t_2_3*t_2_4*t_2_5;
+        const double coef_1 = scale_cross_entropy*t_2_6;
+        const double coef_2 = t_2_2*t_2_5;
+        const double coef_3 = -t_2_5*t_2_6;
+        const double coef_4 = scale_cross_entropy*t_2_3*t_2_4;
+        const double coef_5 = -scale_cross_entropy*t_2_2;
+        coef_0_a[s] = (float)coef_0;
+        coef_1_a[s] = (float)coef_1;
+        coef_2_a[s] = (float)coef_2;
+        coef_3_a[s] = (float)coef_3;
+        coef_4_a[s] = (float)coef_4;
+        coef_5_a[s] = (float)coef_5;
+        A->loss_cross_entropy[r0 + s] = (float)loss_cross_entropy;
+        A->loss_z[r0 + s] = (float)loss_z;
+    }
+    if (!gs)
+        return;
+    /* the gradient; with the scratch es, each class's SYMCE_SLAB gradient values
+     * are written once, straight to memory (streaming stores: no read of the
+     * line first) */
+    for (int64_t c = 0; c < C; ++c) {
+        if (gs && xss) {
+            const float *restrict pc = ps + c * S;
+            float *xsc = xss + c * SYMCE_SLAB;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float w = wr[c];
+                const float x = xsc[s];
+                const float e = ec[s];
+                const float v_0 = p*w;
+                const float v_1 = (x*x);
+                v[s] = coef_0_a[s]*v_1*e + coef_1_a[s]*v_0 + coef_2_a[s]*v_1*w + coef_3_a[s]*v_0*v_1 + coef_4_a[s]*e + coef_5_a[s]*w;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        } else {
+            const float *restrict pc = ps + c * S;
+            const float *restrict uc = us + c * S;
+            float *ec = es ? es + c * SYMCE_SLAB : gs + c * S;
+            float *restrict gc = gs + c * S;
+            float v[SYMCE_SLAB];
+#pragma omp simd
+            for (int64_t s = 0; s < P; ++s) {
+                const float p = pc[s];
+                const float w = wr[c];
+                const float u = uc[s];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                const float e = ec[s];
+                const float v_0 = p*w;
+                const float v_1 = (x*x);
+                v[s] = coef_0_a[s]*v_1*e + coef_1_a[s]*v_0 + coef_2_a[s]*v_1*w + coef_3_a[s]*v_0*v_1 + coef_4_a[s]*e + coef_5_a[s]*w;
+            }
+#if SYMCE_STREAM
+            if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 15) == 0) {
+                for (int64_t s = 0; s < SYMCE_SLAB; s += 4)
+                    _mm_stream_ps(gc + s, _mm_loadu_ps(v + s));
+            } else
+#endif
+            for (int64_t s = 0; s < P; ++s)
+                gc[s] = v[s];
+        }
+    }
+}
+
+/* Each term's loss per row into loss_<term> (N*S floats), the gradient into g
+ * unless g is NULL (see docs/architecture.md for
+ * the arguments).  S == 1: units of `unit` rows; S > 1: units of `unit`
+ * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
+ * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
+ * contiguous) in this thread's scratch. */
+void symce_probability_weighted_smoothed_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double softcap, double sum_w, int64_t unit, int64_t *next)
+{
+    const symce_args_probability_weighted_smoothed_softcap A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, softcap, sum_w };
+    float *scratch = 0;
+    /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
+    if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
+        scratch = malloc((size_t)3 * (size_t)(C * S) * sizeof(float));
+    /* a slab unit's exponentials, 16 positions per class, up to 1 MiB (else,
+     * or out of memory, NULL: kept in g, which is then written twice) */
+    float *es = 0;
+    if (S > 1 && !scratch && g && C * SYMCE_SLAB <= (1 << 18))
+        es = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    /* walk 1's x for the later walks: a row, or a slab unit's (the same bound as es) */
+    float *xs = 0;
+    if (g && (S == 1 || scratch))
+        xs = malloc((size_t)C * sizeof(float));
+    else if (g && C * SYMCE_SLAB <= (1 << 18))
+        xs = malloc((size_t)C * SYMCE_SLAB * sizeof(float));
+    if (unit < 1 || scratch)
+        unit = 1;
+    if (S > 1 && !scratch)  /* whole vectors of positions */
+        unit = (unit + SYMCE_SLAB - 1) / SYMCE_SLAB * SYMCE_SLAB;
+    const int64_t chunks = S == 1 || scratch ? 1 : (S + unit - 1) / unit;
+    const int64_t units = S == 1 ? (n + unit - 1) / unit : n * chunks;
+    /* each thread claims its next unit before working on the current one, so
+     * that the current one's walks can prefetch it */
+    int64_t un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    while (un < units) {
+        const int64_t i = un;
+        un = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (S == 1) {
+            const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
+            for (int64_t r = i * unit; r < r1; ++r) {
+                const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
+                row_probability_weighted_smoothed_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
+                        u + rn * C,
+                        p + rn * C, g ? g + rn * C : 0);
+            }
+        } else if (scratch) {
+            const int64_t at = i * C * S, r0 = i * S;
+            float *t_u = scratch + 0 * C * S;
+            float *t_p = scratch + 1 * C * S;
+            float *t_g = scratch + 2 * C * S;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_u[s * C + c] = u[at + c * S + s];
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t s = 0; s < S; ++s)
+                    t_p[s * C + c] = p[at + c * S + s];
+            for (int64_t s = 0; s < S; ++s)
+                row_probability_weighted_smoothed_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
+                        t_u + s * C,
+                        t_p + s * C, 0);
+            if (g)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t s = 0; s < S; ++s)
+                        g[at + c * S + s] = t_g[s * C + c];
+        } else {
+            /* a unit's chunks one after another: the positions of a class are
+             * contiguous, so a chunk's neighbour finds its lines in cache */
+            const int64_t sample = i / chunks, first = (i % chunks) * unit;
+            const int64_t s1 = first + unit < S ? first + unit : S;
+            /* the next unit's positions at the same offsets, where it has them */
+            const int64_t next_first = (un % chunks) * unit;
+            const int64_t next_last = next_first + unit < S ? next_first + unit : S;
+            for (int64_t s0 = first; s0 < s1; s0 += SYMCE_SLAB) {
+                const int64_t P = s1 - s0 < SYMCE_SLAB ? s1 - s0 : SYMCE_SLAB;
+                const int64_t at = sample * C * S + s0;
+                const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
+                const int ahead = un < units && next_first + (s0 - first) < next_last;
+                if (P == SYMCE_SLAB)
+                    slab_probability_weighted_smoothed_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+                else
+                    slab_probability_weighted_smoothed_softcap(&A, at, sample * S + s0, P, es, xs,
+                            ahead ? u + next_at : 0,
+                            ahead ? p + next_at : 0);
+            }
+        }
+    }
+    free(scratch);
+    free(es);
+    free(xs);
+#if SYMCE_STREAM
+    _mm_sfence();  /* the streamed stores are visible before the caller reads g */
+#endif
+}
+#ifdef _OPENMP
+
+/* symce_probability_weighted_smoothed_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_weighted_smoothed_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double softcap, double sum_w, int64_t unit, int64_t *next,
+        int threads)
+{
+#pragma omp parallel num_threads(threads)
+    symce_probability_weighted_smoothed_softcap(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, softcap, sum_w, unit, next);
+}
+#endif
+
+/* -- probability_weighted_smoothed_z_loss ------------------------------------------------------------ */
+
+typedef struct {
+    const float *u;
+    float *g;
+    float *loss_cross_entropy;
+    float *loss_z;
+    const float *p;
+    const float *w;
+    const float *scales;
+    int64_t n;
+    int64_t C;
+    int64_t S;
+    double scale_cross_entropy;
+    double scale_z;
+    double label_smoothing;
+    double z_loss;
+    double sum_w;
+} symce_args_probability_weighted_smoothed_z_loss;
+
+/* one row of C classes, class stride 1 (ur, pr in, gr out or NULL);
+ * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
+static void row_probability_weighted_smoothed_z_loss(const symce_args_probability_weighted_smoothed_z_loss *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, const float *un, const float *pn, float *gn)
 {
     const int64_t C = A->C;
     const float *restrict wr = A->w;
@@ -6967,7 +14182,7 @@ static void row_probability_weighted_smoothed(const symce_args_probability_weigh
  * thread's scratch for the exponentials; un, pn (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_probability_weighted_smoothed(const symce_args_probability_weighted_smoothed *restrict A,
+static inline __attribute__((always_inline)) void slab_probability_weighted_smoothed_z_loss(const symce_args_probability_weighted_smoothed_z_loss *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, const float *un, const float *pn)
 {
     const int64_t C = A->C, S = A->S;
@@ -7136,9 +14351,9 @@ static inline __attribute__((always_inline)) void slab_probability_weighted_smoo
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_probability_weighted_smoothed(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double sum_w, int64_t unit, int64_t *next)
+void symce_probability_weighted_smoothed_z_loss(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double sum_w, int64_t unit, int64_t *next)
 {
-    const symce_args_probability_weighted_smoothed A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, sum_w };
+    const symce_args_probability_weighted_smoothed_z_loss A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, sum_w };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -7164,7 +14379,7 @@ void symce_probability_weighted_smoothed(const float *u, float *g, float *loss_c
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_probability_weighted_smoothed(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
+                row_probability_weighted_smoothed_z_loss(&A, r, u + r * C, p + r * C, g ? g + r * C : 0,
                         u + rn * C,
                         p + rn * C, g ? g + rn * C : 0);
             }
@@ -7180,7 +14395,7 @@ void symce_probability_weighted_smoothed(const float *u, float *g, float *loss_c
                 for (int64_t s = 0; s < S; ++s)
                     t_p[s * C + c] = p[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_probability_weighted_smoothed(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
+                row_probability_weighted_smoothed_z_loss(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0,
                         t_u + s * C,
                         t_p + s * C, 0);
             if (g)
@@ -7201,11 +14416,11 @@ void symce_probability_weighted_smoothed(const float *u, float *g, float *loss_c
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_probability_weighted_smoothed(&A, at, sample * S + s0, SYMCE_SLAB, es,
+                    slab_probability_weighted_smoothed_z_loss(&A, at, sample * S + s0, SYMCE_SLAB, es,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
                 else
-                    slab_probability_weighted_smoothed(&A, at, sample * S + s0, P, es,
+                    slab_probability_weighted_smoothed_z_loss(&A, at, sample * S + s0, P, es,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
             }
@@ -7219,16 +14434,16 @@ void symce_probability_weighted_smoothed(const float *u, float *g, float *loss_c
 }
 #ifdef _OPENMP
 
-/* symce_probability_weighted_smoothed on an OpenMP team of `threads` (the caller among them) */
-void symce_probability_weighted_smoothed_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double sum_w, int64_t unit, int64_t *next,
+/* symce_probability_weighted_smoothed_z_loss on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_weighted_smoothed_z_loss_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double sum_w, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_probability_weighted_smoothed(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, sum_w, unit, next);
+    symce_probability_weighted_smoothed_z_loss(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, sum_w, unit, next);
 }
 #endif
 
-/* -- probability_weighted_smoothed_softcap ------------------------------------------------------------ */
+/* -- probability_weighted_smoothed_z_loss_softcap ------------------------------------------------------------ */
 
 typedef struct {
     const float *u;
@@ -7247,11 +14462,11 @@ typedef struct {
     double z_loss;
     double softcap;
     double sum_w;
-} symce_args_probability_weighted_smoothed_softcap;
+} symce_args_probability_weighted_smoothed_z_loss_softcap;
 
 /* one row of C classes, class stride 1 (ur, pr in, gr out or NULL, xsr this thread's scratch row or NULL);
  * r: the row's index into the per-row arrays; un, pn, gn: the next row's (to prefetch) */
-static void row_probability_weighted_smoothed_softcap(const symce_args_probability_weighted_smoothed_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
+static void row_probability_weighted_smoothed_z_loss_softcap(const symce_args_probability_weighted_smoothed_z_loss_softcap *restrict A, int64_t r, const float *restrict ur, const float *restrict pr, float *restrict gr, float *restrict xsr, const float *un, const float *pn, float *gn)
 {
     const int64_t C = A->C;
     const float *restrict wr = A->w;
@@ -7488,7 +14703,7 @@ static void row_probability_weighted_smoothed_softcap(const symce_args_probabili
  * thread's scratch for the exponentials, xs for the x; un, pn (or NULL): the same positions
  * of this thread's next unit, prefetched during the first sum walk, so its
  * first walk finds them in cache. */
-static inline __attribute__((always_inline)) void slab_probability_weighted_smoothed_softcap(const symce_args_probability_weighted_smoothed_softcap *restrict A,
+static inline __attribute__((always_inline)) void slab_probability_weighted_smoothed_z_loss_softcap(const symce_args_probability_weighted_smoothed_z_loss_softcap *restrict A,
         int64_t at, int64_t r0, int64_t P, float *restrict es, float *restrict xss, const float *un, const float *pn)
 {
     const int64_t C = A->C, S = A->S;
@@ -7727,9 +14942,9 @@ static inline __attribute__((always_inline)) void slab_probability_weighted_smoo
  * positions of one sample (rounded up to whole SYMCE_SLAB), or, with fewer
  * than SYMCE_ROWS_BELOW positions, one sample transposed to rows (classes
  * contiguous) in this thread's scratch. */
-void symce_probability_weighted_smoothed_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, double sum_w, int64_t unit, int64_t *next)
+void symce_probability_weighted_smoothed_z_loss_softcap(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, double sum_w, int64_t unit, int64_t *next)
 {
-    const symce_args_probability_weighted_smoothed_softcap A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, sum_w };
+    const symce_args_probability_weighted_smoothed_z_loss_softcap A = { u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, sum_w };
     float *scratch = 0;
     /* the transposed copy of one sample, if it is small; else (or out of memory) the slab code */
     if (S > 1 && S < SYMCE_ROWS_BELOW && C * S <= SYMCE_TRANSPOSE_MAX)
@@ -7761,7 +14976,7 @@ void symce_probability_weighted_smoothed_softcap(const float *u, float *g, float
             const int64_t r1 = (i + 1) * unit < n ? (i + 1) * unit : n;
             for (int64_t r = i * unit; r < r1; ++r) {
                 const int64_t rn = r + 1 < r1 ? r + 1 : un < units ? un * unit : r;
-                row_probability_weighted_smoothed_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
+                row_probability_weighted_smoothed_z_loss_softcap(&A, r, u + r * C, p + r * C, g ? g + r * C : 0, xs,
                         u + rn * C,
                         p + rn * C, g ? g + rn * C : 0);
             }
@@ -7777,7 +14992,7 @@ void symce_probability_weighted_smoothed_softcap(const float *u, float *g, float
                 for (int64_t s = 0; s < S; ++s)
                     t_p[s * C + c] = p[at + c * S + s];
             for (int64_t s = 0; s < S; ++s)
-                row_probability_weighted_smoothed_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
+                row_probability_weighted_smoothed_z_loss_softcap(&A, r0 + s, t_u + s * C, t_p + s * C, g ? t_g + s * C : 0, xs,
                         t_u + s * C,
                         t_p + s * C, 0);
             if (g)
@@ -7798,11 +15013,11 @@ void symce_probability_weighted_smoothed_softcap(const float *u, float *g, float
                 const int64_t next_at = (un / chunks) * C * S + next_first + (s0 - first);
                 const int ahead = un < units && next_first + (s0 - first) < next_last;
                 if (P == SYMCE_SLAB)
-                    slab_probability_weighted_smoothed_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
+                    slab_probability_weighted_smoothed_z_loss_softcap(&A, at, sample * S + s0, SYMCE_SLAB, es, xs,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
                 else
-                    slab_probability_weighted_smoothed_softcap(&A, at, sample * S + s0, P, es, xs,
+                    slab_probability_weighted_smoothed_z_loss_softcap(&A, at, sample * S + s0, P, es, xs,
                             ahead ? u + next_at : 0,
                             ahead ? p + next_at : 0);
             }
@@ -7817,12 +15032,12 @@ void symce_probability_weighted_smoothed_softcap(const float *u, float *g, float
 }
 #ifdef _OPENMP
 
-/* symce_probability_weighted_smoothed_softcap on an OpenMP team of `threads` (the caller among them) */
-void symce_probability_weighted_smoothed_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, double sum_w, int64_t unit, int64_t *next,
+/* symce_probability_weighted_smoothed_z_loss_softcap on an OpenMP team of `threads` (the caller among them) */
+void symce_probability_weighted_smoothed_z_loss_softcap_omp(const float *u, float *g, float *loss_cross_entropy, float *loss_z, const float *p, const float *w, const float *scales, int64_t n, int64_t C, int64_t S, double scale_cross_entropy, double scale_z, double label_smoothing, double z_loss, double softcap, double sum_w, int64_t unit, int64_t *next,
         int threads)
 {
 #pragma omp parallel num_threads(threads)
-    symce_probability_weighted_smoothed_softcap(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, sum_w, unit, next);
+    symce_probability_weighted_smoothed_z_loss_softcap(u, g, loss_cross_entropy, loss_z, p, w, scales, n, C, S, scale_cross_entropy, scale_z, label_smoothing, z_loss, softcap, sum_w, unit, next);
 }
 #endif
 """
@@ -7836,37 +15051,69 @@ _C_OPENMP = False
 # kernel key → (C entry point, its arrays, its values): the C argument order,
 # printed from the kernel description (arrays, then N, C, S, then the values)
 _C_KERNELS = {
-    ('index', False, False, False): ("symce_index", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
+    ('index', False, False, False, False): ("symce_index", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
+        ('scale_cross_entropy', 'scale_z')),
+    ('index', False, False, False, True): ("symce_index_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'softcap')),
+    ('index', False, False, True, False): ("symce_index_z_loss", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'z_loss')),
-    ('index', False, False, True): ("symce_index_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
+    ('index', False, False, True, True): ("symce_index_z_loss_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'z_loss', 'softcap')),
-    ('index', False, True, False): ("symce_index_smoothed", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
+    ('index', False, True, False, False): ("symce_index_smoothed", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'label_smoothing')),
+    ('index', False, True, False, True): ("symce_index_smoothed_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'softcap')),
+    ('index', False, True, True, False): ("symce_index_smoothed_z_loss", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'z_loss')),
-    ('index', False, True, True): ("symce_index_smoothed_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
+    ('index', False, True, True, True): ("symce_index_smoothed_z_loss_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'z_loss', 'softcap')),
-    ('index', True, False, False): ("symce_index_weighted", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
+    ('index', True, False, False, False): ("symce_index_weighted", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
+        ('scale_cross_entropy', 'scale_z')),
+    ('index', True, False, False, True): ("symce_index_weighted_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'softcap')),
+    ('index', True, False, True, False): ("symce_index_weighted_z_loss", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'z_loss')),
-    ('index', True, False, True): ("symce_index_weighted_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
+    ('index', True, False, True, True): ("symce_index_weighted_z_loss_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'z_loss', 'softcap')),
-    ('index', True, True, False): ("symce_index_weighted_smoothed", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
+    ('index', True, True, False, False): ("symce_index_weighted_smoothed", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'sum_w')),
+    ('index', True, True, False, True): ("symce_index_weighted_smoothed_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'softcap', 'sum_w')),
+    ('index', True, True, True, False): ("symce_index_weighted_smoothed_z_loss", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'z_loss', 'sum_w')),
-    ('index', True, True, True): ("symce_index_weighted_smoothed_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
+    ('index', True, True, True, True): ("symce_index_weighted_smoothed_z_loss_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'y', 'valid', 'w', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'z_loss', 'softcap', 'sum_w')),
-    ('probability', False, False, False): ("symce_probability", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
+    ('probability', False, False, False, False): ("symce_probability", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
+        ('scale_cross_entropy', 'scale_z')),
+    ('probability', False, False, False, True): ("symce_probability_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'softcap')),
+    ('probability', False, False, True, False): ("symce_probability_z_loss", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'z_loss')),
-    ('probability', False, False, True): ("symce_probability_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
+    ('probability', False, False, True, True): ("symce_probability_z_loss_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'z_loss', 'softcap')),
-    ('probability', False, True, False): ("symce_probability_smoothed", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
+    ('probability', False, True, False, False): ("symce_probability_smoothed", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'label_smoothing')),
+    ('probability', False, True, False, True): ("symce_probability_smoothed_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'softcap')),
+    ('probability', False, True, True, False): ("symce_probability_smoothed_z_loss", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'z_loss')),
-    ('probability', False, True, True): ("symce_probability_smoothed_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
+    ('probability', False, True, True, True): ("symce_probability_smoothed_z_loss_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'z_loss', 'softcap')),
-    ('probability', True, False, False): ("symce_probability_weighted", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
+    ('probability', True, False, False, False): ("symce_probability_weighted", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
+        ('scale_cross_entropy', 'scale_z')),
+    ('probability', True, False, False, True): ("symce_probability_weighted_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'softcap')),
+    ('probability', True, False, True, False): ("symce_probability_weighted_z_loss", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'z_loss')),
-    ('probability', True, False, True): ("symce_probability_weighted_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
+    ('probability', True, False, True, True): ("symce_probability_weighted_z_loss_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'z_loss', 'softcap')),
-    ('probability', True, True, False): ("symce_probability_weighted_smoothed", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
+    ('probability', True, True, False, False): ("symce_probability_weighted_smoothed", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'sum_w')),
+    ('probability', True, True, False, True): ("symce_probability_weighted_smoothed_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
+        ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'softcap', 'sum_w')),
+    ('probability', True, True, True, False): ("symce_probability_weighted_smoothed_z_loss", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'z_loss', 'sum_w')),
-    ('probability', True, True, True): ("symce_probability_weighted_smoothed_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
+    ('probability', True, True, True, True): ("symce_probability_weighted_smoothed_z_loss_softcap", ('u', 'g', 'loss_cross_entropy', 'loss_z', 'p', 'w', 'scales'),
         ('scale_cross_entropy', 'scale_z', 'label_smoothing', 'z_loss', 'softcap', 'sum_w')),
 }
 # the arrays an entry point may be given as None (NULL)
@@ -8186,6 +15433,37 @@ def _block_index(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts,
     z = -m + x
     e = np.exp2(1.442695040888963407359924681*z)
     sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (valid*(m - u_y + np.log(sum_e)), 0, )
+    if need_grad:
+        np.multiply(scale_cross_entropy*valid/sum_e, e, out=buf)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(-scale_cross_entropy*valid, y_at.shape).reshape(-1)
+    return losses
+
+
+def _block_index_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    u_y = u.reshape(-1)[y_at]
+    x = softcap*np.tanh(u/softcap)
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (valid*(m - softcap*np.tanh(u_y/softcap) + np.log(sum_e)), 0, )
+    if need_grad:
+        np.multiply(-scale_cross_entropy*valid/(softcap**2*sum_e), e*x**2, out=buf)
+        buf += (scale_cross_entropy*valid/sum_e) * (e)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(scale_cross_entropy*valid*(np.tanh(u_y/softcap)**2 - 1), y_at.shape).reshape(-1)
+    return losses
+
+
+def _block_index_z_loss(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    u_y = u.reshape(-1)[y_at]
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
     losses = (valid*(m - u_y + np.log(sum_e)), z_loss*valid*(m + np.log(sum_e))**2, )
     if need_grad:
         np.multiply(valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*np.log(sum_e) + scale_cross_entropy)/sum_e, e, out=buf)
@@ -8193,7 +15471,7 @@ def _block_index(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts,
     return losses
 
 
-def _block_index_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+def _block_index_z_loss_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
     """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
     u_y = u.reshape(-1)[y_at]
     x = softcap*np.tanh(u/softcap)
@@ -8218,6 +15496,42 @@ def _block_index_smoothed(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad
     e = np.exp2(1.442695040888963407359924681*z)
     sum_e = np.sum(e, axis=1, keepdims=True)
     sum_z = np.sum(z, axis=1, keepdims=True)
+    losses = (valid*(label_smoothing*(-m + u_y) - label_smoothing*sum_z/n_classes + m - u_y + np.log(sum_e)), 0, )
+    if need_grad:
+        np.multiply(-label_smoothing*scale_cross_entropy*valid/n_classes, 1, out=buf)
+        buf += (scale_cross_entropy*valid/sum_e) * (e)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(scale_cross_entropy*valid*(label_smoothing - 1), y_at.shape).reshape(-1)
+    return losses
+
+
+def _block_index_smoothed_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    u_y = u.reshape(-1)[y_at]
+    x = softcap*np.tanh(u/softcap)
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    sum_z = np.sum(z, axis=1, keepdims=True)
+    losses = (valid*(label_smoothing*(-m + softcap*np.tanh(u_y/softcap)) - label_smoothing*sum_z/n_classes + m - softcap*np.tanh(u_y/softcap) + np.log(sum_e)), 0, )
+    if need_grad:
+        np.multiply(-label_smoothing*scale_cross_entropy*valid/n_classes, 1, out=buf)
+        buf += (-scale_cross_entropy*valid/(softcap**2*sum_e)) * (e*x**2)
+        buf += (scale_cross_entropy*valid/sum_e) * (e)
+        buf += (label_smoothing*scale_cross_entropy*valid/(n_classes*softcap**2)) * (x**2)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(scale_cross_entropy*valid*(-label_smoothing*np.tanh(u_y/softcap)**2 + label_smoothing + np.tanh(u_y/softcap)**2 - 1), y_at.shape).reshape(-1)
+    return losses
+
+
+def _block_index_smoothed_z_loss(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    u_y = u.reshape(-1)[y_at]
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    sum_z = np.sum(z, axis=1, keepdims=True)
     losses = (valid*(label_smoothing*(-m + u_y) - label_smoothing*sum_z/n_classes + m - u_y + np.log(sum_e)), z_loss*valid*(m + np.log(sum_e))**2, )
     if need_grad:
         np.multiply(-label_smoothing*scale_cross_entropy*valid/n_classes, 1, out=buf)
@@ -8226,7 +15540,7 @@ def _block_index_smoothed(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad
     return losses
 
 
-def _block_index_smoothed_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+def _block_index_smoothed_z_loss_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
     """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
     u_y = u.reshape(-1)[y_at]
     x = softcap*np.tanh(u/softcap)
@@ -8254,6 +15568,39 @@ def _block_index_weighted(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad
     z = -m + x
     e = np.exp2(1.442695040888963407359924681*z)
     sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (valid*w_y*(m - u_y + np.log(sum_e)), 0, )
+    if need_grad:
+        np.multiply(scale_cross_entropy*valid*w_y/sum_e, e, out=buf)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(-scale_cross_entropy*valid*w_y, y_at.shape).reshape(-1)
+    return losses
+
+
+def _block_index_weighted_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    u_y = u.reshape(-1)[y_at]
+    w_y = w.reshape(-1)[y]
+    x = softcap*np.tanh(u/softcap)
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (valid*w_y*(m - softcap*np.tanh(u_y/softcap) + np.log(sum_e)), 0, )
+    if need_grad:
+        np.multiply(-scale_cross_entropy*valid*w_y/(softcap**2*sum_e), e*x**2, out=buf)
+        buf += (scale_cross_entropy*valid*w_y/sum_e) * (e)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(scale_cross_entropy*valid*w_y*(np.tanh(u_y/softcap)**2 - 1), y_at.shape).reshape(-1)
+    return losses
+
+
+def _block_index_weighted_z_loss(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    u_y = u.reshape(-1)[y_at]
+    w_y = w.reshape(-1)[y]
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
     losses = (valid*w_y*(m - u_y + np.log(sum_e)), z_loss*valid*(m + np.log(sum_e))**2, )
     if need_grad:
         np.multiply(valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*np.log(sum_e) + scale_cross_entropy*w_y)/sum_e, e, out=buf)
@@ -8261,7 +15608,7 @@ def _block_index_weighted(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad
     return losses
 
 
-def _block_index_weighted_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+def _block_index_weighted_z_loss_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
     """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
     u_y = u.reshape(-1)[y_at]
     w_y = w.reshape(-1)[y]
@@ -8289,9 +15636,9 @@ def _block_index_weighted_smoothed(u, buf, tu, y, y_at, valid, p, w, n_classes, 
     e = np.exp2(1.442695040888963407359924681*z)
     sum_wz = _class_dot(w, z)
     sum_e = np.sum(e, axis=1, keepdims=True)
-    losses = (valid*(label_smoothing*w_y*(-m + u_y) - label_smoothing*w_y*np.log(sum_e) + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes - w_y*(-m + u_y) + w_y*np.log(sum_e)), z_loss*valid*(m + np.log(sum_e))**2, )
+    losses = (valid*(label_smoothing*w_y*(-m + u_y) - label_smoothing*w_y*np.log(sum_e) + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes - w_y*(-m + u_y) + w_y*np.log(sum_e)), 0, )
     if need_grad:
-        np.multiply(valid*(-label_smoothing*scale_cross_entropy*w_y + label_smoothing*scale_cross_entropy*sum_w/n_classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*np.log(sum_e) + scale_cross_entropy*w_y)/sum_e, e, out=buf)
+        np.multiply(scale_cross_entropy*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e, e, out=buf)
         buf += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (w)
         buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(scale_cross_entropy*valid*w_y*(label_smoothing - 1), y_at.shape).reshape(-1)
     return losses
@@ -8313,11 +15660,11 @@ def _block_index_weighted_smoothed_softcap(u, buf, tu, y, y_at, valid, p, w, n_c
     e = np.exp2(1.442695040888963407359924681*z)
     sum_wz = _class_dot(w, z)
     sum_e = np.sum(e, axis=1, keepdims=True)
-    losses = (valid*(label_smoothing*w_y*(-m + softcap*np.tanh(u_y/softcap)) - label_smoothing*w_y*np.log(sum_e) + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes - w_y*(-m + softcap*np.tanh(u_y/softcap)) + w_y*np.log(sum_e)), z_loss*valid*(m + np.log(sum_e))**2, )
+    losses = (valid*(label_smoothing*w_y*(-m + softcap*np.tanh(u_y/softcap)) - label_smoothing*w_y*np.log(sum_e) + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes - w_y*(-m + softcap*np.tanh(u_y/softcap)) + w_y*np.log(sum_e)), 0, )
     if need_grad:
-        np.multiply(valid*(label_smoothing*scale_cross_entropy*w_y - label_smoothing*scale_cross_entropy*sum_w/n_classes - 2*z_loss*m*scale_z - 2*z_loss*scale_z*np.log(sum_e) - scale_cross_entropy*w_y)/(softcap**2*sum_e), e*x**2, out=buf)
+        np.multiply(scale_cross_entropy*valid*(label_smoothing*w_y - label_smoothing*sum_w/n_classes - w_y)/(softcap**2*sum_e), e*x**2, out=buf)
         buf += (label_smoothing*scale_cross_entropy*valid/(n_classes*softcap**2)) * (w*x**2)
-        buf += (valid*(-label_smoothing*scale_cross_entropy*w_y + label_smoothing*scale_cross_entropy*sum_w/n_classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*np.log(sum_e) + scale_cross_entropy*w_y)/sum_e) * (e)
+        buf += (scale_cross_entropy*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e) * (e)
         buf += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (w)
         buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(scale_cross_entropy*valid*w_y*(-label_smoothing*np.tanh(u_y/softcap)**2 + label_smoothing + np.tanh(u_y/softcap)**2 - 1), y_at.shape).reshape(-1)
     return losses
@@ -8328,7 +15675,91 @@ def _constants_index_weighted_smoothed_softcap(w, n_classes):
     return (float(np.reshape(sum_w, -1)[0]), )
 
 
+def _block_index_weighted_smoothed_z_loss(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    sum_w, = consts
+    w_y = w.reshape(-1)[y]
+    u_y = u.reshape(-1)[y_at]
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_wz = _class_dot(w, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (valid*(label_smoothing*w_y*(-m + u_y) - label_smoothing*w_y*np.log(sum_e) + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes - w_y*(-m + u_y) + w_y*np.log(sum_e)), z_loss*valid*(m + np.log(sum_e))**2, )
+    if need_grad:
+        np.multiply(valid*(-label_smoothing*scale_cross_entropy*w_y + label_smoothing*scale_cross_entropy*sum_w/n_classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*np.log(sum_e) + scale_cross_entropy*w_y)/sum_e, e, out=buf)
+        buf += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (w)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(scale_cross_entropy*valid*w_y*(label_smoothing - 1), y_at.shape).reshape(-1)
+    return losses
+
+
+def _constants_index_weighted_smoothed_z_loss(w, n_classes):
+    sum_w = np.sum(w, axis=1, keepdims=True)
+    return (float(np.reshape(sum_w, -1)[0]), )
+
+
+def _block_index_weighted_smoothed_z_loss_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    sum_w, = consts
+    w_y = w.reshape(-1)[y]
+    u_y = u.reshape(-1)[y_at]
+    x = softcap*np.tanh(u/softcap)
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_wz = _class_dot(w, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (valid*(label_smoothing*w_y*(-m + softcap*np.tanh(u_y/softcap)) - label_smoothing*w_y*np.log(sum_e) + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes - w_y*(-m + softcap*np.tanh(u_y/softcap)) + w_y*np.log(sum_e)), z_loss*valid*(m + np.log(sum_e))**2, )
+    if need_grad:
+        np.multiply(valid*(label_smoothing*scale_cross_entropy*w_y - label_smoothing*scale_cross_entropy*sum_w/n_classes - 2*z_loss*m*scale_z - 2*z_loss*scale_z*np.log(sum_e) - scale_cross_entropy*w_y)/(softcap**2*sum_e), e*x**2, out=buf)
+        buf += (label_smoothing*scale_cross_entropy*valid/(n_classes*softcap**2)) * (w*x**2)
+        buf += (valid*(-label_smoothing*scale_cross_entropy*w_y + label_smoothing*scale_cross_entropy*sum_w/n_classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*np.log(sum_e) + scale_cross_entropy*w_y)/sum_e) * (e)
+        buf += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (w)
+        buf.reshape(-1)[y_at.reshape(-1)] += np.broadcast_to(scale_cross_entropy*valid*w_y*(-label_smoothing*np.tanh(u_y/softcap)**2 + label_smoothing + np.tanh(u_y/softcap)**2 - 1), y_at.shape).reshape(-1)
+    return losses
+
+
+def _constants_index_weighted_smoothed_z_loss_softcap(w, n_classes):
+    sum_w = np.sum(w, axis=1, keepdims=True)
+    return (float(np.reshape(sum_w, -1)[0]), )
+
+
 def _block_probability(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_pz = _class_dot(p, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    sum_p = np.sum(p, axis=1, keepdims=True)
+    losses = (sum_p*np.log(sum_e) - sum_pz, 0, )
+    if need_grad:
+        np.multiply(scale_cross_entropy*sum_p/sum_e, e, out=buf)
+        buf += (-scale_cross_entropy) * (p)
+    return losses
+
+
+def _block_probability_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    x = softcap*np.tanh(u/softcap)
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_pz = _class_dot(p, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    sum_p = np.sum(p, axis=1, keepdims=True)
+    losses = (sum_p*np.log(sum_e) - sum_pz, 0, )
+    if need_grad:
+        np.multiply(-scale_cross_entropy*sum_p/(softcap**2*sum_e), e*x**2, out=buf)
+        buf += (scale_cross_entropy/softcap**2) * (p*x**2)
+        buf += (scale_cross_entropy*sum_p/sum_e) * (e)
+        buf += (-scale_cross_entropy) * (p)
+    return losses
+
+
+def _block_probability_z_loss(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
     """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
     x = u
     m = np.max(x, axis=1, keepdims=True)
@@ -8344,7 +15775,7 @@ def _block_probability(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, c
     return losses
 
 
-def _block_probability_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+def _block_probability_z_loss_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
     """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
     x = softcap*np.tanh(u/softcap)
     m = np.max(x, axis=1, keepdims=True)
@@ -8372,6 +15803,45 @@ def _block_probability_smoothed(u, buf, tu, y, y_at, valid, p, w, n_classes, nee
     sum_e = np.sum(e, axis=1, keepdims=True)
     sum_p = np.sum(p, axis=1, keepdims=True)
     sum_z = np.sum(z, axis=1, keepdims=True)
+    losses = (-label_smoothing*sum_p*np.log(sum_e) + label_smoothing*sum_pz + label_smoothing*np.log(sum_e) - label_smoothing*sum_z/n_classes + sum_p*np.log(sum_e) - sum_pz, 0, )
+    if need_grad:
+        np.multiply(-label_smoothing*scale_cross_entropy/n_classes, 1, out=buf)
+        buf += (scale_cross_entropy*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e) * (e)
+        buf += (scale_cross_entropy*(label_smoothing - 1)) * (p)
+    return losses
+
+
+def _block_probability_smoothed_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    x = softcap*np.tanh(u/softcap)
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_pz = _class_dot(p, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    sum_p = np.sum(p, axis=1, keepdims=True)
+    sum_z = np.sum(z, axis=1, keepdims=True)
+    losses = (-label_smoothing*sum_p*np.log(sum_e) + label_smoothing*sum_pz + label_smoothing*np.log(sum_e) - label_smoothing*sum_z/n_classes + sum_p*np.log(sum_e) - sum_pz, 0, )
+    if need_grad:
+        np.multiply(-label_smoothing*scale_cross_entropy/n_classes, 1, out=buf)
+        buf += (scale_cross_entropy*(label_smoothing*sum_p - label_smoothing - sum_p)/(softcap**2*sum_e)) * (e*x**2)
+        buf += (scale_cross_entropy*(1 - label_smoothing)/softcap**2) * (p*x**2)
+        buf += (scale_cross_entropy*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e) * (e)
+        buf += (scale_cross_entropy*(label_smoothing - 1)) * (p)
+        buf += (label_smoothing*scale_cross_entropy/(n_classes*softcap**2)) * (x**2)
+    return losses
+
+
+def _block_probability_smoothed_z_loss(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_pz = _class_dot(p, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    sum_p = np.sum(p, axis=1, keepdims=True)
+    sum_z = np.sum(z, axis=1, keepdims=True)
     losses = (-label_smoothing*sum_p*np.log(sum_e) + label_smoothing*sum_pz + label_smoothing*np.log(sum_e) - label_smoothing*sum_z/n_classes + sum_p*np.log(sum_e) - sum_pz, z_loss*(m + np.log(sum_e))**2, )
     if need_grad:
         np.multiply(-label_smoothing*scale_cross_entropy/n_classes, 1, out=buf)
@@ -8380,7 +15850,7 @@ def _block_probability_smoothed(u, buf, tu, y, y_at, valid, p, w, n_classes, nee
     return losses
 
 
-def _block_probability_smoothed_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+def _block_probability_smoothed_z_loss_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
     """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
     x = softcap*np.tanh(u/softcap)
     m = np.max(x, axis=1, keepdims=True)
@@ -8410,6 +15880,40 @@ def _block_probability_weighted(u, buf, tu, y, y_at, valid, p, w, n_classes, nee
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (sum_pw*np.log(sum_e) - sum_pwz, 0, )
+    if need_grad:
+        np.multiply(-scale_cross_entropy, p*w, out=buf)
+        buf += (scale_cross_entropy*sum_pw/sum_e) * (e)
+    return losses
+
+
+def _block_probability_weighted_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    x = softcap*np.tanh(u/softcap)
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_pw = _class_dot(p, w)
+    sum_pwz = _class_dot(p, w, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (sum_pw*np.log(sum_e) - sum_pwz, 0, )
+    if need_grad:
+        np.multiply(-scale_cross_entropy*sum_pw/(softcap**2*sum_e), e*x**2, out=buf)
+        buf += (-scale_cross_entropy) * (p*w)
+        buf += (scale_cross_entropy/softcap**2) * (p*w*x**2)
+        buf += (scale_cross_entropy*sum_pw/sum_e) * (e)
+    return losses
+
+
+def _block_probability_weighted_z_loss(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_pw = _class_dot(p, w)
+    sum_pwz = _class_dot(p, w, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
     losses = (sum_pw*np.log(sum_e) - sum_pwz, z_loss*(m + np.log(sum_e))**2, )
     if need_grad:
         np.multiply(-scale_cross_entropy, p*w, out=buf)
@@ -8417,7 +15921,7 @@ def _block_probability_weighted(u, buf, tu, y, y_at, valid, p, w, n_classes, nee
     return losses
 
 
-def _block_probability_weighted_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+def _block_probability_weighted_z_loss_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
     """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
     x = softcap*np.tanh(u/softcap)
     m = np.max(x, axis=1, keepdims=True)
@@ -8446,10 +15950,10 @@ def _block_probability_weighted_smoothed(u, buf, tu, y, y_at, valid, p, w, n_cla
     sum_wz = _class_dot(w, z)
     sum_pwz = _class_dot(p, w, z)
     sum_e = np.sum(e, axis=1, keepdims=True)
-    losses = (-label_smoothing*sum_pw*np.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes + sum_pw*np.log(sum_e) - sum_pwz, z_loss*(m + np.log(sum_e))**2, )
+    losses = (-label_smoothing*sum_pw*np.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes + sum_pw*np.log(sum_e) - sum_pwz, 0, )
     if need_grad:
         np.multiply(scale_cross_entropy*(label_smoothing - 1), p*w, out=buf)
-        buf += ((-label_smoothing*scale_cross_entropy*sum_pw + label_smoothing*scale_cross_entropy*sum_w/n_classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*np.log(sum_e) + scale_cross_entropy*sum_pw)/sum_e) * (e)
+        buf += (scale_cross_entropy*(-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)/sum_e) * (e)
         buf += (-label_smoothing*scale_cross_entropy/n_classes) * (w)
     return losses
 
@@ -8460,6 +15964,57 @@ def _constants_probability_weighted_smoothed(w, n_classes):
 
 
 def _block_probability_weighted_smoothed_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    sum_w, = consts
+    x = softcap*np.tanh(u/softcap)
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_pw = _class_dot(p, w)
+    sum_wz = _class_dot(w, z)
+    sum_pwz = _class_dot(p, w, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (-label_smoothing*sum_pw*np.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes + sum_pw*np.log(sum_e) - sum_pwz, 0, )
+    if need_grad:
+        np.multiply(scale_cross_entropy*(label_smoothing*sum_pw - label_smoothing*sum_w/n_classes - sum_pw)/(softcap**2*sum_e), e*x**2, out=buf)
+        buf += (scale_cross_entropy*(label_smoothing - 1)) * (p*w)
+        buf += (label_smoothing*scale_cross_entropy/(n_classes*softcap**2)) * (w*x**2)
+        buf += (scale_cross_entropy*(1 - label_smoothing)/softcap**2) * (p*w*x**2)
+        buf += (scale_cross_entropy*(-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)/sum_e) * (e)
+        buf += (-label_smoothing*scale_cross_entropy/n_classes) * (w)
+    return losses
+
+
+def _constants_probability_weighted_smoothed_softcap(w, n_classes):
+    sum_w = np.sum(w, axis=1, keepdims=True)
+    return (float(np.reshape(sum_w, -1)[0]), )
+
+
+def _block_probability_weighted_smoothed_z_loss(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
+    """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
+    sum_w, = consts
+    x = u
+    m = np.max(x, axis=1, keepdims=True)
+    z = -m + x
+    e = np.exp2(1.442695040888963407359924681*z)
+    sum_pw = _class_dot(p, w)
+    sum_wz = _class_dot(w, z)
+    sum_pwz = _class_dot(p, w, z)
+    sum_e = np.sum(e, axis=1, keepdims=True)
+    losses = (-label_smoothing*sum_pw*np.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*np.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes + sum_pw*np.log(sum_e) - sum_pwz, z_loss*(m + np.log(sum_e))**2, )
+    if need_grad:
+        np.multiply(scale_cross_entropy*(label_smoothing - 1), p*w, out=buf)
+        buf += ((-label_smoothing*scale_cross_entropy*sum_pw + label_smoothing*scale_cross_entropy*sum_w/n_classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*np.log(sum_e) + scale_cross_entropy*sum_pw)/sum_e) * (e)
+        buf += (-label_smoothing*scale_cross_entropy/n_classes) * (w)
+    return losses
+
+
+def _constants_probability_weighted_smoothed_z_loss(w, n_classes):
+    sum_w = np.sum(w, axis=1, keepdims=True)
+    return (float(np.reshape(sum_w, -1)[0]), )
+
+
+def _block_probability_weighted_smoothed_z_loss_softcap(u, buf, tu, y, y_at, valid, p, w, n_classes, need_grad, consts, label_smoothing, softcap, z_loss, scale_cross_entropy, scale_z):
     """Per-row losses of the block (cross_entropy, z); the gradient into ``buf`` if ``need_grad``."""
     sum_w, = consts
     x = softcap*np.tanh(u/softcap)
@@ -8481,28 +16036,44 @@ def _block_probability_weighted_smoothed_softcap(u, buf, tu, y, y_at, valid, p, 
     return losses
 
 
-def _constants_probability_weighted_smoothed_softcap(w, n_classes):
+def _constants_probability_weighted_smoothed_z_loss_softcap(w, n_classes):
     sum_w = np.sum(w, axis=1, keepdims=True)
     return (float(np.reshape(sum_w, -1)[0]), )
 
 
 _KERNELS = {
-    ('index', False, False, False): (None, _block_index),
-    ('index', False, False, True): (None, _block_index_softcap),
-    ('index', False, True, False): (None, _block_index_smoothed),
-    ('index', False, True, True): (None, _block_index_smoothed_softcap),
-    ('index', True, False, False): (None, _block_index_weighted),
-    ('index', True, False, True): (None, _block_index_weighted_softcap),
-    ('index', True, True, False): (_constants_index_weighted_smoothed, _block_index_weighted_smoothed),
-    ('index', True, True, True): (_constants_index_weighted_smoothed_softcap, _block_index_weighted_smoothed_softcap),
-    ('probability', False, False, False): (None, _block_probability),
-    ('probability', False, False, True): (None, _block_probability_softcap),
-    ('probability', False, True, False): (None, _block_probability_smoothed),
-    ('probability', False, True, True): (None, _block_probability_smoothed_softcap),
-    ('probability', True, False, False): (None, _block_probability_weighted),
-    ('probability', True, False, True): (None, _block_probability_weighted_softcap),
-    ('probability', True, True, False): (_constants_probability_weighted_smoothed, _block_probability_weighted_smoothed),
-    ('probability', True, True, True): (_constants_probability_weighted_smoothed_softcap, _block_probability_weighted_smoothed_softcap),
+    ('index', False, False, False, False): (None, _block_index),
+    ('index', False, False, False, True): (None, _block_index_softcap),
+    ('index', False, False, True, False): (None, _block_index_z_loss),
+    ('index', False, False, True, True): (None, _block_index_z_loss_softcap),
+    ('index', False, True, False, False): (None, _block_index_smoothed),
+    ('index', False, True, False, True): (None, _block_index_smoothed_softcap),
+    ('index', False, True, True, False): (None, _block_index_smoothed_z_loss),
+    ('index', False, True, True, True): (None, _block_index_smoothed_z_loss_softcap),
+    ('index', True, False, False, False): (None, _block_index_weighted),
+    ('index', True, False, False, True): (None, _block_index_weighted_softcap),
+    ('index', True, False, True, False): (None, _block_index_weighted_z_loss),
+    ('index', True, False, True, True): (None, _block_index_weighted_z_loss_softcap),
+    ('index', True, True, False, False): (_constants_index_weighted_smoothed, _block_index_weighted_smoothed),
+    ('index', True, True, False, True): (_constants_index_weighted_smoothed_softcap, _block_index_weighted_smoothed_softcap),
+    ('index', True, True, True, False): (_constants_index_weighted_smoothed_z_loss, _block_index_weighted_smoothed_z_loss),
+    ('index', True, True, True, True): (_constants_index_weighted_smoothed_z_loss_softcap, _block_index_weighted_smoothed_z_loss_softcap),
+    ('probability', False, False, False, False): (None, _block_probability),
+    ('probability', False, False, False, True): (None, _block_probability_softcap),
+    ('probability', False, False, True, False): (None, _block_probability_z_loss),
+    ('probability', False, False, True, True): (None, _block_probability_z_loss_softcap),
+    ('probability', False, True, False, False): (None, _block_probability_smoothed),
+    ('probability', False, True, False, True): (None, _block_probability_smoothed_softcap),
+    ('probability', False, True, True, False): (None, _block_probability_smoothed_z_loss),
+    ('probability', False, True, True, True): (None, _block_probability_smoothed_z_loss_softcap),
+    ('probability', True, False, False, False): (None, _block_probability_weighted),
+    ('probability', True, False, False, True): (None, _block_probability_weighted_softcap),
+    ('probability', True, False, True, False): (None, _block_probability_weighted_z_loss),
+    ('probability', True, False, True, True): (None, _block_probability_weighted_z_loss_softcap),
+    ('probability', True, True, False, False): (_constants_probability_weighted_smoothed, _block_probability_weighted_smoothed),
+    ('probability', True, True, False, True): (_constants_probability_weighted_smoothed_softcap, _block_probability_weighted_smoothed_softcap),
+    ('probability', True, True, True, False): (_constants_probability_weighted_smoothed_z_loss, _block_probability_weighted_smoothed_z_loss),
+    ('probability', True, True, True, True): (_constants_probability_weighted_smoothed_z_loss_softcap, _block_probability_weighted_smoothed_z_loss_softcap),
 }
 
 
@@ -8680,8 +16251,9 @@ def _kernel_key(kind, options):
     """The kernel specialised for the options in use."""
     weighted = options["weight"] is not None
     smoothed = float(options["label_smoothing"]) > 0.0
+    z_loss = options["z_loss"] != 0.0
     softcap = options["softcap"] is not None
-    return (kind, weighted, smoothed, softcap,)
+    return (kind, weighted, smoothed, z_loss, softcap,)
 
 
 def _denominators(kind, weighted, reduction, valid, w_y, rows, n_classes):
@@ -8850,22 +16422,38 @@ def _run_compiled(library, key, sizes, x3, grad3, losses, found, scales, values)
 
 # the per-call constants each kernel takes, by name (the compiled kernels' values)
 _CONSTANTS = {
-    ('index', False, False, False): (),
-    ('index', False, False, True): (),
-    ('index', False, True, False): (),
-    ('index', False, True, True): (),
-    ('index', True, False, False): (),
-    ('index', True, False, True): (),
-    ('index', True, True, False): ('sum_w',),
-    ('index', True, True, True): ('sum_w',),
-    ('probability', False, False, False): (),
-    ('probability', False, False, True): (),
-    ('probability', False, True, False): (),
-    ('probability', False, True, True): (),
-    ('probability', True, False, False): (),
-    ('probability', True, False, True): (),
-    ('probability', True, True, False): ('sum_w',),
-    ('probability', True, True, True): ('sum_w',),
+    ('index', False, False, False, False): (),
+    ('index', False, False, False, True): (),
+    ('index', False, False, True, False): (),
+    ('index', False, False, True, True): (),
+    ('index', False, True, False, False): (),
+    ('index', False, True, False, True): (),
+    ('index', False, True, True, False): (),
+    ('index', False, True, True, True): (),
+    ('index', True, False, False, False): (),
+    ('index', True, False, False, True): (),
+    ('index', True, False, True, False): (),
+    ('index', True, False, True, True): (),
+    ('index', True, True, False, False): ('sum_w',),
+    ('index', True, True, False, True): ('sum_w',),
+    ('index', True, True, True, False): ('sum_w',),
+    ('index', True, True, True, True): ('sum_w',),
+    ('probability', False, False, False, False): (),
+    ('probability', False, False, False, True): (),
+    ('probability', False, False, True, False): (),
+    ('probability', False, False, True, True): (),
+    ('probability', False, True, False, False): (),
+    ('probability', False, True, False, True): (),
+    ('probability', False, True, True, False): (),
+    ('probability', False, True, True, True): (),
+    ('probability', True, False, False, False): (),
+    ('probability', True, False, False, True): (),
+    ('probability', True, False, True, False): (),
+    ('probability', True, False, True, True): (),
+    ('probability', True, True, False, False): ('sum_w',),
+    ('probability', True, True, False, True): ('sum_w',),
+    ('probability', True, True, True, False): ('sum_w',),
+    ('probability', True, True, True, True): ('sum_w',),
 }
 
 

@@ -611,14 +611,14 @@ def test_softcap_runs_its_own_kernel(modules):
         run(module, "cross_entropy", x, y)
         run(module, "cross_entropy", x, y, softcap=5.0)
         run(module, "cross_entropy", x, y, z_loss=0.1, softcap=5.0, label_smoothing=0.1)
-    assert calls == ["symce_index", "symce_index_softcap", "symce_index_smoothed_softcap"]
+    assert calls == ["symce_index", "symce_index_softcap", "symce_index_smoothed_z_loss_softcap"]
     source = module._C_SOURCE
     plain = source[source.index("void symce_index("):source.index("void symce_index_omp(")]
     capped = source[source.index("static void row_index_softcap("):
                     source.index("void symce_index_softcap(")]
     assert "symce_tanh" not in plain and "symce_tanh(" in capped
-    assert "softcap" not in module._C_KERNELS[("index", False, False, False)][2]
-    assert "softcap" in module._C_KERNELS[("index", False, False, True)][2]
+    assert "softcap" not in module._C_KERNELS[("index", False, False, False, False)][2]
+    assert "softcap" in module._C_KERNELS[("index", False, False, False, True)][2]
 
 
 @pytest.mark.parametrize("target", ["index", "probability"])

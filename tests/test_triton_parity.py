@@ -376,3 +376,12 @@ def test_the_printers_functions_run_interpreted(tmp_path):
     for i, name in enumerate(module.NAMES):
         np.testing.assert_allclose(out[i].numpy(), numpy[name](a.numpy()), rtol=1e-12,
                                    err_msg=name)
+
+
+def test_z_term_off_costs_nothing_even_where_its_square_overflows():
+    """At z_loss = 0 the kernels have no λ·ℓ² (z_loss is specialised): ℓ² = inf costs no NaN."""
+    x = torch.tensor([[1e20, -1e20, 0.0]], requires_grad=True)
+    loss = MODULES["cross_entropy"].cross_entropy(x, torch.tensor([1]))
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    torch.testing.assert_close(grad, torch.tensor([[1.0, -1.0, 0.0]]))
