@@ -591,12 +591,15 @@ def kernel_context(kernel: Kernel) -> dict[str, object]:
 def _render(contexts: list[dict[str, object]], header: list[str]) -> str:
     from symce.render.env import render
 
-    return render("c/module.c.j2", header=header, kernels=contexts,
-                  slab_positions=SLAB_POSITIONS, rows_below=ROWS_BELOW, **numeric_context())
+    return render("c/module.c.j2", header=header, kernels=contexts, **_common_context())
+
+
+def _common_context() -> dict[str, object]:
+    return {"slab_positions": SLAB_POSITIONS, "rows_below": ROWS_BELOW, **numeric_context()}
 
 
 def c_source(kernels: Iterable[Kernel], header: list[str]) -> str:
-    """The C source of every kernel of a module."""
+    """The C source of every kernel of a module, as one file."""
     return _render([kernel_context(k) for k in kernels], header)
 
 
@@ -609,15 +612,28 @@ def c_header(loss: str) -> list[str]:
 
 def c_context(kernels: Iterable[Kernel], header: list[str], openmp: bool = False
               ) -> dict[str, object]:
-    """A module template's compiled part: ``c_source``, the kernel table
-    ``c_kernels`` (key, entry point, array and value names in argument order),
-    ``c_optional`` (the arrays that may be ``None``) and ``c_openmp`` (built with
-    OpenMP: the torch module's kernels run on its team)."""
-    contexts = [kernel_context(k) for k in kernels]
-    table = [{"key": c["key"], "function": c["function"], "array_names": c["arrays"],
-              "value_names": c["values"]} for c in contexts]
-    return {"c_source": _render(contexts, header), "c_kernels": table, "c_openmp": openmp,
-            "c_optional": list(OPTIONAL_ARRAYS)}
+    """A module template's compiled part, in pieces that are compiled separately:
+    ``c_source`` (what every library starts with: the header, definitions and the
+    float32 library), ``c_vector_source`` (the float32 library's array entry
+    points, for the tests: with ``c_source`` the library built first, which shows
+    the compiler works), the kernel table ``c_kernels`` (key, entry point, array
+    and value names in argument order, and the kernel's own ``source``: with
+    ``c_source`` one library, built on the kernel's first use), ``c_optional``
+    (the arrays that may be ``None``) and ``c_openmp`` (built with OpenMP: the
+    torch module's kernels run on its team).  ``c/module.c.j2`` puts the same
+    pieces in one file (:func:`c_source`)."""
+    from symce.render.env import render
+
+    common = _common_context()
+    table = []
+    for k in kernels:
+        c = kernel_context(k)
+        table.append({"key": c["key"], "function": c["function"], "name": c["name"],
+                      "array_names": c["arrays"], "value_names": c["values"],
+                      "source": render("c/_kernel.c.j2", k=c, **common)})
+    return {"c_source": render("c/_common.c.j2", header=header, **common),
+            "c_vector_source": render("c/_vector.c.j2", **common),
+            "c_kernels": table, "c_openmp": openmp, "c_optional": list(OPTIONAL_ARRAYS)}
 
 
 __all__ = ["ElementPrinter", "ExpTimes", "OPTIONAL_ARRAYS", "Parameter", "ROWS_BELOW",
