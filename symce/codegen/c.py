@@ -40,6 +40,7 @@ generation time, with a ``ValueError`` naming it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -610,6 +611,18 @@ def c_header(loss: str) -> list[str]:
     return header_lines(loss, "c/module.c.j2", f"symce generate {loss} (or symce build)")
 
 
+@functools.cache
+def _kernel_entry(kernel: Kernel) -> dict[str, object]:
+    """One kernel's row of ``c_kernels``, its source printed once a process (the
+    NumPy and torch modules carry the same kernels)."""
+    from symce.render.env import render
+
+    c = kernel_context(kernel)
+    return {"key": c["key"], "function": c["function"], "name": c["name"],
+            "array_names": c["arrays"], "value_names": c["values"],
+            "source": render("c/_kernel.c.j2", k=c, **_common_context())}
+
+
 def c_context(kernels: Iterable[Kernel], header: list[str], openmp: bool = False
               ) -> dict[str, object]:
     """A module template's compiled part, in pieces that are compiled separately:
@@ -625,12 +638,7 @@ def c_context(kernels: Iterable[Kernel], header: list[str], openmp: bool = False
     from symce.render.env import render
 
     common = _common_context()
-    table = []
-    for k in kernels:
-        c = kernel_context(k)
-        table.append({"key": c["key"], "function": c["function"], "name": c["name"],
-                      "array_names": c["arrays"], "value_names": c["values"],
-                      "source": render("c/_kernel.c.j2", k=c, **common)})
+    table = [dict(_kernel_entry(k)) for k in kernels]
     return {"c_source": render("c/_common.c.j2", header=header, **common),
             "c_vector_source": render("c/_vector.c.j2", **common),
             "c_kernels": table, "c_openmp": openmp, "c_optional": list(OPTIONAL_ARRAYS)}
