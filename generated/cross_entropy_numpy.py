@@ -930,14 +930,18 @@ static void row_index_softcap(const symce_args_index_softcap *restrict A, int64_
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -948,9 +952,7 @@ static void row_index_softcap(const symce_args_index_softcap *restrict A, int64_
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -1735,14 +1737,18 @@ static void row_index_z_loss_softcap(const symce_args_index_z_loss_softcap *rest
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -1753,9 +1759,7 @@ static void row_index_z_loss_softcap(const symce_args_index_z_loss_softcap *rest
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -2569,14 +2573,18 @@ static void row_index_smoothed_softcap(const symce_args_index_smoothed_softcap *
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -2588,9 +2596,7 @@ static void row_index_smoothed_softcap(const symce_args_index_smoothed_softcap *
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -3450,14 +3456,18 @@ static void row_index_smoothed_z_loss_softcap(const symce_args_index_smoothed_z_
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -3469,9 +3479,7 @@ static void row_index_smoothed_z_loss_softcap(const symce_args_index_smoothed_z_
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -4303,14 +4311,18 @@ static void row_index_weighted_softcap(const symce_args_index_weighted_softcap *
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -4321,9 +4333,7 @@ static void row_index_weighted_softcap(const symce_args_index_weighted_softcap *
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -5122,14 +5132,18 @@ static void row_index_weighted_z_loss_softcap(const symce_args_index_weighted_z_
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -5140,9 +5154,7 @@ static void row_index_weighted_z_loss_softcap(const symce_args_index_weighted_z_
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -5987,15 +5999,19 @@ static void row_index_weighted_smoothed_softcap(const symce_args_index_weighted_
         float part_sum_wz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -6007,10 +6023,8 @@ static void row_index_weighted_smoothed_softcap(const symce_args_index_weighted_
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -6917,15 +6931,19 @@ static void row_index_weighted_smoothed_z_loss_softcap(const symce_args_index_we
         float part_sum_wz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -6937,10 +6955,8 @@ static void row_index_weighted_smoothed_z_loss_softcap(const symce_args_index_we
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -7828,15 +7844,19 @@ static void row_probability_softcap(const symce_args_probability_softcap *restri
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -7849,10 +7869,8 @@ static void row_probability_softcap(const symce_args_probability_softcap *restri
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -8739,15 +8757,19 @@ static void row_probability_z_loss_softcap(const symce_args_probability_z_loss_s
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -8760,10 +8782,8 @@ static void row_probability_z_loss_softcap(const symce_args_probability_z_loss_s
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -9679,15 +9699,19 @@ static void row_probability_smoothed_softcap(const symce_args_probability_smooth
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -9701,10 +9725,8 @@ static void row_probability_smoothed_softcap(const symce_args_probability_smooth
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -10666,15 +10688,19 @@ static void row_probability_smoothed_z_loss_softcap(const symce_args_probability
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -10688,10 +10714,8 @@ static void row_probability_smoothed_z_loss_softcap(const symce_args_probability
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -11631,16 +11655,20 @@ static void row_probability_weighted_softcap(const symce_args_probability_weight
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -11654,11 +11682,9 @@ static void row_probability_weighted_softcap(const symce_args_probability_weight
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -12588,16 +12614,20 @@ static void row_probability_weighted_z_loss_softcap(const symce_args_probability
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -12611,11 +12641,9 @@ static void row_probability_weighted_z_loss_softcap(const symce_args_probability
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -13581,16 +13609,20 @@ static void row_probability_weighted_smoothed_softcap(const symce_args_probabili
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -13605,11 +13637,9 @@ static void row_probability_weighted_smoothed_softcap(const symce_args_probabili
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -14620,16 +14650,20 @@ static void row_probability_weighted_smoothed_z_loss_softcap(const symce_args_pr
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -14644,11 +14678,9 @@ static void row_probability_weighted_smoothed_z_loss_softcap(const symce_args_pr
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;

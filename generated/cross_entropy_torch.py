@@ -867,14 +867,18 @@ static void row_index_softcap(const symce_args_index_softcap *restrict A, int64_
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -885,9 +889,7 @@ static void row_index_softcap(const symce_args_index_softcap *restrict A, int64_
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -1672,14 +1674,18 @@ static void row_index_z_loss_softcap(const symce_args_index_z_loss_softcap *rest
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -1690,9 +1696,7 @@ static void row_index_z_loss_softcap(const symce_args_index_z_loss_softcap *rest
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -2506,14 +2510,18 @@ static void row_index_smoothed_softcap(const symce_args_index_smoothed_softcap *
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -2525,9 +2533,7 @@ static void row_index_smoothed_softcap(const symce_args_index_smoothed_softcap *
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -3387,14 +3393,18 @@ static void row_index_smoothed_z_loss_softcap(const symce_args_index_smoothed_z_
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -3406,9 +3416,7 @@ static void row_index_smoothed_z_loss_softcap(const symce_args_index_smoothed_z_
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -4240,14 +4248,18 @@ static void row_index_weighted_softcap(const symce_args_index_weighted_softcap *
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -4258,9 +4270,7 @@ static void row_index_weighted_softcap(const symce_args_index_weighted_softcap *
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -5059,14 +5069,18 @@ static void row_index_weighted_z_loss_softcap(const symce_args_index_weighted_z_
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -5077,9 +5091,7 @@ static void row_index_weighted_z_loss_softcap(const symce_args_index_weighted_z_
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -5924,15 +5936,19 @@ static void row_index_weighted_smoothed_softcap(const symce_args_index_weighted_
         float part_sum_wz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -5944,10 +5960,8 @@ static void row_index_weighted_smoothed_softcap(const symce_args_index_weighted_
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -6854,15 +6868,19 @@ static void row_index_weighted_smoothed_z_loss_softcap(const symce_args_index_we
         float part_sum_wz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -6874,10 +6892,8 @@ static void row_index_weighted_smoothed_z_loss_softcap(const symce_args_index_we
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -7765,15 +7781,19 @@ static void row_probability_softcap(const symce_args_probability_softcap *restri
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -7786,10 +7806,8 @@ static void row_probability_softcap(const symce_args_probability_softcap *restri
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -8676,15 +8694,19 @@ static void row_probability_z_loss_softcap(const symce_args_probability_z_loss_s
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -8697,10 +8719,8 @@ static void row_probability_z_loss_softcap(const symce_args_probability_z_loss_s
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -9616,15 +9636,19 @@ static void row_probability_smoothed_softcap(const symce_args_probability_smooth
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -9638,10 +9662,8 @@ static void row_probability_smoothed_softcap(const symce_args_probability_smooth
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -10603,15 +10625,19 @@ static void row_probability_smoothed_z_loss_softcap(const symce_args_probability
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -10625,10 +10651,8 @@ static void row_probability_smoothed_z_loss_softcap(const symce_args_probability
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -11568,16 +11592,20 @@ static void row_probability_weighted_softcap(const symce_args_probability_weight
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -11591,11 +11619,9 @@ static void row_probability_weighted_softcap(const symce_args_probability_weight
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -12525,16 +12551,20 @@ static void row_probability_weighted_z_loss_softcap(const symce_args_probability
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -12548,11 +12578,9 @@ static void row_probability_weighted_z_loss_softcap(const symce_args_probability
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -13518,16 +13546,20 @@ static void row_probability_weighted_smoothed_softcap(const symce_args_probabili
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -13542,11 +13574,9 @@ static void row_probability_weighted_smoothed_softcap(const symce_args_probabili
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -14557,16 +14587,20 @@ static void row_probability_weighted_smoothed_z_loss_softcap(const symce_args_pr
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                const float u = ur[c];
+                const float x = softcap_f*symce_tanh(h_0_f*u);
+                xsr[c] = x;
+            }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
 #pragma omp simd
                 for (int64_t j = 0; j < SYMCE_SUM_LANES; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;
@@ -14581,11 +14615,9 @@ static void row_probability_weighted_smoothed_z_loss_softcap(const symce_args_pr
 #pragma omp simd
                 for (int64_t j = 0; j < c1 - s0; ++j) {
                     const int64_t c = s0 + j;
-                    const float u = ur[c];
                     const float p = pr[c];
                     const float w = wr[c];
-                    const float x = softcap_f*symce_tanh(h_0_f*u);
-                    xsr[c] = x;
+                    const float x = xsr[c];
                     const float z = -m_f + x;
                     const float e = symce_exp(z);
                     gr[c] = e;

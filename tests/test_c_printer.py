@@ -141,3 +141,16 @@ def test_walk_schedule(loss, kind, flags, walks, maxima, scratch):
         later = context["walks"][1]["variants"][0]["rows"]["lines"]
         assert "const float e = gr[c];" in later  # and they read them back
 
+
+
+def test_kept_logits_are_filled_in_a_loop_of_their_own():
+    """softcap keeps x = s·tanh(u/s) for the gradient walk: walk 1 fills that scratch for
+    a block first, then its exp loop reads x back (tanh and exp in one loop spilled
+    registers); without the scratch (or the gradient) x is computed in the exp loop."""
+    (entry,) = c_context([_kernel(softcap=True)], ["test"])["c_kernels"]
+    walk = entry["source"].split("/* walk 1:")[1].split("const double m =")[0]
+    kept, rest = walk.split("if (gr && xsr) {")[1].split("} else if (gr && !xsr) {")
+    fill, walk_1 = kept.split("int64_t s0 = c0;")
+    assert "xsr[c] = x;" in fill and "symce_tanh(" in fill and "symce_exp" not in fill
+    assert "const float x = xsr[c];" in walk_1 and "symce_tanh" not in walk_1
+    assert "symce_tanh(" in rest and "xsr" not in rest
