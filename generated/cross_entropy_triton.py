@@ -74,6 +74,162 @@ _PROGRAMS_PER_SM = 1
 
 @triton.jit
 def _kernel_index(
+    u_ptr, grad_ptr, y_ptr, ignore_index, loss_cross_entropy_ptr, loss_z_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_e
+    walk 2: gradient
+    """
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        target = tl.load(y_ptr + r)
+        valid = (target != ignore_index).to(ACC)
+        in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
+        y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
+        u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                     other=0.0).to(ACC)
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            x = u
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_e = acc_0
+
+        loss_cross_entropy = valid*(m - u_y + tl.log(sum_e))
+        loss_z = 0
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_z = tl.where(in_range, loss_z, float("nan"))
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = scale_cross_entropy*valid/sum_e
+            coef_y = -scale_cross_entropy*valid
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_index_softcap(
+    u_ptr, grad_ptr, y_ptr, ignore_index, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_e
+    walk 2: gradient
+    """
+    softcap = tl.load(values_ptr + 0).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        target = tl.load(y_ptr + r)
+        valid = (target != ignore_index).to(ACC)
+        in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
+        y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
+        u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                     other=0.0).to(ACC)
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_e = acc_0
+
+        loss_cross_entropy = valid*(m - softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1)) + tl.log(sum_e))
+        loss_z = 0
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_z = tl.where(in_range, loss_z, float("nan"))
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = -scale_cross_entropy*valid/((softcap*softcap)*sum_e)
+            coef_1 = scale_cross_entropy*valid/sum_e
+            coef_y = scale_cross_entropy*valid*(((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*e*(x*x) + coef_1*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_index_z_loss(
     u_ptr, grad_ptr, y_ptr, ignore_index, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -151,7 +307,7 @@ def _kernel_index(
 
 
 @triton.jit
-def _kernel_index_softcap(
+def _kernel_index_z_loss_softcap(
     u_ptr, grad_ptr, y_ptr, ignore_index, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -242,6 +398,173 @@ def _kernel_index_smoothed(
     walk 2: gradient
     """
     label_smoothing = tl.load(values_ptr + 0).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        target = tl.load(y_ptr + r)
+        valid = (target != ignore_index).to(ACC)
+        in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
+        y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
+        u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                     other=0.0).to(ACC)
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            x = u
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_e = acc_0
+        sum_z = acc_1 - m*classes
+
+        loss_cross_entropy = valid*(label_smoothing*(-m + u_y) - label_smoothing*sum_z/classes + m - u_y + tl.log(sum_e))
+        loss_z = 0
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_z = tl.where(in_range, loss_z, float("nan"))
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_1 = scale_cross_entropy*valid/sum_e
+            coef_y = scale_cross_entropy*valid*(label_smoothing - 1)
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0 + coef_1*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_index_smoothed_softcap(
+    u_ptr, grad_ptr, y_ptr, ignore_index, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_e, sum_z
+    walk 2: gradient
+    """
+    label_smoothing = tl.load(values_ptr + 0).to(ACC)
+    softcap = tl.load(values_ptr + 1).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        target = tl.load(y_ptr + r)
+        valid = (target != ignore_index).to(ACC)
+        in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
+        y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
+        u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                     other=0.0).to(ACC)
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_e = acc_0
+        sum_z = acc_1 - m*classes
+
+        loss_cross_entropy = valid*(label_smoothing*(-m + softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - label_smoothing*sum_z/classes + m - softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1)) + tl.log(sum_e))
+        loss_z = 0
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_z = tl.where(in_range, loss_z, float("nan"))
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_1 = -scale_cross_entropy*valid/((softcap*softcap)*sum_e)
+            coef_2 = scale_cross_entropy*valid/sum_e
+            coef_3 = label_smoothing*scale_cross_entropy*valid/(classes*(softcap*softcap))
+            coef_y = scale_cross_entropy*valid*(-label_smoothing*((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) + label_smoothing + ((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0 + coef_1*e*(x*x) + coef_2*e + coef_3*(x*x) + coef_y*tl.where(cols == y, 1.0, 0.0)
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_index_smoothed_z_loss(
+    u_ptr, grad_ptr, y_ptr, ignore_index, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_e, sum_z
+    walk 2: gradient
+    """
+    label_smoothing = tl.load(values_ptr + 0).to(ACC)
     z_loss = tl.load(values_ptr + 1).to(ACC)
     scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
     scale_z = tl.load(scales_ptr + 1).to(ACC)
@@ -314,7 +637,7 @@ def _kernel_index_smoothed(
 
 
 @triton.jit
-def _kernel_index_smoothed_softcap(
+def _kernel_index_smoothed_z_loss_softcap(
     u_ptr, grad_ptr, y_ptr, ignore_index, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -401,6 +724,164 @@ def _kernel_index_smoothed_softcap(
 
 @triton.jit
 def _kernel_index_weighted(
+    u_ptr, grad_ptr, y_ptr, ignore_index, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_e
+    walk 2: gradient
+    """
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        target = tl.load(y_ptr + r)
+        valid = (target != ignore_index).to(ACC)
+        in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
+        y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
+        u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                     other=0.0).to(ACC)
+        w_y = tl.load(w_ptr + y).to(ACC)
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            x = u
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_e = acc_0
+
+        loss_cross_entropy = valid*w_y*(m - u_y + tl.log(sum_e))
+        loss_z = 0
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_z = tl.where(in_range, loss_z, float("nan"))
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = scale_cross_entropy*valid*w_y/sum_e
+            coef_y = -scale_cross_entropy*valid*w_y
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_index_weighted_softcap(
+    u_ptr, grad_ptr, y_ptr, ignore_index, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_e
+    walk 2: gradient
+    """
+    softcap = tl.load(values_ptr + 0).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        target = tl.load(y_ptr + r)
+        valid = (target != ignore_index).to(ACC)
+        in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
+        y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
+        u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                     other=0.0).to(ACC)
+        w_y = tl.load(w_ptr + y).to(ACC)
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_e = acc_0
+
+        loss_cross_entropy = valid*w_y*(m - softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1)) + tl.log(sum_e))
+        loss_z = 0
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_z = tl.where(in_range, loss_z, float("nan"))
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = -scale_cross_entropy*valid*w_y/((softcap*softcap)*sum_e)
+            coef_1 = scale_cross_entropy*valid*w_y/sum_e
+            coef_y = scale_cross_entropy*valid*w_y*(((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*e*(x*x) + coef_1*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_index_weighted_z_loss(
     u_ptr, grad_ptr, y_ptr, ignore_index, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -479,7 +960,7 @@ def _kernel_index_weighted(
 
 
 @triton.jit
-def _kernel_index_weighted_softcap(
+def _kernel_index_weighted_z_loss_softcap(
     u_ptr, grad_ptr, y_ptr, ignore_index, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -571,6 +1052,185 @@ def _kernel_index_weighted_smoothed(
     walk 2: gradient
     """
     label_smoothing = tl.load(values_ptr + 0).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        target = tl.load(y_ptr + r)
+        valid = (target != ignore_index).to(ACC)
+        in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
+        y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
+        w_y = tl.load(w_ptr + y).to(ACC)
+        u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                     other=0.0).to(ACC)
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+            x = u
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = acc_0 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+            acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_w = acc_0
+        sum_wz = -acc_0*m + acc_1
+        sum_e = acc_2
+
+        loss_cross_entropy = valid*(label_smoothing*w_y*(-m + u_y) - label_smoothing*w_y*tl.log(sum_e) + label_smoothing*sum_w*tl.log(sum_e)/classes - label_smoothing*sum_wz/classes - w_y*(-m + u_y) + w_y*tl.log(sum_e))
+        loss_z = 0
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_z = tl.where(in_range, loss_z, float("nan"))
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = scale_cross_entropy*valid*(-label_smoothing*w_y + label_smoothing*sum_w/classes + w_y)/sum_e
+            coef_1 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_y = scale_cross_entropy*valid*w_y*(label_smoothing - 1)
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*e + coef_1*w + coef_y*tl.where(cols == y, 1.0, 0.0)
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_index_weighted_smoothed_softcap(
+    u_ptr, grad_ptr, y_ptr, ignore_index, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_w, sum_wz, sum_e
+    walk 2: gradient
+    """
+    label_smoothing = tl.load(values_ptr + 0).to(ACC)
+    softcap = tl.load(values_ptr + 1).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        target = tl.load(y_ptr + r)
+        valid = (target != ignore_index).to(ACC)
+        in_range = (target == ignore_index) | ((target >= 0) & (target < n_classes))
+        y = tl.where((target != ignore_index) & in_range, target, 0)
+        # an ignored row's logits are never read (padding costs no bandwidth):
+        # its loads give zeros, its loss and gradient are zero through valid = 0
+        live = row_mask & (target != ignore_index)
+        w_y = tl.load(w_ptr + y).to(ACC)
+        u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                     other=0.0).to(ACC)
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+            x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = acc_0 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+            acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_w = acc_0
+        sum_wz = -acc_0*m + acc_1
+        sum_e = acc_2
+
+        loss_cross_entropy = valid*(label_smoothing*w_y*(-m + softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - label_smoothing*w_y*tl.log(sum_e) + label_smoothing*sum_w*tl.log(sum_e)/classes - label_smoothing*sum_wz/classes - w_y*(-m + softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) + w_y*tl.log(sum_e))
+        loss_z = 0
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_cross_entropy = tl.where(in_range, loss_cross_entropy, float("nan"))
+        # a class out of range (not checked on a GPU: no sync) poisons the row's loss
+        loss_z = tl.where(in_range, loss_z, float("nan"))
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = scale_cross_entropy*valid*(label_smoothing*w_y - label_smoothing*sum_w/classes - w_y)/((softcap*softcap)*sum_e)
+            coef_1 = label_smoothing*scale_cross_entropy*valid/(classes*(softcap*softcap))
+            coef_2 = scale_cross_entropy*valid*(-label_smoothing*w_y + label_smoothing*sum_w/classes + w_y)/sum_e
+            coef_3 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_y = scale_cross_entropy*valid*w_y*(-label_smoothing*((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) + label_smoothing + ((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*e*(x*x) + coef_1*w*(x*x) + coef_2*e + coef_3*w + coef_y*tl.where(cols == y, 1.0, 0.0)
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_index_weighted_smoothed_z_loss(
+    u_ptr, grad_ptr, y_ptr, ignore_index, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_w, sum_wz, sum_e
+    walk 2: gradient
+    """
+    label_smoothing = tl.load(values_ptr + 0).to(ACC)
     z_loss = tl.load(values_ptr + 1).to(ACC)
     scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
     scale_z = tl.load(scales_ptr + 1).to(ACC)
@@ -649,7 +1309,7 @@ def _kernel_index_weighted_smoothed(
 
 
 @triton.jit
-def _kernel_index_weighted_smoothed_softcap(
+def _kernel_index_weighted_smoothed_z_loss_softcap(
     u_ptr, grad_ptr, y_ptr, ignore_index, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -742,6 +1402,159 @@ def _kernel_index_weighted_smoothed_softcap(
 
 @triton.jit
 def _kernel_probability(
+    u_ptr, grad_ptr, p_ptr, loss_cross_entropy_ptr, loss_z_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_pz, sum_e, sum_p
+    walk 2: gradient
+    """
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            x = u
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+            acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_pz = acc_0 - acc_1*m
+        sum_e = acc_2
+        sum_p = acc_1
+
+        loss_cross_entropy = sum_p*tl.log(sum_e) - sum_pz
+        loss_z = 0
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = scale_cross_entropy*sum_p/sum_e
+            coef_1 = -scale_cross_entropy
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*e + coef_1*p
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_probability_softcap(
+    u_ptr, grad_ptr, p_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_pz, sum_e, sum_p
+    walk 2: gradient
+    """
+    softcap = tl.load(values_ptr + 0).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+            acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_pz = acc_0 - acc_1*m
+        sum_e = acc_2
+        sum_p = acc_1
+
+        loss_cross_entropy = sum_p*tl.log(sum_e) - sum_pz
+        loss_z = 0
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = -scale_cross_entropy*sum_p/((softcap*softcap)*sum_e)
+            coef_1 = scale_cross_entropy/(softcap*softcap)
+            coef_2 = scale_cross_entropy*sum_p/sum_e
+            coef_3 = -scale_cross_entropy
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*e*(x*x) + coef_1*p*(x*x) + coef_2*e + coef_3*p
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_probability_z_loss(
     u_ptr, grad_ptr, p_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -817,7 +1630,7 @@ def _kernel_probability(
 
 
 @triton.jit
-def _kernel_probability_softcap(
+def _kernel_probability_z_loss_softcap(
     u_ptr, grad_ptr, p_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -907,6 +1720,170 @@ def _kernel_probability_smoothed(
     walk 2: gradient
     """
     label_smoothing = tl.load(values_ptr + 0).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            x = u
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+            acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            acc_3 = acc_3 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_pz = acc_0 - acc_1*m
+        sum_e = acc_2
+        sum_p = acc_1
+        sum_z = acc_3 - m*classes
+
+        loss_cross_entropy = -label_smoothing*sum_p*tl.log(sum_e) + label_smoothing*sum_pz + label_smoothing*tl.log(sum_e) - label_smoothing*sum_z/classes + sum_p*tl.log(sum_e) - sum_pz
+        loss_z = 0
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = -label_smoothing*scale_cross_entropy/classes
+            coef_1 = scale_cross_entropy*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e
+            coef_2 = scale_cross_entropy*(label_smoothing - 1)
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0 + coef_1*e + coef_2*p
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_probability_smoothed_softcap(
+    u_ptr, grad_ptr, p_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_pz, sum_e, sum_p, sum_z
+    walk 2: gradient
+    """
+    label_smoothing = tl.load(values_ptr + 0).to(ACC)
+    softcap = tl.load(values_ptr + 1).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+            acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            acc_3 = acc_3 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_pz = acc_0 - acc_1*m
+        sum_e = acc_2
+        sum_p = acc_1
+        sum_z = acc_3 - m*classes
+
+        loss_cross_entropy = -label_smoothing*sum_p*tl.log(sum_e) + label_smoothing*sum_pz + label_smoothing*tl.log(sum_e) - label_smoothing*sum_z/classes + sum_p*tl.log(sum_e) - sum_pz
+        loss_z = 0
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = -label_smoothing*scale_cross_entropy/classes
+            coef_1 = scale_cross_entropy*(label_smoothing*sum_p - label_smoothing - sum_p)/((softcap*softcap)*sum_e)
+            coef_2 = scale_cross_entropy*(1 - label_smoothing)/(softcap*softcap)
+            coef_3 = scale_cross_entropy*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e
+            coef_4 = scale_cross_entropy*(label_smoothing - 1)
+            coef_5 = label_smoothing*scale_cross_entropy/(classes*(softcap*softcap))
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0 + coef_1*e*(x*x) + coef_2*p*(x*x) + coef_3*e + coef_4*p + coef_5*(x*x)
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_probability_smoothed_z_loss(
+    u_ptr, grad_ptr, p_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_pz, sum_e, sum_p, sum_z
+    walk 2: gradient
+    """
+    label_smoothing = tl.load(values_ptr + 0).to(ACC)
     z_loss = tl.load(values_ptr + 1).to(ACC)
     scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
     scale_z = tl.load(scales_ptr + 1).to(ACC)
@@ -977,7 +1954,7 @@ def _kernel_probability_smoothed(
 
 
 @triton.jit
-def _kernel_probability_smoothed_softcap(
+def _kernel_probability_smoothed_z_loss_softcap(
     u_ptr, grad_ptr, p_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -1063,6 +2040,163 @@ def _kernel_probability_smoothed_softcap(
 
 @triton.jit
 def _kernel_probability_weighted(
+    u_ptr, grad_ptr, p_ptr, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_pw, sum_pwz, sum_e
+    walk 2: gradient
+    """
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+            x = u
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+            acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_pw = acc_0
+        sum_pwz = -acc_0*m + acc_1
+        sum_e = acc_2
+
+        loss_cross_entropy = sum_pw*tl.log(sum_e) - sum_pwz
+        loss_z = 0
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = -scale_cross_entropy
+            coef_1 = scale_cross_entropy*sum_pw/sum_e
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*p*w + coef_1*e
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_probability_weighted_softcap(
+    u_ptr, grad_ptr, p_ptr, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_pw, sum_pwz, sum_e
+    walk 2: gradient
+    """
+    softcap = tl.load(values_ptr + 0).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+            x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+            acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_pw = acc_0
+        sum_pwz = -acc_0*m + acc_1
+        sum_e = acc_2
+
+        loss_cross_entropy = sum_pw*tl.log(sum_e) - sum_pwz
+        loss_z = 0
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = -scale_cross_entropy*sum_pw/((softcap*softcap)*sum_e)
+            coef_1 = -scale_cross_entropy
+            coef_2 = scale_cross_entropy/(softcap*softcap)
+            coef_3 = scale_cross_entropy*sum_pw/sum_e
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*e*(x*x) + coef_1*p*w + coef_2*p*w*(x*x) + coef_3*e
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_probability_weighted_z_loss(
     u_ptr, grad_ptr, p_ptr, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -1140,7 +2274,7 @@ def _kernel_probability_weighted(
 
 
 @triton.jit
-def _kernel_probability_weighted_softcap(
+def _kernel_probability_weighted_z_loss_softcap(
     u_ptr, grad_ptr, p_ptr, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -1232,6 +2366,180 @@ def _kernel_probability_weighted_smoothed(
     walk 2: gradient
     """
     label_smoothing = tl.load(values_ptr + 0).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_4 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+            x = u
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = acc_0 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+            acc_2 = acc_2 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+            acc_3 = acc_3 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+            acc_4 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_4 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_w = acc_0
+        sum_pw = acc_1
+        sum_wz = -acc_0*m + acc_2
+        sum_pwz = -acc_1*m + acc_3
+        sum_e = acc_4
+
+        loss_cross_entropy = -label_smoothing*sum_pw*tl.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*tl.log(sum_e)/classes - label_smoothing*sum_wz/classes + sum_pw*tl.log(sum_e) - sum_pwz
+        loss_z = 0
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = scale_cross_entropy*(label_smoothing - 1)
+            coef_1 = scale_cross_entropy*(-label_smoothing*sum_pw + label_smoothing*sum_w/classes + sum_pw)/sum_e
+            coef_2 = -label_smoothing*scale_cross_entropy/classes
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*p*w + coef_1*e + coef_2*w
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_probability_weighted_smoothed_softcap(
+    u_ptr, grad_ptr, p_ptr, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_w, sum_pw, sum_wz, sum_pwz, sum_e
+    walk 2: gradient
+    """
+    label_smoothing = tl.load(values_ptr + 0).to(ACC)
+    softcap = tl.load(values_ptr + 1).to(ACC)
+    scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
+    scale_z = tl.load(scales_ptr + 1).to(ACC)
+    classes = tl.zeros([1, 1], ACC) + n_classes
+    n_blocks = tl.cdiv(n_rows, BLOCK_R)
+    for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        row_mask = r < n_rows
+        r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+        rows_at = (r // positions) * n_classes * positions + r % positions
+        live = row_mask
+
+        # walk 1: the running maxima and the sums accumulated online
+        m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+        acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+        acc_4 = tl.zeros([BLOCK_R, 1], ACC)
+        for c0 in tl.range(0, n_classes, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+            col_mask = cols < n_classes
+            at = rows_at + cols * positions
+            u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                        eviction_policy="evict_last").to(ACC)
+            w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+            x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+            m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                               axis=1, keep_dims=True))
+            z = -m_new + x
+            e = tl.exp2(1.442695040888963407359924681*z)
+            acc_0 = acc_0 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+            acc_1 = acc_1 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+            acc_2 = acc_2 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+            acc_3 = acc_3 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+            acc_4 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_4 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+            m = m_new
+        sum_w = acc_0
+        sum_pw = acc_1
+        sum_wz = -acc_0*m + acc_2
+        sum_pwz = -acc_1*m + acc_3
+        sum_e = acc_4
+
+        loss_cross_entropy = -label_smoothing*sum_pw*tl.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*tl.log(sum_e)/classes - label_smoothing*sum_wz/classes + sum_pw*tl.log(sum_e) - sum_pwz
+        loss_z = 0
+        tl.store(loss_cross_entropy_ptr + r, loss_cross_entropy, mask=row_mask)
+        tl.store(loss_z_ptr + r, loss_z, mask=row_mask)
+
+        if NEED_GRAD:
+            # walk 2: the gradient, per-row coefficients times element factors
+            coef_0 = scale_cross_entropy*(label_smoothing*sum_pw - label_smoothing*sum_w/classes - sum_pw)/((softcap*softcap)*sum_e)
+            coef_1 = scale_cross_entropy*(label_smoothing - 1)
+            coef_2 = label_smoothing*scale_cross_entropy/(classes*(softcap*softcap))
+            coef_3 = scale_cross_entropy*(1 - label_smoothing)/(softcap*softcap)
+            coef_4 = scale_cross_entropy*(-label_smoothing*sum_pw + label_smoothing*sum_w/classes + sum_pw)/sum_e
+            coef_5 = -label_smoothing*scale_cross_entropy/classes
+            last = (n_classes - 1) // BLOCK_C * BLOCK_C
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = (last - c0) + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0,
+                            eviction_policy="evict_first").to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                if NEED_GRAD:
+                    grad = coef_0*e*(x*x) + coef_1*p*w + coef_2*w*(x*x) + coef_3*p*w*(x*x) + coef_4*e + coef_5*w
+                    tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                             mask=row_mask & col_mask)
+
+
+@triton.jit
+def _kernel_probability_weighted_smoothed_z_loss(
+    u_ptr, grad_ptr, p_ptr, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Row losses (cross_entropy, z); the gradient if asked.
+
+    walk 1 (online): max m, sum_w, sum_pw, sum_wz, sum_pwz, sum_e
+    walk 2: gradient
+    """
+    label_smoothing = tl.load(values_ptr + 0).to(ACC)
     z_loss = tl.load(values_ptr + 1).to(ACC)
     scale_cross_entropy = tl.load(scales_ptr + 0).to(ACC)
     scale_z = tl.load(scales_ptr + 1).to(ACC)
@@ -1307,7 +2615,7 @@ def _kernel_probability_weighted_smoothed(
 
 
 @triton.jit
-def _kernel_probability_weighted_smoothed_softcap(
+def _kernel_probability_weighted_smoothed_z_loss_softcap(
     u_ptr, grad_ptr, p_ptr, w_ptr, loss_cross_entropy_ptr, loss_z_ptr, values_ptr, scales_ptr, n_rows, n_classes, positions,
     NEED_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
@@ -1418,22 +2726,38 @@ def _scale_rows(grad_ptr, g_ptr, g_stride, n_rows, n_classes, positions,
 
 # kernel key → (kernel, its runtime arguments in order, the scalars values_ptr holds)
 _KERNELS = {
-    ('index', False, False, False): (_kernel_index, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss',)),
-    ('index', False, False, True): (_kernel_index_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss', 'softcap')),
-    ('index', False, True, False): (_kernel_index_smoothed, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss')),
-    ('index', False, True, True): (_kernel_index_smoothed_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss', 'softcap')),
-    ('index', True, False, False): (_kernel_index_weighted, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss',)),
-    ('index', True, False, True): (_kernel_index_weighted_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss', 'softcap')),
-    ('index', True, True, False): (_kernel_index_weighted_smoothed, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss')),
-    ('index', True, True, True): (_kernel_index_weighted_smoothed_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss', 'softcap')),
-    ('probability', False, False, False): (_kernel_probability, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss',)),
-    ('probability', False, False, True): (_kernel_probability_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss', 'softcap')),
-    ('probability', False, True, False): (_kernel_probability_smoothed, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss')),
-    ('probability', False, True, True): (_kernel_probability_smoothed_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss', 'softcap')),
-    ('probability', True, False, False): (_kernel_probability_weighted, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss',)),
-    ('probability', True, False, True): (_kernel_probability_weighted_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss', 'softcap')),
-    ('probability', True, True, False): (_kernel_probability_weighted_smoothed, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss')),
-    ('probability', True, True, True): (_kernel_probability_weighted_smoothed_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss', 'softcap')),
+    ('index', False, False, False, False): (_kernel_index, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ()),
+    ('index', False, False, False, True): (_kernel_index_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('softcap',)),
+    ('index', False, False, True, False): (_kernel_index_z_loss, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss',)),
+    ('index', False, False, True, True): (_kernel_index_z_loss_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss', 'softcap')),
+    ('index', False, True, False, False): (_kernel_index_smoothed, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing',)),
+    ('index', False, True, False, True): (_kernel_index_smoothed_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'softcap')),
+    ('index', False, True, True, False): (_kernel_index_smoothed_z_loss, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss')),
+    ('index', False, True, True, True): (_kernel_index_smoothed_z_loss_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss', 'softcap')),
+    ('index', True, False, False, False): (_kernel_index_weighted, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ()),
+    ('index', True, False, False, True): (_kernel_index_weighted_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('softcap',)),
+    ('index', True, False, True, False): (_kernel_index_weighted_z_loss, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss',)),
+    ('index', True, False, True, True): (_kernel_index_weighted_z_loss_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss', 'softcap')),
+    ('index', True, True, False, False): (_kernel_index_weighted_smoothed, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing',)),
+    ('index', True, True, False, True): (_kernel_index_weighted_smoothed_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'softcap')),
+    ('index', True, True, True, False): (_kernel_index_weighted_smoothed_z_loss, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss')),
+    ('index', True, True, True, True): (_kernel_index_weighted_smoothed_z_loss_softcap, ('u_ptr', 'grad_ptr', 'y_ptr', 'ignore_index', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss', 'softcap')),
+    ('probability', False, False, False, False): (_kernel_probability, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ()),
+    ('probability', False, False, False, True): (_kernel_probability_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('softcap',)),
+    ('probability', False, False, True, False): (_kernel_probability_z_loss, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss',)),
+    ('probability', False, False, True, True): (_kernel_probability_z_loss_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss', 'softcap')),
+    ('probability', False, True, False, False): (_kernel_probability_smoothed, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing',)),
+    ('probability', False, True, False, True): (_kernel_probability_smoothed_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'softcap')),
+    ('probability', False, True, True, False): (_kernel_probability_smoothed_z_loss, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss')),
+    ('probability', False, True, True, True): (_kernel_probability_smoothed_z_loss_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss', 'softcap')),
+    ('probability', True, False, False, False): (_kernel_probability_weighted, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ()),
+    ('probability', True, False, False, True): (_kernel_probability_weighted_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('softcap',)),
+    ('probability', True, False, True, False): (_kernel_probability_weighted_z_loss, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss',)),
+    ('probability', True, False, True, True): (_kernel_probability_weighted_z_loss_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('z_loss', 'softcap')),
+    ('probability', True, True, False, False): (_kernel_probability_weighted_smoothed, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing',)),
+    ('probability', True, True, False, True): (_kernel_probability_weighted_smoothed_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'softcap')),
+    ('probability', True, True, True, False): (_kernel_probability_weighted_smoothed_z_loss, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss')),
+    ('probability', True, True, True, True): (_kernel_probability_weighted_smoothed_z_loss_softcap, ('u_ptr', 'grad_ptr', 'p_ptr', 'w_ptr', 'loss_cross_entropy_ptr', 'loss_z_ptr', 'values_ptr', 'scales_ptr', 'n_rows', 'n_classes', 'positions'), ('label_smoothing', 'z_loss', 'softcap')),
 }
 
 
@@ -1559,8 +2883,9 @@ def _kernel_key(kind, options):
     """The kernel specialised for the options in use."""
     weighted = options["weight"] is not None
     smoothed = float(options["label_smoothing"]) > 0.0
+    z_loss = options["z_loss"] != 0.0
     softcap = options["softcap"] is not None
-    return (kind, weighted, smoothed, softcap,)
+    return (kind, weighted, smoothed, z_loss, softcap,)
 
 
 def _denominators(kind, weighted, reduction, valid, w_y, n_rows, n_classes, dtype, device):

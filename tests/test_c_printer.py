@@ -110,11 +110,14 @@ def test_prototype_and_table_are_printed_from_the_same_list():
     (entry,) = context["c_kernels"]
     declarations = ", ".join(kernel_context(ks[0])["declarations"])
     assert f"void symce_teacher({declarations}, int64_t unit, int64_t *next)" in \
-        context["c_source"]
+        entry["source"]
     assert entry["array_names"] == ["u", "g", "loss_kl", "valid", "scales", "tu", "tg"]
     assert entry["value_names"] == ["scale_kl", "temperature"]
     assert context["c_openmp"] is True
-    assert "void symce_teacher_omp(" in context["c_source"]
+    assert "void symce_teacher_omp(" in entry["source"]
+    # compiled separately: the shared part holds the float32 library, not the kernels
+    assert "symce_exp(" in context["c_source"] and "symce_teacher" not in context["c_source"]
+    assert "void symce_vector_exp(" in context["c_vector_source"]
 
 
 @pytest.mark.parametrize("loss, kind, flags, walks, maxima, scratch", [
@@ -138,3 +141,16 @@ def test_walk_schedule(loss, kind, flags, walks, maxima, scratch):
         later = context["walks"][1]["variants"][0]["rows"]["lines"]
         assert "const float e = gr[c];" in later  # and they read them back
 
+
+
+def test_kept_logits_are_filled_in_a_loop_of_their_own():
+    """softcap keeps x = s·tanh(u/s) for the gradient walk: walk 1 fills that scratch for
+    a block first, then its exp loop reads x back (tanh and exp in one loop spilled
+    registers); without the scratch (or the gradient) x is computed in the exp loop."""
+    (entry,) = c_context([_kernel(softcap=True)], ["test"])["c_kernels"]
+    walk = entry["source"].split("/* walk 1:")[1].split("const double m =")[0]
+    kept, rest = walk.split("if (gr && xsr) {")[1].split("} else if (gr && !xsr) {")
+    fill, walk_1 = kept.split("int64_t s0 = c0;")
+    assert "xsr[c] = x;" in fill and "symce_tanh(" in fill and "symce_exp" not in fill
+    assert "const float x = xsr[c];" in walk_1 and "symce_tanh" not in walk_1
+    assert "symce_tanh(" in rest and "xsr" not in rest

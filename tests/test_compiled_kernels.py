@@ -611,14 +611,13 @@ def test_softcap_runs_its_own_kernel(modules):
         run(module, "cross_entropy", x, y)
         run(module, "cross_entropy", x, y, softcap=5.0)
         run(module, "cross_entropy", x, y, z_loss=0.1, softcap=5.0, label_smoothing=0.1)
-    assert calls == ["symce_index", "symce_index_softcap", "symce_index_smoothed_softcap"]
-    source = module._C_SOURCE
-    plain = source[source.index("void symce_index("):source.index("void symce_index_omp(")]
-    capped = source[source.index("static void row_index_softcap("):
-                    source.index("void symce_index_softcap(")]
+    assert calls == ["symce_index", "symce_index_softcap", "symce_index_smoothed_z_loss_softcap"]
+    plain = module._C_SOURCES[("index", False, False, False, False)]
+    capped = module._C_SOURCES[("index", False, False, False, True)]
+    assert "void symce_index(" in plain and "void symce_index_softcap(" in capped
     assert "symce_tanh" not in plain and "symce_tanh(" in capped
-    assert "softcap" not in module._C_KERNELS[("index", False, False, False)][2]
-    assert "softcap" in module._C_KERNELS[("index", False, False, True)][2]
+    assert "softcap" not in module._C_KERNELS[("index", False, False, False, False)][2]
+    assert "softcap" in module._C_KERNELS[("index", False, False, False, True)][2]
 
 
 @pytest.mark.parametrize("target", ["index", "probability"])
@@ -632,7 +631,7 @@ def test_level_two_walks_give_the_loss_alone_the_same_bits(modules, target):
         alone = module.focal_loss(x, t, **options)
         with_grad, _ = module.focal_loss_with_grad(x, t, **options)
     assert calls == [f"symce_{target}_smoothed_gamma"] * 2
-    assert "/* walk 2:" in module._C_SOURCE
+    assert "/* walk 2:" in module._C_SOURCES[(target, False, True, True)]
     assert alone == with_grad
 
 
@@ -665,6 +664,48 @@ def test_build_is_cached_per_source(tmp_path, monkeypatch):
 
     monkeypatch.setattr(second.subprocess, "run", no_compiler)
     assert second.compiled_library() is not None
+
+
+def test_each_kernel_is_built_on_its_first_use_and_once(tmp_path, monkeypatch):
+    """compiled_library() builds the float32 library alone; a kernel's library is built
+    when that kernel is first called (once, by four threads calling it together), and
+    a second kernel adds one more: a process compiles only what it runs."""
+    cc = os.environ.get("CC") or next(shutil.which(c) for c in ("cc", "gcc", "clang")
+                                      if shutil.which(c))
+    log = tmp_path / "cc.log"
+    logging_cc = tmp_path / "logging-cc"
+    logging_cc.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec {cc} "$@"\n')
+    logging_cc.chmod(0o755)
+    monkeypatch.setenv("SYMCE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(logging_cc))
+
+    def builds():
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+    module = load_generated("cross_entropy_numpy")
+    assert module.compiled_library() is not None
+    assert builds() == 1
+    x, y, _ = Case("cross_entropy", (4, 50)).inputs()
+    want = reference("cross_entropy", x, y)
+    results = []
+    with compiled_path(module) as calls:
+        threads = [threading.Thread(target=lambda: results.append(
+            run(module, "cross_entropy", x, y))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert builds() == 2
+        run(module, "cross_entropy", x, y, softcap=5.0)
+    assert calls == ["symce_index"] * 4 + ["symce_index_softcap"]
+    assert builds() == 3 and len(results) == 4
+    for got in results:
+        assert_close(got[0], want[0])
+        assert_close(got[1], want[1])
+    built = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert [name.rsplit("_", 1)[0] for name in built] == [
+        "cross_entropy", "cross_entropy_index", "cross_entropy_index_softcap"]
+    assert all(name.endswith(".so") for name in built)
 
 
 @pytest.mark.parametrize("loss", LOSSES)

@@ -85,6 +85,19 @@ def test_extreme_logits_are_finite():
     np.testing.assert_allclose(loss, [2e4, np.log(3)], rtol=1e-6)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "array"])
+def test_z_term_off_costs_nothing_even_where_its_square_overflows(compiled):
+    """At z_loss = 0 the kernels have no λ·ℓ² (z_loss is specialised): ℓ² = inf costs no NaN."""
+    x = np.array([[1e20, -1e20, 0.0]], dtype=np.float32)
+    ce.use_compiled(compiled)
+    try:
+        loss, grad = ce.cross_entropy_with_grad(x, np.array([1]))
+    finally:
+        ce.use_compiled(None)
+    assert np.isfinite(loss) and np.isfinite(grad).all()
+    np.testing.assert_array_equal(grad, [[1.0, -1.0, 0.0]])
+
+
 @pytest.mark.parametrize("shape", [(6, 33), (3, 5, 40)], ids=["2d", "kdim-as-it-lies"])
 @pytest.mark.parametrize("target", ["index", "probability"])
 def test_float16_input_is_computed_in_float32(target, shape):
@@ -151,7 +164,7 @@ def test_threads_agree_with_torch_and_with_one_thread_bit_for_bit(small_blocks, 
 
 
 def test_error_in_one_block_is_raised_and_the_pool_survives(small_blocks, monkeypatch):
-    key = ("index", False, False, False)  # (kind, weighted, smoothed, softcap)
+    key = ("index", False, False, False, False)  # (kind, weighted, smoothed, z_loss, softcap)
     constants, block = ce._KERNELS[key]
     calls = []
 
@@ -216,7 +229,7 @@ def test_helpers_run_under_the_callers_error_settings(small_blocks):
 def test_a_call_does_not_wait_for_helpers_queued_behind_another_call(small_blocks, monkeypatch):
     import threading
 
-    key = ("index", False, False, False)  # (kind, weighted, smoothed, softcap)
+    key = ("index", False, False, False, False)  # (kind, weighted, smoothed, z_loss, softcap)
     constants, block = ce._KERNELS[key]
     inside, release = threading.Semaphore(0), threading.Event()
 

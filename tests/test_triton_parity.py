@@ -409,3 +409,12 @@ def test_gradcheck_in_float64(loss):
     for reduction in ("sum", "none"):
         assert torch.autograd.gradcheck(lambda x, r=reduction: function(x, target, reduction=r),
                                         (x,))
+
+
+def test_z_term_off_costs_nothing_even_where_its_square_overflows():
+    """At z_loss = 0 the kernels have no λ·ℓ² (z_loss is specialised): ℓ² = inf costs no NaN."""
+    x = torch.tensor([[1e20, -1e20, 0.0]], requires_grad=True)
+    loss = MODULES["cross_entropy"].cross_entropy(x, torch.tensor([1]))
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    torch.testing.assert_close(grad, torch.tensor([[1.0, -1.0, 0.0]]))

@@ -229,7 +229,7 @@ def _tiles_of_walk_one(ctx, values, width):
 
 @pytest.mark.parametrize("loss, key", [
     ("kl_distillation", ("teacher",)),
-    ("cross_entropy", ("probability", True, True, True)),
+    ("cross_entropy", ("probability", True, True, True, True)),  # every option on
 ])
 @pytest.mark.parametrize("width", [1, 2, 7])
 def test_online_walk_gives_the_sums_it_stands_for(loss, key, width):

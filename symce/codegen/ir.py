@@ -460,10 +460,11 @@ def _transform_of(loss: Loss, on: bool):
 
 @functools.cache
 def derivation_of(loss_name: str) -> Derivation:
-    """The symbolic-n derivation code is generated from (derived and checked once)."""
-    from symce.api import derive
+    """The symbolic-n derivation code is generated from (derived and checked once a
+    process: the same one the documents are rendered from)."""
+    from symce.render.cache import derivation
 
-    return derive(loss_name)
+    return derivation(loss_name, None)
 
 
 @functools.cache

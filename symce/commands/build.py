@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from symce.api import derive
 from symce.commands._common import output_folder
 from symce.commands.doc import document_name
 from symce.commands.errors import CommandFailure
 from symce.losses import list_losses
 from symce.progress import report, terminal_progress
+from symce.render.cache import derivation as derived
 
 
 def loss_files(loss: str) -> dict[str, str]:
@@ -20,7 +20,7 @@ def loss_files(loss: str) -> dict[str, str]:
     from symce import codegen
 
     report(f"deriving {loss}")
-    derivation = derive(loss)
+    derivation = derived(loss, None)  # the one the documents and the modules use
     files = {document_name(loss, "tex"): derivation.to_latex(),
              document_name(loss, "md"): derivation.to_markdown()}
     report(f"generating {loss}'s modules")

@@ -74,7 +74,7 @@ def cross_entropy() -> Loss:
         params=(
             Param("z_loss", LAMBDA, 0.0, sp.Ge(LAMBDA, 0, evaluate=False), "a number >= 0",
                   "weight of the z-loss term z_loss * logsumexp(x)**2 per row that counts",
-                  off=0.0, examples=(0.1,)),
+                  specialise=True, off=0.0, examples=(0.1,)),
             Param("softcap", CAP, None, sp.Gt(CAP, 0, evaluate=False), "None or a number > 0",
                   "soft-capping: the logits become softcap * tanh(input / softcap)",
                   optional=True, specialise=True, examples=(2.5,)),
