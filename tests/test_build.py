@@ -34,3 +34,19 @@ def test_a_failing_loss_is_reported_and_the_others_are_written(tmp_path, capsys,
     written = {p.name for p in tmp_path.iterdir()}
     assert {"kl_distillation_numpy.py", "kl_distillation_derivation.md"} <= written
     assert not any(name.startswith("broken_loss") for name in written)
+
+
+def test_side_by_side_processes_build_the_same_files_and_failures(monkeypatch):
+    register(_broken_loss())
+    try:
+        monkeypatch.setattr(build, "list_losses", lambda: {
+            name: text for name, text in list_losses().items()
+            if name in ("broken_loss", "kl_distillation")})
+        seen: list[str] = []
+        alone = build.build_files(jobs=1)
+        forked = build.build_files(seen.append, jobs=2)
+    finally:
+        unregister("broken_loss")
+    assert alone == forked
+    assert set(forked[1]) == {"broken_loss"} and "kl_distillation_torch.py" in forked[0]
+    assert sorted(seen) == ["broken_loss", "kl_distillation"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,38 +29,91 @@ def loss_files(loss: str) -> dict[str, str]:
     return files
 
 
-def build_files(report=None) -> tuple[dict[str, str], dict[str, str]]:
+def _one_loss(loss: str) -> tuple[dict[str, str], str | None]:
+    """``(files, None)``, or ``({}, why)`` where the loss could not be built."""
+    try:
+        return loss_files(loss), None
+    except Exception as exc:  # reported with the loss's name; the others go on
+        return {}, f"{type(exc).__name__}: {exc}"
+
+
+def build_files(report=None, jobs: int = 1) -> tuple[dict[str, str], dict[str, str]]:
     """``(files, failures)``: every loss's files, and loss → why it could not be built.
 
     One loss failing (a step that does not follow, a printer that refuses an
     expression) does not stop the others; ``report(loss)`` is called as each
-    loss starts (progress).
+    loss starts (``jobs = 1``) or is done (``jobs > 1``: the losses are built in
+    that many forked processes, which inherit every registered loss; the files
+    do not depend on it).
     """
+    losses = list(list_losses())
     files: dict[str, str] = {}
     failures: dict[str, str] = {}
-    for loss in list_losses():
+    jobs = min(jobs, len(losses))
+    if jobs > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(
+                jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = {pool.submit(_one_loss, loss): loss for loss in losses}
+            for future in concurrent.futures.as_completed(futures):
+                loss = futures[future]
+                if report is not None:
+                    report(loss)
+                built, why = future.result()
+                files.update(built)
+                if why is not None:
+                    failures[loss] = why
+        return dict(sorted(files.items())), dict(sorted(failures.items()))
+    for loss in losses:
         if report is not None:
             report(loss)
-        try:
-            files.update(loss_files(loss))
-        except Exception as exc:  # reported with the loss's name; the others go on
-            failures[loss] = f"{type(exc).__name__}: {exc}"
+        built, why = _one_loss(loss)
+        files.update(built)
+        if why is not None:
+            failures[loss] = why
     return dict(sorted(files.items())), failures
+
+
+def _default_jobs() -> int:
+    """Processes for ``symce build``: one per core this process may use (fork only)."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
 
 
 def generated_files() -> dict[str, str]:
     """File name → content for every file of generated/, in a fixed order."""
-    files, failures = build_files()
+    files, failures = build_files(jobs=_default_jobs())
     if failures:
         loss, why = next(iter(failures.items()))
         raise CommandFailure(f"loss {loss!r} could not be built: {why}")
     return files
 
 
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("generated"),
                         help="output folder, created if missing; a file or an unwritable "
                         "folder is refused before any work (default: generated)")
+    parser.add_argument("--jobs", "-j", type=_jobs, default=None, metavar="N",
+                        help="losses built side by side in N processes (default: one per "
+                        "core; 1 builds them in this process); the files are the same")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     print("building documents and modules ...", file=sys.stderr)
     with terminal_progress("symce build: "):
-        files, failures = build_files(lambda loss: print(f"  {loss}", file=sys.stderr))
+        jobs = _default_jobs() if args.jobs is None else args.jobs
+        files, failures = build_files(lambda loss: print(f"  {loss}", file=sys.stderr), jobs)
     for name, text in files.items():
         path = args.out / name
         path.write_text(text, encoding="utf-8")
