@@ -46,34 +46,33 @@ def build_files(report=None, jobs: int = 1) -> tuple[dict[str, str], dict[str, s
     that many forked processes, which inherit every registered loss; the files
     do not depend on it).
     """
-    losses = list(list_losses())
     files: dict[str, str] = {}
     failures: dict[str, str] = {}
-    jobs = min(jobs, len(losses))
-    if jobs > 1:
-        import concurrent.futures
-        import multiprocessing
-
-        with concurrent.futures.ProcessPoolExecutor(
-                jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = {pool.submit(_one_loss, loss): loss for loss in losses}
-            for future in concurrent.futures.as_completed(futures):
-                loss = futures[future]
-                if report is not None:
-                    report(loss)
-                built, why = future.result()
-                files.update(built)
-                if why is not None:
-                    failures[loss] = why
-        return dict(sorted(files.items())), dict(sorted(failures.items()))
-    for loss in losses:
-        if report is not None:
-            report(loss)
-        built, why = _one_loss(loss)
+    for loss, (built, why) in _built(list(list_losses()), report, jobs):
         files.update(built)
         if why is not None:
             failures[loss] = why
-    return dict(sorted(files.items())), failures
+    return dict(sorted(files.items())), dict(sorted(failures.items()))
+
+
+def _built(losses: list[str], report, jobs: int):
+    """``(loss, _one_loss(loss))`` for each loss, in this process or in ``jobs`` forked ones."""
+    if min(jobs, len(losses)) <= 1:
+        for loss in losses:
+            if report is not None:
+                report(loss)
+            yield loss, _one_loss(loss)
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(
+            min(jobs, len(losses)), mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {pool.submit(_one_loss, loss): loss for loss in losses}
+        for future in concurrent.futures.as_completed(futures):
+            if report is not None:
+                report(futures[future])
+            yield futures[future], future.result()
 
 
 def _default_jobs() -> int:
