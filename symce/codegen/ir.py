@@ -479,10 +479,22 @@ def _lowered(loss_name: str, step: str, fixed: tuple[tuple[sp.Symbol, float], ..
     ``0 · ∞`` where ``q`` rounds to 1.
     """
     derivation = derivation_of(loss_name)
-    rhs = derivation.step(step).rhs
+    return lower_at(derivation.step(step).rhs, derivation, fixed)
+
+
+def lower_at(expr: sp.Expr, derivation: Derivation,
+             fixed: tuple[tuple[sp.Symbol, float], ...] = ()) -> sp.Expr:
+    """``expr`` with the ``fixed`` parameters at their values, powers of a base
+    combined, lowered (see :func:`_lowered`)."""
     if fixed:
-        rhs = rhs.xreplace({symbol: sp.nsimplify(value) for symbol, value in fixed})
-    return lower(sp.powsimp(rhs, deep=True), derivation)
+        expr = expr.xreplace({symbol: sp.nsimplify(value) for symbol, value in fixed})
+    return lower(sp.powsimp(expr, deep=True), derivation)
+
+
+def off_parameters(loss: Loss, on: dict[str, bool]) -> tuple[tuple[sp.Symbol, float], ...]:
+    """The specialised parameters a kernel with the flags ``on`` has off: ``(symbol, off)``."""
+    return tuple((p.symbol, p.off) for p in loss.params
+                 if p.specialise and p.off is not None and not on.get(p.name, True))
 
 
 @functools.cache
@@ -499,8 +511,7 @@ def build_kernel(loss_name: str, kind: str, flags: tuple[tuple[str, bool], ...])
     mask = MASK if masked else sp.S.One
 
     # specialised parameters that are off at their declared value: fixed to it
-    fixed = tuple((p.symbol, p.off) for p in loss.params
-                  if p.specialise and p.off is not None and not on.get(p.name, True))
+    fixed = off_parameters(loss, on)
 
     def prepared(step: str) -> sp.Expr:
         return substitute_targets(_lowered(loss_name, step, fixed), derivation, kind,

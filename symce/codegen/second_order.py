@@ -28,7 +28,7 @@ import functools
 
 import sympy as sp
 
-from symce.codegen.ir import STUDENT, TEACHER, J, K, Kernel, derivation_of, lower
+from symce.codegen.ir import STUDENT, TEACHER, J, K, Kernel, derivation_of, lower_at, off_parameters
 from symce.codegen.printers import ELEMENT_NAMES, TorchArrayPrinter, array_kernel_context
 from symce.engine.steps import V, second_order_steps
 from symce.losses import get_loss
@@ -81,17 +81,6 @@ class DensePrinter(TorchArrayPrinter):
         return super()._print_Sum(expr)
 
 
-def _variants(ks: tuple[Kernel, ...], loss) -> dict[tuple, tuple[bool, tuple]]:
-    """Kernel key → (transform on, parameters fixed at their off value)."""
-    out = {}
-    for k in ks:
-        on = dict(k.flags)
-        fixed = tuple((p.symbol, p.off) for p in loss.params
-                      if p.specialise and p.off is not None and not on.get(p.name, True))
-        out[k.key] = (k.transformed, fixed)
-    return out
-
-
 def _variant_name(transformed: bool, fixed: tuple, loss) -> str:
     names = {p.symbol: p.name for p in loss.params}
     return "_".join(["u" if transformed else "x"] + [f"no_{names[s]}" for s, _ in fixed])
@@ -108,30 +97,24 @@ def second_order_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, ob
     printer = DensePrinter(names, ctx._c, ctx._t)
 
     def code(expr, fixed):
-        if expr is None:
-            return None
-        if fixed:
-            expr = expr.xreplace({symbol: sp.nsimplify(value) for symbol, value in fixed})
-        lowered = lower(sp.powsimp(expr, deep=True), base)
-        return printer.doprint(lowered)
+        return None if expr is None else printer.doprint(lower_at(expr, base, fixed))
+
+    def step(step_name):
+        return by_name[step_name].rhs if step_name is not None else None
 
     variants = {}
     kernel_variant = {}
-    for key, (transformed, fixed) in _variants(ks, loss).items():
+    for kernel in ks:  # a variant: the transform on or off, the parameters fixed at off
+        transformed, fixed = kernel.transformed, off_parameters(loss, dict(kernel.flags))
         name = _variant_name(transformed, fixed, loss)
-        kernel_variant[key] = name
+        kernel_variant[kernel.key] = name
         if name in variants:
             continue
-        kernel = next(k for k in ks if _variants((k,), loss)[k.key] == (transformed, fixed))
         printed = array_kernel_context(kernel, "torch")
         var = "u" if transformed else "x"
         terms = []
         for info in base.terms:
             so = next(f for f in found if f.term == info.term and f.var == var)
-
-            def step(step_name):
-                return by_name[step_name].rhs if step_name is not None else None
-
             quantities = {
                 "gradient": step(so.gradient),
                 "hvp": step(so.hvp),
