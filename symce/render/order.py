@@ -143,6 +143,54 @@ def _factor_key(f: sp.Expr, params: frozenset[sp.Symbol]):
     return (_group(f, params), sp.default_sort_key(f.xreplace(_padded(f))))
 
 
+class SignedTerms:
+    """A sum printed as its signed terms in :func:`ordered_terms` order, a family of
+    more than ``self.runs`` class terms abbreviated to first, second, dots, last.
+
+    A printer mixes it in before its SymPy base and says how it writes a minus
+    between terms (``MINUS``), a leading one (``LEADING_MINUS``), the dots
+    (``DOTS``) and a bracketed sum (:meth:`bracketed`).
+    """
+
+    MINUS = " - "
+    LEADING_MINUS = "- "
+    DOTS = r"\cdots"
+    runs: int | None
+
+    def bracketed(self, text: str) -> str:
+        return f"({text})"
+
+    def _print_Add(self, expr, order=None) -> str:
+        return "".join(self.term_pieces(expr))
+
+    def term_pieces(self, expr: sp.Add) -> list[str]:
+        """Each term with its sign: ``["q_{k}", " - p_{k}"]``."""
+        items = ordered_terms(expr)
+        if self.runs is not None and len(items) > self.runs:
+            items = term_runs(items, min_run=4)
+        out: list[str] = []
+        for item in items:
+            if isinstance(item, Run) and item.abbreviated:
+                first, second, last = item.terms[0], item.terms[1], item.terms[-1]
+                sign = self.MINUS if first.could_extract_minus_sign() else " + "
+                out += [self._signed(first, not out), self._signed(second, False),
+                        f"{sign}{self.DOTS}", self._signed(last, False)]
+            else:
+                for term in (item.terms if isinstance(item, Run) else (item,)):
+                    out.append(self._signed(term, not out))
+        return out
+
+    def _signed(self, term: sp.Expr, first: bool) -> str:
+        negative = term.could_extract_minus_sign()
+        body = -term if negative else term
+        text = self._print(body)  # type: ignore[attr-defined]  (the SymPy printer's)
+        if body.is_Add:
+            text = self.bracketed(text)
+        if first:
+            return f"{self.LEADING_MINUS}{text}" if negative else text
+        return f"{self.MINUS}{text}" if negative else f" + {text}"
+
+
 @dataclass(frozen=True)
 class Product:
     """A product as read: its sign, the numerator's and the denominator's factors."""

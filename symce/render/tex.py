@@ -16,19 +16,18 @@ from symce.render.order import (
     DDOTS,
     HDOTS,
     VDOTS,
-    Run,
+    SignedTerms,
     breakable,
     display_form,
     ordered_terms,
     split_product,
-    term_runs,
 )
 
 _MARKERS = {HDOTS: r"\cdots", VDOTS: r"\vdots", DDOTS: r"\ddots"}
 _NAMES = {"ell": r"\ell", "ell_t": r"\ell_{t}"}
 
 
-class TexPrinter(LatexPrinter):
+class TexPrinter(SignedTerms, LatexPrinter):
     """LaTeX in conventional order; ``runs``: abbreviate class families of that size."""
 
     def __init__(self, params: frozenset[sp.Symbol] = frozenset(), runs: int | None = None,
@@ -114,37 +113,8 @@ class TexPrinter(LatexPrinter):
     def _as_ordered_terms(self, expr, order=None):
         return ordered_terms(expr)
 
-    def _print_Add(self, expr: sp.Add, order=None) -> str:
-        return "".join(self.term_pieces(expr))
-
-    def term_pieces(self, expr: sp.Add) -> list[str]:
-        """Each term with its sign: ``["q_{k}", " - p_{k}"]``."""
-        items = ordered_terms(expr)
-        if self.runs is not None and len(items) > self.runs:
-            items = term_runs(items, min_run=4)
-        out: list[str] = []
-        for item in items:
-            if isinstance(item, Run) and item.abbreviated:
-                first, second, last = item.terms[0], item.terms[1], item.terms[-1]
-                negative = first.could_extract_minus_sign()
-                sign = " - " if negative else " + "
-                out += [self._signed(first, not out), self._signed(second, False),
-                        f"{sign}\\cdots", self._signed(last, False)]
-            else:
-                terms = item.terms if isinstance(item, Run) else (item,)
-                for t in terms:
-                    out.append(self._signed(t, not out))
-        return out
-
-    def _signed(self, term: sp.Expr, first: bool) -> str:
-        negative = term.could_extract_minus_sign()
-        body = -term if negative else term
-        text = self._print(body)
-        if body.is_Add:
-            text = rf"\left({text}\right)"
-        if first:
-            return f"- {text}" if negative else text
-        return f" - {text}" if negative else f" + {text}"
+    def bracketed(self, text: str) -> str:
+        return rf"\left({text}\right)"
 
     def _needs_mul_brackets(self, expr, first=False, last=False) -> bool:
         if isinstance(expr, sp.UnevaluatedExpr):

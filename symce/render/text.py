@@ -18,12 +18,10 @@ from symce.render.order import (
     DDOTS,
     HDOTS,
     VDOTS,
-    Run,
+    SignedTerms,
     breakable,
     display_form,
-    ordered_terms,
     split_product,
-    term_runs,
 )
 
 MINUS = "−"
@@ -56,9 +54,12 @@ def symbol_name(name: str) -> str:
     return base + subscript(index) if index else base
 
 
-class TextPrinter(StrPrinter):
+class TextPrinter(SignedTerms, StrPrinter):
     """One-line Unicode; ``runs``: abbreviate class families of that size."""
 
+    LEADING_MINUS = MINUS  # (before MINUS is rebound in this class's body)
+    MINUS = f" {MINUS} "
+    DOTS = "⋯"
     printmethod = "_symce_text"  # not the objects' own ``_sympystr`` (``q[k]``)
 
     def __init__(self, params: frozenset[sp.Symbol] = frozenset(), runs: int | None = None):
@@ -137,35 +138,6 @@ class TextPrinter(StrPrinter):
         return f"{head} ({text})" if body.is_Add else f"{head} {text}"
 
     # -- sums and products ------------------------------------------------------
-    def _print_Add(self, expr, order=None) -> str:
-        return "".join(self.term_pieces(expr))
-
-    def term_pieces(self, expr: sp.Add) -> list[str]:
-        items = ordered_terms(expr)
-        if self.runs is not None and len(items) > self.runs:
-            items = term_runs(items, min_run=4)
-        out: list[str] = []
-        for item in items:
-            if isinstance(item, Run) and item.abbreviated:
-                first, second, last = item.terms[0], item.terms[1], item.terms[-1]
-                sign = f" {MINUS} " if first.could_extract_minus_sign() else " + "
-                out += [self._signed(first, not out), self._signed(second, False),
-                        f"{sign}⋯", self._signed(last, False)]
-            else:
-                for t in (item.terms if isinstance(item, Run) else (item,)):
-                    out.append(self._signed(t, not out))
-        return out
-
-    def _signed(self, term, first: bool) -> str:
-        negative = term.could_extract_minus_sign()
-        body = -term if negative else term
-        text = self._print(body)
-        if body.is_Add:
-            text = f"({text})"
-        if first:
-            return f"{MINUS}{text}" if negative else text
-        return f" {MINUS} {text}" if negative else f" + {text}"
-
     def _factor(self, f, first: bool, last: bool) -> str:
         text = self._print(f)
         if isinstance(f, sp.UnevaluatedExpr):
