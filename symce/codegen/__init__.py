@@ -85,9 +85,14 @@ def generate(loss: str = "cross_entropy", backend: str = "numpy") -> str:
 
 
 def loss_files(loss: str) -> dict[str, str]:
-    """File name → source of one loss's modules, every available backend."""
-    return {file_name(loss, backend): generate(loss, backend)
-            for backend in BACKENDS if backend in BACKEND_CONTEXTS}
+    """File name → source of one loss's modules: every available backend, and the
+    products built on it (:mod:`symce.codegen.products`)."""
+    from symce.codegen.products import products
+
+    files = {file_name(loss, backend): generate(loss, backend)
+             for backend in BACKENDS if backend in BACKEND_CONTEXTS}
+    files.update({name: product.make() for name, product in products(loss).items()})
+    return files
 
 
 def generated_files() -> dict[str, str]:
