@@ -330,12 +330,11 @@ static inline __attribute__((always_inline)) float symce_log(float b)
     return b > 0.0f ? finite : (b == 0.0f ? -INFINITY : NAN);
 }
 
-/* tanh(x): x + x^3 Q(x^2) for |x| < 0.625f (Q of degree 5), else
- * (1 - E) / (1 + E) with E = e^(-2|x|) for |x| up to 9.5 (tanh rounds to 1
- * from 9.02 on), the sign copied.  Within 3 ulps.  E skips symce_exp's error
- * carry and clamp: t = -2|x| log2(e) >= -27.5, and t's rounding error moves
- * the result by 2E times as much, under 5e-8 relative at most (|x| = 0.625). */
-static inline __attribute__((always_inline)) float symce_tanh(float x)
+/* tanh(x) for |x| < 0.625f: x + x^3 Q(x^2), Q of degree 5, the sign
+ * copied (within 3 ulps there; outside, use symce_tanh).  symce_tanh is this
+ * polynomial below 0.625f: a row whose arguments all lie below it
+ * calls this alone for the same bits, without the exponential branch. */
+static inline __attribute__((always_inline)) float symce_tanh_small(float x)
 {
     const float a = fabsf(x);
     const float v = a * a;
@@ -345,14 +344,25 @@ static inline __attribute__((always_inline)) float symce_tanh(float x)
     poly = fmaf(poly, v, -0.053959259577204544f);
     poly = fmaf(poly, v, 0.1333330355691574f);
     poly = fmaf(poly, v, -0.3333333317214036f);
-    const float small = fmaf(a * v, poly, a);
+    return copysignf(fmaf(a * v, poly, a), x);
+}
+
+/* tanh(x): the polynomial above for |x| < 0.625f, else
+ * (1 - E) / (1 + E) with E = e^(-2|x|) for |x| up to 9.5 (tanh rounds to 1
+ * from 9.02 on), the sign copied.  Within 3 ulps.  E skips symce_exp's error
+ * carry and clamp: t = -2|x| log2(e) >= -27.5, and t's rounding error moves
+ * the result by 2E times as much, under 5e-8 relative at most (|x| = 0.625). */
+static inline __attribute__((always_inline)) float symce_tanh(float x)
+{
+    const float a = fabsf(x);
+    const float small = symce_tanh_small(x);
     const float t = (a < 9.5f ? a : 9.5f) * (-2.0f * SYMCE_LOG2E_HI);
     const float k = (t + 12582912.0f) - 12582912.0f;
     const union { uint32_t bits; float value; } two_k = {(uint32_t)((int32_t)k + 127) << 23};
     const float e = symce_exp2_reduced(t - k) * two_k.value;
-    const float large = (1.0f - e) / (1.0f + e);
+    const float large = copysignf((1.0f - e) / (1.0f + e), x);
     /* NaN fails the comparison: the polynomial's NaN */
-    return copysignf(a >= 0.625f ? large : small, x);
+    return a >= 0.625f ? large : small;
 }
 
 /* e^(a * l): b^a with l = log(b) (shared where one base has several
@@ -390,6 +400,13 @@ void symce_vector_tanh(const float *restrict in, float *restrict out, int64_t n)
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i)
         out[i] = symce_tanh(in[i]);
+}
+
+void symce_vector_tanh_small(const float *restrict in, float *restrict out, int64_t n)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = symce_tanh_small(in[i]);
 }
 
 void symce_vector_pow(const float *restrict base, const float *restrict exponent,
@@ -854,10 +871,15 @@ static void row_index_softcap(const symce_args_index_softcap *restrict A, int64_
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e */
@@ -875,11 +897,20 @@ static void row_index_softcap(const symce_args_index_softcap *restrict A, int64_
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -1661,10 +1692,15 @@ static void row_index_z_loss_softcap(const symce_args_index_z_loss_softcap *rest
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e */
@@ -1682,11 +1718,20 @@ static void row_index_z_loss_softcap(const symce_args_index_z_loss_softcap *rest
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -2495,10 +2540,15 @@ static void row_index_smoothed_softcap(const symce_args_index_smoothed_softcap *
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e, sum_z */
@@ -2518,11 +2568,20 @@ static void row_index_smoothed_softcap(const symce_args_index_smoothed_softcap *
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -3378,10 +3437,15 @@ static void row_index_smoothed_z_loss_softcap(const symce_args_index_smoothed_z_
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e, sum_z */
@@ -3401,11 +3465,20 @@ static void row_index_smoothed_z_loss_softcap(const symce_args_index_smoothed_z_
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -4235,10 +4308,15 @@ static void row_index_weighted_softcap(const symce_args_index_weighted_softcap *
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e */
@@ -4256,11 +4334,20 @@ static void row_index_weighted_softcap(const symce_args_index_weighted_softcap *
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -5056,10 +5143,15 @@ static void row_index_weighted_z_loss_softcap(const symce_args_index_weighted_z_
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e */
@@ -5077,11 +5169,20 @@ static void row_index_weighted_z_loss_softcap(const symce_args_index_weighted_z_
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -5921,10 +6022,15 @@ static void row_index_weighted_smoothed_softcap(const symce_args_index_weighted_
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_wz, sum_e */
@@ -5944,11 +6050,20 @@ static void row_index_weighted_smoothed_softcap(const symce_args_index_weighted_
         float part_sum_wz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -6853,10 +6968,15 @@ static void row_index_weighted_smoothed_z_loss_softcap(const symce_args_index_we
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_wz, sum_e */
@@ -6876,11 +6996,20 @@ static void row_index_weighted_smoothed_z_loss_softcap(const symce_args_index_we
         float part_sum_wz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -7764,10 +7893,15 @@ static void row_probability_softcap(const symce_args_probability_softcap *restri
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pz, sum_e, sum_p */
     double acc_sum_pz[SYMCE_SUM_LANES] = {0};
@@ -7789,11 +7923,20 @@ static void row_probability_softcap(const symce_args_probability_softcap *restri
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -8677,10 +8820,15 @@ static void row_probability_z_loss_softcap(const symce_args_probability_z_loss_s
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pz, sum_e, sum_p */
     double acc_sum_pz[SYMCE_SUM_LANES] = {0};
@@ -8702,11 +8850,20 @@ static void row_probability_z_loss_softcap(const symce_args_probability_z_loss_s
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -9617,10 +9774,15 @@ static void row_probability_smoothed_softcap(const symce_args_probability_smooth
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pz, sum_e, sum_p, sum_z */
     double acc_sum_pz[SYMCE_SUM_LANES] = {0};
@@ -9644,11 +9806,20 @@ static void row_probability_smoothed_softcap(const symce_args_probability_smooth
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -10606,10 +10777,15 @@ static void row_probability_smoothed_z_loss_softcap(const symce_args_probability
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pz, sum_e, sum_p, sum_z */
     double acc_sum_pz[SYMCE_SUM_LANES] = {0};
@@ -10633,11 +10809,20 @@ static void row_probability_smoothed_z_loss_softcap(const symce_args_probability
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -11575,10 +11760,15 @@ static void row_probability_weighted_softcap(const symce_args_probability_weight
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pw, sum_pwz, sum_e */
     double acc_sum_pw[SYMCE_SUM_LANES] = {0};
@@ -11600,11 +11790,20 @@ static void row_probability_weighted_softcap(const symce_args_probability_weight
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -12534,10 +12733,15 @@ static void row_probability_weighted_z_loss_softcap(const symce_args_probability
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pw, sum_pwz, sum_e */
     double acc_sum_pw[SYMCE_SUM_LANES] = {0};
@@ -12559,11 +12763,20 @@ static void row_probability_weighted_z_loss_softcap(const symce_args_probability
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -13527,10 +13740,15 @@ static void row_probability_weighted_smoothed_softcap(const symce_args_probabili
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pw, sum_wz, sum_pwz, sum_e */
     double acc_sum_pw[SYMCE_SUM_LANES] = {0};
@@ -13554,11 +13772,20 @@ static void row_probability_weighted_smoothed_softcap(const symce_args_probabili
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -14568,10 +14795,15 @@ static void row_probability_weighted_smoothed_z_loss_softcap(const symce_args_pr
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pw, sum_wz, sum_pwz, sum_e */
     double acc_sum_pw[SYMCE_SUM_LANES] = {0};
@@ -14595,11 +14827,20 @@ static void row_probability_weighted_smoothed_z_loss_softcap(const symce_args_pr
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {

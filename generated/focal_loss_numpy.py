@@ -381,12 +381,11 @@ static inline __attribute__((always_inline)) float symce_log(float b)
     return b > 0.0f ? finite : (b == 0.0f ? -INFINITY : NAN);
 }
 
-/* tanh(x): x + x^3 Q(x^2) for |x| < 0.625f (Q of degree 5), else
- * (1 - E) / (1 + E) with E = e^(-2|x|) for |x| up to 9.5 (tanh rounds to 1
- * from 9.02 on), the sign copied.  Within 3 ulps.  E skips symce_exp's error
- * carry and clamp: t = -2|x| log2(e) >= -27.5, and t's rounding error moves
- * the result by 2E times as much, under 5e-8 relative at most (|x| = 0.625). */
-static inline __attribute__((always_inline)) float symce_tanh(float x)
+/* tanh(x) for |x| < 0.625f: x + x^3 Q(x^2), Q of degree 5, the sign
+ * copied (within 3 ulps there; outside, use symce_tanh).  symce_tanh is this
+ * polynomial below 0.625f: a row whose arguments all lie below it
+ * calls this alone for the same bits, without the exponential branch. */
+static inline __attribute__((always_inline)) float symce_tanh_small(float x)
 {
     const float a = fabsf(x);
     const float v = a * a;
@@ -396,14 +395,25 @@ static inline __attribute__((always_inline)) float symce_tanh(float x)
     poly = fmaf(poly, v, -0.053959259577204544f);
     poly = fmaf(poly, v, 0.1333330355691574f);
     poly = fmaf(poly, v, -0.3333333317214036f);
-    const float small = fmaf(a * v, poly, a);
+    return copysignf(fmaf(a * v, poly, a), x);
+}
+
+/* tanh(x): the polynomial above for |x| < 0.625f, else
+ * (1 - E) / (1 + E) with E = e^(-2|x|) for |x| up to 9.5 (tanh rounds to 1
+ * from 9.02 on), the sign copied.  Within 3 ulps.  E skips symce_exp's error
+ * carry and clamp: t = -2|x| log2(e) >= -27.5, and t's rounding error moves
+ * the result by 2E times as much, under 5e-8 relative at most (|x| = 0.625). */
+static inline __attribute__((always_inline)) float symce_tanh(float x)
+{
+    const float a = fabsf(x);
+    const float small = symce_tanh_small(x);
     const float t = (a < 9.5f ? a : 9.5f) * (-2.0f * SYMCE_LOG2E_HI);
     const float k = (t + 12582912.0f) - 12582912.0f;
     const union { uint32_t bits; float value; } two_k = {(uint32_t)((int32_t)k + 127) << 23};
     const float e = symce_exp2_reduced(t - k) * two_k.value;
-    const float large = (1.0f - e) / (1.0f + e);
+    const float large = copysignf((1.0f - e) / (1.0f + e), x);
     /* NaN fails the comparison: the polynomial's NaN */
-    return copysignf(a >= 0.625f ? large : small, x);
+    return a >= 0.625f ? large : small;
 }
 
 /* e^(a * l): b^a with l = log(b) (shared where one base has several
@@ -441,6 +451,13 @@ void symce_vector_tanh(const float *restrict in, float *restrict out, int64_t n)
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i)
         out[i] = symce_tanh(in[i]);
+}
+
+void symce_vector_tanh_small(const float *restrict in, float *restrict out, int64_t n)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = symce_tanh_small(in[i]);
 }
 
 void symce_vector_pow(const float *restrict base, const float *restrict exponent,

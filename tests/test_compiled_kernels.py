@@ -344,6 +344,29 @@ def test_random_inputs(modules, loss, shape, probability, weight, ignore, reduct
     test_against_torch_float64(modules, case)
 
 
+def test_softcap_rows_with_small_and_large_arguments(modules):
+    """A row whose logits all lie within 0.625·softcap takes the polynomial tanh in
+    walk 1, one with a logit beyond it (or inf) the general one: one call holding
+    both kinds of rows, each against torch float64 (and the per-row test is printed
+    into the kernels that keep the capped logits)."""
+    module = modules["cross_entropy"]
+    rng = np.random.default_rng(5)
+    s = 4.0
+    x = rng.uniform(-2.4, 2.4, (6, 700)).astype(np.float32)  # |u/s| <= 0.6: small rows
+    x[1, 3] = 2.6  # 0.65 s: this row is general
+    x[3, 10] = -30.0
+    x[4, :] *= 0.01
+    y = np.array([0, 3, 5, 10, 699, 1])
+    for options in ({"softcap": s}, {"softcap": s, "z_loss": 1e-2, "label_smoothing": 0.2}):
+        got = run(module, "cross_entropy", x, y, reduction="none", **options)
+        want = reference("cross_entropy", x, y, reduction="none", **options)
+        assert_close(got[0], want[0])
+        assert_close(got[1], want[1])
+    kept = [module._C_SOURCES[key] for key, (function, *_) in module._C_KERNELS.items()
+            if function.endswith("softcap")]
+    assert kept and all("symce_tanh_small(" in source for source in kept)
+
+
 @pytest.mark.parametrize("path", ["compiled", "array"])
 def test_focal_gamma_zero_on_a_confident_row_is_cross_entropy(modules, path):
     """gamma = 0 has its own kernels (gamma is specialised, off at 0): cross-entropy's
@@ -423,6 +446,21 @@ def test_tanh_within_3_ulps(library):
     special = _vector(library, "tanh", np.array([np.inf, -np.inf, np.nan, 0.0, -0.0]))
     np.testing.assert_array_equal(special, [1.0, -1.0, np.nan, 0.0, -0.0])
     assert np.signbit(special[-1])
+
+
+def test_tanh_small_is_tanh_below_its_split_point(library):
+    """A row whose tanh arguments all lie below 0.625 calls the polynomial alone
+    (softcap's fast path): the same bits as tanh there, every float32 of a dense
+    sample of (-0.625, 0.625), both signed zeros and the largest float below."""
+    below = np.nextafter(np.float32(0.625), np.float32(0))
+    rng = np.random.default_rng(4)
+    x = np.concatenate([np.linspace(-below, below, 400001, dtype=np.float32),
+                        rng.uniform(-0.625, 0.625, 200000).astype(np.float32),
+                        np.float32([0.0, -0.0, below, -below, 1e-30, -1e-38])])
+    x = x[np.abs(x) < 0.625]
+    small, full = _vector(library, "tanh_small", x), _vector(library, "tanh", x)
+    np.testing.assert_array_equal(small.view(np.uint32), full.view(np.uint32))
+    assert _ulps(small, np.tanh(x.astype(np.float64))).max() <= 3
 
 
 def test_pow_within_2_plus_2_ulps_per_unit_of_its_exponent(library):

@@ -46,13 +46,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import sympy as sp
-from sympy.calculus.singularities import is_increasing
+from sympy.calculus.singularities import is_increasing, is_monotonic
 
-from symce.codegen.c_numeric import numeric_context
+from symce.codegen.c_numeric import TANH_SMALL, float_literal, numeric_context
 from symce.codegen.c_printer import (
     ElementPrinter,
     ExpTimes,
     RowPrinter,
+    SmallTanhPrinter,
     c_identifier,
     element_code,
     power_form,
@@ -222,6 +223,8 @@ class _KernelPrinter:
         self.buffers = ["g"] + (["tg"] if len(self.streams) > 1 else [])
         self.caches = {name: b for name, b in _OUTPUT_OF.items() if b in self.buffers}
         self.scratch = self._scratch()
+        #: the C test that a row's tanh arguments are all small (set by :meth:`maxima`)
+        self.small_test: str | None = None
         self.levels = kernel.levels
         if self.levels < 1:
             raise ValueError(f"kernel {kernel.name} has no class sum: nothing to walk")
@@ -313,7 +316,8 @@ class _KernelPrinter:
 
     # -- element code of one walk variant ---------------------------------------------
     def element_block(self, exprs: Sequence[sp.Expr], cached: Iterable[str],
-                      stores: Iterable[str], layout: _Layout) -> dict[str, object]:
+                      stores: Iterable[str], layout: _Layout,
+                      printer_class: type[ElementPrinter] = ElementPrinter) -> dict[str, object]:
         """The loop body computing ``exprs``: loads, element definitions (an
         exponential read from its buffer where ``cached`` names it), ``stores`` of
         exponentials, common subexpressions; and ``exprs`` printed."""
@@ -333,7 +337,7 @@ class _KernelPrinter:
         for base in sorted(_bases(exprs) | stored, key=lambda b: ELEMENT_NAMES[b]):
             need(base)
         names = _Names(self, layout)
-        printer = ElementPrinter(names, [s.shifted for s in self.streams])
+        printer = printer_class(names, [s.shifted for s in self.streams])
         setup, lines = [], []
 
         def use(line):
@@ -407,11 +411,17 @@ class _KernelPrinter:
                     block = self.element_block(exprs, cached=kept, stores=subset - kept,
                                                layout=layout)
                     block["prefill"] = first["lines"]
+                    if self.small_test is not None:  # the rows whose tanh is its polynomial
+                        block["prefill_small"] = self.element_block(
+                            [], cached=(), stores=kept, layout=layout,
+                            printer_class=SmallTanhPrinter)["lines"]
+                        block["small_test"] = self.small_test
                 elif mode == "store":
                     block = self.element_block(exprs, cached=(), stores=subset, layout=layout)
                 else:
                     block = self.element_block(exprs, cached=subset, stores=(), layout=layout)
                 block.setdefault("prefill", [])
+                block.setdefault("prefill_small", None)
                 block["open"] = opening
                 entry[layout.name] = block
             found.append(entry)
@@ -438,8 +448,38 @@ class _KernelPrinter:
                     names[raw] = layout.row_float.format(name)
                     code = ElementPrinter(names).doprint(power_form(self.invariants(definition)))
                 entry[layout.name] = code
+            entry["small"] = self._small_argument_test(definition, raw, name)
             found.append(entry)
+        tests = [entry["small"] for entry in found]
+        self.small_test = " && ".join(f"{entry['name']}_small" for entry in found
+                                      if entry["small"]) \
+            if any(tests) and all(t is not None for t in tests) else None
         return found
+
+    def _small_argument_test(self, definition: sp.Expr, raw: sp.Indexed, name: str
+                             ) -> str | None:
+        """The C test (rows layout) that every ``tanh`` argument of a stream's
+        transform lies below ``TANH_SMALL`` on the row, from the row's raw maximum
+        ``{name}_f`` and minimum ``{name}_lo``: each argument must be monotonic in the
+        raw logit (SymPy proves it), so its extremes are at those two; ``""`` where
+        the transform has no ``tanh``, ``None`` where the test cannot be made.
+        NaN or inf in the row fail it (the general ``tanh`` then runs)."""
+        arguments = sorted({t.args[0] for t in definition.atoms(sp.tanh)}, key=str)
+        if not arguments:
+            return ""
+        u = sp.Symbol("u_raw", real=True)
+        clauses = []
+        for argument in arguments:
+            if {a for a in argument.atoms(sp.Indexed)} != {raw}:
+                return None
+            if not is_monotonic(argument.xreplace({raw: u}), sp.Reals, u):
+                return None
+            for end in (f"{name}_lo", f"{name}_f"):
+                names = _Names(self, ROWS)
+                names[raw] = end
+                code = ElementPrinter(names).doprint(power_form(self.invariants(argument)))
+                clauses.append(f"fabsf({code}) < {float_literal(TANH_SMALL)}")
+        return " && ".join(clauses)
 
     def logit_gathers(self) -> None:
         """A transformed logit at the target class (``s·tanh(u_y/s)`` in a loss) is

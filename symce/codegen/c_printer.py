@@ -148,6 +148,14 @@ class ElementPrinter(C99CodePrinter):
         return f"{float(expr)!r}f"
 
 
+class SmallTanhPrinter(ElementPrinter):
+    """:class:`ElementPrinter` for a row whose every ``tanh`` argument lies below
+    ``c_numeric.TANH_SMALL`` (the kernel tests it per row): ``tanh`` is its
+    polynomial alone, ``symce_tanh_small``, the same bits as ``symce_tanh`` there."""
+
+    functions: Mapping[type, str] = {**ElementPrinter.functions, sp.tanh: "symce_tanh_small"}
+
+
 def _refuse_element_nodes(expr: sp.Expr) -> None:
     if isinstance(expr, sp.Indexed):
         return
@@ -201,5 +209,5 @@ class RowPrinter(C99CodePrinter):
         raise ValueError(f"the target term is added by the kernel, not printed: {expr}")
 
 
-__all__ = ["ElementPrinter", "ExpTimes", "RowPrinter", "c_identifier", "element_code",
-           "power_form"]
+__all__ = ["ElementPrinter", "ExpTimes", "RowPrinter", "SmallTanhPrinter", "c_identifier",
+           "element_code", "power_form"]
