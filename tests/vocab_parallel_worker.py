@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -126,13 +127,13 @@ def _slice(t, start, stop, dim):
     return t.narrow(dim, start, stop - start)
 
 
-def run_cases(vp, group, rank: int, split, counter: Counter) -> dict:
-    """Every case and reduction on ``group``; returns the collectives counted."""
+def run_cases(vp, group, rank: int, split, counter: Counter, cases=None) -> dict:
+    """Every case (of ``cases``) and reduction on ``group``; the collectives counted."""
     n_classes = sum(split)
     start = sum(split[:rank])
     stop = start + split[rank]
     counts = {"forward": set(), "backward": set(), "cases": 0}
-    for number, case in enumerate(CASES):
+    for number, case in enumerate(CASES if cases is None else cases):
         for reduction in REDUCTIONS:
             x, target, weight, g = _inputs(1000 * len(split) + number, n_classes, case)
             dim = 0 if case.get("single") else 1
@@ -229,6 +230,7 @@ def dtensor_parity(vp, rank: int, world: int) -> int:
 
 def main(rank: int, world: int, port: int, out: str) -> None:
     os.environ["SYMCE_COMPILE"] = "0"  # the reference's array code: no compiler in 4 ranks
+    torch.set_num_threads(1)  # 4 ranks on a few cores: no oversubscription
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
@@ -236,15 +238,20 @@ def main(rank: int, world: int, port: int, out: str) -> None:
         counter = Counter()
         groups = {size: dist.new_group(list(range(size))) if size < world else None
                   for size in SPLITS}
-        report = {"groups": {}}
+        report = {"groups": {}, "seconds": {}}
         for size, group in groups.items():
             if rank < size:
+                started = time.perf_counter()
                 report["groups"][size] = run_cases(vp, group, rank, SPLITS[size], counter)
+                report["seconds"][size] = time.perf_counter() - started
                 report["groups"][size]["out_of_range"] = out_of_range(vp, group, rank,
                                                                       SPLITS[size])
         # the group still works after every rank raised: no rank is left waiting
-        report["after_error"] = run_cases(vp, None, rank, SPLITS[world], counter)["cases"]
+        report["after_error"] = run_cases(vp, None, rank, SPLITS[world], counter,
+                                          CASES[:2])["cases"]
+        started = time.perf_counter()
         report["dtensor"] = dtensor_parity(vp, rank, world)
+        report["seconds"]["dtensor"] = time.perf_counter() - started
         Path(out, f"rank{rank}.json").write_text(json.dumps(report))
     finally:
         dist.destroy_process_group()
