@@ -105,6 +105,13 @@ def _gather(a, y, owned):
     return torch.where(owned, found, torch.zeros_like(found))
 
 
+def _whole(value, like):
+    """``value`` as a tensor of ``like``'s shape that can be written in place."""
+    if value.shape == like.shape:
+        return value
+    return torch.broadcast_to(value, like.shape).clone()
+
+
 def _add_at_target(grad, y, owned, value):
     """``grad[row, y] += value`` for the rows whose target class this slice owns."""
     value = torch.broadcast_to(torch.as_tensor(value, dtype=grad.dtype), y.shape)
@@ -117,7 +124,7 @@ def _forward_index(u, y, owned, valid, p, w, n_local, comm,
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     sum_e, u_y, n_classes, owners = comm.sum(
@@ -135,8 +142,7 @@ def _gradient_index(saved, y, owned, valid, p, w,
     """This slice's gradient from the combined row values (no collective)."""
     e = saved["e"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (scale_cross_entropy*valid/sum_e) * (e)
+    grad = _whole((scale_cross_entropy*valid/sum_e) * (e), saved["e"])
     _add_at_target(grad, y, owned, -scale_cross_entropy*valid)
     return grad
 
@@ -147,7 +153,7 @@ def _forward_index_softcap(u, y, owned, valid, p, w, n_local, comm,
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     sum_e, u_y, n_classes, owners = comm.sum(
@@ -167,8 +173,7 @@ def _gradient_index_softcap(saved, y, owned, valid, p, w,
     e = saved["e"]
     u_y = saved["u_y"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-scale_cross_entropy*valid/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole((-scale_cross_entropy*valid/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (scale_cross_entropy*valid/sum_e) * (e)
     _add_at_target(grad, y, owned, scale_cross_entropy*valid*(torch.tanh(u_y/softcap)**2 - 1))
     return grad
@@ -180,7 +185,7 @@ def _forward_index_z_loss(u, y, owned, valid, p, w, n_local, comm,
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     sum_e, u_y, n_classes, owners = comm.sum(
@@ -199,8 +204,7 @@ def _gradient_index_z_loss(saved, y, owned, valid, p, w,
     e = saved["e"]
     m = saved["m"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy)/sum_e) * (e)
+    grad = _whole((valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy)/sum_e) * (e), saved["e"])
     _add_at_target(grad, y, owned, -scale_cross_entropy*valid)
     return grad
 
@@ -211,7 +215,7 @@ def _forward_index_z_loss_softcap(u, y, owned, valid, p, w, n_local, comm,
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     sum_e, u_y, n_classes, owners = comm.sum(
@@ -232,8 +236,7 @@ def _gradient_index_z_loss_softcap(saved, y, owned, valid, p, w,
     m = saved["m"]
     u_y = saved["u_y"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy)/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole((-valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy)/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy)/sum_e) * (e)
     _add_at_target(grad, y, owned, scale_cross_entropy*valid*(torch.tanh(u_y/softcap)**2 - 1))
     return grad
@@ -245,7 +248,7 @@ def _forward_index_smoothed(u, y, owned, valid, p, w, n_local, comm,
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
@@ -265,8 +268,7 @@ def _gradient_index_smoothed(saved, y, owned, valid, p, w,
     e = saved["e"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (1)
+    grad = _whole((-label_smoothing*scale_cross_entropy*valid/n_classes) * (1), saved["e"])
     grad += (scale_cross_entropy*valid/sum_e) * (e)
     _add_at_target(grad, y, owned, scale_cross_entropy*valid*(label_smoothing - 1))
     return grad
@@ -278,7 +280,7 @@ def _forward_index_smoothed_softcap(u, y, owned, valid, p, w, n_local, comm,
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
@@ -300,8 +302,7 @@ def _gradient_index_smoothed_softcap(saved, y, owned, valid, p, w,
     u_y = saved["u_y"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (1)
+    grad = _whole((-label_smoothing*scale_cross_entropy*valid/n_classes) * (1), saved["e"])
     grad += (-scale_cross_entropy*valid/(softcap**2*sum_e)) * (e*x**2)
     grad += (scale_cross_entropy*valid/sum_e) * (e)
     grad += (label_smoothing*scale_cross_entropy*valid/(n_classes*softcap**2)) * (x**2)
@@ -315,7 +316,7 @@ def _forward_index_smoothed_z_loss(u, y, owned, valid, p, w, n_local, comm,
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
@@ -336,8 +337,7 @@ def _gradient_index_smoothed_z_loss(saved, y, owned, valid, p, w,
     m = saved["m"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (1)
+    grad = _whole((-label_smoothing*scale_cross_entropy*valid/n_classes) * (1), saved["e"])
     grad += (valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy)/sum_e) * (e)
     _add_at_target(grad, y, owned, scale_cross_entropy*valid*(label_smoothing - 1))
     return grad
@@ -349,7 +349,7 @@ def _forward_index_smoothed_z_loss_softcap(u, y, owned, valid, p, w, n_local, co
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
@@ -372,8 +372,7 @@ def _gradient_index_smoothed_z_loss_softcap(saved, y, owned, valid, p, w,
     u_y = saved["u_y"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (1)
+    grad = _whole((-label_smoothing*scale_cross_entropy*valid/n_classes) * (1), saved["e"])
     grad += (-valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy)/(softcap**2*sum_e)) * (e*x**2)
     grad += (valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy)/sum_e) * (e)
     grad += (label_smoothing*scale_cross_entropy*valid/(n_classes*softcap**2)) * (x**2)
@@ -387,7 +386,7 @@ def _forward_index_weighted(u, y, owned, valid, p, w, n_local, comm,
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
@@ -407,8 +406,7 @@ def _gradient_index_weighted(saved, y, owned, valid, p, w,
     e = saved["e"]
     w_y = saved["w_y"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (scale_cross_entropy*valid*w_y/sum_e) * (e)
+    grad = _whole((scale_cross_entropy*valid*w_y/sum_e) * (e), saved["e"])
     _add_at_target(grad, y, owned, -scale_cross_entropy*valid*w_y)
     return grad
 
@@ -419,7 +417,7 @@ def _forward_index_weighted_softcap(u, y, owned, valid, p, w, n_local, comm,
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
@@ -441,8 +439,7 @@ def _gradient_index_weighted_softcap(saved, y, owned, valid, p, w,
     u_y = saved["u_y"]
     w_y = saved["w_y"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-scale_cross_entropy*valid*w_y/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole((-scale_cross_entropy*valid*w_y/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (scale_cross_entropy*valid*w_y/sum_e) * (e)
     _add_at_target(grad, y, owned, scale_cross_entropy*valid*w_y*(torch.tanh(u_y/softcap)**2 - 1))
     return grad
@@ -454,7 +451,7 @@ def _forward_index_weighted_z_loss(u, y, owned, valid, p, w, n_local, comm,
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
@@ -475,8 +472,7 @@ def _gradient_index_weighted_z_loss(saved, y, owned, valid, p, w,
     m = saved["m"]
     w_y = saved["w_y"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*w_y)/sum_e) * (e)
+    grad = _whole((valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*w_y)/sum_e) * (e), saved["e"])
     _add_at_target(grad, y, owned, -scale_cross_entropy*valid*w_y)
     return grad
 
@@ -487,7 +483,7 @@ def _forward_index_weighted_z_loss_softcap(u, y, owned, valid, p, w, n_local, co
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
@@ -510,8 +506,7 @@ def _gradient_index_weighted_z_loss_softcap(saved, y, owned, valid, p, w,
     u_y = saved["u_y"]
     w_y = saved["w_y"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*w_y)/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole((-valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*w_y)/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*w_y)/sum_e) * (e)
     _add_at_target(grad, y, owned, scale_cross_entropy*valid*w_y*(torch.tanh(u_y/softcap)**2 - 1))
     return grad
@@ -523,7 +518,7 @@ def _forward_index_weighted_smoothed(u, y, owned, valid, p, w, n_local, comm,
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_wz = _class_dot(w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -547,8 +542,7 @@ def _gradient_index_weighted_smoothed(saved, y, owned, valid, p, w,
     w_y = saved["w_y"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (scale_cross_entropy*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e) * (e)
+    grad = _whole((scale_cross_entropy*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e) * (e), saved["e"])
     grad += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (w)
     _add_at_target(grad, y, owned, scale_cross_entropy*valid*w_y*(label_smoothing - 1))
     return grad
@@ -560,7 +554,7 @@ def _forward_index_weighted_smoothed_softcap(u, y, owned, valid, p, w, n_local, 
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_wz = _class_dot(w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -586,8 +580,7 @@ def _gradient_index_weighted_smoothed_softcap(saved, y, owned, valid, p, w,
     u_y = saved["u_y"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (scale_cross_entropy*valid*(label_smoothing*w_y - label_smoothing*sum_w/n_classes - w_y)/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole((scale_cross_entropy*valid*(label_smoothing*w_y - label_smoothing*sum_w/n_classes - w_y)/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (label_smoothing*scale_cross_entropy*valid/(n_classes*softcap**2)) * (w*x**2)
     grad += (scale_cross_entropy*valid*(-label_smoothing*w_y + label_smoothing*sum_w/n_classes + w_y)/sum_e) * (e)
     grad += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (w)
@@ -601,7 +594,7 @@ def _forward_index_weighted_smoothed_z_loss(u, y, owned, valid, p, w, n_local, c
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_wz = _class_dot(w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -626,8 +619,7 @@ def _gradient_index_weighted_smoothed_z_loss(saved, y, owned, valid, p, w,
     w_y = saved["w_y"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (valid*(-label_smoothing*scale_cross_entropy*w_y + label_smoothing*scale_cross_entropy*sum_w/n_classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*w_y)/sum_e) * (e)
+    grad = _whole((valid*(-label_smoothing*scale_cross_entropy*w_y + label_smoothing*scale_cross_entropy*sum_w/n_classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*w_y)/sum_e) * (e), saved["e"])
     grad += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (w)
     _add_at_target(grad, y, owned, scale_cross_entropy*valid*w_y*(label_smoothing - 1))
     return grad
@@ -639,7 +631,7 @@ def _forward_index_weighted_smoothed_z_loss_softcap(u, y, owned, valid, p, w, n_
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_wz = _class_dot(w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -666,8 +658,7 @@ def _gradient_index_weighted_smoothed_z_loss_softcap(saved, y, owned, valid, p, 
     u_y = saved["u_y"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (valid*(label_smoothing*scale_cross_entropy*w_y - label_smoothing*scale_cross_entropy*sum_w/n_classes - 2*z_loss*m*scale_z - 2*z_loss*scale_z*torch.log(sum_e) - scale_cross_entropy*w_y)/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole((valid*(label_smoothing*scale_cross_entropy*w_y - label_smoothing*scale_cross_entropy*sum_w/n_classes - 2*z_loss*m*scale_z - 2*z_loss*scale_z*torch.log(sum_e) - scale_cross_entropy*w_y)/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (label_smoothing*scale_cross_entropy*valid/(n_classes*softcap**2)) * (w*x**2)
     grad += (valid*(-label_smoothing*scale_cross_entropy*w_y + label_smoothing*scale_cross_entropy*sum_w/n_classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*w_y)/sum_e) * (e)
     grad += (-label_smoothing*scale_cross_entropy*valid/n_classes) * (w)
@@ -681,7 +672,7 @@ def _forward_probability(u, y, owned, valid, p, w, n_local, comm,
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -701,8 +692,7 @@ def _gradient_probability(saved, y, owned, valid, p, w,
     e = saved["e"]
     sum_e = saved["sum_e"]
     sum_p = saved["sum_p"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (scale_cross_entropy*sum_p/sum_e) * (e)
+    grad = _whole((scale_cross_entropy*sum_p/sum_e) * (e), saved["e"])
     grad += (-scale_cross_entropy) * (p)
     return grad
 
@@ -713,7 +703,7 @@ def _forward_probability_softcap(u, y, owned, valid, p, w, n_local, comm,
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -734,8 +724,7 @@ def _gradient_probability_softcap(saved, y, owned, valid, p, w,
     e = saved["e"]
     sum_e = saved["sum_e"]
     sum_p = saved["sum_p"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-scale_cross_entropy*sum_p/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole((-scale_cross_entropy*sum_p/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (scale_cross_entropy/softcap**2) * (p*x**2)
     grad += (scale_cross_entropy*sum_p/sum_e) * (e)
     grad += (-scale_cross_entropy) * (p)
@@ -748,7 +737,7 @@ def _forward_probability_z_loss(u, y, owned, valid, p, w, n_local, comm,
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -769,8 +758,7 @@ def _gradient_probability_z_loss(saved, y, owned, valid, p, w,
     m = saved["m"]
     sum_e = saved["sum_e"]
     sum_p = saved["sum_p"]
-    grad = torch.zeros_like(saved["e"])
-    grad += ((2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_p)/sum_e) * (e)
+    grad = _whole(((2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_p)/sum_e) * (e), saved["e"])
     grad += (-scale_cross_entropy) * (p)
     return grad
 
@@ -781,7 +769,7 @@ def _forward_probability_z_loss_softcap(u, y, owned, valid, p, w, n_local, comm,
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -803,8 +791,7 @@ def _gradient_probability_z_loss_softcap(saved, y, owned, valid, p, w,
     m = saved["m"]
     sum_e = saved["sum_e"]
     sum_p = saved["sum_p"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_p)/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole((-(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_p)/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (scale_cross_entropy/softcap**2) * (p*x**2)
     grad += ((2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_p)/sum_e) * (e)
     grad += (-scale_cross_entropy) * (p)
@@ -817,7 +804,7 @@ def _forward_probability_smoothed(u, y, owned, valid, p, w, n_local, comm,
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -839,8 +826,7 @@ def _gradient_probability_smoothed(saved, y, owned, valid, p, w,
     sum_e = saved["sum_e"]
     sum_p = saved["sum_p"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-label_smoothing*scale_cross_entropy/n_classes) * (1)
+    grad = _whole((-label_smoothing*scale_cross_entropy/n_classes) * (1), saved["e"])
     grad += (scale_cross_entropy*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e) * (e)
     grad += (scale_cross_entropy*(label_smoothing - 1)) * (p)
     return grad
@@ -852,7 +838,7 @@ def _forward_probability_smoothed_softcap(u, y, owned, valid, p, w, n_local, com
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -875,8 +861,7 @@ def _gradient_probability_smoothed_softcap(saved, y, owned, valid, p, w,
     sum_e = saved["sum_e"]
     sum_p = saved["sum_p"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-label_smoothing*scale_cross_entropy/n_classes) * (1)
+    grad = _whole((-label_smoothing*scale_cross_entropy/n_classes) * (1), saved["e"])
     grad += (scale_cross_entropy*(label_smoothing*sum_p - label_smoothing - sum_p)/(softcap**2*sum_e)) * (e*x**2)
     grad += (scale_cross_entropy*(1 - label_smoothing)/softcap**2) * (p*x**2)
     grad += (scale_cross_entropy*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e) * (e)
@@ -891,7 +876,7 @@ def _forward_probability_smoothed_z_loss(u, y, owned, valid, p, w, n_local, comm
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -914,8 +899,7 @@ def _gradient_probability_smoothed_z_loss(saved, y, owned, valid, p, w,
     sum_e = saved["sum_e"]
     sum_p = saved["sum_p"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-label_smoothing*scale_cross_entropy/n_classes) * (1)
+    grad = _whole((-label_smoothing*scale_cross_entropy/n_classes) * (1), saved["e"])
     grad += ((-label_smoothing*scale_cross_entropy*sum_p + label_smoothing*scale_cross_entropy + 2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_p)/sum_e) * (e)
     grad += (scale_cross_entropy*(label_smoothing - 1)) * (p)
     return grad
@@ -927,7 +911,7 @@ def _forward_probability_smoothed_z_loss_softcap(u, y, owned, valid, p, w, n_loc
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -951,8 +935,7 @@ def _gradient_probability_smoothed_z_loss_softcap(saved, y, owned, valid, p, w,
     sum_e = saved["sum_e"]
     sum_p = saved["sum_p"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-label_smoothing*scale_cross_entropy/n_classes) * (1)
+    grad = _whole((-label_smoothing*scale_cross_entropy/n_classes) * (1), saved["e"])
     grad += ((label_smoothing*scale_cross_entropy*sum_p - label_smoothing*scale_cross_entropy - 2*z_loss*m*scale_z - 2*z_loss*scale_z*torch.log(sum_e) - scale_cross_entropy*sum_p)/(softcap**2*sum_e)) * (e*x**2)
     grad += (scale_cross_entropy*(1 - label_smoothing)/softcap**2) * (p*x**2)
     grad += ((-label_smoothing*scale_cross_entropy*sum_p + label_smoothing*scale_cross_entropy + 2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_p)/sum_e) * (e)
@@ -967,7 +950,7 @@ def _forward_probability_weighted(u, y, owned, valid, p, w, n_local, comm,
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -987,8 +970,7 @@ def _gradient_probability_weighted(saved, y, owned, valid, p, w,
     e = saved["e"]
     sum_pw = saved["sum_pw"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-scale_cross_entropy) * (p*w)
+    grad = _whole((-scale_cross_entropy) * (p*w), saved["e"])
     grad += (scale_cross_entropy*sum_pw/sum_e) * (e)
     return grad
 
@@ -999,7 +981,7 @@ def _forward_probability_weighted_softcap(u, y, owned, valid, p, w, n_local, com
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -1020,8 +1002,7 @@ def _gradient_probability_weighted_softcap(saved, y, owned, valid, p, w,
     e = saved["e"]
     sum_pw = saved["sum_pw"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-scale_cross_entropy*sum_pw/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole((-scale_cross_entropy*sum_pw/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (-scale_cross_entropy) * (p*w)
     grad += (scale_cross_entropy/softcap**2) * (p*w*x**2)
     grad += (scale_cross_entropy*sum_pw/sum_e) * (e)
@@ -1034,7 +1015,7 @@ def _forward_probability_weighted_z_loss(u, y, owned, valid, p, w, n_local, comm
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -1055,8 +1036,7 @@ def _gradient_probability_weighted_z_loss(saved, y, owned, valid, p, w,
     m = saved["m"]
     sum_pw = saved["sum_pw"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-scale_cross_entropy) * (p*w)
+    grad = _whole((-scale_cross_entropy) * (p*w), saved["e"])
     grad += ((2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_pw)/sum_e) * (e)
     return grad
 
@@ -1067,7 +1047,7 @@ def _forward_probability_weighted_z_loss_softcap(u, y, owned, valid, p, w, n_loc
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -1089,8 +1069,7 @@ def _gradient_probability_weighted_z_loss_softcap(saved, y, owned, valid, p, w,
     m = saved["m"]
     sum_pw = saved["sum_pw"]
     sum_e = saved["sum_e"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (-(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_pw)/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole((-(2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_pw)/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (-scale_cross_entropy) * (p*w)
     grad += (scale_cross_entropy/softcap**2) * (p*w*x**2)
     grad += ((2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_pw)/sum_e) * (e)
@@ -1103,7 +1082,7 @@ def _forward_probability_weighted_smoothed(u, y, owned, valid, p, w, n_local, co
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_pw = _class_dot(p, w)
     sum_wz = _class_dot(w, z)
@@ -1127,8 +1106,7 @@ def _gradient_probability_weighted_smoothed(saved, y, owned, valid, p, w,
     sum_pw = saved["sum_pw"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (scale_cross_entropy*(label_smoothing - 1)) * (p*w)
+    grad = _whole((scale_cross_entropy*(label_smoothing - 1)) * (p*w), saved["e"])
     grad += (scale_cross_entropy*(-label_smoothing*sum_pw + label_smoothing*sum_w/n_classes + sum_pw)/sum_e) * (e)
     grad += (-label_smoothing*scale_cross_entropy/n_classes) * (w)
     return grad
@@ -1140,7 +1118,7 @@ def _forward_probability_weighted_smoothed_softcap(u, y, owned, valid, p, w, n_l
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_pw = _class_dot(p, w)
     sum_wz = _class_dot(w, z)
@@ -1165,8 +1143,7 @@ def _gradient_probability_weighted_smoothed_softcap(saved, y, owned, valid, p, w
     sum_pw = saved["sum_pw"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (scale_cross_entropy*(label_smoothing*sum_pw - label_smoothing*sum_w/n_classes - sum_pw)/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole((scale_cross_entropy*(label_smoothing*sum_pw - label_smoothing*sum_w/n_classes - sum_pw)/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (scale_cross_entropy*(label_smoothing - 1)) * (p*w)
     grad += (label_smoothing*scale_cross_entropy/(n_classes*softcap**2)) * (w*x**2)
     grad += (scale_cross_entropy*(1 - label_smoothing)/softcap**2) * (p*w*x**2)
@@ -1181,7 +1158,7 @@ def _forward_probability_weighted_smoothed_z_loss(u, y, owned, valid, p, w, n_lo
     x = u
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_pw = _class_dot(p, w)
     sum_wz = _class_dot(w, z)
@@ -1206,8 +1183,7 @@ def _gradient_probability_weighted_smoothed_z_loss(saved, y, owned, valid, p, w,
     sum_pw = saved["sum_pw"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += (scale_cross_entropy*(label_smoothing - 1)) * (p*w)
+    grad = _whole((scale_cross_entropy*(label_smoothing - 1)) * (p*w), saved["e"])
     grad += ((-label_smoothing*scale_cross_entropy*sum_pw + label_smoothing*scale_cross_entropy*sum_w/n_classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*torch.log(sum_e) + scale_cross_entropy*sum_pw)/sum_e) * (e)
     grad += (-label_smoothing*scale_cross_entropy/n_classes) * (w)
     return grad
@@ -1219,7 +1195,7 @@ def _forward_probability_weighted_smoothed_z_loss_softcap(u, y, owned, valid, p,
     x = softcap*torch.tanh(u/softcap)
     m = comm.max(torch.amax(x, dim=1, keepdim=True))
     z = -m + x
-    e = torch.exp2(1.442695040888963407359924681*z)
+    e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_pw = _class_dot(p, w)
     sum_wz = _class_dot(w, z)
@@ -1245,8 +1221,7 @@ def _gradient_probability_weighted_smoothed_z_loss_softcap(saved, y, owned, vali
     sum_pw = saved["sum_pw"]
     sum_e = saved["sum_e"]
     n_classes = saved["n_classes"]
-    grad = torch.zeros_like(saved["e"])
-    grad += ((label_smoothing*scale_cross_entropy*sum_pw - label_smoothing*scale_cross_entropy*sum_w/n_classes - 2*z_loss*m*scale_z - 2*z_loss*scale_z*torch.log(sum_e) - scale_cross_entropy*sum_pw)/(softcap**2*sum_e)) * (e*x**2)
+    grad = _whole(((label_smoothing*scale_cross_entropy*sum_pw - label_smoothing*scale_cross_entropy*sum_w/n_classes - 2*z_loss*m*scale_z - 2*z_loss*scale_z*torch.log(sum_e) - scale_cross_entropy*sum_pw)/(softcap**2*sum_e)) * (e*x**2), saved["e"])
     grad += (scale_cross_entropy*(label_smoothing - 1)) * (p*w)
     grad += (label_smoothing*scale_cross_entropy/(n_classes*softcap**2)) * (w*x**2)
     grad += (scale_cross_entropy*(1 - label_smoothing)/softcap**2) * (p*w*x**2)

@@ -31,7 +31,7 @@ import sympy as sp
 
 from symce.codegen.ir import STUDENT, K, Kernel, kernels
 from symce.codegen.module import denominators, module_context
-from symce.codegen.printers import array_kernel_context
+from symce.codegen.printers import array_code, array_kernel_context, kernel_names
 from symce.codegen.products import register_product
 from symce.errors import ProofError
 from symce.losses.targets import MASK, N_CLASSES, W, Y
@@ -69,6 +69,12 @@ def _check_local(kernel: Kernel) -> None:
 def _kernel(kernel: Kernel) -> dict[str, object]:
     _check_local(kernel)
     ctx = array_kernel_context(kernel, "torch")
+    # the exponential as the IR defines it: torch's exp is one pass over the slice, the
+    # exp2(z·log2 e) form (for the compiled kernels' machine exp2) two in array code
+    names = kernel_names(kernel)
+    for symbol, definition in kernel.elements:
+        if symbol.base == STUDENT.exp:
+            ctx["elements"]["e"] = array_code(definition, "torch", names)
     sums = [*ctx["constants"], *(ctx["levels"][0] if ctx["levels"] else [])]
     combined = [name for name, _ in sums] + [name for name, _ in ctx["gathers"]]
     used = set().union(*(c.free_symbols | f.free_symbols for c, f in kernel.grad.terms),
