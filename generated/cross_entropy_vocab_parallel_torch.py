@@ -1475,6 +1475,7 @@ class VocabParallelCrossEntropyFunction(torch.autograd.Function):
         return (total, *(reduced[term] for _, term in _RETURNED))
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total, *grad_terms):
         lay, options = ctx.lay, ctx.options
         per_row = options["reduction"] in _PER_ROW
