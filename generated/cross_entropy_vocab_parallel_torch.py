@@ -5,13 +5,14 @@ with the template templates/torch/vocab_parallel.py.j2.
 Do not edit: changes are overwritten.
 Regenerate with: symce build
 
-softmax cross-entropy L = -sum_i c_i log softmax(x)_i (target coefficients c), with z-loss and soft-capping, with the classes split across the ranks of a process group
-(a tensor-parallel vocabulary head).
+softmax cross-entropy L = -sum_i c_i log softmax(x)_i (target coefficients c), with z-loss and soft-capping.
+
+Here the classes are split across the ranks of a process group (a
+tensor-parallel vocabulary head).
 
 ``vocab_parallel_cross_entropy(local_logits, target, *, vocab_start, group=None,
 weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-z_loss=0.0,
-softcap=None, return_z_loss=False)``
+z_loss=0.0, softcap=None, return_z_loss=False)``
 
 ``local_logits`` is this rank's slice ``(N, V_r)`` (or ``(V_r)``, or
 ``(N, V_r, d1, ...)``) of the logits, ``vocab_start`` its first global class;
