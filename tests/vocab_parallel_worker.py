@@ -90,7 +90,8 @@ def _reference(x, target, weight, case, options):
     if options.get("z_loss") or options.get("softcap") is not None:
         ce = load_reference()
         return ce.cross_entropy(x, target, z_loss=options.get("z_loss", 0.0),
-                                softcap=options.get("softcap"), **kw)
+                                softcap=options.get("softcap"),
+                                return_z_loss=options.get("return_z_loss", False), **kw)
     return F.cross_entropy(x, target, **kw)
 
 
@@ -119,6 +120,7 @@ CASES = [
     {"kind": "index", "softcap": 2.5, "ignore": -100},
     {"kind": "index", "weighted": True, "smoothing": 0.2, "z_loss": 0.05, "softcap": 2.0},
     {"kind": "probability", "weighted": True, "smoothing": 0.1, "z_loss": 0.1, "softcap": 3.0},
+    {"kind": "index", "weighted": True, "ignore": -100, "z_loss": 0.2, "return_z_loss": True},
 ]
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -142,6 +144,8 @@ def run_cases(vp, group, rank: int, split, counter: Counter, cases=None) -> dict
                 options["z_loss"] = case["z_loss"]
             if "softcap" in case:
                 options["softcap"] = case["softcap"]
+            if case.get("return_z_loss"):
+                options["return_z_loss"] = True
             local = _slice(x, start, stop, dim).clone().requires_grad_(True)
             local_target = (_slice(target, start, stop, dim)
                             if case["kind"] == "probability" else target)
@@ -154,12 +158,17 @@ def run_cases(vp, group, rank: int, split, counter: Counter, cases=None) -> dict
             loss = vp.vocab_parallel_cross_entropy(local, local_target, vocab_start=start,
                                                    group=group, **kw)
             counts["forward"].add(len(counter.take()))
-            upstream = torch.rand(loss.shape, generator=g, dtype=torch.float64)
-            (grad,) = torch.autograd.grad(loss, local, upstream)
+            # (loss, z_term) with return_z_loss: the gradient of both, each its own upstream
+            outputs = loss if isinstance(loss, tuple) else (loss,)
+            upstream = [torch.rand(o.shape, generator=g, dtype=torch.float64) for o in outputs]
+            (grad,) = torch.autograd.grad(outputs, local, upstream)
             counts["backward"].add(len(counter.take()))
             full = x.clone().requires_grad_(True)
             want = _reference(full, target, weight, case, options)
-            (want_grad,) = torch.autograd.grad(want, full, upstream)
+            wanted = want if isinstance(want, tuple) else (want,)
+            (want_grad,) = torch.autograd.grad(wanted, full, upstream)
+            loss = torch.stack([o.reshape(-1) for o in outputs])
+            want = torch.stack([o.reshape(-1) for o in wanted])
             label = f"group of {len(split)}, rank {rank}, case {case}, {reduction}"
             torch.testing.assert_close(loss, want.detach(), rtol=1e-12, atol=1e-12,
                                        msg=lambda m, label=label: f"{label}: loss: {m}")
