@@ -1518,5 +1518,28 @@ def vocab_parallel_cross_entropy(local_logits, target, *, vocab_start, group=Non
     return (out[0], *returned) if returned else out[0]
 
 
-__all__ = ["PARTITION_STEPS", "VocabParallelCrossEntropyFunction",
-           "vocab_parallel_cross_entropy"]
+class VocabParallelCrossEntropyLoss(torch.nn.Module):
+    """``vocab_parallel_cross_entropy`` as a module: this rank's ``vocab_start`` and the
+    options fixed at construction, ``weight`` (this rank's slice) a buffer."""
+
+    def __init__(self, vocab_start, group=None, weight=None, ignore_index=-100,
+                 reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                 return_z_loss=False):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.vocab_start, self.group, self.ignore_index = vocab_start, group, ignore_index
+        self.reduction, self.label_smoothing = reduction, label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.return_z_loss = return_z_loss
+
+    def forward(self, local_logits, target):
+        return vocab_parallel_cross_entropy(
+            local_logits, target, vocab_start=self.vocab_start, group=self.group,
+            weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+            return_z_loss=self.return_z_loss)
+
+
+__all__ = ["PARTITION_STEPS", "VocabParallelCrossEntropyLoss",
+           "VocabParallelCrossEntropyFunction", "vocab_parallel_cross_entropy"]

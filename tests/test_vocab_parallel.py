@@ -129,3 +129,22 @@ def test_a_wrong_combination_is_refused():
     c_3 = sp.Symbol("c_3", real=True)
     with pytest.raises(ProofError):  # the slice's own coefficient left out
         concrete.replace_step("slice_gradient_concrete", rhs=step.rhs + c_3).check()
+
+
+def test_module_form_without_a_process_group():
+    """Without an initialised group the slice is the whole vocabulary: F.cross_entropy."""
+    import torch.nn.functional as F
+
+    vp = load_generated("cross_entropy_vocab_parallel_torch")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 5, -100, 2, 3])
+    w = torch.rand(6, generator=g, dtype=torch.float64)
+    module = vp.VocabParallelCrossEntropyLoss(0, weight=w, label_smoothing=0.2)
+    loss = module(x, y)
+    (grad,) = torch.autograd.grad(loss, x)
+    x2 = x.detach().requires_grad_(True)
+    want = F.cross_entropy(x2, y, weight=w, label_smoothing=0.2)
+    want.backward()
+    torch.testing.assert_close(loss, want.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, x2.grad, rtol=1e-12, atol=1e-12)
