@@ -1,0 +1,266 @@
+"""One rank of the vocabulary-parallel tests: every case on gloo groups of 2, 3 and 4 ranks.
+
+Run by ``tests/test_vocab_parallel.py`` through ``torch.multiprocessing`` (4
+processes, one spawn): the world of 4 and subgroups of its first 2 and 3
+ranks, each with uneven slices holding a one-class slice.  Every rank makes
+the same full logits from a seed, runs the generated module on its slice and
+compares the loss (the same on every rank) and its gradient slice with
+float64 references on the concatenated logits: ``F.cross_entropy`` for the
+options PyTorch has, the generated ``cross_entropy_torch`` module for z-loss
+and soft-capping, DTensor's ``loss_parallel`` where it applies.  Collectives
+are counted by wrapping ``torch.distributed``'s functions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+GENERATED = Path(__file__).resolve().parent.parent / "generated"
+#: slice sizes per group size (a one-class slice in each)
+SPLITS = {2: (1, 6), 3: (3, 1, 4), 4: (2, 3, 1, 5)}
+ROWS = 6
+COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter",
+               "reduce_scatter_tensor", "broadcast", "all_to_all", "all_to_all_single",
+               "barrier", "gather", "scatter", "reduce", "send", "recv")
+
+
+def load(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, GENERATED / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Counter:
+    """Counts the calls of every collective of ``torch.distributed`` while on."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        for name in COLLECTIVES:
+            original = getattr(dist, name)
+            setattr(dist, name, self._wrap(name, original))
+
+    def _wrap(self, name, original):
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return original(*args, **kwargs)
+        return counted
+
+    def take(self) -> list[str]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def _inputs(seed: int, n_classes: int, case: dict):
+    """The full logits, target, weight and upstream gradient of a case (every rank alike)."""
+    g = torch.Generator().manual_seed(seed)
+    extra = case.get("extra", ())
+    shape = (ROWS, n_classes, *extra)
+    x = 3 * torch.randn(shape, generator=g, dtype=torch.float64)
+    if case.get("single"):
+        x = x[0, :, ...] if not extra else x
+    if case["kind"] == "probability":
+        target = torch.softmax(torch.randn(x.shape, generator=g, dtype=torch.float64),
+                               dim=0 if case.get("single") else 1)
+    else:
+        batch = () if case.get("single") else (ROWS, *extra)
+        target = torch.randint(0, n_classes, batch, generator=g)
+        if "ignore" in case and not case.get("single"):
+            target.view(-1)[::3] = case["ignore"]
+    weight = torch.rand(n_classes, generator=g, dtype=torch.float64) + 0.2
+    return x, target, weight, g
+
+
+def _reference(x, target, weight, case, options):
+    """The loss on the concatenated logits, by an implementation independent of the module."""
+    kw = {"reduction": options["reduction"], "label_smoothing": options["label_smoothing"],
+          "weight": weight if case.get("weighted") else None}
+    if "ignore" in case:
+        kw["ignore_index"] = case["ignore"]
+    if options.get("z_loss") or options.get("softcap") is not None:
+        ce = load_reference()
+        return ce.cross_entropy(x, target, z_loss=options.get("z_loss", 0.0),
+                                softcap=options.get("softcap"),
+                                return_z_loss=options.get("return_z_loss", False), **kw)
+    return F.cross_entropy(x, target, **kw)
+
+
+_REFERENCE = []
+
+
+def load_reference():
+    if not _REFERENCE:
+        _REFERENCE.append(load("cross_entropy_torch"))
+    return _REFERENCE[0]
+
+
+CASES = [
+    {"kind": "index"},
+    {"kind": "index", "weighted": True},
+    {"kind": "index", "weighted": True, "ignore": -100},
+    {"kind": "index", "ignore": 2},
+    {"kind": "index", "smoothing": 0.2},
+    {"kind": "index", "weighted": True, "smoothing": 0.3, "ignore": -100},
+    {"kind": "probability"},
+    {"kind": "probability", "weighted": True, "smoothing": 0.15},
+    {"kind": "index", "weighted": True, "smoothing": 0.1, "ignore": -100, "extra": (3, 2)},
+    {"kind": "probability", "weighted": True, "extra": (2,)},
+    {"kind": "index", "single": True, "weighted": True, "smoothing": 0.2},
+    {"kind": "index", "weighted": True, "smoothing": 0.1, "ignore": -100, "z_loss": 0.1},
+    {"kind": "index", "softcap": 2.5, "ignore": -100},
+    {"kind": "index", "weighted": True, "smoothing": 0.2, "z_loss": 0.05, "softcap": 2.0},
+    {"kind": "probability", "weighted": True, "smoothing": 0.1, "z_loss": 0.1, "softcap": 3.0},
+    {"kind": "index", "weighted": True, "ignore": -100, "z_loss": 0.2, "return_z_loss": True},
+]
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _slice(t, start, stop, dim):
+    return t.narrow(dim, start, stop - start)
+
+
+def run_cases(vp, group, rank: int, split, counter: Counter, cases=None) -> dict:
+    """Every case (of ``cases``) and reduction on ``group``; the collectives counted."""
+    n_classes = sum(split)
+    start = sum(split[:rank])
+    stop = start + split[rank]
+    counts = {"forward": set(), "backward": set(), "cases": 0}
+    for number, case in enumerate(CASES if cases is None else cases):
+        for reduction in REDUCTIONS:
+            x, target, weight, g = _inputs(1000 * len(split) + number, n_classes, case)
+            dim = 0 if case.get("single") else 1
+            options = {"reduction": reduction, "label_smoothing": case.get("smoothing", 0.0)}
+            if "z_loss" in case:
+                options["z_loss"] = case["z_loss"]
+            if "softcap" in case:
+                options["softcap"] = case["softcap"]
+            if case.get("return_z_loss"):
+                options["return_z_loss"] = True
+            local = _slice(x, start, stop, dim).clone().requires_grad_(True)
+            local_target = (_slice(target, start, stop, dim)
+                            if case["kind"] == "probability" else target)
+            kw = dict(options)
+            if case.get("weighted"):
+                kw["weight"] = weight[start:stop]
+            if "ignore" in case:
+                kw["ignore_index"] = case["ignore"]
+            counter.take()
+            loss = vp.vocab_parallel_cross_entropy(local, local_target, vocab_start=start,
+                                                   group=group, **kw)
+            counts["forward"].add(len(counter.take()))
+            # (loss, z_term) with return_z_loss: the gradient of both, each its own upstream
+            outputs = loss if isinstance(loss, tuple) else (loss,)
+            upstream = [torch.rand(o.shape, generator=g, dtype=torch.float64) for o in outputs]
+            (grad,) = torch.autograd.grad(outputs, local, upstream)
+            counts["backward"].add(len(counter.take()))
+            full = x.clone().requires_grad_(True)
+            want = _reference(full, target, weight, case, options)
+            wanted = want if isinstance(want, tuple) else (want,)
+            (want_grad,) = torch.autograd.grad(wanted, full, upstream)
+            loss = torch.stack([o.reshape(-1) for o in outputs])
+            want = torch.stack([o.reshape(-1) for o in wanted])
+            label = f"group of {len(split)}, rank {rank}, case {case}, {reduction}"
+            torch.testing.assert_close(loss, want.detach(), rtol=1e-12, atol=1e-12,
+                                       msg=lambda m, label=label: f"{label}: loss: {m}")
+            torch.testing.assert_close(grad, _slice(want_grad, start, stop, dim),
+                                       rtol=1e-10, atol=1e-12,
+                                       msg=lambda m, label=label: f"{label}: gradient: {m}")
+            counts["cases"] += 1
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in counts.items()}
+
+
+def out_of_range(vp, group, rank: int, split) -> list[str]:
+    """A class index outside the classes (the same on every rank) raises on every rank."""
+    start = sum(split[:rank])
+    found = []
+    for bad in (sum(split), -5):
+        x = torch.randn(ROWS, split[rank], dtype=torch.float64)
+        target = torch.zeros(ROWS, dtype=torch.int64)
+        target[3] = bad
+        try:
+            vp.vocab_parallel_cross_entropy(x, target, vocab_start=start, group=group)
+        except ValueError as exc:
+            found.append(str(exc))
+        else:
+            found.append("no error")
+    return found
+
+
+def dtensor_parity(vp, rank: int, world: int) -> int:
+    """The module against DTensor's loss_parallel (weight, ignore_index, reductions)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    mesh = init_device_mesh("cpu", (world,))
+    g = torch.Generator().manual_seed(7)
+    n_classes = 3 * world - 1  # chunks of DTensor's Shard: uneven, none empty
+    x = torch.randn(ROWS, n_classes, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, n_classes, (ROWS,), generator=g)
+    weight = torch.rand(n_classes, generator=g, dtype=torch.float64) + 0.1
+    checked = 0
+    for weighted in (False, True):
+        for reduction in REDUCTIONS:
+            target = labels.clone()
+            if not weighted:  # loss_parallel's backward fails on ignored rows with weights
+                target[1] = -100
+            dx = distribute_tensor(x, mesh, [Shard(1)]).requires_grad_(True)
+            kw = {"reduction": reduction, "ignore_index": -100}
+            if weighted:
+                kw["weight"] = distribute_tensor(weight, mesh, [Replicate()])
+            with loss_parallel():
+                want = F.cross_entropy(dx, target, **kw)
+                want.sum().backward()
+            mine = dx.to_local().detach().clone().requires_grad_(True)
+            sizes = [len(c) for c in torch.arange(n_classes).chunk(world)]
+            start = sum(sizes[:rank])
+            if mine.shape[1] != sizes[rank]:
+                raise AssertionError("DTensor's shard sizes are not torch.chunk's")
+            loss = vp.vocab_parallel_cross_entropy(
+                mine, target, vocab_start=start, reduction=reduction, ignore_index=-100,
+                weight=weight[start:start + sizes[rank]] if weighted else None)
+            loss.sum().backward()
+            want_loss = want.full_tensor() if hasattr(want, "full_tensor") else want
+            torch.testing.assert_close(loss, want_loss.detach(), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(mine.grad, dx.grad.to_local(), rtol=1e-10, atol=1e-12)
+            checked += 1
+    return checked
+
+
+def main(rank: int, world: int, port: int, out: str) -> None:
+    os.environ["SYMCE_COMPILE"] = "0"  # the reference's array code: no compiler in 4 ranks
+    torch.set_num_threads(1)  # 4 ranks on a few cores: no oversubscription
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        vp = load("cross_entropy_vocab_parallel_torch")
+        counter = Counter()
+        groups = {size: dist.new_group(list(range(size))) if size < world else None
+                  for size in SPLITS}
+        report = {"groups": {}, "seconds": {}}
+        for size, group in groups.items():
+            if rank < size:
+                started = time.perf_counter()
+                report["groups"][size] = run_cases(vp, group, rank, SPLITS[size], counter)
+                report["seconds"][size] = time.perf_counter() - started
+                report["groups"][size]["out_of_range"] = out_of_range(vp, group, rank,
+                                                                      SPLITS[size])
+        # the group still works after every rank raised: no rank is left waiting
+        report["after_error"] = run_cases(vp, None, rank, SPLITS[world], counter,
+                                          CASES[:2])["cases"]
+        started = time.perf_counter()
+        report["dtensor"] = dtensor_parity(vp, rank, world)
+        report["seconds"]["dtensor"] = time.perf_counter() - started
+        Path(out, f"rank{rank}.json").write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
