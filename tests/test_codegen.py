@@ -34,7 +34,9 @@ def test_every_loss_has_a_module_per_backend():
     assert expected | set(products()) == set(MODULES)
 
 
-@pytest.mark.parametrize("loss", sorted(list_losses()))
+# every file is compared with a fresh build by test_generated_in_sync; this is the
+# `symce generate` command's path, for the loss with the most kernels
+@pytest.mark.parametrize("loss", ["cross_entropy"])
 def test_regenerated_modules_equal_generated_folder(tmp_path, loss):
     assert main(["generate", loss, "--backend", "all", "--out", str(tmp_path)]) == 0
     for backend in codegen.BACKENDS:
