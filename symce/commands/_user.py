@@ -59,17 +59,11 @@ def preload(argv: Sequence[str]) -> None:
             load_loss_file(Path(arg.partition("=")[2]))
 
 
-_LOADED: dict[Path, object] = {}
-
-
 def load_loss_file(path: Path) -> None:
-    """Import ``path`` once; its losses register themselves."""
-    resolved = path.resolve()
-    if resolved in _LOADED:
-        return
+    """Import ``path``; its losses register themselves."""
     if not path.is_file():
         raise UsageError(f"--loss-file {path}: no such file")
-    name = f"symce_user_losses_{len(_LOADED)}"
+    name = f"symce_user_losses_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise UsageError(f"--loss-file {path}: not a Python file")
@@ -81,7 +75,6 @@ def load_loss_file(path: Path) -> None:
         del sys.modules[name]
         raise UsageError(f"--loss-file {path}: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    _LOADED[resolved] = module
 
 
 def parameters(texts: Sequence[str] | None) -> dict[str, float]:
@@ -100,9 +93,8 @@ def parameters(texts: Sequence[str] | None) -> dict[str, float]:
 
 
 def apply(args: argparse.Namespace) -> None:
-    """Define the ``--formula`` loss and make it the command's loss."""
-    if getattr(args, "loss_file", None) is not None:
-        load_loss_file(args.loss_file)  # already imported by preload: a lookup
+    """Define the ``--formula`` loss and make it the command's loss (``--loss-file``:
+    imported already, by :func:`preload`)."""
     formula, name = getattr(args, "formula", None), getattr(args, "name", None)
     if formula is None:
         if name is not None:

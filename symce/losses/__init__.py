@@ -34,9 +34,27 @@ def register(declare: Callable[[], Loss] | Loss) -> Callable[[], Loss] | Loss:
 
 
 def unregister(name: str) -> None:
-    """Remove a registered loss (for losses defined at run time)."""
+    """Remove a registered loss (for losses defined at run time).
+
+    What was derived from it and remembered by name (derivations, kernels,
+    printed references) is forgotten too, so the name can be defined anew.
+    """
     get_loss(name)
     del _REGISTRY[name]
+    _forget_derived()
+
+
+def _forget_derived() -> None:
+    """Clear the per-process caches of symce's loaded modules (they are keyed by loss name)."""
+    import sys
+
+    for module_name, module in list(sys.modules.items()):
+        if module_name != "symce" and not module_name.startswith("symce."):
+            continue
+        for value in list(vars(module).values()):
+            clear = getattr(value, "cache_clear", None)
+            if callable(clear) and getattr(value, "__module__", None) == module_name:
+                clear()
 
 
 def get_loss(name: str) -> Loss:

@@ -78,7 +78,8 @@ def _parameters(params: Mapping[str, Any] | None) -> tuple[Param, ...]:
         # a value equal to itself: any number but NaN (the symbol's own assumptions
         # would decide an evaluated relation, hence evaluate=False)
         found.append(Param(name, symbol, float(default), sp.Eq(symbol, symbol, evaluate=False),
-                           "a number", f"parameter {name} of the formula (default {default:g})"))
+                           "a number", f"parameter {name} of the formula (default {default:g})",
+                           leading=True))
     return tuple(found)
 
 
@@ -231,6 +232,7 @@ def formula_loss(name: str, formula: str | sp.Basic, *, params: Mapping[str, Any
         module_class=_class_name(name),
         notation=f"loss $L = {shown}$ (the formula as given; sums over the classes)",
         extra_steps=own_steps,
+        regenerate=_regenerate(name, text, declared),
         conventions=(
             f"defined by the formula {text!r} with symce.define_loss; p is the target "
             "coefficients (class indices one-hot, with class weights and label smoothing), "
@@ -239,6 +241,16 @@ def formula_loss(name: str, formula: str | sp.Basic, *, params: Mapping[str, Any
             "form), so no logarithm of an underflowed softmax is taken.",
         ),
     )
+
+
+def _regenerate(name: str, text: str, declared: tuple[Param, ...]) -> str:
+    """The ``symce generate`` command line that defines this loss again."""
+    import shlex
+
+    words = ["symce", "generate", shlex.quote(f"--formula={text}"), "--name", name]
+    for p in declared:
+        words += ["--param", f"{p.name}={p.default!r}"]
+    return " ".join(words).replace("{", "{{").replace("}", "}}") + " --backend {backend}"
 
 
 def _class_name(name: str) -> str:
