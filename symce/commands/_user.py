@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--loss-file", metavar="FILE.py", default=None, type=Path,
                        help="a Python file that defines losses (symce.define_loss or "
                        "symce.losses.register), imported first")
+    repeated = any("--loss" in a.option_strings and isinstance(a, argparse._AppendAction)
+                   for a in parser._actions)
+    parser.set_defaults(_losses_listed=repeated)
 
 
 def explain(message: str) -> str:
@@ -115,8 +118,4 @@ def apply(args: argparse.Namespace) -> None:
                              "another") from None
         except LookupError:
             raise UsageError(f"--formula: {exc}") from None
-    current = getattr(args, "loss", None)
-    if isinstance(current, list):
-        args.loss = [name]
-    else:
-        args.loss = name
+    args.loss = [name] if getattr(args, "_losses_listed", False) else name
