@@ -120,6 +120,13 @@ class FormulaVerdict:
 # -- parsing ----------------------------------------------------------------
 #: the functions a formula may call, besides sum(...) and softmax(...)
 FUNCTIONS = {"exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt}
+#: what a claimed gradient may use besides (an identity SymPy is to decide)
+CLAIM_FUNCTIONS = {
+    **FUNCTIONS, "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "sinh": sp.sinh,
+    "cosh": sp.cosh, "tanh": sp.tanh, "atanh": sp.atanh, "abs": sp.Abs, "Abs": sp.Abs,
+    "sign": sp.sign, "Max": sp.Max, "Min": sp.Min, "max": sp.Max, "min": sp.Min,
+    "pi": sp.pi, "E": sp.E,
+}
 #: the operators a formula may use (``^`` is a power, as in the documents)
 _OPERATORS = frozenset({"+", "-", "*", "/", "**", "^", "(", ")", ","})
 
@@ -129,7 +136,8 @@ def documented_names() -> tuple[str, ...]:
     return (*_VECTORS, *_COUNT_NAMES, "sum", "softmax", *FUNCTIONS)
 
 
-def parse_formula(text: str, params: dict[str, sp.Symbol] | None = None) -> sp.Expr:
+def parse_formula(text: str, params: dict[str, sp.Symbol] | None = None,
+                  functions: dict[str, Any] | None = None) -> sp.Expr:
     """``text`` in the documented symbols (and ``params``) as a placeholder expression.
 
     Every name is looked up in a table built here (the documented symbols, the
@@ -137,15 +145,16 @@ def parse_formula(text: str, params: dict[str, sp.Symbol] | None = None) -> sp.E
     name): SymPy's own namespace is never consulted, so ``beta``, ``gamma``,
     ``E`` or ``S`` mean what the caller says, and an unknown name is refused
     by name before anything is evaluated.  Number literals are exact
-    (``0.1`` is ``1/10``).
+    (``0.1`` is ``1/10``).  ``functions``: the functions (and constants) it may
+    call, by default :data:`FUNCTIONS`.
     """
     import io
     import tokenize
 
     params = dict(params or {})
     names = {name: sp.Symbol(name) for name in (*_VECTORS, *_COUNT_NAMES)}
-    local: dict[str, Any] = {**names, "sum": ClassSum, "softmax": Softmax, **FUNCTIONS,
-                             **params}
+    table = FUNCTIONS if functions is None else functions
+    local: dict[str, Any] = {**names, "sum": ClassSum, "softmax": Softmax, **table, **params}
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     except (tokenize.TokenError, SyntaxError):
@@ -164,7 +173,7 @@ def parse_formula(text: str, params: dict[str, sp.Symbol] | None = None) -> sp.E
         raise ValueError(
             f"unknown symbol(s) {', '.join(dict.fromkeys(unknown))} in the formula {text!r}; "
             "use q (softmax), p or c (targets), x (logits), n or C (classes), sum(...), "
-            f"softmax(x), exp, log, sqrt and the parameters (given: {known})")
+            f"softmax(x), {', '.join(table)} and the parameters (given: {known})")
     if bad:
         raise ValueError(f"cannot parse the formula {text!r}: {', '.join(bad)} is not an "
                          "operator of a formula (use + - * / ** ^ and parentheses)")
@@ -186,7 +195,7 @@ def parse_claim(claim: str | sp.Basic) -> sp.Expr:
     """A claim in the documented symbols, as an expression with vector placeholders."""
     names = {name: sp.Symbol(name) for name in (*_VECTORS, *_COUNT_NAMES)}
     if isinstance(claim, str):
-        expr = parse_formula(claim)
+        expr = parse_formula(claim, functions=CLAIM_FUNCTIONS)
     else:
         expr = _from_sympy(sp.sympify(claim), "k")
         expr = expr.xreplace(
