@@ -20,6 +20,9 @@ from symce.losses.spec import Loss, Param, Term, Transform, check_value
 from symce.losses.targets import CLASSES, TEACHER
 
 _REGISTRY: dict[str, Loss] = {}
+#: unregistered declarations, kept: a cache keyed by a declaration's ``id`` never
+#: meets a new declaration at a reused address
+_RETIRED: dict[str, list[Loss]] = {}
 
 
 def register(declare: Callable[[], Loss] | Loss) -> Callable[[], Loss] | Loss:
@@ -29,6 +32,8 @@ def register(declare: Callable[[], Loss] | Loss) -> Callable[[], Loss] | Loss:
         raise TypeError(f"register takes a Loss (or a function returning one), got {loss!r}")
     if loss.name in _REGISTRY:
         raise ValueError(f"loss {loss.name!r} is already registered")
+    if loss.name in _RETIRED:  # a name defined anew: what was derived by name is stale
+        _forget_derived()
     _REGISTRY[loss.name] = loss
     return declare
 
@@ -36,12 +41,12 @@ def register(declare: Callable[[], Loss] | Loss) -> Callable[[], Loss] | Loss:
 def unregister(name: str) -> None:
     """Remove a registered loss (for losses defined at run time).
 
-    What was derived from it and remembered by name (derivations, kernels,
-    printed references) is forgotten too, so the name can be defined anew.
+    The name can be defined anew: what was derived from the old declaration
+    and remembered by name (derivations, kernels, printed references) is
+    forgotten when it is.
     """
     get_loss(name)
-    del _REGISTRY[name]
-    _forget_derived()
+    _RETIRED.setdefault(name, []).append(_REGISTRY.pop(name))
 
 
 def _forget_derived() -> None:

@@ -162,7 +162,7 @@ def _vet(name: str, text: str, expr: sp.Expr, params: dict[str, sp.Symbol]) -> N
         point.update({ctx.c(a): sp.Rational(a + 2 + shift, 7) for a in range(3)})
         point.update({s: sp.Rational(3 + shift, 7) for s in params.values()})
         values = [sp.N(g.xreplace(point), 40) for g in grads]
-        if any(not v.is_number or abs(v) > 1e-30 for v in values):
+        if any(not v.is_number or not v.is_finite or abs(v) > 1e-30 for v in values):
             return
     raise ValueError(f"{name}: the formula {text!r} does not depend on the logits x "
                      "(through q, x or log(sum(exp(x))))")
@@ -270,7 +270,10 @@ def define_loss(name: str, formula: str | sp.Basic, *, params: Mapping[str, Any]
     (name → default value; a parameter takes precedence over any SymPy name
     it shadows).  A ``ValueError`` names an unknown symbol, a syntax error, a
     formula that does not depend on ``x`` or one SymPy cannot differentiate.
-    Remove it again with :func:`symce.losses.unregister`.
+    Defining the same name with the same formula, parameters and description
+    again returns the registered declaration; anything else under a
+    registered name is a ``ValueError``.  Remove it with
+    :func:`symce.losses.unregister`.
 
     >>> import symce
     >>> loss = symce.define_loss("my_ce", "-sum(p*log(q))")
@@ -278,8 +281,17 @@ def define_loss(name: str, formula: str | sp.Basic, *, params: Mapping[str, Any]
     -c[k] + q[k]*Sum(c[j], (j, 1, n))
     >>> from symce.losses import unregister; unregister("my_ce")
     """
-    from symce.losses import register
+    from symce.losses import _REGISTRY, register
 
+    key = (sp.srepr(formula) if isinstance(formula, sp.Basic) else str(formula).strip(),
+           tuple(sorted((params or {}).items())), description)
+    if _DEFINED.get(name, (None, None))[0] == key and _REGISTRY.get(name) is _DEFINED[name][1]:
+        return _DEFINED[name][1]  # the same definition again (a notebook cell run twice)
     loss = formula_loss(name, formula, params=params, description=description)
     register(loss)
+    _DEFINED[name] = (key, loss)
     return loss
+
+
+#: name → (what defined it, the declaration registered): defining it again is a no-op
+_DEFINED: dict[str, tuple[tuple, Loss]] = {}
