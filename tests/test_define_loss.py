@@ -524,3 +524,12 @@ def test_user_losses_do_not_leak_into_build(modules):
     assert get_loss("user_ce")  # defined for this module; removed at its end
     assert set(list_losses()) - SHIPPED == set(FORMULAS)
     del generated_files  # the build itself is tests/test_generated_in_sync.py's
+
+
+def test_define_loss_docstring_example():
+    import doctest
+
+    import symce.losses._define as define
+
+    result = doctest.testmod(define, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

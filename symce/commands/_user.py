@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument("--param", action="append", default=None, metavar="NAME=VALUE",
                            help="a parameter of the --formula loss and its default value "
                            "(repeat for several)")
+    else:  # symce check: its --param values are the formula's defaults and the values checked
+        group.description = ("--param NAME=VALUE also declares the --formula loss's "
+                             "parameters, with VALUE as the default")
     group.add_argument("--loss-file", metavar="FILE.py", default=None, type=Path,
                        help="a Python file that defines losses (symce.define_loss or "
                        "symce.losses.register), imported first")
