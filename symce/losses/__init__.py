@@ -4,7 +4,9 @@ A loss module builds a :class:`~symce.losses.spec.Loss` (its terms, parameters,
 target model, transform and own steps) and registers it with
 :func:`register`; the proof, the documents, the code of every backend and the
 references of ``symce verify`` / ``symce check`` are derived from that
-declaration.  Registered losses are listed by ``symce derive --list``.
+declaration.  Registered losses are listed by ``symce derive --list``.  A
+loss can also be one formula, :func:`symce.define_loss` (``_define.py``:
+the formula becomes such a declaration).
 
 >>> from symce.losses import list_losses
 >>> sorted(list_losses())
