@@ -339,6 +339,11 @@ def test_torch_module_trains_and_matches_autograd(modules, tmp_path):
     want_loss, want_grad = _reference("user_zloss", x, y, w, eps, "mean", {"lam": 0.3})
     np.testing.assert_allclose(loss.item(), want_loss, rtol=1e-10)
     np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-9, atol=1e-12)
+    # second order (create_graph=True): the printed Hessian-vector product
+    small = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    labels3 = torch.tensor([0, 3, 1])
+    assert torch.autograd.gradgradcheck(
+        lambda t: module.user_zloss(t, labels3, lam=0.3, label_smoothing=0.1), (small,))
     # the nn.Module in a training loop: a linear model's loss goes down
     criterion = module.UserZloss(lam=0.05)
     torch.manual_seed(0)
