@@ -9,6 +9,8 @@ from symce._version import __version__
 from symce.api import derive
 from symce.errors import ProofError
 from symce.losses import list_losses, register
+from symce.losses._define import define_loss
 from symce.proof import Derivation, Step
 
-__all__ = ["Derivation", "ProofError", "Step", "__version__", "derive", "list_losses", "register"]
+__all__ = ["Derivation", "ProofError", "Step", "__version__", "define_loss", "derive",
+           "list_losses", "register"]

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from symce._version import __version__
+from symce.commands import _user as user_loss
 from symce.commands.errors import CommandFailure, UsageError
 
 __all__ = ["COMMANDS", "CommandFailure", "UsageError", "build_parser", "main"]
@@ -63,6 +64,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         if name == chosen:
             module = importlib.import_module(module_name)
             module.configure(sub_parser)
+            user_loss.add_arguments(sub_parser)
             sub_parser.set_defaults(run=module.run)
     return parser
 
@@ -77,11 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = "symce"
     try:
+        chosen = _chosen_command(argv)
+        if chosen in COMMANDS:
+            prog = f"symce {chosen}"
+        user_loss.preload(argv)  # a --loss-file's losses, before the parser lists them
         args = build_parser(argv).parse_args(argv)
         prog = f"symce {args.command}"
+        user_loss.apply(args)
         return int(args.run(args) or 0)
     except _ParserError as exc:
-        return _report(exc.prog, str(exc), exc.exit_status)
+        return _report(exc.prog, user_loss.explain(str(exc)), exc.exit_status)
     except CommandFailure as exc:
         return _report(prog, str(exc), exc.exit_status)
     except KeyboardInterrupt:

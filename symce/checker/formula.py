@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import sympy as sp
-from sympy.parsing.sympy_parser import parse_expr, rationalize, standard_transformations
+from sympy.parsing.sympy_parser import auto_number, convert_xor, parse_expr, rationalize
 
 #: documented name → the derivation's vector it stands for (p is the target c)
 _VECTORS = {"q": "q", "p": "c", "c": "c", "x": "x"}
@@ -118,18 +118,84 @@ class FormulaVerdict:
 
 
 # -- parsing ----------------------------------------------------------------
+#: the functions a formula may call, besides sum(...) and softmax(...)
+FUNCTIONS = {"exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt}
+#: what a claimed gradient may use besides (an identity SymPy is to decide)
+CLAIM_FUNCTIONS = {
+    **FUNCTIONS, "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "sinh": sp.sinh,
+    "cosh": sp.cosh, "tanh": sp.tanh, "atanh": sp.atanh, "abs": sp.Abs, "Abs": sp.Abs,
+    "sign": sp.sign, "Max": sp.Max, "Min": sp.Min, "max": sp.Max, "min": sp.Min,
+    "pi": sp.pi, "E": sp.E,
+}
+#: the operators a formula may use (``^`` is a power, as in the documents)
+_OPERATORS = frozenset({"+", "-", "*", "/", "**", "^", "(", ")", ","})
+
+
+def documented_names() -> tuple[str, ...]:
+    """The names a formula reads without being told: vectors, counts, functions."""
+    return (*_VECTORS, *_COUNT_NAMES, "sum", "softmax", *FUNCTIONS)
+
+
+def parse_formula(text: str, params: dict[str, sp.Symbol] | None = None,
+                  functions: dict[str, Any] | None = None) -> sp.Expr:
+    """``text`` in the documented symbols (and ``params``) as a placeholder expression.
+
+    Every name is looked up in a table built here (the documented symbols, the
+    functions, the parameters, a parameter before any other meaning of its
+    name): SymPy's own namespace is never consulted, so ``beta``, ``gamma``,
+    ``E`` or ``S`` mean what the caller says, and an unknown name is refused
+    by name before anything is evaluated.  Number literals are exact
+    (``0.1`` is ``1/10``).  ``functions``: the functions (and constants) it may
+    call, by default :data:`FUNCTIONS`.
+    """
+    import io
+    import tokenize
+
+    params = dict(params or {})
+    names = {name: sp.Symbol(name) for name in (*_VECTORS, *_COUNT_NAMES)}
+    table = FUNCTIONS if functions is None else functions
+    local: dict[str, Any] = {**names, "sum": ClassSum, "softmax": Softmax, **table, **params}
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        raise ValueError(f"cannot parse the formula {text!r}: unbalanced parentheses"
+                         ) from None
+    unknown, bad = [], []
+    for tok in tokens:
+        if tok.type == tokenize.NAME and tok.string not in local:
+            unknown.append(tok.string)
+        elif tok.type == tokenize.OP and tok.string not in _OPERATORS:
+            bad.append(tok.string)
+        elif tok.type in (tokenize.STRING, tokenize.ERRORTOKEN) and tok.string.strip():
+            bad.append(tok.string)
+    if unknown:
+        known = ", ".join(params) or "none"
+        raise ValueError(
+            f"unknown symbol(s) {', '.join(dict.fromkeys(unknown))} in the formula {text!r}; "
+            "use q (softmax), p or c (targets), x (logits), n or C (classes), sum(...), "
+            f"softmax(x), {', '.join(table)} and the parameters (given: {known})")
+    if bad:
+        raise ValueError(f"cannot parse the formula {text!r}: {', '.join(bad)} is not an "
+                         "operator of a formula (use + - * / ** ^ and parentheses)")
+    # only the table's names and numbers reach the parser, which builds numbers
+    # with these constructors: nothing else of Python or SymPy is in scope
+    scope = {"Integer": sp.Integer, "Float": sp.Float, "Rational": sp.Rational,
+             "__builtins__": {}}
+    try:
+        expr = parse_expr(text, local_dict=local, global_dict=scope,
+                          transformations=(auto_number, rationalize, convert_xor))
+    except Exception as exc:
+        raise ValueError(f"cannot parse the formula {text!r}: {exc}") from None
+    if not isinstance(expr, sp.Expr):
+        raise ValueError(f"the formula {text!r} is not an expression")
+    return expr
+
+
 def parse_claim(claim: str | sp.Basic) -> sp.Expr:
     """A claim in the documented symbols, as an expression with vector placeholders."""
     names = {name: sp.Symbol(name) for name in (*_VECTORS, *_COUNT_NAMES)}
     if isinstance(claim, str):
-        local = {**names, "sum": ClassSum, "softmax": Softmax, "exp": sp.exp, "log": sp.log}
-        try:
-            # number literals exact (0.1 is 1/10): floats would be added in rounded
-            # arithmetic while the claim is parsed, and a proof in floats proves nothing
-            expr = parse_expr(claim, local_dict=local,
-                              transformations=(*standard_transformations, rationalize))
-        except Exception as exc:
-            raise ValueError(f"cannot parse the formula {claim!r}: {exc}") from exc
+        expr = parse_formula(claim, functions=CLAIM_FUNCTIONS)
     else:
         expr = _from_sympy(sp.sympify(claim), "k")
         expr = expr.xreplace(

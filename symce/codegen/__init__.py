@@ -71,14 +71,15 @@ BACKEND_CONTEXTS: dict[str, Callable[[str, tuple[Kernel, ...]], dict[str, object
 
 def generate(loss: str = "cross_entropy", backend: str = "numpy") -> str:
     """The source of ``generated/<loss>_<backend>.py``."""
-    get_loss(loss)  # UnknownLossError for a name nobody registered
+    spec = get_loss(loss)  # UnknownLossError for a name nobody registered
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     if backend not in BACKEND_CONTEXTS:
         raise ValueError(f"the {backend} backend is not available yet")
     template = f"{backend}/module.py.j2"
-    header = header_lines(loss, template,
-                          f"symce generate {loss} --backend {backend} (or symce build)")
+    how = (spec.regenerate.format(backend=backend) if spec.regenerate
+           else f"symce generate {loss} --backend {backend} (or symce build)")
+    header = header_lines(loss, template, how)
     ks = kernels(loss)
     return render(template, header=header, block_bytes=BLOCK_BYTES, **module_context(loss),
                   **BACKEND_CONTEXTS[backend](loss, ks))

@@ -139,6 +139,9 @@ class Loss:
     summary: str = ""
     #: free text for the generated modules' docstrings (conventions to state)
     conventions: tuple[str, ...] = field(default_factory=tuple)
+    #: the command that regenerates one backend's module (``{backend}`` filled in), for
+    #: the generated header; empty: ``symce generate NAME --backend …`` (a shipped loss)
+    regenerate: str = ""
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
