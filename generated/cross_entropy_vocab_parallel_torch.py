@@ -32,14 +32,17 @@ return_z_loss=True returns (loss, z_term): loss is the total, exactly what is re
 softcap=s replaces the logits by s * tanh(input / s) before everything else.
 
 Communication: two all-reduces in the forward — a ``MAX`` of the row maxima,
-then one ``SUM`` of every per-row partial sum stacked in one tensor (with the
-slices' sizes and the count of slices owning each row's target) — and none in
+then one ``SUM`` of every per-row partial sum stacked in one tensor (with each
+rank's first class and class count, a key of its class-index targets, and the
+count of slices owning each row's target) — and none in
 the backward, which needs only the combined per-row values (each rank calls
 ``backward`` on its own copy of the loss, with the same upstream gradient).
-A class index outside the global classes raises ``ValueError`` on every rank
-alike, decided from the reduced counts, so no rank waits for another.  Without
-an initialised process group the slice is the whole vocabulary.  Gradients
-flow to ``local_logits``.
+A class index outside the global classes, slices that overlap or leave a gap
+(``vocab_start`` inconsistent with the slices' sizes) and class-index targets
+that differ between the ranks raise ``ValueError`` on every rank alike, decided
+from the reduced values, so no rank waits for another.  A rank may hold no
+class.  Without an initialised process group the slice is the whole
+vocabulary.  Gradients flow to ``local_logits``.
 """
 
 import math
@@ -1347,25 +1350,46 @@ _GRADIENT = {
 }
 
 
-def _layout_row(comm, vocab_start, v, like):
-    """This rank's ``(vocab_start, V_r)`` at its place among the group's ranks (zeros
-    elsewhere): summed over the ranks, every rank has every slice."""
-    row = torch.zeros((comm.size, 2), dtype=like.dtype, device=like.device)
-    row[comm.rank, 0], row[comm.rank, 1] = float(vocab_start), float(v)
+#: a prime below 2**24: the targets' key is exact in float32
+_KEY_PRIME = 16777213
+
+
+def _target_key(lay):
+    """A key of this rank's class-index targets and ignored rows (0 for probability
+    targets, which are slices): ranks whose keys differ hold different targets (equal
+    keys may still hide a difference: a check, not a proof)."""
+    if lay["kind"] != "index":
+        return 0
+    keys = (torch.where(lay["valid"] > 0, lay["target"], -1).reshape(-1) + 2) % _KEY_PRIME
+    places = (torch.arange(keys.numel(), device=keys.device) * 40503 + 1) % _KEY_PRIME
+    return ((keys * places) % _KEY_PRIME).sum() % _KEY_PRIME
+
+
+def _layout_row(comm, vocab_start, lay):
+    """This rank's ``(vocab_start, V_r, key of the targets)`` at its place among the
+    group's ranks (zeros elsewhere): summed over the ranks, every rank has every slice."""
+    row = torch.zeros((comm.size, 3), dtype=lay["u"].dtype, device=lay["u"].device)
+    row[comm.rank, 0], row[comm.rank, 1] = float(vocab_start), float(lay["v"])
+    row[comm.rank, 2] = _target_key(lay)
     return row
 
 
 def _classes(slices):
     """The global class count, after checking that the slices ``(start, size)`` of the
-    group's ranks are contiguous, disjoint and cover ``0..n-1`` (the same reduced
-    values on every rank: every rank raises alike, none waits)."""
-    found = sorted((int(start), int(size)) for start, size in slices.tolist() if size > 0)
+    group's ranks are contiguous, disjoint and cover ``0..n-1``, and that the ranks'
+    class-index targets agree (the same reduced values on every rank: every rank
+    raises alike, none waits)."""
+    if len(set(slices[:, 2].tolist())) > 1:
+        raise ValueError("the ranks hold different class-index targets (or ignore_index): "
+                         "every rank must pass the same global target")
+    found = sorted((int(start), int(size)) for start, size, _ in slices.tolist() if size > 0)
     at = 0
     for start, size in found:
         if start != at:
             kind = "overlap" if start < at else "leave a gap"
             raise ValueError(f"the ranks' slices {kind} at class {min(start, at)}: "
-                             f"(vocab_start, classes) per rank {slices.int().tolist()} (check "
+                             "(vocab_start, classes) per rank "
+                             f"{slices[:, :2].int().tolist()} (check "
                              "vocab_start on every rank)")
         at = start + size
     if at == 0:
@@ -1491,6 +1515,7 @@ def _layout(input, target, weight, vocab_start, ignore_index):
     local = target - vocab_start
     owned = valid & (local >= 0) & (local < v)
     found.update(kind="index", y=torch.where(owned, local, torch.zeros_like(local)),
+                 target=target,
                  owned=owned, valid=valid.to(dtype))
     return found
 
@@ -1505,7 +1530,7 @@ def _row_losses(input, target, options):
                   options["ignore_index"])
     key = _kernel_key(lay["kind"], options)
     comm = _Communicator(group)
-    layout = _layout_row(comm, options["vocab_start"], lay["v"], lay["u"])
+    layout = _layout_row(comm, options["vocab_start"], lay)
     scalars = {name: options[name] for name in ('label_smoothing', 'softcap', 'z_loss')}
     losses, owners, saved = _FORWARD[key](lay["u"], lay["y"], lay["owned"], lay["valid"], lay["p"],
                                           lay["w"], layout, comm, **scalars)

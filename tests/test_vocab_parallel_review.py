@@ -6,8 +6,9 @@
 * ``vocab_start`` inconsistent with the slices' sizes (a gap, an overlap that no
   target falls in, every slice shifted by one) raises on every rank — before the
   fix it returned a loss over classes the caller did not mean;
-* class-index targets that differ between the ranks raise on every rank where
-  a row's targets fall in two slices;
+* class-index targets (or ignore_index) that differ between the ranks raise on
+  every rank (before the fix: silently a loss of no one's targets where a row's
+  differing targets fell in the same slice);
 * after every error the group still works (no rank left waiting).
 """
 
@@ -56,6 +57,15 @@ def _errors(vp, rank: int) -> dict[str, str]:
         found["different_targets"] = str(exc)
     else:
         found["different_targets"] = "no error"
+    for name, row0, ignore in (("one_owner", rank, -100),  # classes 0, 1, 2: slice 0's
+                               ("ignore_index", 0, -100 if rank else 5)):
+        target = torch.tensor([row0, 3, 5, 7])
+        try:
+            vp.vocab_parallel_cross_entropy(local, target, vocab_start=start, ignore_index=ignore)
+        except ValueError as exc:
+            found[name] = str(exc)
+        else:
+            found[name] = "no error"
     try:  # no rank holds a class
         vp.vocab_parallel_cross_entropy(x[:, :0], torch.tensor([0, 0, 0, 0]), vocab_start=0)
     except ValueError as exc:
@@ -108,7 +118,8 @@ def test_review_cases_on_a_group_of_three(tmp_path):
         assert "leave a gap at class 4" in errors["gap"]
         assert "overlap at class 3" in errors["overlap"]
         assert "leave a gap at class 0" in errors["shifted"]
-        assert "different class-index targets" in errors["different_targets"]
+        for name in ("different_targets", "one_owner", "ignore_index"):
+            assert "different class-index targets" in errors[name], name
         assert "hold no class" in errors["no_class"]
         assert report["after_errors"] == len(worker.REDUCTIONS)
 
