@@ -32,14 +32,17 @@ return_z_loss=True returns (loss, z_term): loss is the total, exactly what is re
 softcap=s replaces the logits by s * tanh(input / s) before everything else.
 
 Communication: two all-reduces in the forward — a ``MAX`` of the row maxima,
-then one ``SUM`` of every per-row partial sum stacked in one tensor (with the
-slices' sizes and the count of slices owning each row's target) — and none in
+then one ``SUM`` of every per-row partial sum stacked in one tensor (with each
+rank's first class and class count, a key of its class-index targets, and the
+count of slices owning each row's target) — and none in
 the backward, which needs only the combined per-row values (each rank calls
 ``backward`` on its own copy of the loss, with the same upstream gradient).
-A class index outside the global classes raises ``ValueError`` on every rank
-alike, decided from the reduced counts, so no rank waits for another.  Without
-an initialised process group the slice is the whole vocabulary.  Gradients
-flow to ``local_logits``.
+A class index outside the global classes, slices that overlap or leave a gap
+(``vocab_start`` inconsistent with the slices' sizes) and class-index targets
+that differ between the ranks raise ``ValueError`` on every rank alike, decided
+from the reduced values, so no rank waits for another.  A rank may hold no
+class.  Without an initialised process group the slice is the whole
+vocabulary.  Gradients flow to ``local_logits``.
 """
 
 import math
@@ -68,6 +71,8 @@ class _Communicator:
     def __init__(self, group):
         self.group = group
         self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank(group) if self.distributed else 0
+        self.size = dist.get_world_size(group) if self.distributed else 1
 
     def max(self, value):
         if self.distributed:
@@ -99,8 +104,18 @@ def _class_dot(*arrays):
     return torch.sum(product, dim=1, keepdim=True)
 
 
+def _row_max(a):
+    """Each row's maximum over this slice's classes (``-inf`` for a slice of none)."""
+    if a.shape[1] == 0:
+        return torch.full((a.shape[0], 1, a.shape[2]), -math.inf, dtype=a.dtype,
+                          device=a.device)
+    return torch.amax(a, dim=1, keepdim=True)
+
+
 def _gather(a, y, owned):
     """``a`` at each row's target class where this slice owns it, else 0."""
+    if a.shape[1] == 0:  # a slice of no class owns no target
+        return torch.zeros(y.shape, dtype=a.dtype, device=a.device)
     rows = (y.shape[0], a.shape[1], y.shape[2])
     found = torch.gather(torch.broadcast_to(a, rows), 1, y)
     return torch.where(owned, found, torch.zeros_like(found))
@@ -115,21 +130,24 @@ def _whole(value, like):
 
 def _add_at_target(grad, y, owned, value):
     """``grad[row, y] += value`` for the rows whose target class this slice owns."""
+    if grad.shape[1] == 0:  # a slice of no class owns no target
+        return
     value = torch.broadcast_to(torch.as_tensor(value, dtype=grad.dtype), y.shape)
     grad.scatter_add_(1, y, torch.where(owned, value, torch.zeros_like(value)))
 
 
-def _forward_index(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index(u, y, owned, valid, p, w, layout, comm,
                   label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
-    sum_e, u_y, n_classes, owners = comm.sum(
-        sum_e, u_y, n_local, owned)
+    sum_e, u_y, slices, owners = comm.sum(
+        sum_e, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(m - u_y + torch.log(sum_e)),
         "z": 0,
@@ -148,17 +166,18 @@ def _gradient_index(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_softcap(u, y, owned, valid, p, w, layout, comm,
                           label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
-    sum_e, u_y, n_classes, owners = comm.sum(
-        sum_e, u_y, n_local, owned)
+    sum_e, u_y, slices, owners = comm.sum(
+        sum_e, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(m - softcap*torch.tanh(u_y/softcap) + torch.log(sum_e)),
         "z": 0,
@@ -180,17 +199,18 @@ def _gradient_index_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_z_loss(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_z_loss(u, y, owned, valid, p, w, layout, comm,
                          label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
-    sum_e, u_y, n_classes, owners = comm.sum(
-        sum_e, u_y, n_local, owned)
+    sum_e, u_y, slices, owners = comm.sum(
+        sum_e, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(m - u_y + torch.log(sum_e)),
         "z": z_loss*valid*(m + torch.log(sum_e))**2,
@@ -210,17 +230,18 @@ def _gradient_index_z_loss(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_z_loss_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                  label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
-    sum_e, u_y, n_classes, owners = comm.sum(
-        sum_e, u_y, n_local, owned)
+    sum_e, u_y, slices, owners = comm.sum(
+        sum_e, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(m - softcap*torch.tanh(u_y/softcap) + torch.log(sum_e)),
         "z": z_loss*valid*(m + torch.log(sum_e))**2,
@@ -243,18 +264,19 @@ def _gradient_index_z_loss_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_smoothed(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_smoothed(u, y, owned, valid, p, w, layout, comm,
                            label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
-    sum_e, sum_z, u_y, n_classes, owners = comm.sum(
-        sum_e, sum_z, u_y, n_local, owned)
+    sum_e, sum_z, u_y, slices, owners = comm.sum(
+        sum_e, sum_z, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(label_smoothing*(-m + u_y) - label_smoothing*sum_z/n_classes + m - u_y + torch.log(sum_e)),
         "z": 0,
@@ -275,18 +297,19 @@ def _gradient_index_smoothed(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_smoothed_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_smoothed_softcap(u, y, owned, valid, p, w, layout, comm,
                                    label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
-    sum_e, sum_z, u_y, n_classes, owners = comm.sum(
-        sum_e, sum_z, u_y, n_local, owned)
+    sum_e, sum_z, u_y, slices, owners = comm.sum(
+        sum_e, sum_z, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(label_smoothing*(-m + softcap*torch.tanh(u_y/softcap)) - label_smoothing*sum_z/n_classes + m - softcap*torch.tanh(u_y/softcap) + torch.log(sum_e)),
         "z": 0,
@@ -311,18 +334,19 @@ def _gradient_index_smoothed_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_smoothed_z_loss(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_smoothed_z_loss(u, y, owned, valid, p, w, layout, comm,
                                   label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
-    sum_e, sum_z, u_y, n_classes, owners = comm.sum(
-        sum_e, sum_z, u_y, n_local, owned)
+    sum_e, sum_z, u_y, slices, owners = comm.sum(
+        sum_e, sum_z, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(label_smoothing*(-m + u_y) - label_smoothing*sum_z/n_classes + m - u_y + torch.log(sum_e)),
         "z": z_loss*valid*(m + torch.log(sum_e))**2,
@@ -344,18 +368,19 @@ def _gradient_index_smoothed_z_loss(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_smoothed_z_loss_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_smoothed_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                           label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
-    sum_e, sum_z, u_y, n_classes, owners = comm.sum(
-        sum_e, sum_z, u_y, n_local, owned)
+    sum_e, sum_z, u_y, slices, owners = comm.sum(
+        sum_e, sum_z, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(label_smoothing*(-m + softcap*torch.tanh(u_y/softcap)) - label_smoothing*sum_z/n_classes + m - softcap*torch.tanh(u_y/softcap) + torch.log(sum_e)),
         "z": z_loss*valid*(m + torch.log(sum_e))**2,
@@ -381,18 +406,19 @@ def _gradient_index_smoothed_z_loss_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_weighted(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_weighted(u, y, owned, valid, p, w, layout, comm,
                            label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
-    sum_e, u_y, w_y, n_classes, owners = comm.sum(
-        sum_e, u_y, w_y, n_local, owned)
+    sum_e, u_y, w_y, slices, owners = comm.sum(
+        sum_e, u_y, w_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*w_y*(m - u_y + torch.log(sum_e)),
         "z": 0,
@@ -412,18 +438,19 @@ def _gradient_index_weighted(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_weighted_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_weighted_softcap(u, y, owned, valid, p, w, layout, comm,
                                    label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
-    sum_e, u_y, w_y, n_classes, owners = comm.sum(
-        sum_e, u_y, w_y, n_local, owned)
+    sum_e, u_y, w_y, slices, owners = comm.sum(
+        sum_e, u_y, w_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*w_y*(m - softcap*torch.tanh(u_y/softcap) + torch.log(sum_e)),
         "z": 0,
@@ -446,18 +473,19 @@ def _gradient_index_weighted_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_weighted_z_loss(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_weighted_z_loss(u, y, owned, valid, p, w, layout, comm,
                                   label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
-    sum_e, u_y, w_y, n_classes, owners = comm.sum(
-        sum_e, u_y, w_y, n_local, owned)
+    sum_e, u_y, w_y, slices, owners = comm.sum(
+        sum_e, u_y, w_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*w_y*(m - u_y + torch.log(sum_e)),
         "z": z_loss*valid*(m + torch.log(sum_e))**2,
@@ -478,18 +506,19 @@ def _gradient_index_weighted_z_loss(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_weighted_z_loss_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_weighted_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                           label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
-    sum_e, u_y, w_y, n_classes, owners = comm.sum(
-        sum_e, u_y, w_y, n_local, owned)
+    sum_e, u_y, w_y, slices, owners = comm.sum(
+        sum_e, u_y, w_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*w_y*(m - softcap*torch.tanh(u_y/softcap) + torch.log(sum_e)),
         "z": z_loss*valid*(m + torch.log(sum_e))**2,
@@ -513,11 +542,11 @@ def _gradient_index_weighted_z_loss_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_weighted_smoothed(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_weighted_smoothed(u, y, owned, valid, p, w, layout, comm,
                                     label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -525,8 +554,9 @@ def _forward_index_weighted_smoothed(u, y, owned, valid, p, w, n_local, comm,
     sum_e = torch.sum(e, dim=1, keepdim=True)
     w_y = _gather(w, y, owned)
     u_y = _gather(u, y, owned)
-    sum_w, sum_wz, sum_e, w_y, u_y, n_classes, owners = comm.sum(
-        sum_w, sum_wz, sum_e, w_y, u_y, n_local, owned)
+    sum_w, sum_wz, sum_e, w_y, u_y, slices, owners = comm.sum(
+        sum_w, sum_wz, sum_e, w_y, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(label_smoothing*w_y*(-m + u_y) - label_smoothing*w_y*torch.log(sum_e) + label_smoothing*sum_w*torch.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes - w_y*(-m + u_y) + w_y*torch.log(sum_e)),
         "z": 0,
@@ -549,11 +579,11 @@ def _gradient_index_weighted_smoothed(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_weighted_smoothed_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_weighted_smoothed_softcap(u, y, owned, valid, p, w, layout, comm,
                                             label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -561,8 +591,9 @@ def _forward_index_weighted_smoothed_softcap(u, y, owned, valid, p, w, n_local, 
     sum_e = torch.sum(e, dim=1, keepdim=True)
     w_y = _gather(w, y, owned)
     u_y = _gather(u, y, owned)
-    sum_w, sum_wz, sum_e, w_y, u_y, n_classes, owners = comm.sum(
-        sum_w, sum_wz, sum_e, w_y, u_y, n_local, owned)
+    sum_w, sum_wz, sum_e, w_y, u_y, slices, owners = comm.sum(
+        sum_w, sum_wz, sum_e, w_y, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(label_smoothing*w_y*(-m + softcap*torch.tanh(u_y/softcap)) - label_smoothing*w_y*torch.log(sum_e) + label_smoothing*sum_w*torch.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes - w_y*(-m + softcap*torch.tanh(u_y/softcap)) + w_y*torch.log(sum_e)),
         "z": 0,
@@ -589,11 +620,11 @@ def _gradient_index_weighted_smoothed_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_weighted_smoothed_z_loss(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_weighted_smoothed_z_loss(u, y, owned, valid, p, w, layout, comm,
                                            label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -601,8 +632,9 @@ def _forward_index_weighted_smoothed_z_loss(u, y, owned, valid, p, w, n_local, c
     sum_e = torch.sum(e, dim=1, keepdim=True)
     w_y = _gather(w, y, owned)
     u_y = _gather(u, y, owned)
-    sum_w, sum_wz, sum_e, w_y, u_y, n_classes, owners = comm.sum(
-        sum_w, sum_wz, sum_e, w_y, u_y, n_local, owned)
+    sum_w, sum_wz, sum_e, w_y, u_y, slices, owners = comm.sum(
+        sum_w, sum_wz, sum_e, w_y, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(label_smoothing*w_y*(-m + u_y) - label_smoothing*w_y*torch.log(sum_e) + label_smoothing*sum_w*torch.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes - w_y*(-m + u_y) + w_y*torch.log(sum_e)),
         "z": z_loss*valid*(m + torch.log(sum_e))**2,
@@ -626,11 +658,11 @@ def _gradient_index_weighted_smoothed_z_loss(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_index_weighted_smoothed_z_loss_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_index_weighted_smoothed_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                                    label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -638,8 +670,9 @@ def _forward_index_weighted_smoothed_z_loss_softcap(u, y, owned, valid, p, w, n_
     sum_e = torch.sum(e, dim=1, keepdim=True)
     w_y = _gather(w, y, owned)
     u_y = _gather(u, y, owned)
-    sum_w, sum_wz, sum_e, w_y, u_y, n_classes, owners = comm.sum(
-        sum_w, sum_wz, sum_e, w_y, u_y, n_local, owned)
+    sum_w, sum_wz, sum_e, w_y, u_y, slices, owners = comm.sum(
+        sum_w, sum_wz, sum_e, w_y, u_y, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": valid*(label_smoothing*w_y*(-m + softcap*torch.tanh(u_y/softcap)) - label_smoothing*w_y*torch.log(sum_e) + label_smoothing*sum_w*torch.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes - w_y*(-m + softcap*torch.tanh(u_y/softcap)) + w_y*torch.log(sum_e)),
         "z": z_loss*valid*(m + torch.log(sum_e))**2,
@@ -667,18 +700,19 @@ def _gradient_index_weighted_smoothed_z_loss_softcap(saved, y, owned, valid, p, 
     return grad
 
 
-def _forward_probability(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability(u, y, owned, valid, p, w, layout, comm,
                         label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
-    sum_pz, sum_e, sum_p, n_classes, owners = comm.sum(
-        sum_pz, sum_e, sum_p, n_local, owned)
+    sum_pz, sum_e, sum_p, slices, owners = comm.sum(
+        sum_pz, sum_e, sum_p, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": sum_p*torch.log(sum_e) - sum_pz,
         "z": 0,
@@ -698,18 +732,19 @@ def _gradient_probability(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_softcap(u, y, owned, valid, p, w, layout, comm,
                                 label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
-    sum_pz, sum_e, sum_p, n_classes, owners = comm.sum(
-        sum_pz, sum_e, sum_p, n_local, owned)
+    sum_pz, sum_e, sum_p, slices, owners = comm.sum(
+        sum_pz, sum_e, sum_p, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": sum_p*torch.log(sum_e) - sum_pz,
         "z": 0,
@@ -732,18 +767,19 @@ def _gradient_probability_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_z_loss(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_z_loss(u, y, owned, valid, p, w, layout, comm,
                                label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
-    sum_pz, sum_e, sum_p, n_classes, owners = comm.sum(
-        sum_pz, sum_e, sum_p, n_local, owned)
+    sum_pz, sum_e, sum_p, slices, owners = comm.sum(
+        sum_pz, sum_e, sum_p, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": sum_p*torch.log(sum_e) - sum_pz,
         "z": z_loss*(m + torch.log(sum_e))**2,
@@ -764,18 +800,19 @@ def _gradient_probability_z_loss(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_z_loss_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                        label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
-    sum_pz, sum_e, sum_p, n_classes, owners = comm.sum(
-        sum_pz, sum_e, sum_p, n_local, owned)
+    sum_pz, sum_e, sum_p, slices, owners = comm.sum(
+        sum_pz, sum_e, sum_p, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": sum_p*torch.log(sum_e) - sum_pz,
         "z": z_loss*(m + torch.log(sum_e))**2,
@@ -799,19 +836,20 @@ def _gradient_probability_z_loss_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_smoothed(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_smoothed(u, y, owned, valid, p, w, layout, comm,
                                  label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
-    sum_pz, sum_e, sum_p, sum_z, n_classes, owners = comm.sum(
-        sum_pz, sum_e, sum_p, sum_z, n_local, owned)
+    sum_pz, sum_e, sum_p, sum_z, slices, owners = comm.sum(
+        sum_pz, sum_e, sum_p, sum_z, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": -label_smoothing*sum_p*torch.log(sum_e) + label_smoothing*sum_pz + label_smoothing*torch.log(sum_e) - label_smoothing*sum_z/n_classes + sum_p*torch.log(sum_e) - sum_pz,
         "z": 0,
@@ -833,19 +871,20 @@ def _gradient_probability_smoothed(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_smoothed_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_smoothed_softcap(u, y, owned, valid, p, w, layout, comm,
                                          label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
-    sum_pz, sum_e, sum_p, sum_z, n_classes, owners = comm.sum(
-        sum_pz, sum_e, sum_p, sum_z, n_local, owned)
+    sum_pz, sum_e, sum_p, sum_z, slices, owners = comm.sum(
+        sum_pz, sum_e, sum_p, sum_z, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": -label_smoothing*sum_p*torch.log(sum_e) + label_smoothing*sum_pz + label_smoothing*torch.log(sum_e) - label_smoothing*sum_z/n_classes + sum_p*torch.log(sum_e) - sum_pz,
         "z": 0,
@@ -871,19 +910,20 @@ def _gradient_probability_smoothed_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_smoothed_z_loss(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_smoothed_z_loss(u, y, owned, valid, p, w, layout, comm,
                                         label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
-    sum_pz, sum_e, sum_p, sum_z, n_classes, owners = comm.sum(
-        sum_pz, sum_e, sum_p, sum_z, n_local, owned)
+    sum_pz, sum_e, sum_p, sum_z, slices, owners = comm.sum(
+        sum_pz, sum_e, sum_p, sum_z, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": -label_smoothing*sum_p*torch.log(sum_e) + label_smoothing*sum_pz + label_smoothing*torch.log(sum_e) - label_smoothing*sum_z/n_classes + sum_p*torch.log(sum_e) - sum_pz,
         "z": z_loss*(m + torch.log(sum_e))**2,
@@ -906,19 +946,20 @@ def _gradient_probability_smoothed_z_loss(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_smoothed_z_loss_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_smoothed_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                                 label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
-    sum_pz, sum_e, sum_p, sum_z, n_classes, owners = comm.sum(
-        sum_pz, sum_e, sum_p, sum_z, n_local, owned)
+    sum_pz, sum_e, sum_p, sum_z, slices, owners = comm.sum(
+        sum_pz, sum_e, sum_p, sum_z, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": -label_smoothing*sum_p*torch.log(sum_e) + label_smoothing*sum_pz + label_smoothing*torch.log(sum_e) - label_smoothing*sum_z/n_classes + sum_p*torch.log(sum_e) - sum_pz,
         "z": z_loss*(m + torch.log(sum_e))**2,
@@ -945,18 +986,19 @@ def _gradient_probability_smoothed_z_loss_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_weighted(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_weighted(u, y, owned, valid, p, w, layout, comm,
                                  label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
-    sum_pw, sum_pwz, sum_e, n_classes, owners = comm.sum(
-        sum_pw, sum_pwz, sum_e, n_local, owned)
+    sum_pw, sum_pwz, sum_e, slices, owners = comm.sum(
+        sum_pw, sum_pwz, sum_e, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": sum_pw*torch.log(sum_e) - sum_pwz,
         "z": 0,
@@ -976,18 +1018,19 @@ def _gradient_probability_weighted(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_weighted_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_weighted_softcap(u, y, owned, valid, p, w, layout, comm,
                                          label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
-    sum_pw, sum_pwz, sum_e, n_classes, owners = comm.sum(
-        sum_pw, sum_pwz, sum_e, n_local, owned)
+    sum_pw, sum_pwz, sum_e, slices, owners = comm.sum(
+        sum_pw, sum_pwz, sum_e, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": sum_pw*torch.log(sum_e) - sum_pwz,
         "z": 0,
@@ -1010,18 +1053,19 @@ def _gradient_probability_weighted_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_weighted_z_loss(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_weighted_z_loss(u, y, owned, valid, p, w, layout, comm,
                                         label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
-    sum_pw, sum_pwz, sum_e, n_classes, owners = comm.sum(
-        sum_pw, sum_pwz, sum_e, n_local, owned)
+    sum_pw, sum_pwz, sum_e, slices, owners = comm.sum(
+        sum_pw, sum_pwz, sum_e, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": sum_pw*torch.log(sum_e) - sum_pwz,
         "z": z_loss*(m + torch.log(sum_e))**2,
@@ -1042,18 +1086,19 @@ def _gradient_probability_weighted_z_loss(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_weighted_z_loss_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_weighted_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                                 label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
-    sum_pw, sum_pwz, sum_e, n_classes, owners = comm.sum(
-        sum_pw, sum_pwz, sum_e, n_local, owned)
+    sum_pw, sum_pwz, sum_e, slices, owners = comm.sum(
+        sum_pw, sum_pwz, sum_e, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": sum_pw*torch.log(sum_e) - sum_pwz,
         "z": z_loss*(m + torch.log(sum_e))**2,
@@ -1077,11 +1122,11 @@ def _gradient_probability_weighted_z_loss_softcap(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_weighted_smoothed(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_weighted_smoothed(u, y, owned, valid, p, w, layout, comm,
                                           label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -1089,8 +1134,9 @@ def _forward_probability_weighted_smoothed(u, y, owned, valid, p, w, n_local, co
     sum_wz = _class_dot(w, z)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
-    sum_w, sum_pw, sum_wz, sum_pwz, sum_e, n_classes, owners = comm.sum(
-        sum_w, sum_pw, sum_wz, sum_pwz, sum_e, n_local, owned)
+    sum_w, sum_pw, sum_wz, sum_pwz, sum_e, slices, owners = comm.sum(
+        sum_w, sum_pw, sum_wz, sum_pwz, sum_e, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": -label_smoothing*sum_pw*torch.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*torch.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes + sum_pw*torch.log(sum_e) - sum_pwz,
         "z": 0,
@@ -1113,11 +1159,11 @@ def _gradient_probability_weighted_smoothed(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_weighted_smoothed_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_weighted_smoothed_softcap(u, y, owned, valid, p, w, layout, comm,
                                                   label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -1125,8 +1171,9 @@ def _forward_probability_weighted_smoothed_softcap(u, y, owned, valid, p, w, n_l
     sum_wz = _class_dot(w, z)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
-    sum_w, sum_pw, sum_wz, sum_pwz, sum_e, n_classes, owners = comm.sum(
-        sum_w, sum_pw, sum_wz, sum_pwz, sum_e, n_local, owned)
+    sum_w, sum_pw, sum_wz, sum_pwz, sum_e, slices, owners = comm.sum(
+        sum_w, sum_pw, sum_wz, sum_pwz, sum_e, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": -label_smoothing*sum_pw*torch.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*torch.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes + sum_pw*torch.log(sum_e) - sum_pwz,
         "z": 0,
@@ -1153,11 +1200,11 @@ def _gradient_probability_weighted_smoothed_softcap(saved, y, owned, valid, p, w
     return grad
 
 
-def _forward_probability_weighted_smoothed_z_loss(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_weighted_smoothed_z_loss(u, y, owned, valid, p, w, layout, comm,
                                                  label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = u
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -1165,8 +1212,9 @@ def _forward_probability_weighted_smoothed_z_loss(u, y, owned, valid, p, w, n_lo
     sum_wz = _class_dot(w, z)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
-    sum_w, sum_pw, sum_wz, sum_pwz, sum_e, n_classes, owners = comm.sum(
-        sum_w, sum_pw, sum_wz, sum_pwz, sum_e, n_local, owned)
+    sum_w, sum_pw, sum_wz, sum_pwz, sum_e, slices, owners = comm.sum(
+        sum_w, sum_pw, sum_wz, sum_pwz, sum_e, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": -label_smoothing*sum_pw*torch.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*torch.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes + sum_pw*torch.log(sum_e) - sum_pwz,
         "z": z_loss*(m + torch.log(sum_e))**2,
@@ -1190,11 +1238,11 @@ def _gradient_probability_weighted_smoothed_z_loss(saved, y, owned, valid, p, w,
     return grad
 
 
-def _forward_probability_weighted_smoothed_z_loss_softcap(u, y, owned, valid, p, w, n_local, comm,
+def _forward_probability_weighted_smoothed_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                                          label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
     x = softcap*torch.tanh(u/softcap)
-    m = comm.max(torch.amax(x, dim=1, keepdim=True))
+    m = comm.max(_row_max(x))
     z = -m + x
     e = torch.exp(z)
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -1202,8 +1250,9 @@ def _forward_probability_weighted_smoothed_z_loss_softcap(u, y, owned, valid, p,
     sum_wz = _class_dot(w, z)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
-    sum_w, sum_pw, sum_wz, sum_pwz, sum_e, n_classes, owners = comm.sum(
-        sum_w, sum_pw, sum_wz, sum_pwz, sum_e, n_local, owned)
+    sum_w, sum_pw, sum_wz, sum_pwz, sum_e, slices, owners = comm.sum(
+        sum_w, sum_pw, sum_wz, sum_pwz, sum_e, layout, owned)
+    n_classes = _classes(slices)
     losses = {
         "cross_entropy": -label_smoothing*sum_pw*torch.log(sum_e) + label_smoothing*sum_pwz + label_smoothing*sum_w*torch.log(sum_e)/n_classes - label_smoothing*sum_wz/n_classes + sum_pw*torch.log(sum_e) - sum_pwz,
         "z": z_loss*(m + torch.log(sum_e))**2,
@@ -1301,6 +1350,53 @@ _GRADIENT = {
 }
 
 
+#: a prime below 2**24: the targets' key is exact in float32
+_KEY_PRIME = 16777213
+
+
+def _target_key(lay):
+    """A key of this rank's class-index targets and ignored rows (0 for probability
+    targets, which are slices): ranks whose keys differ hold different targets (equal
+    keys may still hide a difference: a check, not a proof)."""
+    if lay["kind"] != "index":
+        return 0
+    keys = (torch.where(lay["valid"] > 0, lay["target"], -1).reshape(-1) + 2) % _KEY_PRIME
+    places = (torch.arange(keys.numel(), device=keys.device) * 40503 + 1) % _KEY_PRIME
+    return ((keys * places) % _KEY_PRIME).sum() % _KEY_PRIME
+
+
+def _layout_row(comm, vocab_start, lay):
+    """This rank's ``(vocab_start, V_r, key of the targets)`` at its place among the
+    group's ranks (zeros elsewhere): summed over the ranks, every rank has every slice."""
+    row = torch.zeros((comm.size, 3), dtype=lay["u"].dtype, device=lay["u"].device)
+    row[comm.rank, 0], row[comm.rank, 1] = float(vocab_start), float(lay["v"])
+    row[comm.rank, 2] = _target_key(lay)
+    return row
+
+
+def _classes(slices):
+    """The global class count, after checking that the slices ``(start, size)`` of the
+    group's ranks are contiguous, disjoint and cover ``0..n-1``, and that the ranks'
+    class-index targets agree (the same reduced values on every rank: every rank
+    raises alike, none waits)."""
+    if len(set(slices[:, 2].tolist())) > 1:
+        raise ValueError("the ranks hold different class-index targets (or ignore_index): "
+                         "every rank must pass the same global target")
+    found = sorted((int(start), int(size)) for start, size, _ in slices.tolist() if size > 0)
+    at = 0
+    for start, size in found:
+        if start != at:
+            kind = "overlap" if start < at else "leave a gap"
+            raise ValueError(f"the ranks' slices {kind} at class {min(start, at)}: "
+                             "(vocab_start, classes) per rank "
+                             f"{slices[:, :2].int().tolist()} (check "
+                             "vocab_start on every rank)")
+        at = start + size
+    if at == 0:
+        raise ValueError("the group's slices hold no class")
+    return torch.full((1,), float(at), dtype=slices.dtype, device=slices.device)
+
+
 def _is_number(value):
     return not isinstance(value, bool) and isinstance(value, (int, float))
 
@@ -1374,9 +1470,9 @@ def _layout(input, target, weight, vocab_start, ignore_index):
         raise TypeError(f"local_logits must be a torch.Tensor, got {type(input).__name__}")
     if input.dtype not in _FLOATS:
         raise ValueError(f"local_logits must be a floating tensor {_FLOATS}, got {input.dtype}")
-    if input.dim() < 1 or input.shape[0 if input.dim() == 1 else 1] < 1:
-        raise ValueError("local_logits must hold at least one class: (V_r), (N, V_r) or "
-                         f"(N, V_r, d1, ...), got shape {tuple(input.shape)}")
+    if input.dim() < 1:
+        raise ValueError("local_logits must be (V_r), (N, V_r) or (N, V_r, d1, ...), "
+                         f"got shape {tuple(input.shape)}")
     if isinstance(vocab_start, bool) or not isinstance(vocab_start, int) or vocab_start < 0:
         raise ValueError(f"vocab_start must be an integer >= 0, got {vocab_start!r}")
     if not isinstance(target, torch.Tensor):
@@ -1419,6 +1515,7 @@ def _layout(input, target, weight, vocab_start, ignore_index):
     local = target - vocab_start
     owned = valid & (local >= 0) & (local < v)
     found.update(kind="index", y=torch.where(owned, local, torch.zeros_like(local)),
+                 target=target,
                  owned=owned, valid=valid.to(dtype))
     return found
 
@@ -1433,17 +1530,18 @@ def _row_losses(input, target, options):
                   options["ignore_index"])
     key = _kernel_key(lay["kind"], options)
     comm = _Communicator(group)
-    n_local = torch.full((1,), float(lay["v"]), dtype=lay["u"].dtype, device=input.device)
+    layout = _layout_row(comm, options["vocab_start"], lay)
     scalars = {name: options[name] for name in ('label_smoothing', 'softcap', 'z_loss')}
     losses, owners, saved = _FORWARD[key](lay["u"], lay["y"], lay["owned"], lay["valid"], lay["p"],
-                                          lay["w"], n_local, comm, **scalars)
+                                          lay["w"], layout, comm, **scalars)
     if owners is not None:
         # the same reduced counts on every rank: every rank raises, none waits
         wrong = (lay["valid"] > 0) & (owners != 1)
         if bool(wrong.any()):
             if bool(((lay["valid"] > 0) & (owners > 1)).any()):
-                raise ValueError("the slices overlap: a target class lies in more than one "
-                                 "rank's slice (check vocab_start on every rank)")
+                # the slices are disjoint (checked): the ranks' targets differ
+                raise ValueError("the ranks hold different class-index targets: a row's "
+                                 "target lies in more than one rank's slice")
             raise ValueError(f"target holds a class index outside the {int(saved['n_classes'])} "
                              "classes of the group's slices (and not ignore_index)")
     return lay, key, losses, saved

@@ -66,6 +66,10 @@ class PartitionContext:
     equal_quickly = equal
 
     def _decide(self, e: sp.Expr, assumptions: Sequence[str]) -> bool:
+        if _binds_other_than_sums(e):
+            # a sum replaced by an atom below would lose its dependence on a variable
+            # that a derivative, integral, product … binds: refuse rather than guess
+            return False
         e = e.replace(lambda t: isinstance(t, sp.Sum), _prefix_form)
         e = e.doit(deep=False) if self.R is not None else e
         e = _telescope(e)
@@ -73,13 +77,43 @@ class PartitionContext:
             e = e.xreplace({self.boundary[0]: sp.S.Zero, self.boundary[self.R]: self.n})
             e = e.doit()  # an empty prefix sum is 0
         e = e.replace(lambda t: isinstance(t, sp.Sum), _pull_out)
-        atoms = {}
-        for s in sorted(e.atoms(sp.Sum), key=sp.default_sort_key):
-            positive = s.function.func == sp.exp and s.limits[0][1:] == (1, self.n)
-            atoms[s] = sp.Dummy("S", positive=True) if positive else sp.Dummy("T", real=True)
+        atoms = {s: _atom(s, self.n) for s in sorted(e.atoms(sp.Sum), key=sp.default_sort_key)}
         e = e.xreplace(atoms)
         e = sp.expand_log(e.replace(lambda t: isinstance(t, sp.log), _log_form))
         return sp.simplify(e) == 0
+
+
+def _binds_other_than_sums(e: sp.Basic) -> bool:
+    """Whether ``e`` holds a binder other than a sum (``Derivative``, ``Integral``,
+    ``Product``, ``Subs``, ``Lambda`` …)."""
+    return any(isinstance(t, sp.Derivative) or (
+        not isinstance(t, sp.Sum) and getattr(t, "bound_symbols", None))
+        for t in sp.preorder_traversal(e))
+
+
+def _integer_limits(s: sp.Sum) -> bool:
+    return all(v.is_integer and lo.is_integer and hi.is_integer for v, lo, hi in s.limits)
+
+
+def _atom(s: sp.Sum, n: Any) -> sp.Dummy:
+    """The atom that stands for the sum ``s``, with only what SymPy knows of it.
+
+    Positive: one sum over ``1..n`` (``n ≥ 1``) of terms SymPy knows positive
+    (``e^{x_j}``, ``x`` real).  Real: integer limits (a finite number of terms,
+    signed by Karr's convention) and terms SymPy knows real.  Otherwise a
+    complex atom: nothing is assumed of a sum of terms that may be complex
+    (``e^{z_j}``, ``z`` complex), of an empty or negatively counted sum, or of
+    a sum with more limits than one.
+    """
+    if not _integer_limits(s):
+        return sp.Dummy("U")
+    positive_count = sp.sympify(n).is_positive and sp.sympify(n).is_integer
+    if (len(s.limits) == 1 and s.limits[0][1:] == (1, n) and positive_count
+            and s.function.is_positive):
+        return sp.Dummy("S", positive=True)
+    if s.function.is_real:
+        return sp.Dummy("T", real=True)
+    return sp.Dummy("U")
 
 
 def _prefix_form(s: sp.Sum) -> sp.Expr:
@@ -88,7 +122,7 @@ def _prefix_form(s: sp.Sum) -> sp.Expr:
     if len(s.limits) != 1:
         return s
     (j, lo, hi), = s.limits
-    if lo == 1 or s.function.has(sp.Sum):
+    if lo == 1 or s.function.has(sp.Sum) or not _integer_limits(s):
         return s
     return sp.Sum(s.function, (j, 1, hi)) - sp.Sum(s.function, (j, 1, lo - 1))
 

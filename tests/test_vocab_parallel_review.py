@@ -1,0 +1,135 @@
+"""Review cases of the vocabulary-parallel module on a real gloo group of 3 ranks.
+
+* a rank holding no class (an empty slice: ``torch.chunk`` / DTensor shards of a
+  vocabulary smaller than the group) runs every case of the worker, exact
+  against ``F.cross_entropy`` on the concatenated logits;
+* ``vocab_start`` inconsistent with the slices' sizes (a gap, an overlap that no
+  target falls in, every slice shifted by one) raises on every rank — before the
+  fix it returned a loss over classes the caller did not mean;
+* class-index targets (or ignore_index) that differ between the ranks raise on
+  every rank (before the fix: silently a loss of no one's targets where a row's
+  differing targets fell in the same slice);
+* after every error the group still works (no rank left waiting).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from tests import vocab_parallel_worker as worker
+from tests.test_vocab_parallel import _free_port
+
+WORLD = 3
+EMPTY_SPLIT = (3, 0, 4)
+
+
+def _errors(vp, rank: int) -> dict[str, str]:
+    x = torch.randn(4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    sizes = (3, 1, 4)
+    cases = {  # (vocab_start per rank, where each rank's slice is read from, target)
+        "gap": ((0, 3, 5), (0, 3, 4), [0, 1, 2, 3]),
+        "overlap": ((0, 3, 3), (0, 3, 4), [0, 1, 6, 7]),
+        "shifted": ((1, 4, 5), (0, 3, 4), [1, 2, 3, 4]),
+    }
+    found = {}
+    for name, (starts, reads, target) in cases.items():
+        local = x[:, reads[rank]:reads[rank] + sizes[rank]]
+        try:
+            vp.vocab_parallel_cross_entropy(local, torch.tensor(target), vocab_start=starts[rank])
+        except ValueError as exc:
+            found[name] = str(exc)
+        else:
+            found[name] = "no error"
+    start = sum(sizes[:rank])
+    local = x[:, start:start + sizes[rank]]
+    target = torch.tensor([0, 3, 4, 7])
+    target[0] = rank * 3  # row 0: class 0, 3, 6 on ranks 0, 1, 2: two slices own one
+    try:
+        vp.vocab_parallel_cross_entropy(local, target, vocab_start=start)
+    except ValueError as exc:
+        found["different_targets"] = str(exc)
+    else:
+        found["different_targets"] = "no error"
+    for name, row0, ignore in (("one_owner", rank, -100),  # classes 0, 1, 2: slice 0's
+                               ("ignore_index", 0, -100 if rank else 5)):
+        target = torch.tensor([row0, 3, 5, 7])
+        try:
+            vp.vocab_parallel_cross_entropy(local, target, vocab_start=start, ignore_index=ignore)
+        except ValueError as exc:
+            found[name] = str(exc)
+        else:
+            found[name] = "no error"
+    try:  # no rank holds a class
+        vp.vocab_parallel_cross_entropy(x[:, :0], torch.tensor([0, 0, 0, 0]), vocab_start=0)
+    except ValueError as exc:
+        found["no_class"] = str(exc)
+    else:
+        found["no_class"] = "no error"
+    return found
+
+
+def _main(rank: int, world: int, port: int, out: str) -> None:
+    os.environ["SYMCE_COMPILE"] = "0"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        vp = worker.load("cross_entropy_vocab_parallel_torch")
+        counter = worker.Counter()
+        report = {"empty": worker.run_cases(vp, None, rank, EMPTY_SPLIT, counter),
+                  "errors": _errors(vp, rank)}
+        report["after_errors"] = worker.run_cases(vp, None, rank, (3, 1, 4), counter,
+                                                  worker.CASES[:1])["cases"]
+        Path(out, f"rank{rank}.json").write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(target, out, deadline: float = 120.0) -> None:
+    """``WORLD`` forked ranks of ``target``; all killed past the deadline (a hang fails)."""
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(target, args=(WORLD, _free_port(), str(out)), nprocs=WORLD,
+                                 join=False, start_method="fork")
+    end = time.monotonic() + deadline
+    while not context.join(timeout=1.0):
+        if time.monotonic() > end:
+            for p in context.processes:
+                if p.is_alive():
+                    p.kill()
+            raise AssertionError(f"the ranks did not finish in {deadline:g} s (a hang?)")
+
+
+def test_review_cases_on_a_group_of_three(tmp_path):
+    _spawn(_main, tmp_path)
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    for report in reports:
+        empty = report["empty"]
+        assert empty["cases"] == len(worker.CASES) * len(worker.REDUCTIONS)
+        assert max(empty["forward"]) <= 2 and empty["backward"] == [0]
+        errors = report["errors"]
+        assert "leave a gap at class 4" in errors["gap"]
+        assert "overlap at class 3" in errors["overlap"]
+        assert "leave a gap at class 0" in errors["shifted"]
+        for name in ("different_targets", "one_owner", "ignore_index"):
+            assert "different class-index targets" in errors[name], name
+        assert "hold no class" in errors["no_class"]
+        assert report["after_errors"] == len(worker.REDUCTIONS)
+
+
+def test_an_empty_slice_without_a_group_raises():
+    import pytest
+
+    from tests.parity import load_generated
+
+    vp = load_generated("cross_entropy_vocab_parallel_torch")
+    with pytest.raises(ValueError, match="hold no class"):
+        vp.vocab_parallel_cross_entropy(torch.randn(3, 0), torch.tensor([0, 1, 2]),
+                                        vocab_start=0)
