@@ -1,0 +1,75 @@
+"""Review of symce.define_loss (issue 16): formulas outside what the kernels compute
+are refused, parameters cannot alias the derivation's own symbols, and the gradient
+checker decides claims about a formula's gradient (refutes at a point, never crashes).
+
+References are hand-written: which formulas are complex-valued is said by hand
+(log(-q) = log q + iπ, √(log q) with log q < 0), gradients come from torch float64
+autograd.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import symce
+from symce.losses import list_losses, unregister
+
+SHIPPED = frozenset(list_losses())
+
+
+@pytest.fixture(autouse=True)
+def _forget_new_losses():
+    yield
+    for name in set(list_losses()) - SHIPPED:
+        unregister(name)
+
+
+# -- formulas the kernels cannot compute in real numbers ------------------------------
+@pytest.mark.parametrize("formula", [
+    "sum(log(-q))",                       # log q + iπ: the module's loss was NaN
+    "sum(sqrt(-q)) - sum(p*log(q))",      # i·√q: the module raised a numpy casting error
+    "-sum(p*log(q)) + sum(log(q)**0.5)",  # √(log q), log q < 0: NaN everywhere
+    "log(sum(p*log(q)))",                 # log of a negative number
+])
+def test_a_formula_that_is_not_real_is_refused(formula):
+    with pytest.raises(ValueError, match="not real-valued"):
+        symce.define_loss("review_complex", formula)
+    assert "review_complex" not in list_losses()
+
+
+def test_a_formula_real_at_its_default_parameters_is_kept():
+    """√(g − Σq²) is real for g ≥ 1 (its default): not refused."""
+    loss = symce.define_loss("review_sqrt_param", "-sum(p*log(q)) + sqrt(g - sum(q**2))",
+                             params={"g": 2.0})
+    assert loss.name == "review_sqrt_param"
+
+
+# -- parameters named like the concrete derivation's entries ------------------------
+@pytest.mark.parametrize("name", ["c_1", "q_1", "x_2", "p_3", "u_1", "t_12"])
+def test_a_parameter_named_like_an_entry_of_a_concrete_derivation_is_refused(name):
+    """``c_1`` as a parameter was the very symbol c_1 (target coefficient 1) of the
+    n = 3 derivation: its gradient then mixed the parameter with the target (or with
+    q_1, the softmax), a proof of another loss than the formula's."""
+    with pytest.raises(ValueError, match="entry of the logits"):
+        symce.define_loss("review_alias", f"-sum(p*log(q)) + {name}*sum(q**2)",
+                          params={name: 0.5})
+
+
+def test_a_parameter_named_x1_is_a_constant_in_the_concrete_derivation():
+    """x1 is not an entry name (x_1 is): the n = 3 gradient is the hand-derived one,
+    checked at a point against torch autograd."""
+    symce.define_loss("review_x1", "-sum(p*log(q)) + x1*sum(q**2)", params={"x1": 0.5})
+    d = symce.derive("review_x1", n=3)
+    ctx = d.context
+    x = torch.tensor([0.3, -1.2, 0.7], dtype=torch.float64, requires_grad=True)
+    c = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    a = 0.5
+    q = torch.softmax(x, 0)
+    (want,) = torch.autograd.grad(-(c * torch.log_softmax(x, 0)).sum() + a * (q ** 2).sum(), x)
+    qv = q.detach()
+    table = {ctx.q(i): float(qv[i]) for i in range(3)}
+    table.update({ctx.c(i): float(c[i]) for i in range(3)})
+    table.update({p.symbol: a for p in ctx.loss.params})
+    got = [float(e.xreplace(table)) for e in d.result]
+    assert got == pytest.approx(want.tolist(), rel=1e-12, abs=1e-14)
