@@ -117,3 +117,17 @@ def test_claims_about_a_formula_gradient_are_decided(claim_losses, loss, claim, 
         assert verdict.status in ("proved", "undecided"), str(verdict)
     if claim == "2*x/n + q":
         assert verdict.status == "proved"
+
+
+# -- provenance of a formula's generated modules ------------------------------------
+def test_the_c_source_of_a_formula_module_says_how_to_regenerate_it():
+    """The module's C part said ``symce generate NAME (or symce build)``: neither
+    defines the formula again (a formula's name is known only in the process that
+    defined it); it must carry the --formula command like the module's own header."""
+    from symce.codegen import generate
+
+    symce.define_loss("review_header", "sum((q - p)**2)")
+    source = generate("review_header", "numpy")
+    lines = [line for line in source.splitlines() if "Regenerate with" in line]
+    assert len(lines) >= 2
+    assert all("--formula=" in line and "--name review_header" in line for line in lines), lines

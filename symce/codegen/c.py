@@ -655,11 +655,16 @@ def c_source(kernels: Iterable[Kernel], header: list[str]) -> str:
     return _render([kernel_context(k) for k in kernels], header)
 
 
-def c_header(loss: str) -> list[str]:
-    """The provenance lines of a module's C source (the same for every backend)."""
+def c_header(loss: str, backend: str = "numpy") -> list[str]:
+    """The provenance lines of a module's C source (the same for every backend of a
+    shipped loss; a loss that says how it is regenerated, a formula's, names the
+    command for ``backend``: ``symce generate NAME`` alone would not define it)."""
+    from symce.losses import get_loss
     from symce.render.env import header_lines
 
-    return header_lines(loss, "c/module.c.j2", f"symce generate {loss} (or symce build)")
+    how = get_loss(loss).regenerate
+    how = how.format(backend=backend) if how else f"symce generate {loss} (or symce build)"
+    return header_lines(loss, "c/module.c.j2", how)
 
 
 @functools.cache
