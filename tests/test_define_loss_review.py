@@ -131,3 +131,20 @@ def test_the_c_source_of_a_formula_module_says_how_to_regenerate_it():
     lines = [line for line in source.splitlines() if "Regenerate with" in line]
     assert len(lines) >= 2
     assert all("--formula=" in line and "--name review_header" in line for line in lines), lines
+
+
+def test_an_elementwise_formula_is_refused_by_generate_with_a_reason(capsys, tmp_path):
+    """sum(p*x) (gradient p: no softmax, no class sum) is derived, but the kernels have
+    nothing to walk: the refusal says so (it said 'kernel index has no class sum:
+    nothing to walk'), one line, exit 2, nothing written."""
+    from symce.cli import main
+
+    symce.define_loss("review_linear", "sum(p*x)")
+    d = symce.derive("review_linear")
+    assert d.result == d.context.c(d.context.k)  # by hand: d/dx_k sum_j p_j x_j = p_k
+    out = tmp_path / "out"
+    assert main(["generate", "--name", "review_linear", "--formula=sum(p*x)", "--backend",
+                 "numpy", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "elementwise in the logits and targets" in err and "not support" in err
+    assert not list(out.glob("*.py")) if out.exists() else True

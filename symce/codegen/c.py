@@ -227,7 +227,11 @@ class _KernelPrinter:
         self.small_test: str | None = None
         self.levels = kernel.levels
         if self.levels < 1:
-            raise ValueError(f"kernel {kernel.name} has no class sum: nothing to walk")
+            raise ValueError(
+                f"the {kernel.name} kernel would have no sum over the classes to walk: the "
+                "loss and its gradient are elementwise in the logits and targets, with no "
+                "softmax q or log-sum-exp (a formula such as sum(p*x) or sum(p*exp(x))); "
+                "the generated kernels do not support such a loss")
         #: per-row values computed after the last sums: losses, coefficients, targets
         self.row_code: dict[sp.Symbol, sp.Expr] = {
             sp.Symbol(f"loss_{t}", real=True): e for t, e in kernel.losses}
