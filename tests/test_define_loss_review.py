@@ -148,3 +148,37 @@ def test_an_elementwise_formula_is_refused_by_generate_with_a_reason(capsys, tmp
     err = capsys.readouterr().err
     assert "elementwise in the logits and targets" in err and "not support" in err
     assert not list(out.glob("*.py")) if out.exists() else True
+
+
+# -- the command line --------------------------------------------------------------
+@pytest.mark.parametrize(("argv", "message"), [
+    # argparse read --loss as an abbreviation of --loss-file: the file was never
+    # imported and the command went on with cross_entropy (generate wrote
+    # cross_entropy_numpy.py; derive printed cross-entropy's proof), exit 0
+    (["generate", "--loss", "focal_loss", "--backend", "numpy"], "read as --loss-file"),
+    (["derive", "--loss", "focal_loss"], "read as --loss-file"),
+    (["derive", "focal_loss", "--loss-f", "losses.py"], "read as --loss-file"),
+    # --param without --formula was ignored, even a value that is not a number
+    (["derive", "focal_loss", "--param", "gamma=abc"], "--param declares the parameters"),
+    # a parameter given twice: the last one won, silently
+    (["derive", "--formula=sum(q**2)*g", "--name", "review_twice", "--param", "g=1",
+      "--param", "g=2"], "given twice"),
+])
+def test_cli_options_that_were_silently_ignored_are_refused(capsys, tmp_path, argv, message):
+    from symce.cli import main
+
+    if argv[0] == "generate":
+        argv = [*argv, "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.glob("*.py"))
+
+
+def test_cli_a_loss_file_in_full_is_still_imported(tmp_path, capsys):
+    from symce.cli import main
+
+    path = tmp_path / "mine.py"
+    path.write_text('import symce\nsymce.define_loss("review_file_loss", "sum((q - p)**2)")\n')
+    assert main(["derive", "review_file_loss", "--loss-file", str(path)]) == 0
+    assert main(["derive", "review_file_loss", f"--loss-file={path}"]) == 0
