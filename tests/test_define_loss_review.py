@@ -182,3 +182,37 @@ def test_cli_a_loss_file_in_full_is_still_imported(tmp_path, capsys):
     path.write_text('import symce\nsymce.define_loss("review_file_loss", "sum((q - p)**2)")\n')
     assert main(["derive", "review_file_loss", "--loss-file", str(path)]) == 0
     assert main(["derive", "review_file_loss", f"--loss-file={path}"]) == 0
+
+
+IMPLEMENTATIONS = '''
+import torch
+import torch.nn.functional as F
+
+
+def right(logits, target, **_):
+    n = logits.shape[1]
+    return ((logits ** 2).sum(1) / n
+            - (F.one_hot(target, n) * torch.log_softmax(logits, 1)).sum(1)).mean()
+
+
+def shifted(logits, target, **_):  # the x term on max-shifted logits: wrong
+    n = logits.shape[1]
+    z = logits - logits.max(1, keepdim=True).values
+    return ((z ** 2).sum(1) / n
+            - (F.one_hot(target, n) * torch.log_softmax(logits, 1)).sum(1)).mean()
+'''
+
+
+@pytest.mark.parametrize(("function", "status"), [("right", 0), ("shifted", 1)])
+def test_cli_check_of_a_formula_growing_like_x_squared(tmp_path, capsys, function, status):
+    """Σx²/n − Σp log q written right by hand: it failed the battery's 1e4-logit case
+    (loss 4e7 off by 7e-9, 2e-16 relative, allowed 2e-10: cross-entropy's tolerance
+    model); the version on shifted logits must still fail."""
+    from symce.cli import main
+
+    (tmp_path / "impl.py").write_text(IMPLEMENTATIONS)
+    argv = ["check", f"{tmp_path / 'impl.py'}:{function}",
+            "--formula=sum(x**2)/n - sum(p*log(q))", "--name", "review_x_squared"]
+    assert main(argv) == status
+    out = capsys.readouterr().out
+    assert ("PASS: all" if status == 0 else "FAIL") in out, out
