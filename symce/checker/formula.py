@@ -191,23 +191,28 @@ def parse_formula(text: str, params: dict[str, sp.Symbol] | None = None,
     return expr
 
 
-def parse_claim(claim: str | sp.Basic) -> sp.Expr:
-    """A claim in the documented symbols, as an expression with vector placeholders."""
+def parse_claim(claim: str | sp.Basic, params: dict[str, sp.Symbol] | None = None) -> sp.Expr:
+    """A claim in the documented symbols, as an expression with vector placeholders.
+
+    ``params``: the loss's parameters by name (their symbols), which a claim may use."""
+    params = dict(params or {})
     names = {name: sp.Symbol(name) for name in (*_VECTORS, *_COUNT_NAMES)}
     if isinstance(claim, str):
-        expr = parse_formula(claim, functions=CLAIM_FUNCTIONS)
+        expr = parse_formula(claim, params, functions=CLAIM_FUNCTIONS)
     else:
         expr = _from_sympy(sp.sympify(claim), "k")
+        table = {**names, **params}
         expr = expr.xreplace(
             {
-                s: names[s.name]
+                s: table[s.name]
                 for s in expr.free_symbols
-                if isinstance(s, sp.Symbol) and s.name in names
+                if isinstance(s, sp.Symbol) and s.name in table
             }
         )
     # the floats of a SymPy claim as the numeric search reads them (see _evaluate)
     expr = expr.xreplace({f: sp.nsimplify(f, rational=True) for f in expr.atoms(sp.Float)})
-    unknown = sorted(str(s) for s in expr.free_symbols if str(s) not in names)
+    unknown = sorted(str(s) for s in expr.free_symbols
+                     if str(s) not in names and s not in params.values())
     if unknown:
         raise ValueError(
             f"unknown symbol(s) {', '.join(unknown)} in the formula; use q (softmax), "
@@ -304,8 +309,12 @@ def check_gradient_formula(
             f"unknown assumption(s) {unknown}; known: {', '.join(d.context.assumptions)}"
         )
     text = claim if isinstance(claim, str) else sp.sstr(claim)
-    parsed = parse_claim(claim)
     ctx = d.context
+    # the loss's parameters: symbols in the claim and the derived gradient alike,
+    # given values at each point of the search (with the log-sum-exp ℓ of the point)
+    declared = getattr(getattr(ctx, "loss", None), "params", ())
+    params = {p.name: p.symbol for p in declared}
+    parsed = parse_claim(claim, params)
     if n is None:
         stated = to_indexed(parsed, ctx)
     else:
@@ -321,8 +330,10 @@ def check_gradient_formula(
     for trial in range(points):
         size = n if n is not None else (3, 2, 4)[trial % 3]
         point = _point(rng, size, "normalised" in assumptions)
-        claimed = _evaluate(parsed, point)
-        derived = _evaluate_derived(d.result, ctx, point)
+        values = {s: sp.Rational(int(v), 10) for s, v in
+                  zip(params.values(), rng.integers(1, 30, len(params)), strict=True)}
+        claimed = _evaluate(parsed, point, values)
+        derived = _evaluate_derived(d.result, ctx, point, values)
         if _differ(claimed, derived):
             return verdict("refuted", point, tuple(claimed), tuple(derived))
     return verdict("undecided")
@@ -340,8 +351,9 @@ def _point(rng: np.random.Generator, n: int, normalised: bool) -> Point:
     return Point(x, c)
 
 
-def _evaluate(parsed: sp.Expr, point: Point) -> list[sp.Expr]:
-    """The claim's vector at ``point``: exact rationals, evaluated to ``_DIGITS`` digits."""
+def _evaluate(parsed: sp.Expr, point: Point, params: dict | None = None) -> list[sp.Expr]:
+    """The claim's vector at ``point`` (``params``: parameter symbol → value): exact
+    rationals, evaluated to ``_DIGITS`` digits."""
     values = {"q": point.q, "c": point.c, "x": point.x}
     n = len(point.x)
 
@@ -353,20 +365,24 @@ def _evaluate(parsed: sp.Expr, point: Point) -> list[sp.Expr]:
         )
 
     exact = parsed.xreplace({f: sp.nsimplify(f, rational=True) for f in parsed.atoms(sp.Float)})
+    exact = exact.xreplace(dict(params or {}))
     return [sp.N(entry(exact, a), _DIGITS) for a in range(n)]
 
 
-def _evaluate_derived(result: Any, ctx: Any, point: Point) -> list[sp.Expr]:
-    """The derivation's own result at ``point`` (symbolic ``n``: instantiated first)."""
+def _evaluate_derived(result: Any, ctx: Any, point: Point, params: dict | None = None
+                      ) -> list[sp.Expr]:
+    """The derivation's own result at ``point`` (symbolic ``n``: instantiated first;
+    ``ℓ`` is the point's log-sum-exp, ``params`` the parameters' values)."""
     n = len(point.x)
     values = {"q": point.q, "c": point.c, "x": point.x}
+    constants = {ctx.ell: sp.log(sp.Add(*[sp.exp(v) for v in point.x])), **(params or {})}
     if isinstance(result, sp.MatrixBase):
         entries = list(result)
         table = {getattr(ctx, name)(a): values[name][a] for name in values for a in range(n)}
     else:
         entries = [result.xreplace({ctx.k: a + 1, ctx.n: n}).doit() for a in range(n)]
         table = {getattr(ctx, name)(a + 1): values[name][a] for name in values for a in range(n)}
-    return [sp.N(e.xreplace(table), _DIGITS) for e in entries]
+    return [sp.N(e.xreplace(table).xreplace(constants), _DIGITS) for e in entries]
 
 
 def _differ(claimed: list[sp.Expr], derived: list[sp.Expr]) -> bool:

@@ -227,7 +227,11 @@ class _KernelPrinter:
         self.small_test: str | None = None
         self.levels = kernel.levels
         if self.levels < 1:
-            raise ValueError(f"kernel {kernel.name} has no class sum: nothing to walk")
+            raise ValueError(
+                f"the {kernel.name} kernel would have no sum over the classes to walk: the "
+                "loss and its gradient are elementwise in the logits and targets, with no "
+                "softmax q or log-sum-exp (a formula such as sum(p*x) or sum(p*exp(x))); "
+                "the generated kernels do not support such a loss")
         #: per-row values computed after the last sums: losses, coefficients, targets
         self.row_code: dict[sp.Symbol, sp.Expr] = {
             sp.Symbol(f"loss_{t}", real=True): e for t, e in kernel.losses}
@@ -655,11 +659,16 @@ def c_source(kernels: Iterable[Kernel], header: list[str]) -> str:
     return _render([kernel_context(k) for k in kernels], header)
 
 
-def c_header(loss: str) -> list[str]:
-    """The provenance lines of a module's C source (the same for every backend)."""
+def c_header(loss: str, backend: str = "numpy") -> list[str]:
+    """The provenance lines of a module's C source (the same for every backend of a
+    shipped loss; a loss that says how it is regenerated, a formula's, names the
+    command for ``backend``: ``symce generate NAME`` alone would not define it)."""
+    from symce.losses import get_loss
     from symce.render.env import header_lines
 
-    return header_lines(loss, "c/module.c.j2", f"symce generate {loss} (or symce build)")
+    how = get_loss(loss).regenerate
+    how = how.format(backend=backend) if how else f"symce generate {loss} (or symce build)"
+    return header_lines(loss, "c/module.c.j2", how)
 
 
 @functools.cache

@@ -67,7 +67,7 @@ def torch_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
         "op_schema": op_schema(loss_name),
         "op_floats": [a.split()[1] for a in op_schema(loss_name) if a.startswith("float")],
         # the compiled kernels, on torch's own OpenMP team (see templates/shared/compiled.py.j2)
-        **c_context(ks, c_header(loss_name), openmp=True),
+        **c_context(ks, c_header(loss_name, "torch"), openmp=True),
         # the dense path: double backward and target gradients (symce/codegen/second_order.py)
         **second_order_context(loss_name, ks),
     }

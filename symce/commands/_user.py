@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument("--param", action="append", default=None, metavar="NAME=VALUE",
                            help="a parameter of the --formula loss and its default value "
                            "(repeat for several)")
+        parser.set_defaults(_param_of_formula=True)  # nothing else reads it
     else:  # symce check: its --param values are the formula's defaults and the values checked
         group.description = ("--param NAME=VALUE also declares the --formula loss's "
                              "parameters, with VALUE as the default")
@@ -56,13 +57,19 @@ def explain(message: str) -> str:
     return message
 
 
+#: the --loss-file paths :func:`preload` imported (this process)
+_PRELOADED: set[Path] = set()
+
+
 def preload(argv: Sequence[str]) -> None:
     """Import the ``--loss-file`` named in ``argv`` (before the parser lists the losses)."""
     for k, arg in enumerate(argv):
         if arg == "--loss-file" and k + 1 < len(argv):
             load_loss_file(Path(argv[k + 1]))
+            _PRELOADED.add(Path(argv[k + 1]))
         elif arg.startswith("--loss-file="):
             load_loss_file(Path(arg.partition("=")[2]))
+            _PRELOADED.add(Path(arg.partition("=")[2]))
 
 
 def load_loss_file(path: Path) -> None:
@@ -91,6 +98,9 @@ def parameters(texts: Sequence[str] | None) -> dict[str, float]:
         name, raw = name.strip(), raw.strip()
         if not sep or not name or not raw:
             raise UsageError(f"--param expects NAME=VALUE, got {text!r}")
+        if name in values:
+            raise UsageError(f"--param {name} is given twice ({name}={values[name]:g} and "
+                             f"{text!r}); give each parameter once")
         try:
             values[name] = float(raw)
         except ValueError:
@@ -102,6 +112,20 @@ def apply(args: argparse.Namespace) -> None:
     """Define the ``--formula`` loss and make it the command's loss (``--loss-file``:
     imported already, by :func:`preload`)."""
     formula, name = getattr(args, "formula", None), getattr(args, "name", None)
+    loss_file = getattr(args, "loss_file", None)
+    if loss_file is not None and loss_file not in _PRELOADED:
+        # argparse took an abbreviation (``--loss X``, ``--loss-f X``) for --loss-file,
+        # which preload does not see: the file was not imported, and a command that
+        # takes its loss as an argument would go on silently with the default loss
+        raise UsageError(f"{str(loss_file)!r} was read as --loss-file (from an abbreviation "
+                         "such as --loss): write --loss-file in full to import a file of "
+                         "losses; a command's loss is its argument, e.g. symce generate "
+                         "focal_loss")
+    if formula is None and getattr(args, "param", None) and getattr(
+            args, "_param_of_formula", False):
+        raise UsageError("--param declares the parameters of a --formula loss; give "
+                         "--formula and --name (a registered loss's parameters are not "
+                         "set by this command)")
     if formula is None:
         if name is not None:
             raise UsageError("--name names a --formula loss; give --formula too (or pass a "

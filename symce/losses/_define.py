@@ -42,6 +42,10 @@ _RESERVED = frozenset({
 })
 _RESERVED_PREFIXES = ("_", "scale_", "sum_", "L_", "j_")
 _PLACEHOLDER_LSE = sp.Symbol("_lse")
+#: the concrete context's entries (x_1, q_2, c_3 …, real symbols like a parameter's): a
+#: parameter named so would be the same SymPy symbol as that entry in every derivation
+#: for a given n, which would then differentiate another loss than the formula's
+_CONCRETE_NAMES = r"[xutqcp]_\d+"
 
 
 def _parser():
@@ -61,6 +65,10 @@ def _check_parameter_name(name: str) -> None:
                          "or lam)")
     clash = (name in documented_names() or name in _RESERVED or hasattr(builtins, name)
              or name.startswith(_RESERVED_PREFIXES) or re.fullmatch(r"j\d+", name))
+    if re.fullmatch(_CONCRETE_NAMES, name):
+        raise ValueError(f"parameter name {name!r} is the name of an entry of the logits, "
+                         "softmax or targets in the derivation for a given n (x_1, q_2, "
+                         "c_3 ...); choose another")
     if clash:
         raise ValueError(f"parameter name {name!r} is taken (a documented symbol, a name the "
                          "generated modules use, or a Python builtin); choose another")
@@ -137,13 +145,15 @@ def _to_context(expr: sp.Expr, ctx: Context, index: Any, params: dict[str, sp.Sy
 
 
 # -- refusing early -----------------------------------------------------------------
-def _vet(name: str, text: str, expr: sp.Expr, params: dict[str, sp.Symbol]) -> None:
+def _vet(name: str, text: str, expr: sp.Expr, params: dict[str, sp.Symbol],
+         defaults: Mapping[str, sp.Rational] | None = None) -> None:
     """Depends on the logits, differentiable by SymPy: tried on three written-out classes."""
     from symce.engine import ConcreteContext
 
+    defaults = dict(defaults or {})
     ctx = ConcreteContext(3)
     value = _to_context(expr, ctx, None, params, written=False)
-    xs = sp.symbols("x1:4", real=True)
+    xs = sp.symbols("x1:4", real=True, cls=sp.Dummy)  # no parameter's symbol (x1 …)
     total = sp.log(sp.Add(*[sp.exp(v) for v in xs]))
     q = {ctx.q(a): sp.exp(xs[a] - total) for a in range(3)}
     explicit = value.xreplace(q).xreplace({ctx.ell: total})
@@ -155,6 +165,21 @@ def _vet(name: str, text: str, expr: sp.Expr, params: dict[str, sp.Symbol]) -> N
     if any(g.has(sp.Derivative, sp.Subs) for g in grads):
         raise ValueError(f"{name}: SymPy cannot differentiate the formula {text!r} "
                          "(a derivative is left unevaluated)")
+    # not real anywhere it is tried (log or sqrt of a negative quantity, log(-q),
+    # sqrt(log(q))): the kernels compute in real arithmetic, so they would return NaN
+    # (or fail) where the proof is about a complex function; refused, not guessed
+    tried = []
+    for shift in (0, 5):
+        point = {v: sp.Rational(a + 1 + shift, 3) for a, v in enumerate(xs)}
+        point.update({ctx.c(a): sp.Rational(a + 2 + shift, 7) for a in range(3)})
+        point.update({s: defaults.get(s.name, sp.Rational(3 + shift, 7))
+                      for s in params.values()})
+        tried.append(sp.N(explicit.xreplace(point), 30))
+    if not any(v.is_real for v in tried):
+        raise ValueError(f"{name}: the formula {text!r} is not real-valued (it is "
+                         f"{sp.sstr(tried[0], full_prec=False)} at a point with positive logits "
+                         "and targets): a logarithm or square root of a negative quantity? "
+                         "the generated kernels compute in real numbers")
     # exact rationals evaluated to 40 digits: a gradient that is zero everywhere
     # (sum(q) is 1) comes out below 1e-30 at both points, a real one does not
     for shift in (0, 5):
@@ -207,7 +232,8 @@ def formula_loss(name: str, formula: str | sp.Basic, *, params: Mapping[str, Any
     if parsed.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
         raise ValueError(f"{name}: the formula {text!r} is not finite")
     vocabulary = _in_vocabulary(parsed)
-    _vet(name, text, vocabulary, symbols)
+    _vet(name, text, vocabulary, symbols,
+         {p.name: sp.nsimplify(p.default, rational=True) for p in declared})
     rewritten = vocabulary != parsed
 
     def own_steps(ctx: Context, steps: dict[str, Step]) -> list[Step]:
