@@ -80,5 +80,6 @@ def make(backend: str) -> str:
 
 
 register_product(f"{NAME}_torch.py", LOSS, lambda: make("torch"))
+register_product(f"{NAME}_triton.py", LOSS, lambda: make("triton"))
 
 __all__ = ["head_arguments", "make"]
