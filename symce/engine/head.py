@@ -77,7 +77,7 @@ class HeadContext(Context):
             self._b = row("b", n)
             self._x = row("x", n)
             self._g = row("g", n)
-            self._W = [[sp.Symbol(f"W_{{{r + 1},{c + 1}}}", real=True) for c in range(features)]
+            self._W = [[sp.Symbol(f"W_{r + 1}{c + 1}", real=True) for c in range(features)]
                        for r in range(n)]
             self._F = sp.Function("F")
 
