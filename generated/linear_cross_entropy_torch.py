@@ -17553,9 +17553,13 @@ class CrossEntropyLoss(torch.nn.Module):
 _HEAD_KEYWORDS = ('weight', 'reduction', 'ignore_index', 'label_smoothing', 'options', 'z_loss', 'softcap')
 # those the loss's kernels read
 _HEAD_OPTIONS = ('weight', 'reduction', 'ignore_index', 'label_smoothing', 'z_loss', 'softcap')
-# bytes of the chunk's logits and gradient buffers together (settable: chunk_bytes)
-_CHUNK = {"bytes": 16 << 20}
+# bytes of a chunk's buffers together (settable: chunk_bytes): its logits, where
+# the gradient is formed (a second buffer for some array kernels, half inputs' own)
+_CHUNK = {"bytes": 24 << 20}
 _DEFAULT_CHUNK_BYTES = _CHUNK["bytes"]
+# bytes of logits per call of a compiled kernel: the block and its gradient's scratch
+# stay in L2 from the kernel to the copy back (the scratch is the only other buffer)
+_KERNEL_BLOCK_BYTES = 1 << 21
 
 
 def chunk_bytes(value=None):
@@ -17652,58 +17656,79 @@ def _head_targets(input, target, options, n_classes):
 
 
 class _Chunks:
-    """The reused buffers of the chunks, the first (largest) chunk's size."""
+    """The buffers reused by every chunk: ``rows`` (the first, largest chunk's) x classes."""
 
     def __init__(self, rows, n_classes, dtype, device):
         self.shape = (rows, n_classes)
         self.dtype, self.device = dtype, device
         self.flat = {}
 
-    def get(self, name, rows, dtype=None):
+    def get(self, name, rows, dtype=None, capacity=None):
+        """``rows`` x classes of the buffer ``name`` (``capacity`` rows, default the chunk's)."""
         if name not in self.flat:
-            self.flat[name] = torch.empty(self.shape[0] * self.shape[1],
-                                          dtype=dtype or self.dtype, device=self.device)
+            size = (capacity or self.shape[0]) * self.shape[1]
+            self.flat[name] = torch.empty(size, dtype=dtype or self.dtype, device=self.device)
         return self.flat[name][:rows * self.shape[1]].view(rows, self.shape[1])
 
 
-def _chunk_kernel(library, key, block, input_slots, chunks, x, m, rows_y, rows_p, found,
+def _chunk_compiled(library, key, chunks, x, rows_y, rows_p, found, need_grad, consts,
+                    scalars, scales):
+    """The compiled kernel over the chunk ``x`` (m, C), block by block of rows: each
+    block's gradient formed in a small scratch (the kernel's logits and gradient must
+    not overlap) and copied over the block's logits while they are in cache, so the
+    chunk needs one buffer.  Per-term row losses; the gradient left in ``x``."""
+    m, n_classes = x.shape
+    block = max(1, min(m, _KERNEL_BLOCK_BYTES // (4 * n_classes)))
+    losses = {term: torch.empty(m, dtype=chunks.dtype, device=x.device) for term in scales}
+    y = None if rows_y is None else rows_y.contiguous()
+    p = None if rows_p is None else rows_p.to(chunks.dtype).contiguous()
+    w = found["weight"]
+    w = None if w is None else w.contiguous()
+    values = {**{f"scale_{term}": float(v) for term, v in scales.items()},
+              **{name: float(v) for name, v in scalars.items()},
+              **{name: float(v) for name, v in zip(_CONSTANT_NAMES[key], consts)}}
+    threads = torch.get_num_threads()
+    for r0 in range(0, m, block):
+        r1 = min(m, r0 + block)
+        g = chunks.get("block", r1 - r0, capacity=block) if need_grad else None
+        arrays = {"u": x[r0:r1].data_ptr(), "g": None if g is None else g.data_ptr(),
+                  **{f"loss_{term}": rows[r0:r1].data_ptr() for term, rows in losses.items()},
+                  "y": None if y is None else y[r0:r1].data_ptr(), "valid": None,
+                  "p": None if p is None else p[r0:r1].data_ptr(),
+                  "w": None if w is None else w.data_ptr(), "scales": None,
+                  "tu": None, "tg": None}
+        _c_run(library, key, arrays, (r1 - r0, n_classes, 1), values, threads)
+        if g is not None:
+            x[r0:r1].copy_(g)
+    return losses, (x if need_grad else None)
+
+
+def _chunk_kernel(library, key, block, input_slots, chunks, x, rows_y, rows_p, found,
                   need_grad, consts, scalars, scales):
     """The loss's kernel over one chunk of logits ``x`` (m, C): per-term row losses,
-    the gradient in the buffer ``grad`` (None where not wanted)."""
-    n_classes = x.shape[1]
-    dtype = chunks.dtype
-    grad = chunks.get("grad", m) if need_grad else None
+    and the gradient of the reduced loss (None where not wanted) in a chunk buffer."""
     if library is not None:
-        losses = {term: torch.empty(m, dtype=dtype, device=x.device) for term in scales}
-        y = None if rows_y is None else rows_y.contiguous()
-        p = None if rows_p is None else rows_p.to(dtype).contiguous()
-        w = found["weight"]
-        arrays = {"u": x.data_ptr(), "g": None if grad is None else grad.data_ptr(),
-                  **{f"loss_{term}": rows.data_ptr() for term, rows in losses.items()},
-                  "y": None if y is None else y.data_ptr(), "valid": None,
-                  "p": None if p is None else p.data_ptr(),
-                  "w": None if w is None else w.contiguous().data_ptr(), "scales": None,
-                  "tu": None, "tg": None}
-        values = {**{f"scale_{term}": float(v) for term, v in scales.items()},
-                  **{name: float(v) for name, v in scalars.items()},
-                  **{name: float(v) for name, v in zip(_CONSTANT_NAMES[key], consts)}}
-        _c_run(library, key, arrays, (m, n_classes, 1), values, torch.get_num_threads())
-        return losses, grad
+        return _chunk_compiled(library, key, chunks, x, rows_y, rows_p, found, need_grad,
+                               consts, scalars, scales)
+    m, n_classes = x.shape
     u3 = x.view(m, n_classes, 1)
-    buf3 = (grad if grad is not None else chunks.get("buf", m)).view(m, n_classes, 1)
+    if input_slots.get("u") == "buf":  # the block reads the logits where it forms the gradient
+        buf3 = u3
+    else:
+        buf3 = chunks.get("buf", m).view(m, n_classes, 1)
 
     def scratch(name):
         return chunks.get("s_" + name, m).view(m, n_classes, 1)
 
     out = block(u=u3, buf=buf3, tu=None, tbuf=None,
                 y=None if rows_y is None else rows_y.view(m, 1, 1), valid=1.0,
-                p=None if rows_p is None else rows_p.to(dtype).view(m, n_classes, 1),
+                p=None if rows_p is None else rows_p.to(chunks.dtype).view(m, n_classes, 1),
                 w=found["w"], n_classes=n_classes, need_grad=need_grad,
                 need_grad_teacher=False, consts=consts, scratch=scratch, **scalars,
                 **{f"scale_{term}": v for term, v in scales.items()})
-    losses = {term: torch.as_tensor(value, dtype=dtype, device=x.device).expand(m, 1, 1)
-              .reshape(m) for term, value in zip(scales, out, strict=True)}
-    return losses, grad
+    losses = {term: torch.as_tensor(value, dtype=chunks.dtype, device=x.device)
+              .expand(m, 1, 1).reshape(m) for term, value in zip(scales, out, strict=True)}
+    return losses, (buf3.view(m, n_classes) if need_grad else None)
 
 
 def _reciprocal(denominator):
@@ -17748,7 +17773,9 @@ def _head(input, linear_weight, linear_bias, target, options, need, row_scale=No
     p_rows = None if found["p"] is None else found["p"].reshape(rows, n_classes)
     # the compiled kernels read float32 logits on the CPU (half inputs' chunks are float32)
     library = compiled_library() if device.type == "cpu" and dtype == torch.float32 else None
-    copies = 2 + (1 if half else 0)
+    # the chunk's buffers: the logits (where the gradient is formed), a second for
+    # an array kernel that reads the logits after writing the gradient, the half inputs'
+    copies = (1 if library is not None or input_slots.get("u") == "buf" else 2) + half
     step = _chunk_rows(options["options"], n_classes, torch.empty((), dtype=dtype)
                        .element_size(), copies)
     chunks = _Chunks(min(step, max(count, 1)), n_classes, dtype, device)
@@ -17776,7 +17803,7 @@ def _head(input, linear_weight, linear_bias, target, options, need, row_scale=No
             torch.addmm(b, hc, W.t(), out=x)
         yc = None if y_rows is None else (y_rows[r0:r1] if at is None else y_rows[at])
         pc = None if p_rows is None else (p_rows[r0:r1] if at is None else p_rows[at])
-        part, G = _chunk_kernel(library, key, block, input_slots, chunks, x, m, yc, pc, found,
+        part, G = _chunk_kernel(library, key, block, input_slots, chunks, x, yc, pc, found,
                                 need_grad, consts, scalars, scales)
         for term, value in part.items():
             if at is None:
