@@ -237,3 +237,41 @@ def test_bad_inputs_raise(name, make, error, match):
     *args, kw = make(h, W, b, t)
     with pytest.raises(error, match=match):
         head.linear_cross_entropy(*args, **kw)
+
+
+class _Shapes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every aten op's name and its outputs' shapes and storage sizes, as the head runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        tensors = [o for o in outs if isinstance(o, torch.Tensor)]
+        self.calls.append((func.overloadpacket.__name__, [tuple(o.shape) for o in tensors],
+                           [o.untyped_storage().nbytes() // o.element_size() for o in tensors]))
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_tensor_of_all_the_logits_and_ignored_rows_skip_the_gemm(dtype):
+    n, v = 40, 64
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(n, H, dtype=dtype, generator=g, requires_grad=True)
+    W = torch.randn(v, H, dtype=dtype, generator=g, requires_grad=True)
+    t = torch.randint(0, v, (n,), generator=g)
+    t[::4] = -100  # 10 ignored rows
+    options = types.SimpleNamespace(batch_chunk_size=8)
+    with _Shapes() as shapes:
+        loss = head.linear_cross_entropy(h, W, t, options=options, label_smoothing=0.1)
+        loss.backward()
+    # no storage holds half the logits (the stand-in of their shape has one element)
+    assert max(size for *_, sizes in shapes.calls for size in sizes) < n * v / 2
+    logits = [out[0] for name, out, _ in shapes.calls if name in ("mm", "addmm")
+              and out and out[0][-1] == v]
+    assert sum(rows for rows, _ in logits) == n - 10  # the ignored rows took no GEMM
+    ref = F.linear_cross_entropy(*(p.detach().double().requires_grad_() for p in (h, W)), t,
+                                 label_smoothing=0.1)
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=0, atol=1e-5)

@@ -70,6 +70,10 @@ def _context(loss_name: str, backend: str, template: str) -> dict[str, object]:
         "head_signature": ", ".join(f"{n}={d}" for n, d in keywords),
         "head_options": [n for n, _ in keywords if n != "options"],
         "embedded_template": f"{backend}/module.py.j2",
+        # the embedded module says what it is: generated/<loss>_<backend>.py's source
+        "embedded_header": header_lines(
+            loss_name, f"{backend}/module.py.j2",
+            f"symce generate {loss_name} --backend {backend}; embedded here by {template}"),
     }
 
 
