@@ -236,6 +236,7 @@ def render_document(derivation: Derivation, fmt: str) -> str:
     """Render ``derivation`` as ``fmt`` (``tex``, ``md`` or ``txt``)."""
     from symce.render.appendix import appendix
     from symce.render.example import worked_example
+    from symce.render.head_appendix import head_context
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown document format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -265,4 +266,5 @@ def render_document(derivation: Derivation, fmt: str) -> str:
         example=_example(derivation, fmt),
         worked=worked_example(derivation.loss).context(fmt),
         appendix=appendix().context(fmt),
+        head=head_context(fmt),
     )

@@ -1,0 +1,279 @@
+"""The language-model head: the loss of ``x = W h + b``, differentiated through the linear map.
+
+A row ``h ∈ R^H`` of hidden states, a weight ``W ∈ R^{n×H}`` and a bias
+``b ∈ R^n`` give the logits ``x_k = Σ_d W_{k,d} h_d + b_k``; any loss of the
+logits, with ``g_k = ∂L/∂x_k`` its derived gradient, then has
+
+    ∂L/∂h = Wᵀ g,    ∂L/∂W = g hᵀ,    ∂L/∂b = g,
+
+and over a batch of rows (``h_r``, ``g_r``) the weight's and the bias's
+gradients are the sums over the rows: ``Σ_r g_r h_rᵀ = Gᵀ H`` and ``Σ_r g_r``
+(what the chunked head accumulates, chunk by chunk).
+
+Two derivations, each a :class:`~symce.proof.Derivation` checked by SymPy:
+
+* :func:`head_derivation` with ``n=None``: symbolic ``n`` classes and ``H``
+  features.  The linear map's partial derivatives are evaluated by SymPy and
+  Kronecker deltas sifted over the index ranges (``1 ≤ k ≤ n``,
+  ``1 ≤ a ≤ H``); ``L`` depends on the head's parameters only through ``x``,
+  so its derivative is ``Σ_j g_j ∂x_j/∂v`` (the chain rule, the context's
+  rule for ``L``; SymPy itself applies it in the concrete derivation).
+* with ``n`` (and ``features``) concrete: ``L = F(x_1, …, x_n)`` for an
+  arbitrary differentiable ``F`` (an undefined SymPy function) of the logits
+  written out, so the chain rule is SymPy's own; each gradient is a matrix
+  equation proved entry by entry.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import sympy as sp
+
+from symce.engine.context import Context
+from symce.engine.symbolic import _linearise, _sift_deltas
+from symce.proof import Derivation, Step
+
+#: the concrete head the documents show: 3 classes, 2 features
+CLASSES = 3
+FEATURES = 2
+
+
+class HeadContext(Context):
+    """Decides the head's equalities: symbolic (``n``, ``H`` symbols) or concrete sizes.
+
+    Its vocabulary: ``h`` (the row), ``W``, ``b``, ``x`` (the logits, defined
+    as ``W h + b``), ``L`` (the loss of ``x``) and ``g`` (``∂L/∂x``).  No named
+    assumptions: every fact used is a standing one (real entries, index ranges).
+    """
+
+    assumptions: dict[str, str] = {}
+
+    def __init__(self, n: int | None = None, features: int | None = None) -> None:
+        super().__init__(None)
+        if (n is None) != (features is None):
+            raise ValueError("give both sizes (concrete) or neither (symbolic)")
+        self.symbolic = n is None
+        self.n = n
+        self.features = features
+        self.j, self.k = sp.symbols("j k", integer=True)
+        self.a, self.d, self.e = sp.symbols("a d e", integer=True)
+        self.classes = sp.Symbol("n", integer=True, positive=True) if n is None else n
+        self.H = sp.Symbol("H", integer=True, positive=True) if n is None else features
+        if self.symbolic:
+            self._h = sp.IndexedBase("h", real=True)
+            self._W = sp.IndexedBase("W", real=True)
+            self._b = sp.IndexedBase("b", real=True)
+            self._x = sp.IndexedBase("x", real=True)
+            self._g = sp.IndexedBase("g", real=True)
+            self._F = None
+        else:
+            def row(name, size):
+                return [sp.Symbol(f"{name}_{i + 1}", real=True) for i in range(size)]
+
+            self._h = row("h", features)
+            self._b = row("b", n)
+            self._x = row("x", n)
+            self._g = row("g", n)
+            self._W = [[sp.Symbol(f"W_{r + 1}{c + 1}", real=True) for c in range(features)]
+                       for r in range(n)]
+            self._F = sp.Function("F")
+
+    # -- vocabulary (1-based indices, as the documents write them) --------
+    def h(self, a: Any) -> sp.Expr:
+        return self._h[a] if self.symbolic else self._h[a - 1]
+
+    def W(self, k: Any, a: Any) -> sp.Expr:
+        return self._W[k, a] if self.symbolic else self._W[k - 1][a - 1]
+
+    def b(self, k: Any) -> sp.Expr:
+        return self._b[k] if self.symbolic else self._b[k - 1]
+
+    def x(self, k: Any) -> sp.Expr:
+        return self._x[k] if self.symbolic else self._x[k - 1]
+
+    def g(self, k: Any) -> sp.Expr:
+        return self._g[k] if self.symbolic else self._g[k - 1]
+
+    def class_sum(self, term) -> sp.Expr:
+        if self.symbolic:
+            return sp.Sum(term(self.j), (self.j, 1, self.classes))
+        return sp.Add(*[term(j) for j in range(1, self.n + 1)])
+
+    def feature_sum(self, term) -> sp.Expr:
+        if self.symbolic:
+            return sp.Sum(term(self.d), (self.d, 1, self.H))
+        return sp.Add(*[term(d) for d in range(1, self.features + 1)])
+
+    def logit(self, k: Any) -> sp.Expr:
+        """The definition ``x_k = Σ_d W_{k,d} h_d + b_k``."""
+        return self.feature_sum(lambda d: self.W(k, d) * self.h(d)) + self.b(k)
+
+    # -- what the base class asks for (the head has no softmax of its own) --
+    def q(self, a: Any) -> sp.Expr:
+        raise NotImplementedError("the head's derivation has no softmax")
+
+    c = p = u = t = q
+
+    def sum(self, term):
+        return self.class_sum(term)
+
+    def vector(self, entry):
+        return entry(self.k)
+
+    def matrix(self, entry):
+        return entry(self.j, self.k)
+
+    def entry(self, obj, *index):
+        return obj
+
+    def evaluate(self, expr: Any) -> Any:
+        return self._evaluate(expr)
+
+    def normalise(self, expr: Any) -> Any:
+        return expr
+
+    def _vocabulary(self) -> Sequence[sp.Basic]:
+        if self.symbolic:
+            return (self._h, self._W, self._b, self._x, self._g, self.classes, self.H,
+                    self.j, self.k, self.a, self.d, self.e)
+        flat = [s for row in self._W for s in row]
+        return (*self._h, *self._b, *self._x, *self._g, *flat)
+
+    # -- deciding ---------------------------------------------------------
+    def _definitions(self, expr: sp.Expr) -> sp.Expr:
+        """``L`` (concrete: ``F`` of the logits written out), ``g``, ``x``: their definitions."""
+        if self.symbolic:
+            return expr.replace(lambda t: isinstance(t, sp.Indexed) and t.base == self._x,
+                                lambda t: self.logit(t.indices[0]))
+        y = sp.symbols(f"y_1:{self.n + 1}", real=True)
+        at = dict(zip(y, (self.logit(k) for k in range(1, self.n + 1)), strict=True))
+        table = {self.L: self._F(*y).subs(at)}
+        table.update({self.g(k): sp.diff(self._F(*y), y[k - 1]).subs(at)
+                      for k in range(1, self.n + 1)})
+        table.update({self.x(k): self.logit(k) for k in range(1, self.n + 1)})
+        return expr.xreplace(table)
+
+    def _chain(self, expr: sp.Expr) -> sp.Expr:
+        """Symbolic sizes: ``∂L/∂v = Σ_j g_j ∂x_j/∂v`` (``L`` is a function of ``x`` alone)."""
+        def rule(t: sp.Derivative) -> sp.Expr:
+            (v, order), = t.variable_count
+            if order != 1:
+                raise ValueError("only first derivatives of L")
+            return self.class_sum(lambda j: self.g(j) * sp.Derivative(self.x(j), v))
+
+        return expr.replace(lambda t: isinstance(t, sp.Derivative) and t.expr == self.L, rule)
+
+    def _evaluate(self, expr: sp.Expr) -> sp.Expr:
+        if self.symbolic:
+            expr = self._chain(expr)
+        expr = self._definitions(expr)
+        expr = expr.replace(lambda t: isinstance(t, sp.Derivative), lambda t: t.doit())
+        if self.symbolic:
+            # the deltas sifted over each index range: features 1..H, classes 1..n
+            expr = _linearise(sp.expand(expr))
+            expr = _sift_deltas(expr, self.H, frozenset((self.a, self.d, self.e)))
+            expr = _linearise(sp.expand(expr))
+            expr = _sift_deltas(expr, self.classes, frozenset((self.j, self.k)))
+            expr = _linearise(sp.expand(expr))
+        return expr
+
+    def decide(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:
+        if isinstance(lhs, sp.MatrixBase) or isinstance(rhs, sp.MatrixBase):
+            if self.symbolic or lhs.shape != rhs.shape:
+                return False
+            return all(self.decide(a, b, assumptions) for a, b in zip(lhs, rhs, strict=True))
+        e = self._evaluate(sp.sympify(lhs)) - self._evaluate(sp.sympify(rhs))
+        if self.symbolic:
+            atoms = {s: sp.Dummy("S") for s in _canonical(e).atoms(sp.Sum)}
+            return sp.expand(_canonical(e).xreplace(atoms)) == 0
+        return sp.simplify(e.doit()) == 0
+
+
+def _canonical(expr: sp.Expr) -> sp.Expr:
+    """Every sum's dummy renamed to one name (``Σ_j f_j`` and ``Σ_d f_d`` are one atom)."""
+    u = sp.Symbol("_u", integer=True)
+
+    def rename(s: sp.Sum) -> sp.Expr:
+        (var, lo, hi), = s.limits
+        return sp.Sum(s.function.xreplace({var: u}), (u, lo, hi))
+
+    return expr.replace(lambda t: isinstance(t, sp.Sum) and len(t.limits) == 1, rename)
+
+
+def _symbolic_steps(ctx: HeadContext) -> list[Step]:
+    L, j, k, a, e = ctx.L, ctx.j, ctx.k, ctx.a, ctx.e
+    D = sp.Derivative
+    jac_h = D(ctx.x(j), ctx.h(a))
+    jac_w = D(ctx.x(j), ctx.W(k, e))
+    jac_b = D(ctx.x(j), ctx.b(k))
+    chain = ("the chain rule: $L$ depends on the head only through the logits, "
+             r"$g_j = \partial L / \partial x_j$")
+    return [
+        Step("head_logits_input", "The logits' derivative in the hidden state", jac_h,
+             ctx.W(j, a),
+             r"$x_j = \sum_{d=1}^{H} W_{j,d} h_d + b_j$ differentiated; Kronecker-delta "
+             r"sifting over $1 \le d \le H$"),
+        Step("head_logits_weight", "The logits' derivative in the weight", jac_w,
+             sp.KroneckerDelta(j, k) * ctx.h(e),
+             r"only row $k$ of $W$ enters $x_k$; sifting over $1 \le d \le H$"),
+        Step("head_logits_bias", "The logits' derivative in the bias", jac_b,
+             sp.KroneckerDelta(j, k), r"$b_j$ enters $x_j$ alone"),
+        Step("head_input", "The gradient in the hidden state", D(L, ctx.h(a)),
+             ctx.class_sum(lambda i: ctx.W(i, a) * ctx.g(i)),
+             chain + r"; $(W^{\mathsf T} g)_a$",
+             via=(ctx.class_sum(lambda i: ctx.g(i) * D(ctx.x(i), ctx.h(a))),)),
+        Step("head_weight", "The gradient in the weight", D(L, ctx.W(k, e)),
+             ctx.g(k) * ctx.h(e),
+             chain + r"; sifting over $1 \le j \le n$: $(g h^{\mathsf T})_{k,e}$",
+             via=(ctx.class_sum(lambda i: ctx.g(i) * D(ctx.x(i), ctx.W(k, e))),)),
+        Step("head_bias", "The gradient in the bias", D(L, ctx.b(k)), ctx.g(k),
+             chain + r"; sifting over $1 \le j \le n$",
+             via=(ctx.class_sum(lambda i: ctx.g(i) * D(ctx.x(i), ctx.b(k))),)),
+    ]
+
+
+def _concrete_steps(ctx: HeadContext) -> list[Step]:
+    n, H = ctx.n, ctx.features
+    h = sp.ImmutableMatrix(H, 1, lambda a, _: ctx.h(a + 1))
+    W = sp.ImmutableMatrix(n, H, lambda k, a: ctx.W(k + 1, a + 1))
+    b = sp.ImmutableMatrix(n, 1, lambda k, _: ctx.b(k + 1))
+    g = sp.ImmutableMatrix(n, 1, lambda k, _: ctx.g(k + 1))
+    x = sp.ImmutableMatrix(n, 1, lambda k, _: ctx.x(k + 1))
+    rule = (r"$L = F(x_1, \dots, x_n)$ for any differentiable $F$, "
+            r"$x = W h + b$ written out, $g_k = \partial F / \partial x_k$ at $x$; "
+            "SymPy's chain rule, entry by entry")
+    M = sp.ImmutableMatrix
+    return [
+        Step("head_logits", "The logits", x, W * h + b, r"the head's definition, written out"),
+        Step("head_input", "The gradient in the hidden state",
+             M(H, 1, lambda a, _: sp.Derivative(ctx.L, ctx.h(a + 1))), W.T * g, rule),
+        Step("head_weight", "The gradient in the weight",
+             M(n, H, lambda k, a: sp.Derivative(ctx.L, ctx.W(k + 1, a + 1))), g * h.T,
+             rule),
+        Step("head_bias", "The gradient in the bias",
+             sp.ImmutableMatrix(n, 1, lambda k, _: sp.Derivative(ctx.L, ctx.b(k + 1))), g, rule),
+    ]
+
+
+@functools.cache
+def head_derivation(n: int | None = None, features: int | None = None) -> Derivation:
+    """The checked derivation of the head's gradients (raises ``ProofError`` otherwise).
+
+    ``n=None``: symbolic ``n`` and ``H``; else ``n`` classes and ``features``
+    features (default :data:`FEATURES`).
+
+    >>> head_derivation().step("head_input").rhs
+    Sum(W[j, a]*g[j], (j, 1, n))
+    """
+    if n is not None and features is None:
+        features = FEATURES
+    ctx = HeadContext(n, features)
+    steps = _symbolic_steps(ctx) if n is None else _concrete_steps(ctx)
+    return Derivation(loss="linear_head", description="the linear head", n=n,
+                      steps=tuple(steps), context=ctx, result_step="head_input").check()
+
+
+__all__ = ["CLASSES", "FEATURES", "HeadContext", "head_derivation"]
