@@ -368,12 +368,11 @@ static inline __attribute__((always_inline)) float symce_log(float b)
     return b > 0.0f ? finite : (b == 0.0f ? -INFINITY : NAN);
 }
 
-/* tanh(x): x + x^3 Q(x^2) for |x| < 0.625f (Q of degree 5), else
- * (1 - E) / (1 + E) with E = e^(-2|x|) for |x| up to 9.5 (tanh rounds to 1
- * from 9.02 on), the sign copied.  Within 3 ulps.  E skips symce_exp's error
- * carry and clamp: t = -2|x| log2(e) >= -27.5, and t's rounding error moves
- * the result by 2E times as much, under 5e-8 relative at most (|x| = 0.625). */
-static inline __attribute__((always_inline)) float symce_tanh(float x)
+/* tanh(x) for |x| < 0.625f: x + x^3 Q(x^2), Q of degree 5, the sign
+ * copied (within 3 ulps there; outside, use symce_tanh).  symce_tanh is this
+ * polynomial below 0.625f: a row whose arguments all lie below it
+ * calls this alone for the same bits, without the exponential branch. */
+static inline __attribute__((always_inline)) float symce_tanh_small(float x)
 {
     const float a = fabsf(x);
     const float v = a * a;
@@ -383,14 +382,25 @@ static inline __attribute__((always_inline)) float symce_tanh(float x)
     poly = fmaf(poly, v, -0.053959259577204544f);
     poly = fmaf(poly, v, 0.1333330355691574f);
     poly = fmaf(poly, v, -0.3333333317214036f);
-    const float small = fmaf(a * v, poly, a);
+    return copysignf(fmaf(a * v, poly, a), x);
+}
+
+/* tanh(x): the polynomial above for |x| < 0.625f, else
+ * (1 - E) / (1 + E) with E = e^(-2|x|) for |x| up to 9.5 (tanh rounds to 1
+ * from 9.02 on), the sign copied.  Within 3 ulps.  E skips symce_exp's error
+ * carry and clamp: t = -2|x| log2(e) >= -27.5, and t's rounding error moves
+ * the result by 2E times as much, under 5e-8 relative at most (|x| = 0.625). */
+static inline __attribute__((always_inline)) float symce_tanh(float x)
+{
+    const float a = fabsf(x);
+    const float small = symce_tanh_small(x);
     const float t = (a < 9.5f ? a : 9.5f) * (-2.0f * SYMCE_LOG2E_HI);
     const float k = (t + 12582912.0f) - 12582912.0f;
     const union { uint32_t bits; float value; } two_k = {(uint32_t)((int32_t)k + 127) << 23};
     const float e = symce_exp2_reduced(t - k) * two_k.value;
-    const float large = (1.0f - e) / (1.0f + e);
+    const float large = copysignf((1.0f - e) / (1.0f + e), x);
     /* NaN fails the comparison: the polynomial's NaN */
-    return copysignf(a >= 0.625f ? large : small, x);
+    return a >= 0.625f ? large : small;
 }
 
 /* e^(a * l): b^a with l = log(b) (shared where one base has several
@@ -428,6 +438,13 @@ void symce_vector_tanh(const float *restrict in, float *restrict out, int64_t n)
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i)
         out[i] = symce_tanh(in[i]);
+}
+
+void symce_vector_tanh_small(const float *restrict in, float *restrict out, int64_t n)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = symce_tanh_small(in[i]);
 }
 
 void symce_vector_pow(const float *restrict base, const float *restrict exponent,
@@ -892,10 +909,15 @@ static void row_index_softcap(const symce_args_index_softcap *restrict A, int64_
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e */
@@ -913,11 +935,20 @@ static void row_index_softcap(const symce_args_index_softcap *restrict A, int64_
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -1699,10 +1730,15 @@ static void row_index_z_loss_softcap(const symce_args_index_z_loss_softcap *rest
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e */
@@ -1720,11 +1756,20 @@ static void row_index_z_loss_softcap(const symce_args_index_z_loss_softcap *rest
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -2533,10 +2578,15 @@ static void row_index_smoothed_softcap(const symce_args_index_smoothed_softcap *
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e, sum_z */
@@ -2556,11 +2606,20 @@ static void row_index_smoothed_softcap(const symce_args_index_smoothed_softcap *
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -3416,10 +3475,15 @@ static void row_index_smoothed_z_loss_softcap(const symce_args_index_smoothed_z_
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e, sum_z */
@@ -3439,11 +3503,20 @@ static void row_index_smoothed_z_loss_softcap(const symce_args_index_smoothed_z_
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -4273,10 +4346,15 @@ static void row_index_weighted_softcap(const symce_args_index_weighted_softcap *
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e */
@@ -4294,11 +4372,20 @@ static void row_index_weighted_softcap(const symce_args_index_weighted_softcap *
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -5094,10 +5181,15 @@ static void row_index_weighted_z_loss_softcap(const symce_args_index_weighted_z_
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_e */
@@ -5115,11 +5207,20 @@ static void row_index_weighted_z_loss_softcap(const symce_args_index_weighted_z_
         /* float sums in lanes (see SYMCE_SUM_LANES), into double after the block */
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -5959,10 +6060,15 @@ static void row_index_weighted_smoothed_softcap(const symce_args_index_weighted_
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_wz, sum_e */
@@ -5982,11 +6088,20 @@ static void row_index_weighted_smoothed_softcap(const symce_args_index_weighted_
         float part_sum_wz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -6891,10 +7006,15 @@ static void row_index_weighted_smoothed_z_loss_softcap(const symce_args_index_we
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     const int64_t y = A->y[r];
     /* walk 1: sum_wz, sum_e */
@@ -6914,11 +7034,20 @@ static void row_index_weighted_smoothed_z_loss_softcap(const symce_args_index_we
         float part_sum_wz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -7802,10 +7931,15 @@ static void row_probability_softcap(const symce_args_probability_softcap *restri
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pz, sum_e, sum_p */
     double acc_sum_pz[SYMCE_SUM_LANES] = {0};
@@ -7827,11 +7961,20 @@ static void row_probability_softcap(const symce_args_probability_softcap *restri
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -8715,10 +8858,15 @@ static void row_probability_z_loss_softcap(const symce_args_probability_z_loss_s
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pz, sum_e, sum_p */
     double acc_sum_pz[SYMCE_SUM_LANES] = {0};
@@ -8740,11 +8888,20 @@ static void row_probability_z_loss_softcap(const symce_args_probability_z_loss_s
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -9655,10 +9812,15 @@ static void row_probability_smoothed_softcap(const symce_args_probability_smooth
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pz, sum_e, sum_p, sum_z */
     double acc_sum_pz[SYMCE_SUM_LANES] = {0};
@@ -9682,11 +9844,20 @@ static void row_probability_smoothed_softcap(const symce_args_probability_smooth
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -10644,10 +10815,15 @@ static void row_probability_smoothed_z_loss_softcap(const symce_args_probability
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pz, sum_e, sum_p, sum_z */
     double acc_sum_pz[SYMCE_SUM_LANES] = {0};
@@ -10671,11 +10847,20 @@ static void row_probability_smoothed_z_loss_softcap(const symce_args_probability
         float part_sum_p[SYMCE_SUM_LANES] = {0};
         float part_sum_z[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -11613,10 +11798,15 @@ static void row_probability_weighted_softcap(const symce_args_probability_weight
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pw, sum_pwz, sum_e */
     double acc_sum_pw[SYMCE_SUM_LANES] = {0};
@@ -11638,11 +11828,20 @@ static void row_probability_weighted_softcap(const symce_args_probability_weight
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -12572,10 +12771,15 @@ static void row_probability_weighted_z_loss_softcap(const symce_args_probability
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pw, sum_pwz, sum_e */
     double acc_sum_pw[SYMCE_SUM_LANES] = {0};
@@ -12597,11 +12801,20 @@ static void row_probability_weighted_z_loss_softcap(const symce_args_probability
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -13565,10 +13778,15 @@ static void row_probability_weighted_smoothed_softcap(const symce_args_probabili
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pw, sum_wz, sum_pwz, sum_e */
     double acc_sum_pw[SYMCE_SUM_LANES] = {0};
@@ -13592,11 +13810,20 @@ static void row_probability_weighted_smoothed_softcap(const symce_args_probabili
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
@@ -14606,10 +14833,15 @@ static void row_probability_weighted_smoothed_z_loss_softcap(const symce_args_pr
     const float h_0_f = (float)h_0;
     const float softcap_f = (float)softcap;
     float m_f = -INFINITY;
-#pragma omp simd reduction(max:m_f)
+    float m_lo = INFINITY;
+#pragma omp simd reduction(max:m_f) reduction(min:m_lo)
     for (int64_t c = 0; c < C; ++c) {
         m_f = ur[c] > m_f ? ur[c] : m_f;
+        m_lo = ur[c] < m_lo ? ur[c] : m_lo;
     }
+    /* every tanh argument of the row below the polynomial's range: walk 1 then
+     * computes tanh as the polynomial alone (the same bits) */
+    const int m_small = fabsf(h_0_f*m_lo) < 0.625f && fabsf(h_0_f*m_f) < 0.625f;
     m_f = softcap_f*symce_tanh(h_0_f*m_f);  /* the transform is increasing: the maximum's */
     /* walk 1: sum_pw, sum_wz, sum_pwz, sum_e */
     double acc_sum_pw[SYMCE_SUM_LANES] = {0};
@@ -14633,11 +14865,20 @@ static void row_probability_weighted_smoothed_z_loss_softcap(const symce_args_pr
         float part_sum_pwz[SYMCE_SUM_LANES] = {0};
         float part_sum_e[SYMCE_SUM_LANES] = {0};
         if (gr && xsr) {
+            if (m_small) {
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) {
-                const float u = ur[c];
-                const float x = softcap_f*symce_tanh(h_0_f*u);
-                xsr[c] = x;
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh_small(h_0_f*u);
+                    xsr[c] = x;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float u = ur[c];
+                    const float x = softcap_f*symce_tanh(h_0_f*u);
+                    xsr[c] = x;
+                }
             }
             int64_t s0 = c0;
             for (; s0 + SYMCE_SUM_LANES <= c1; s0 += SYMCE_SUM_LANES) {
