@@ -3,7 +3,7 @@
 import pytest
 import sympy as sp
 
-from symce.engine.head import head_derivation
+from symce.engine.head import HeadContext, head_derivation
 from symce.errors import ProofError
 from symce.render.head_appendix import head_context
 from tests.parity import GENERATED
@@ -104,3 +104,20 @@ def test_the_documents_have_the_head_appendix(suffix):
     text = (GENERATED / f"cross_entropy_derivation.{suffix}").read_text(encoding="utf-8")
     assert "Appendix: the head" in text
     assert "H9. The gradient in the weight" in text
+
+
+def test_a_transposed_weight_inside_nested_sums_is_refused():
+    """Σ_j g_j Σ_d W_{j,d} h_d is not Σ_j g_j Σ_d W_{d,j} h_d: the sums' dummies are
+    renamed by depth, so the inner one cannot capture the outer index (one shared
+    name did, and the check accepted W g for Wᵀ g); the same sum under other
+    index names is still proved equal."""
+    ctx = HeadContext()
+    j, d, k = ctx.j, ctx.d, ctx.k
+
+    def nested(weight, outer, inner):
+        return sp.Sum(ctx.g(outer) * sp.Sum(weight(outer, inner) * ctx.h(inner),
+                                            (inner, 1, ctx.H)), (outer, 1, ctx.classes))
+
+    lhs = nested(ctx.W, j, d)
+    assert not ctx.decide(lhs, nested(lambda a, b: ctx.W(b, a), j, d), ())
+    assert ctx.decide(lhs, nested(ctx.W, k, j), ())

@@ -192,15 +192,22 @@ class HeadContext(Context):
         return sp.simplify(e.doit()) == 0
 
 
-def _canonical(expr: sp.Expr) -> sp.Expr:
-    """Every sum's dummy renamed to one name (``Σ_j f_j`` and ``Σ_d f_d`` are one atom)."""
-    u = sp.Symbol("_u", integer=True)
+def _canonical(expr: sp.Expr, depth: int = 0) -> sp.Expr:
+    """Every sum's dummy renamed by its depth (``Σ_j f_j`` and ``Σ_d f_d`` are one atom).
 
-    def rename(s: sp.Sum) -> sp.Expr:
-        (var, lo, hi), = s.limits
-        return sp.Sum(s.function.xreplace({var: u}), (u, lo, hi))
-
-    return expr.replace(lambda t: isinstance(t, sp.Sum) and len(t.limits) == 1, rename)
+    The name is the number of sums around it, so a sum inside another never takes
+    the outer one's name: one name for all of them captured the outer index
+    (``Σ_j g_j Σ_d W_{j,d} h_d`` became ``Σ_u g_u Σ_u W_{u,u} h_u``, equal to the
+    same sum of ``W_{d,j}``, and the check accepted ``W g`` for ``Wᵀ g``)."""
+    if isinstance(expr, sp.Sum) and len(expr.limits) == 1:
+        (var, lo, hi), = expr.limits
+        u = sp.Symbol(f"_u{depth}", integer=True)
+        body = _canonical(expr.function.xreplace({var: u}), depth + 1)
+        return sp.Sum(body, (u, _canonical(lo, depth), _canonical(hi, depth)))
+    if not isinstance(expr, sp.Basic) or not expr.args:
+        return expr
+    args = tuple(_canonical(a, depth) for a in expr.args)
+    return expr if args == expr.args else expr.func(*args)
 
 
 def _symbolic_steps(ctx: HeadContext) -> list[Step]:
