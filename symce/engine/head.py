@@ -27,6 +27,7 @@ Two derivations, each a :class:`~symce.proof.Derivation` checked by SymPy:
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ import sympy as sp
 
 from symce.engine.context import Context
 from symce.engine.symbolic import _linearise, _sift_deltas
+from symce.errors import ProofError
 from symce.proof import Derivation, Step
 
 #: the concrete head the documents show: 3 classes, 2 features
@@ -82,20 +84,32 @@ class HeadContext(Context):
             self._F = sp.Function("F")
 
     # -- vocabulary (1-based indices, as the documents write them) --------
+    def _at(self, index: Any, size: int) -> int:
+        """A concrete 1-based index, checked (Python's ``row[-1]`` made ``h(0)`` be ``h_H``)."""
+        try:
+            i = operator.index(index)  # an int or a SymPy Integer
+        except TypeError:
+            raise IndexError(f"index {index}: the concrete head takes integer indices") from None
+        if not 1 <= i <= size:
+            raise IndexError(f"index {index} outside 1..{size} of the concrete head")
+        return i - 1
+
     def h(self, a: Any) -> sp.Expr:
-        return self._h[a] if self.symbolic else self._h[a - 1]
+        return self._h[a] if self.symbolic else self._h[self._at(a, self.features)]
 
     def W(self, k: Any, a: Any) -> sp.Expr:
-        return self._W[k, a] if self.symbolic else self._W[k - 1][a - 1]
+        if self.symbolic:
+            return self._W[k, a]
+        return self._W[self._at(k, self.n)][self._at(a, self.features)]
 
     def b(self, k: Any) -> sp.Expr:
-        return self._b[k] if self.symbolic else self._b[k - 1]
+        return self._b[k] if self.symbolic else self._b[self._at(k, self.n)]
 
     def x(self, k: Any) -> sp.Expr:
-        return self._x[k] if self.symbolic else self._x[k - 1]
+        return self._x[k] if self.symbolic else self._x[self._at(k, self.n)]
 
     def g(self, k: Any) -> sp.Expr:
-        return self._g[k] if self.symbolic else self._g[k - 1]
+        return self._g[k] if self.symbolic else self._g[self._at(k, self.n)]
 
     def class_sum(self, term) -> sp.Expr:
         if self.symbolic:
@@ -156,19 +170,54 @@ class HeadContext(Context):
         table.update({self.x(k): self.logit(k) for k in range(1, self.n + 1)})
         return expr.xreplace(table)
 
+    def _vet_derivatives(self, expr: sp.Expr) -> None:
+        """Symbolic sizes: refuse every derivative the chain rule below does not decide.
+
+        Only first derivatives in one head parameter (``h_a``, ``W_{k,e}``,
+        ``b_k``, of the right rank); of ``L`` itself or of an expression free of
+        ``L`` and ``g``.  ``g`` is an unknown function of ``x`` (its derivatives
+        are ``L``'s second ones), and ``L`` is a symbol: SymPy's own ``doit``
+        would call ``∂(L²)/∂h_a``, ``∂g_k/∂h_a`` and ``∂L/∂L`` zero.
+        """
+        ranks = {self._h: 1, self._W: 2, self._b: 1}
+        for t in expr.atoms(sp.Derivative):
+            for v, order in t.variable_count:
+                if not (isinstance(v, sp.Indexed) and ranks.get(v.base) == len(v.indices)):
+                    raise ProofError(f"∂/∂{v}: the head differentiates in its parameters "
+                                     "h_a, W_{k,e}, b_k alone")
+                if order != 1:
+                    raise ProofError(f"{t}: only first derivatives")
+            if len(t.variables) != 1:
+                raise ProofError(f"{t}: only first derivatives")
+            if t.expr != self.L and (t.expr.has(self.L) or t.expr.has(self._g)):
+                raise ProofError(f"{t}: a derivative of L (or of g) other than ∂L/∂v itself "
+                                 "is not decided (L and g are functions of x, unknown here)")
+
     def _chain(self, expr: sp.Expr) -> sp.Expr:
-        """Symbolic sizes: ``∂L/∂v = Σ_j g_j ∂x_j/∂v`` (``L`` is a function of ``x`` alone)."""
+        """Symbolic sizes: ``∂L/∂v = Σ_j g_j ∂x_j/∂v`` (``L`` is a function of ``x`` alone).
+
+        The sum's index is fresh: the context's ``j`` would capture a ``j`` in
+        ``v`` (``∂L/∂b_j`` became ``Σ_j g_j ∂x_j/∂b_j = Σ_j g_j``)."""
         def rule(t: sp.Derivative) -> sp.Expr:
-            (v, order), = t.variable_count
-            if order != 1:
-                raise ValueError("only first derivatives of L")
-            return self.class_sum(lambda j: self.g(j) * sp.Derivative(self.x(j), v))
+            (v, _), = t.variable_count
+            i = sp.Dummy("i", integer=True)
+            return sp.Sum(self.g(i) * sp.Derivative(self.x(i), v), (i, 1, self.classes))
 
         return expr.replace(lambda t: isinstance(t, sp.Derivative) and t.expr == self.L, rule)
 
     def _evaluate(self, expr: sp.Expr) -> sp.Expr:
         if self.symbolic:
+            self._vet_derivatives(expr)
             expr = self._chain(expr)
+        else:
+            # only in the head's own parameters: ∂L/∂v for a v outside them (a
+            # symbolic h[a], an h_3 of a 2-feature head) is 0 by SymPy, not by the head
+            params = {*self._h, *self._b, *(s for row in self._W for s in row)}
+            for t in expr.atoms(sp.Derivative):
+                outside = [v for v in t.variables if v not in params]
+                if outside:
+                    raise ProofError(f"∂/∂{outside[0]}: the concrete head differentiates in "
+                                     "its parameters h_a, W_ka, b_k alone")
         expr = self._definitions(expr)
         expr = expr.replace(lambda t: isinstance(t, sp.Derivative), lambda t: t.doit())
         if self.symbolic:
@@ -187,12 +236,19 @@ class HeadContext(Context):
             return all(self.decide(a, b, assumptions) for a, b in zip(lhs, rhs, strict=True))
         e = self._evaluate(sp.sympify(lhs)) - self._evaluate(sp.sympify(rhs))
         if self.symbolic:
-            atoms = {s: sp.Dummy("S") for s in _canonical(e).atoms(sp.Sum)}
-            return sp.expand(_canonical(e).xreplace(atoms)) == 0
+            # the canonical names unlike any free symbol's (a free integer ``_u0`` was
+            # captured by the renamed dummy: Σ_j g_j W_{j,_u0} = Σ_j g_j W_{j,j})
+            taken = {str(s) for s in e.free_symbols}
+            prefix = "_u"
+            while any(t.startswith(prefix) for t in taken):
+                prefix = "_" + prefix
+            canonical = _canonical(e, 0, prefix)
+            atoms = {s: sp.Dummy("S") for s in canonical.atoms(sp.Sum)}
+            return sp.expand(canonical.xreplace(atoms)) == 0
         return sp.simplify(e.doit()) == 0
 
 
-def _canonical(expr: sp.Expr, depth: int = 0) -> sp.Expr:
+def _canonical(expr: sp.Expr, depth: int = 0, prefix: str = "_u") -> sp.Expr:
     """Every sum's dummy renamed by its depth (``Σ_j f_j`` and ``Σ_d f_d`` are one atom).
 
     The name is the number of sums around it, so a sum inside another never takes
@@ -201,12 +257,12 @@ def _canonical(expr: sp.Expr, depth: int = 0) -> sp.Expr:
     same sum of ``W_{d,j}``, and the check accepted ``W g`` for ``Wᵀ g``)."""
     if isinstance(expr, sp.Sum) and len(expr.limits) == 1:
         (var, lo, hi), = expr.limits
-        u = sp.Symbol(f"_u{depth}", integer=True)
-        body = _canonical(expr.function.xreplace({var: u}), depth + 1)
-        return sp.Sum(body, (u, _canonical(lo, depth), _canonical(hi, depth)))
+        u = sp.Symbol(f"{prefix}{depth}", integer=True)
+        body = _canonical(expr.function.xreplace({var: u}), depth + 1, prefix)
+        return sp.Sum(body, (u, _canonical(lo, depth, prefix), _canonical(hi, depth, prefix)))
     if not isinstance(expr, sp.Basic) or not expr.args:
         return expr
-    args = tuple(_canonical(a, depth) for a in expr.args)
+    args = tuple(_canonical(a, depth, prefix) for a in expr.args)
     return expr if args == expr.args else expr.func(*args)
 
 

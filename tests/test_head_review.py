@@ -1,0 +1,92 @@
+"""Adversarial review of the head (issue 14): false statements the head's contexts accepted.
+
+Each test states a false identity (or one the context cannot decide) and
+requires the check to refuse it; the true ones next to them must still pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import sympy as sp
+
+from symce.engine.head import HeadContext, head_derivation
+from symce.errors import ProofError
+
+D = sp.Derivative
+
+
+def _refused(ctx: HeadContext, lhs, rhs) -> bool:
+    try:
+        return not ctx.equal(lhs, rhs, ())
+    except (ProofError, ValueError, IndexError):
+        return True
+
+
+@pytest.fixture(scope="module")
+def sym() -> HeadContext:
+    return HeadContext()
+
+
+def test_symbolic_derivatives_of_g_or_functions_of_L_are_refused(sym):
+    # SymPy's doit calls each of these 0 (L and g are bare symbols to it); all are false
+    a, k = sym.a, sym.k
+    for lhs in (D(sym.g(k), sym.h(a)), D(sym.L ** 2, sym.h(a)), D(sp.exp(sym.L), sym.h(a)),
+                D(sym.g(k), sym.W(k, sym.e)), D(2 * sym.L, sym.b(k))):
+        assert _refused(sym, lhs, 0), lhs
+
+
+def test_symbolic_derivative_in_a_non_parameter_is_refused(sym):
+    # ∂L/∂L = 1, not 0; ∂L/∂n, ∂L/∂g_k, ∂L/∂x_k are not the head's to decide
+    for v in (sym.L, sym.classes, sym.H, sym.g(sym.k), sym.x(sym.k), sym._W[sym.k]):
+        assert _refused(sym, D(sym.L, v), 0), v
+
+
+def test_symbolic_chain_rule_index_does_not_capture_the_variables_index(sym):
+    j = sym.j
+    # ∂L/∂b_j = g_j: the chain rule's own Σ_j used to capture it (Σ_j g_j ∂x_j/∂b_j = Σ_j g_j)
+    assert _refused(sym, D(sym.L, sym.b(j)), sp.Sum(sym.g(j), (j, 1, sym.classes)))
+    assert sym.equal(D(sym.L, sym.b(j)), sym.g(j), ())
+    assert sym.equal(D(sym.L, sym.W(j, sym.e)), sym.g(j) * sym.h(sym.e), ())
+
+
+def test_symbolic_false_bias_step_fails_the_derivation_check():
+    d = head_derivation()
+    ctx, j = d.context, d.context.j
+    step = d.step("head_bias")
+    bad = dataclasses.replace(step, lhs=D(ctx.L, ctx.b(j)),
+                              rhs=sp.Sum(ctx.g(j), (j, 1, ctx.classes)), via=())
+    steps = tuple(bad if s is step else s for s in d.steps)
+    with pytest.raises(ProofError):
+        dataclasses.replace(d, steps=steps).check()
+
+
+def test_symbolic_canonical_names_avoid_free_symbols(sym):
+    # a free integer index named like the canonical dummy (_u0) was captured by it
+    u, j = sp.Symbol("_u0", integer=True), sym.j
+    lhs = sp.Sum(sym.g(j) * sym.W(j, u), (j, 1, sym.classes))
+    rhs = sp.Sum(sym.g(j) * sym.W(j, j), (j, 1, sym.classes))
+    assert not sym.decide(lhs, rhs, ())
+    assert sym.decide(lhs, lhs, ())
+
+
+def test_concrete_indices_outside_the_sizes_raise():
+    ctx = HeadContext(3, 2)
+    for call in (lambda: ctx.h(0), lambda: ctx.h(3), lambda: ctx.W(0, 1), lambda: ctx.b(4),
+                 lambda: ctx.g(-1), lambda: ctx.x(sp.Symbol("k"))):
+        with pytest.raises(IndexError):
+            call()
+    assert ctx.h(sp.Integer(2)) == ctx.h(2)
+
+
+def test_concrete_derivative_in_a_foreign_variable_is_refused():
+    ctx = HeadContext(3, 2)
+    for v in (HeadContext().h(sp.Symbol("a", integer=True)), sp.Symbol("h_3", real=True),
+              ctx.L, ctx.g(1), ctx.x(1)):
+        assert _refused(ctx, D(ctx.L, v), 0), v
+    # what the concrete chain rule does decide still holds
+    W = sp.ImmutableMatrix(3, 2, lambda k, a: ctx.W(k + 1, a + 1))
+    g = sp.ImmutableMatrix(3, 1, lambda k, _: ctx.g(k + 1))
+    assert ctx.equal(D(ctx.L ** 2, ctx.h(1)), 2 * ctx.L * (W.T * g)[0], ())
+    assert _refused(ctx, D(ctx.g(1), ctx.h(1)), 0)
