@@ -18090,6 +18090,36 @@ def _head_reduce(losses, denominators, reduction, input):
     return total
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """The head's gradients under ``create_graph=True``: differentiating them raises.
+
+    The head has no second derivative; its gradients are formed without a graph,
+    so they would otherwise be constants and a gradient penalty on them would
+    silently contribute nothing (torch's own head differentiates twice)."""
+
+    @staticmethod
+    def forward(*grads):
+        return tuple(g.view_as(g) for g in grads)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("linear_cross_entropy has no second derivative: its gradients cannot be "
+                           "differentiated (create_graph=True)")
+
+
+def _first_order_only(grads):
+    """``grads`` (some None) as outputs of :class:`_FirstOrderOnly`."""
+    present = [g.detach().requires_grad_() for g in grads if g is not None]
+    if not present:
+        return grads
+    wrapped = iter(_FirstOrderOnly.apply(*present))
+    return tuple(None if g is None else next(wrapped) for g in grads)
+
+
 class LinearCrossEntropyFunction(torch.autograd.Function):
     """``linear_cross_entropy``: the forward computes the loss and, for the reductions to one
     value, the three gradients of the reduced loss (scaled by ``grad_output`` in
@@ -18134,6 +18164,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             grads = tuple(None if g is None or not n else (g.mul_(grad_output.to(g.dtype))
                                                            if scale else g)
                           for g, n in zip(saved, need, strict=True))
+        if torch.is_grad_enabled():  # create_graph=True: the gradients are no constants
+            grads = _first_order_only(grads)
         return (*grads, None, None, *(None,) * len(_HEAD_KEYWORDS))
 
 

@@ -90,3 +90,61 @@ def test_concrete_derivative_in_a_foreign_variable_is_refused():
     g = sp.ImmutableMatrix(3, 1, lambda k, _: ctx.g(k + 1))
     assert ctx.equal(D(ctx.L ** 2, ctx.h(1)), 2 * ctx.L * (W.T * g)[0], ())
     assert _refused(ctx, D(ctx.g(1), ctx.h(1)), 0)
+
+
+# -- the generated torch head ------------------------------------------------
+
+def _head_module():
+    from tests.parity import load_generated
+
+    return load_generated("linear_cross_entropy_torch")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_generated_head_second_derivative_raises_instead_of_being_zero(reduction):
+    import torch
+    import torch.nn.functional as F
+
+    head = _head_module()
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    W = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.randint(0, 6, (5,), generator=g)
+    gh, gW = torch.autograd.grad(head.linear_cross_entropy(h, W, y, reduction=reduction).sum(),
+                                 (h, W), create_graph=True)
+    rh, rW = torch.autograd.grad(F.linear_cross_entropy(h, W, y, reduction=reduction).sum(),
+                                 (h, W))
+    torch.testing.assert_close(gh.detach(), rh, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gW.detach(), rW, rtol=0, atol=1e-12)
+    # a gradient penalty: torch's head gives it a gradient; these were constants
+    # (requires_grad False) so the penalty's term silently vanished from the sum
+    assert gh.requires_grad
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        ((gh ** 2).sum() + (W ** 2).sum()).backward()
+
+
+def test_generated_head_strided_views_one_row_chunks_against_torch():
+    # held in review: transposed (non-contiguous) input, weight and probability
+    # target, a strided bias, one-row chunks, only the bias and weight requiring grad
+    import torch
+    import torch.nn.functional as F
+
+    head = _head_module()
+    g = torch.Generator().manual_seed(4)
+    d = torch.float64
+    h = torch.randn(4, 7, dtype=d, generator=g).t()
+    W = torch.randn(4, 6, dtype=d, generator=g).t().requires_grad_()
+    b = torch.randn(12, dtype=d, generator=g)[::2].requires_grad_()
+    y = torch.randint(0, 6, (7,), generator=g)
+    y[2] = -100
+    go = torch.randn(7, dtype=d, generator=g)
+    opts = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=1)
+    for target, kw in ((y, {"label_smoothing": 0.2}),
+                       (torch.softmax(torch.randn(6, 7, dtype=d, generator=g), 0).t(), {})):
+        out = head.linear_cross_entropy(h, W, target, linear_bias=b, reduction="none",
+                                        options=opts, **kw)
+        ref = F.linear_cross_entropy(h, W, target, linear_bias=b, reduction="none", **kw)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+        for a, r in zip(torch.autograd.grad(out, (W, b), go),
+                        torch.autograd.grad(ref, (W, b), go), strict=True):
+            torch.testing.assert_close(a, r, rtol=0, atol=1e-12)
