@@ -71,6 +71,42 @@ def test_symbolic_canonical_names_avoid_free_symbols(sym):
     assert sym.decide(lhs, lhs, ())
 
 
+def test_symbolic_definitions_and_statements_do_not_capture_free_indices(sym):
+    j, k, a, d = sym.j, sym.k, sym.a, sym.d
+    H = sym.H
+    # x's definition summed over the context's d: a free d was captured
+    assert _refused(sym, D(sym.x(j), sym.h(d)), sp.Sum(sym.W(j, d), (d, 1, H)))
+    assert _refused(sym, D(sym.x(d), sym.h(a)), sym.W(a, a))
+    assert _refused(sym, D(sym.x(j), sym.W(k, d)),
+                    sp.KroneckerDelta(j, k) * sp.Sum(sym.h(d), (d, 1, H)))
+    assert _refused(sym, D(sym.L, sym.W(k, d)), sym.g(k) * sp.Sum(sym.h(d), (d, 1, H)))
+    # a statement's own bound a against the free a of the variable
+    assert _refused(sym, D(sp.Sum(sym.W(j, a) * sym.h(a), (a, 1, H)), sym.h(a)),
+                    sp.Sum(sym.W(j, a), (a, 1, H)))
+    # the true ones
+    assert sym.equal(D(sym.x(j), sym.h(d)), sym.W(j, d), ())
+    assert sym.equal(D(sym.x(d), sym.h(a)), sym.W(d, a), ())
+    assert sym.equal(D(sym.L, sym.W(k, d)), sym.g(k) * sym.h(d), ())
+    assert sym.equal(D(sp.Sum(sym.W(j, a) * sym.h(a), (a, 1, H)), sym.h(a)), sym.W(j, a), ())
+
+
+def test_symbolic_other_binders_are_refused(sym):
+    j = sym.j
+    assert _refused(sym, sp.Product(sym.g(j), (j, 1, sym.classes)), 0)
+    assert _refused(sym, sp.Subs(sym.g(j), j, 1), sym.g(1))
+
+
+def test_symbolic_false_input_step_with_a_captured_index_fails_the_check():
+    d = head_derivation()
+    ctx = d.context
+    step = d.step("head_logits_input")
+    bad = dataclasses.replace(step, lhs=D(ctx.x(ctx.j), ctx.h(ctx.d)),
+                              rhs=sp.Sum(ctx.W(ctx.j, ctx.d), (ctx.d, 1, ctx.H)))
+    steps = tuple(bad if s is step else s for s in d.steps)
+    with pytest.raises(ProofError):
+        dataclasses.replace(d, steps=steps).check()
+
+
 def test_concrete_indices_outside_the_sizes_raise():
     ctx = HeadContext(3, 2)
     for call in (lambda: ctx.h(0), lambda: ctx.h(3), lambda: ctx.W(0, 1), lambda: ctx.b(4),

@@ -160,8 +160,15 @@ class HeadContext(Context):
     def _definitions(self, expr: sp.Expr) -> sp.Expr:
         """``L`` (concrete: ``F`` of the logits written out), ``g``, ``x``: their definitions."""
         if self.symbolic:
+            # the definition's own sum index fresh: the context's d captured a free d
+            # (x_d became Σ_d W_{d,d} h_d, and ∂x_j/∂h_d was Σ_d W_{j,d})
+            def logit(t: sp.Indexed) -> sp.Expr:
+                i = sp.Dummy("d", integer=True)
+                k = t.indices[0]
+                return sp.Sum(self.W(k, i) * self.h(i), (i, 1, self.H)) + self.b(k)
+
             return expr.replace(lambda t: isinstance(t, sp.Indexed) and t.base == self._x,
-                                lambda t: self.logit(t.indices[0]))
+                                logit)
         y = sp.symbols(f"y_1:{self.n + 1}", real=True)
         at = dict(zip(y, (self.logit(k) for k in range(1, self.n + 1)), strict=True))
         table = {self.L: self._F(*y).subs(at)}
@@ -207,6 +214,7 @@ class HeadContext(Context):
 
     def _evaluate(self, expr: sp.Expr) -> sp.Expr:
         if self.symbolic:
+            expr = _fresh_sums(expr)
             self._vet_derivatives(expr)
             expr = self._chain(expr)
         else:
@@ -246,6 +254,33 @@ class HeadContext(Context):
             atoms = {s: sp.Dummy("S") for s in canonical.atoms(sp.Sum)}
             return sp.expand(canonical.xreplace(atoms)) == 0
         return sp.simplify(e.doit()) == 0
+
+
+_BINDERS = (sp.Product, sp.Integral, sp.Lambda, sp.Subs)
+
+
+def _fresh_sums(expr: sp.Expr) -> sp.Expr:
+    """Every sum nested (one limit each, as SymPy reads several) with a fresh dummy.
+
+    A statement's own sum index may be a free index's name elsewhere; SymPy's
+    derivative of ``Σ_a W_{j,a} h_a`` in ``h_a`` (the free ``a``) then sifts the
+    bound ``a`` (``Σ_a W_{j,a}``).  Other binding forms are refused."""
+    if isinstance(expr, _BINDERS):
+        raise ProofError(f"{type(expr).__name__}: the head decides sums only")
+    if isinstance(expr, sp.Sum):
+        body = expr.function
+        for limit in expr.limits:
+            if len(limit) != 3:
+                raise ProofError(f"{expr}: a sum needs its limits (index, low, high)")
+            var, lo, hi = limit
+            i = sp.Dummy(str(var), integer=True)
+            body = sp.Sum(_fresh_sums(body.xreplace({var: i})), (i, _fresh_sums(lo),
+                                                                   _fresh_sums(hi)))
+        return body
+    if not isinstance(expr, sp.Basic) or not expr.args:
+        return expr
+    args = tuple(_fresh_sums(a) for a in expr.args)
+    return expr if args == expr.args else expr.func(*args)
 
 
 def _canonical(expr: sp.Expr, depth: int = 0, prefix: str = "_u") -> sp.Expr:
