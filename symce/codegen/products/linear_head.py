@@ -14,11 +14,10 @@ chunks.  The GEMM structure is the template's; every formula is the loss's.
 
 from __future__ import annotations
 
-from symce.codegen import BLOCK_BYTES
+from symce.codegen import BACKEND_CONTEXTS, BLOCK_BYTES
 from symce.codegen.ir import kernels
 from symce.codegen.module import arguments, module_context
 from symce.codegen.products import register_product
-from symce.codegen.torch_module import torch_context
 from symce.engine.head import CLASSES, head_derivation
 from symce.losses import get_loss
 from symce.render.env import header_lines, render
@@ -51,16 +50,9 @@ def _context(loss_name: str, backend: str, template: str) -> dict[str, object]:
     head_derivation(CLASSES)
     keywords = head_arguments(loss_name)
     header = header_lines(loss_name, template, "symce build")
-    ks = kernels(loss_name)
-    if backend == "torch":
-        backend_context = torch_context(loss_name, ks)
-    else:
-        from symce.codegen.triton import triton_context
-
-        backend_context = triton_context(loss_name, ks)
     return {
         **module_context(loss_name),
-        **backend_context,
+        **BACKEND_CONTEXTS[backend](loss_name, kernels(loss_name)),
         "header": header,
         "block_bytes": BLOCK_BYTES,
         "head": NAME,

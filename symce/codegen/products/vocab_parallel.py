@@ -34,6 +34,7 @@ from symce.codegen.module import denominators, module_context
 from symce.codegen.printers import array_code, array_kernel_context, kernel_names
 from symce.codegen.products import register_product
 from symce.errors import ProofError
+from symce.losses import get_loss
 from symce.losses.targets import MASK, N_CLASSES, W, Y
 from symce.render.env import header_lines, render
 
@@ -99,18 +100,12 @@ def vocab_parallel_source() -> str:
         kernels=[_kernel(k) for k in ks],
         scalars=scalars,
         scales=[f"scale_{t}" for t in ks[0].scales],
-        denominators=denominators(base_loss(), {MASK: "valid", W[Y]: "w_y",
+        denominators=denominators(get_loss(LOSS), {MASK: "valid", W[Y]: "w_y",
                                                 N_CLASSES: "n_classes"}),
         steps=[s.name for s in (*symbolic.steps, *concrete.steps)],
         combine=sorted({op for op, _ in COMBINE.values()}),
         raw=str(STUDENT.raw),
     )
-
-
-def base_loss():
-    from symce.losses import get_loss
-
-    return get_loss(LOSS)
 
 
 register_product(FILE_NAME, LOSS, vocab_parallel_source)
