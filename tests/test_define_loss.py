@@ -302,11 +302,24 @@ def test_a_sympy_expression_is_a_formula():
     ("sum(p*log(q))", {"weight": 1.0}, "taken"),
     ("sum(p*log(q))", {"beta": "big"}, "must be a number"),
     ("sum(p*log(q))", {"beta": float("nan")}, "finite"),
+    # finite for SymPy, inf or 0 in every float32 kernel
+    ("1e400*sum(p*log(q))", None, "outside the float32 range"),
+    ("-sum(p*log(q)) + 1e400", None, "outside the float32 range"),
+    ("-sum(p*log(q))*exp(100)", None, "constant exp(100) (about 2.69e+43)"),
+    ("-sum(p*log(q))*10**39", None, "outside the float32 range"),
+    ("-sum(p*log(q))*1e-50", None, "outside the float32 range"),
+    ("-sum(p*log(q + 1e-46))", None, "outside the float32 range"),
 ])
 def test_bad_formulas_are_refused_by_name(formula, params, message):
     with pytest.raises(ValueError) as info:
         formula_loss("bad", formula, params=params)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("formula", ["-sum(p*log(q))*3e38", "-sum(p*log(q + 1e-40))",
+                                     "-sum(p*log(q))*exp(80)"])
+def test_constants_float32_holds_are_accepted(formula):
+    assert formula_loss("edge", formula).name == "edge"
 
 
 def test_a_formula_sympy_cannot_differentiate_is_refused():

@@ -193,6 +193,35 @@ def _vet(name: str, text: str, expr: sp.Expr, params: dict[str, sp.Symbol],
                      "(through q, x or log(sum(exp(x))))")
 
 
+# the float32 range the compiled kernels compute in: the largest finite value and
+# the smallest nonzero magnitude (a subnormal); a constant outside it is printed
+# as inf or 0 there, so the modules would compute another function
+_FLOAT32_MAX = sp.Float("3.4028234663852886e38")
+_FLOAT32_TINY = sp.Float("1.401298464324817e-45")
+
+
+def _check_constants(name: str, text: str, expr: sp.Expr) -> None:
+    """Refuse a constant (a number, or an expression of numbers such as
+    ``exp(100)``) that float32 cannot hold: ``1e400*sum(q)`` is finite for
+    SymPy, its derivation is right, and every float32 kernel would return inf."""
+    for node in sp.preorder_traversal(expr):
+        if not (isinstance(node, sp.Expr) and node.is_number) or node.is_zero:
+            continue
+        value = abs(sp.N(node, 30))
+        if not value.is_real:
+            continue  # not a real constant: the formula's real-valuedness is vetted later
+        if value > _FLOAT32_MAX or value < _FLOAT32_TINY:
+            written = sp.sstr(node)
+            signed = sp.re(sp.N(node, 30))
+            shown = (f"{float(signed):.3g}" if value < sp.Float("1e300")
+                     else sp.sstr(sp.N(signed, 3)))
+            shown = shown if len(written) > 24 else f"{written} (about {shown})"
+            raise ValueError(
+                f"{name}: the formula {text!r} has the constant {shown}, "
+                "outside the float32 range (nonzero magnitudes 1.4e-45 to 3.4e38): the "
+                "float32 kernels would compute it as inf or 0")
+
+
 def _from_sympy(name: str, formula: sp.Basic, symbols: dict[str, sp.Symbol]) -> sp.Expr:
     """A SymPy formula (``Sum(p[j]*log(q[j]), (j, 1, n))``, symbols by name) as placeholders."""
     parser = _parser()
@@ -231,6 +260,7 @@ def formula_loss(name: str, formula: str | sp.Basic, *, params: Mapping[str, Any
         parsed = parsed.xreplace({f: sp.nsimplify(f, rational=True) for f in floats})
     if parsed.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
         raise ValueError(f"{name}: the formula {text!r} is not finite")
+    _check_constants(name, text, parsed)
     vocabulary = _in_vocabulary(parsed)
     _vet(name, text, vocabulary, symbols,
          {p.name: sp.nsimplify(p.default, rational=True) for p in declared})
@@ -295,7 +325,8 @@ def define_loss(name: str, formula: str | sp.Basic, *, params: Mapping[str, Any]
     ``sqrt`` and powers (``**`` or ``^``), and the names of ``params``
     (name → default value; a parameter takes precedence over any SymPy name
     it shadows).  A ``ValueError`` names an unknown symbol, a syntax error, a
-    formula that does not depend on ``x`` or one SymPy cannot differentiate.
+    formula that does not depend on ``x``, one SymPy cannot differentiate or a
+    constant float32 cannot hold (``1e400``, ``exp(100)``).
     Defining the same name with the same formula, parameters and description
     again returns the registered declaration; anything else under a
     registered name is a ``ValueError``.  Remove it with
