@@ -621,6 +621,47 @@ def test_non_contiguous_or_misaligned_input_takes_the_array_code(modules, loss):
         assert_close(got[1], want[1])
 
 
+class _NumpyGivingOffsetBuffers:
+    """numpy, except that ``empty`` of a large array returns one that starts 16 bytes
+    past a 64-byte boundary (numpy's own alignment guarantee is 16 bytes)."""
+
+    def __init__(self, offset_from):
+        self.offset_from = offset_from
+        self.addresses = []
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def empty(self, shape, dtype=float, **kwargs):
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        if count < self.offset_from or kwargs:
+            return np.empty(shape, dtype=dtype, **kwargs)
+        raw = np.empty(count * dtype.itemsize + 128, dtype=np.uint8)
+        start = (-raw.ctypes.data) % 64 + 16
+        out = raw[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+        self.addresses.append(out.ctypes.data)
+        return out
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_slab_gradient_into_a_buffer_off_a_cache_line(modules, loss, monkeypatch):
+    """A slab's gradient lines are streamed only where each is a whole 64-byte line;
+    into a gradient 16 bytes past a line boundary the same values are stored."""
+    target = "teacher" if loss == "kl_distillation" else "index"
+    x, t, options = Case(loss, (3, 40, 32), target).inputs()
+    module = modules[loss]
+    proxy = _NumpyGivingOffsetBuffers(offset_from=x.size)
+    monkeypatch.setattr(module, "np", proxy)
+    with compiled_path(module) as calls:
+        got = run(module, loss, x, t, **options)
+    assert calls
+    assert proxy.addresses and all(a % 64 == 16 for a in proxy.addresses)
+    want = reference(loss, x, t, **options)
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1])
+
+
 @pytest.mark.parametrize("positions", [1, 16])
 def test_class_sums_keep_small_terms(modules, positions):
     """One logit 0 and 99999 at -17: Σe = 1 + 99999·e^-17 (each small term is below
