@@ -2,7 +2,9 @@
 
 * a rank holding no class (an empty slice: ``torch.chunk`` / DTensor shards of a
   vocabulary smaller than the group) runs every case of the worker, exact
-  against ``F.cross_entropy`` on the concatenated logits;
+  against ``F.cross_entropy`` on the concatenated logits; in float32 with
+  ``backend="auto"`` the ranks holding classes run the compiled kernels and the
+  empty one the torch code, in the same collectives;
 * ``vocab_start`` inconsistent with the slices' sizes (a gap, an overlap that no
   target falls in, every slice shifted by one) raises on every rank — before the
   fix it returned a loss over classes the caller did not mean;
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import time
 from pathlib import Path
 
@@ -76,7 +77,6 @@ def _errors(vp, rank: int) -> dict[str, str]:
 
 
 def _main(rank: int, world: int, port: int, out: str) -> None:
-    os.environ["SYMCE_COMPILE"] = "0"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=60))
@@ -84,6 +84,8 @@ def _main(rank: int, world: int, port: int, out: str) -> None:
         vp = worker.load("cross_entropy_vocab_parallel_torch")
         counter = worker.Counter()
         report = {"empty": worker.run_cases(vp, None, rank, EMPTY_SPLIT, counter),
+                  "mixed": worker.run_cases(vp, None, rank, EMPTY_SPLIT, counter,
+                                            worker.COMPILED, torch.float32, "auto"),
                   "errors": _errors(vp, rank)}
         report["after_errors"] = worker.run_cases(vp, None, rank, (3, 1, 4), counter,
                                                   worker.CASES[:1])["cases"]
@@ -108,12 +110,17 @@ def _spawn(target, out, deadline: float = 120.0) -> None:
 
 
 def test_review_cases_on_a_group_of_three(tmp_path):
+    worker.prebuild()  # the compiled kernels built once, before the ranks fork
     _spawn(_main, tmp_path)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
-    for report in reports:
+    for rank, report in enumerate(reports):
         empty = report["empty"]
         assert empty["cases"] == len(worker.CASES) * len(worker.REDUCTIONS)
         assert max(empty["forward"]) <= 2 and empty["backward"] == [0]
+        mixed = report["mixed"]
+        assert mixed["cases"] == len(worker.COMPILED) * len(worker.REDUCTIONS)
+        assert max(mixed["forward"]) <= 2 and mixed["backward"] == [0]
+        assert mixed["backends"] == (["torch/torch"] if EMPTY_SPLIT[rank] == 0 else ["c/c"])
         errors = report["errors"]
         assert "leave a gap at class 4" in errors["gap"]
         assert "overlap at class 3" in errors["overlap"]
