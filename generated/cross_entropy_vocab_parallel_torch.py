@@ -29,8 +29,10 @@ global weights); the backward gives this rank's slice of the gradient.
 kernels printed from the same derivation (float32 work on the CPU: float32
 and half-precision slices; raises ``ValueError`` where they do not apply or no
 compiler works), ``"torch"`` the printed torch code, ``"auto"`` the C kernels
-where they apply, else torch.  ``last_backend`` holds what the latest forward
-and backward ran.
+where they apply, else torch.  A slice with a row of no finite logit (all
+``-inf`` there) runs the torch code even with ``"c"``: raising on one rank would
+leave the others waiting.  ``last_backend`` holds what the latest forward and
+backward ran.
 
 z_loss adds z_loss * logsumexp(x)**2 for every row that counts (not multiplied by class weights or label smoothing); with reduction='mean' the summed z-term is divided by the number of rows that count (for probability targets: the number of rows), while the cross-entropy keeps PyTorch's denominator (Liger-Kernel's convention).
 
@@ -19681,10 +19683,13 @@ def _forward_c_index(u, y, owned, valid, p, w, layout, comm, library,
                     label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', False, False, False, False), u, y, p, w, ('m', 'u_y', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -19748,10 +19753,13 @@ def _forward_c_index_softcap(u, y, owned, valid, p, w, layout, comm, library,
                             label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', False, False, False, True), u, y, p, w, ('m', 'u_y', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -19813,10 +19821,13 @@ def _forward_c_index_z_loss(u, y, owned, valid, p, w, layout, comm, library,
                            label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', False, False, True, False), u, y, p, w, ('m', 'u_y', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -19881,10 +19892,13 @@ def _forward_c_index_z_loss_softcap(u, y, owned, valid, p, w, layout, comm, libr
                                    label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', False, False, True, True), u, y, p, w, ('m', 'u_y', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -19948,10 +19962,13 @@ def _forward_c_index_smoothed(u, y, owned, valid, p, w, layout, comm, library,
                              label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', False, True, False, False), u, y, p, w, ('m', 'u_y', 'sum_e', 'sum_z'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -20021,10 +20038,13 @@ def _forward_c_index_smoothed_softcap(u, y, owned, valid, p, w, layout, comm, li
                                      label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', False, True, False, True), u, y, p, w, ('m', 'u_y', 'sum_e', 'sum_z'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -20091,10 +20111,13 @@ def _forward_c_index_smoothed_z_loss(u, y, owned, valid, p, w, layout, comm, lib
                                     label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', False, True, True, False), u, y, p, w, ('m', 'u_y', 'sum_e', 'sum_z'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -20165,10 +20188,13 @@ def _forward_c_index_smoothed_z_loss_softcap(u, y, owned, valid, p, w, layout, c
                                             label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', False, True, True, True), u, y, p, w, ('m', 'u_y', 'sum_e', 'sum_z'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -20233,10 +20259,13 @@ def _forward_c_index_weighted(u, y, owned, valid, p, w, layout, comm, library,
                              label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', True, False, False, False), u, y, p, w, ('m', 'u_y', 'w_y', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -20303,10 +20332,13 @@ def _forward_c_index_weighted_softcap(u, y, owned, valid, p, w, layout, comm, li
                                      label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', True, False, False, True), u, y, p, w, ('m', 'u_y', 'w_y', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -20371,10 +20403,13 @@ def _forward_c_index_weighted_z_loss(u, y, owned, valid, p, w, layout, comm, lib
                                     label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', True, False, True, False), u, y, p, w, ('m', 'u_y', 'w_y', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -20442,10 +20477,13 @@ def _forward_c_index_weighted_z_loss_softcap(u, y, owned, valid, p, w, layout, c
                                             label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', True, False, True, True), u, y, p, w, ('m', 'u_y', 'w_y', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_e = local["sum_e"]
@@ -20514,10 +20552,13 @@ def _forward_c_index_weighted_smoothed(u, y, owned, valid, p, w, layout, comm, l
                                       label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', True, True, False, False), u, y, p, w, ('m', 'w_y', 'u_y', 'sum_wz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -20593,10 +20634,13 @@ def _forward_c_index_weighted_smoothed_softcap(u, y, owned, valid, p, w, layout,
                                               label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', True, True, False, True), u, y, p, w, ('m', 'w_y', 'u_y', 'sum_wz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -20669,10 +20713,13 @@ def _forward_c_index_weighted_smoothed_z_loss(u, y, owned, valid, p, w, layout, 
                                              label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', True, True, True, False), u, y, p, w, ('m', 'w_y', 'u_y', 'sum_wz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -20749,10 +20796,13 @@ def _forward_c_index_weighted_smoothed_z_loss_softcap(u, y, owned, valid, p, w, 
                                                      label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'index', True, True, True, True), u, y, p, w, ('m', 'w_y', 'u_y', 'sum_wz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -20819,10 +20869,13 @@ def _forward_c_probability(u, y, owned, valid, p, w, layout, comm, library,
                           label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', False, False, False, False), u, y, p, w, ('m', 'sum_pz', 'sum_e', 'sum_p'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pz = local["sum_pz"]
@@ -20890,10 +20943,13 @@ def _forward_c_probability_softcap(u, y, owned, valid, p, w, layout, comm, libra
                                   label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', False, False, False, True), u, y, p, w, ('m', 'sum_pz', 'sum_e', 'sum_p'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pz = local["sum_pz"]
@@ -20959,10 +21015,13 @@ def _forward_c_probability_z_loss(u, y, owned, valid, p, w, layout, comm, librar
                                  label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', False, False, True, False), u, y, p, w, ('m', 'sum_pz', 'sum_e', 'sum_p'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pz = local["sum_pz"]
@@ -21031,10 +21090,13 @@ def _forward_c_probability_z_loss_softcap(u, y, owned, valid, p, w, layout, comm
                                          label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', False, False, True, True), u, y, p, w, ('m', 'sum_pz', 'sum_e', 'sum_p'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pz = local["sum_pz"]
@@ -21102,10 +21164,13 @@ def _forward_c_probability_smoothed(u, y, owned, valid, p, w, layout, comm, libr
                                    label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', False, True, False, False), u, y, p, w, ('m', 'sum_pz', 'sum_e', 'sum_p', 'sum_z'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pz = local["sum_pz"]
@@ -21179,10 +21244,13 @@ def _forward_c_probability_smoothed_softcap(u, y, owned, valid, p, w, layout, co
                                            label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', False, True, False, True), u, y, p, w, ('m', 'sum_pz', 'sum_e', 'sum_p', 'sum_z'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pz = local["sum_pz"]
@@ -21253,10 +21321,13 @@ def _forward_c_probability_smoothed_z_loss(u, y, owned, valid, p, w, layout, com
                                           label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', False, True, True, False), u, y, p, w, ('m', 'sum_pz', 'sum_e', 'sum_p', 'sum_z'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pz = local["sum_pz"]
@@ -21331,10 +21402,13 @@ def _forward_c_probability_smoothed_z_loss_softcap(u, y, owned, valid, p, w, lay
                                                   label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', False, True, True, True), u, y, p, w, ('m', 'sum_pz', 'sum_e', 'sum_p', 'sum_z'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pz = local["sum_pz"]
@@ -21401,10 +21475,13 @@ def _forward_c_probability_weighted(u, y, owned, valid, p, w, layout, comm, libr
                                    label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', True, False, False, False), u, y, p, w, ('m', 'sum_pw', 'sum_pwz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pw = local["sum_pw"]
@@ -21472,10 +21549,13 @@ def _forward_c_probability_weighted_softcap(u, y, owned, valid, p, w, layout, co
                                            label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', True, False, False, True), u, y, p, w, ('m', 'sum_pw', 'sum_pwz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pw = local["sum_pw"]
@@ -21541,10 +21621,13 @@ def _forward_c_probability_weighted_z_loss(u, y, owned, valid, p, w, layout, com
                                           label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', True, False, True, False), u, y, p, w, ('m', 'sum_pw', 'sum_pwz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pw = local["sum_pw"]
@@ -21613,10 +21696,13 @@ def _forward_c_probability_weighted_z_loss_softcap(u, y, owned, valid, p, w, lay
                                                   label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', True, False, True, True), u, y, p, w, ('m', 'sum_pw', 'sum_pwz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_pw = local["sum_pw"]
@@ -21686,10 +21772,13 @@ def _forward_c_probability_weighted_smoothed(u, y, owned, valid, p, w, layout, c
                                             label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', True, True, False, False), u, y, p, w, ('m', 'sum_pw', 'sum_wz', 'sum_pwz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -21766,10 +21855,13 @@ def _forward_c_probability_weighted_smoothed_softcap(u, y, owned, valid, p, w, l
                                                     label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', True, True, False, True), u, y, p, w, ('m', 'sum_pw', 'sum_wz', 'sum_pwz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -21843,10 +21935,13 @@ def _forward_c_probability_weighted_smoothed_z_loss(u, y, owned, valid, p, w, la
                                                    label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', True, True, True, False), u, y, p, w, ('m', 'sum_pw', 'sum_wz', 'sum_pwz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -21924,10 +22019,13 @@ def _forward_c_probability_weighted_smoothed_z_loss_softcap(u, y, owned, valid, 
                                                            label_smoothing, softcap, z_loss):
     """The combined row values from the slice's compiled forward kernel (one walk,
     shifted by the slice's own maximum ``m_r``), moved to the combined maximum
-    (two collectives)."""
+    (two collectives); None, before any collective, where a row of the slice has no
+    finite maximum (all ``-inf``: shifted by it, its sums would be NaN)."""
     local = _c_partials(library, ('forward', 'probability', True, True, True, True), u, y, p, w, ('m', 'sum_pw', 'sum_wz', 'sum_pwz', 'sum_e'),
                         {"label_smoothing": label_smoothing, "softcap": softcap, "z_loss": z_loss})
     m_r = local["m"]
+    if not bool(torch.isfinite(m_r).all()):
+        return None
     m = comm.max(m_r.clone())
     n_r = u.shape[1]
     sum_w = torch.sum(w, dim=1, keepdim=True)
@@ -22286,12 +22384,14 @@ def _row_losses(input, target, options):
         for name in ("u", "p", "w"):
             if lay[name] is not None:
                 lay[name] = lay[name].contiguous()
-        losses, owners, saved = _FORWARD_C[key](lay["u"], lay["y"], lay["owned"], lay["valid"],
-                                                lay["p"], lay["w"], layout, comm, library,
-                                                **scalars)
-    else:
-        losses, owners, saved = _FORWARD[key](lay["u"], lay["y"], lay["owned"], lay["valid"],
-                                              lay["p"], lay["w"], layout, comm, **scalars)
+        found = _FORWARD_C[key](lay["u"], lay["y"], lay["owned"], lay["valid"], lay["p"],
+                                lay["w"], layout, comm, library, **scalars)
+        if found is None:  # a row of the slice without a finite logit: the torch code
+            library = None
+    if library is None:
+        found = _FORWARD[key](lay["u"], lay["y"], lay["owned"], lay["valid"], lay["p"],
+                              lay["w"], layout, comm, **scalars)
+    losses, owners, saved = found
     saved["library"] = library
     last_backend["forward"] = "torch" if library is None else "c"
     if owners is not None:

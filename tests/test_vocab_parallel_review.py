@@ -11,7 +11,11 @@
 * class-index targets (or ignore_index) that differ between the ranks raise on
   every rank (before the fix: silently a loss of no one's targets where a row's
   differing targets fell in the same slice);
-* after every error the group still works (no rank left waiting).
+* after every error the group still works (no rank left waiting);
+* a float32 row whose logits are ``-inf`` on one rank's whole slice (a masked or
+  padded stretch of the vocabulary): that rank runs the torch code (its own
+  maximum would be ``-inf``), the others the compiled kernels, and the loss and
+  gradient are ``F.cross_entropy``'s of the concatenated logits.
 """
 
 from __future__ import annotations
@@ -76,6 +80,30 @@ def _errors(vp, rank: int) -> dict[str, str]:
     return found
 
 
+def _masked_slice(vp, rank: int) -> dict:
+    """Row 0's logits ``-inf`` on rank 1's whole slice (its one class), float32."""
+    import torch.nn.functional as F
+
+    sizes = (3, 1, 4)
+    g = torch.Generator().manual_seed(2)
+    x = 3 * torch.randn(5, 8, generator=g, dtype=torch.float64)
+    x[0, 3] = -torch.inf
+    x[1, 5:7] = -torch.inf  # on rank 2: not its whole slice
+    target = torch.tensor([0, 7, 3, 4, 1])
+    start = sum(sizes[:rank])
+    local = x[:, start:start + sizes[rank]].float().requires_grad_(True)
+    loss = vp.vocab_parallel_cross_entropy(local, target, vocab_start=start,
+                                           label_smoothing=0.0, backend="c")
+    loss.backward()
+    full = x.clone().requires_grad_(True)
+    want = F.cross_entropy(full, target)
+    want.backward()
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(local.grad.double(), full.grad[:, start:start + sizes[rank]],
+                               rtol=1e-4, atol=2e-6)
+    return dict(vp.last_backend)
+
+
 def _main(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -86,6 +114,7 @@ def _main(rank: int, world: int, port: int, out: str) -> None:
         report = {"empty": worker.run_cases(vp, None, rank, EMPTY_SPLIT, counter),
                   "mixed": worker.run_cases(vp, None, rank, EMPTY_SPLIT, counter,
                                             worker.COMPILED, torch.float32, "auto"),
+                  "masked": _masked_slice(vp, rank),
                   "errors": _errors(vp, rank)}
         report["after_errors"] = worker.run_cases(vp, None, rank, (3, 1, 4), counter,
                                                   worker.CASES[:1])["cases"]
@@ -121,6 +150,8 @@ def test_review_cases_on_a_group_of_three(tmp_path):
         assert mixed["cases"] == len(worker.COMPILED) * len(worker.REDUCTIONS)
         assert max(mixed["forward"]) <= 2 and mixed["backward"] == [0]
         assert mixed["backends"] == (["torch/torch"] if EMPTY_SPLIT[rank] == 0 else ["c/c"])
+        ran = "torch" if rank == 1 else "c"
+        assert report["masked"] == {"forward": ran, "backward": ran}
         errors = report["errors"]
         assert "leave a gap at class 4" in errors["gap"]
         assert "overlap at class 3" in errors["overlap"]
