@@ -255,3 +255,41 @@ def test_module_form_without_a_process_group():
     want.backward()
     torch.testing.assert_close(loss, want.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, x2.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", [
+    {"label_smoothing": 0.0},
+    {"probability": True, "weighted": True, "label_smoothing": 0.1, "softcap": 2.0,
+     "z_loss": 0.1},
+], ids=["index", "probability_every_option"])
+def test_compiled_kernels_on_many_positions(case):
+    """(N, V, d) with d ≥ 16 positions: the C kernels' slab layout (the gloo cases have
+    fewer positions: the rows layout, transposed), against float64 references."""
+    vp = load_generated("cross_entropy_vocab_parallel_torch")
+    reference = load_generated("cross_entropy_torch")
+    g = torch.Generator().manual_seed(11)
+    shape = (3, 9, 20)
+    x = 3 * torch.randn(shape, generator=g, dtype=torch.float64)
+    if case.get("probability"):
+        target = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64), 1)
+    else:
+        target = torch.randint(0, 9, (3, 20), generator=g)
+        target.view(-1)[::5] = -100
+    weight = torch.rand(9, generator=g, dtype=torch.float64) + 0.2 if case.get("weighted") \
+        else None
+    options = {k: case[k] for k in ("label_smoothing", "softcap", "z_loss") if k in case}
+    for reduction in ("mean", "none"):
+        x32 = x.float().requires_grad_(True)
+        loss = vp.vocab_parallel_cross_entropy(
+            x32, target.float() if target.is_floating_point() else target, vocab_start=0,
+            weight=None if weight is None else weight.float(), reduction=reduction,
+            backend="c", **options)
+        upstream = torch.rand(loss.shape, generator=g)
+        (grad,) = torch.autograd.grad(loss, x32, upstream)
+        assert vp.last_backend == {"forward": "c", "backward": "c"}
+        full = x.clone().requires_grad_(True)
+        want = reference.cross_entropy(full, target, weight=weight, reduction=reduction,
+                                       **options)
+        (want_grad,) = torch.autograd.grad(want, full, upstream.double())
+        torch.testing.assert_close(loss.double(), want.detach(), rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(grad.double(), want_grad, rtol=1e-4, atol=2e-6)
