@@ -134,8 +134,9 @@ CASES = [
     {"kind": "index", "weighted": True, "ignore": -100, "z_loss": 0.2, "return_z_loss": True},
 ]
 REDUCTIONS = ("mean", "sum", "none")
-#: the cases run on the compiled kernels in float32: each target kind, every option, K-dim
-COMPILED = [CASES[i] for i in (0, 8, 9, 10, 12, 13, 14, 15)]
+#: the cases run on the compiled kernels in float32: each target kind, every option, K-dim,
+#: one input dimension (5 kernels' pairs to build: a few seconds each where not cached)
+COMPILED = [CASES[i] for i in (0, 8, 10, 13, 14, 15)]
 #: float32 work against the float64 references: (loss, gradient) rtol, atol
 FLOAT32_TOLERANCE = ((2e-5, 2e-5), (1e-4, 2e-6))
 
