@@ -29,9 +29,9 @@ global weights); the backward gives this rank's slice of the gradient.
 kernels printed from the same derivation (float32 work on the CPU: float32
 and half-precision slices; raises ``ValueError`` where they do not apply or no
 compiler works), ``"torch"`` the printed torch code, ``"auto"`` the C kernels
-where they apply, else torch.  A slice with a row of no finite logit (all
-``-inf`` there) runs the torch code even with ``"c"``: raising on one rank would
-leave the others waiting.  ``last_backend`` holds what the latest forward and
+where they apply, else torch.  A slice of no class, or with a row of no finite
+logit (all ``-inf`` there), runs the torch code even with ``"c"``: raising on
+one rank would leave the others waiting.  ``last_backend`` holds what the latest forward and
 backward ran.
 
 z_loss adds z_loss * logsumexp(x)**2 for every row that counts (not multiplied by class weights or label smoothing); with reduction='mean' the summed z-term is divided by the number of rows that count (for probability targets: the number of rows), while the cross-entropy keeps PyTorch's denominator (Liger-Kernel's convention).
@@ -19590,16 +19590,17 @@ def _c_call(function, args, threads):
 
 def _compiled_for(lay, backend):
     """The compiled kernels where ``backend`` asks for them and they apply (float32
-    work on the CPU, a slice of at least one class), else None (the torch code)."""
-    if backend == "torch":
+    work on the CPU), else None (the torch code).  A slice of no class has nothing
+    to walk: the torch code, with no error (the other ranks' slices may well run
+    compiled, and every rank must meet the same collectives)."""
+    if backend == "torch" or lay["v"] == 0:
         return None
     u = lay["u"]
-    applies = u.device.type == "cpu" and u.dtype == torch.float32 and lay["v"] > 0
+    applies = u.device.type == "cpu" and u.dtype == torch.float32
     library = compiled_library() if applies else None
     if backend == "c" and library is None:
         why = ("no C compiler works (or SYMCE_COMPILE=0)" if applies else
-               f"they take float32 work on the CPU and a slice of at least one class, "
-               f"not {u.dtype} on {u.device} with {lay['v']} classes")
+               f"they take float32 work on the CPU, not {u.dtype} on {u.device}")
         raise ValueError(f"backend='c': the compiled kernels do not apply: {why}")
     return library
 

@@ -114,6 +114,9 @@ def _main(rank: int, world: int, port: int, out: str) -> None:
         report = {"empty": worker.run_cases(vp, None, rank, EMPTY_SPLIT, counter),
                   "mixed": worker.run_cases(vp, None, rank, EMPTY_SPLIT, counter,
                                             worker.COMPILED, torch.float32, "auto"),
+                  # "c" too: the empty slice runs the torch code, without an error
+                  "mixed_c": worker.run_cases(vp, None, rank, EMPTY_SPLIT, counter,
+                                              worker.COMPILED[:1], torch.float32, "c"),
                   "masked": _masked_slice(vp, rank),
                   "errors": _errors(vp, rank)}
         report["after_errors"] = worker.run_cases(vp, None, rank, (3, 1, 4), counter,
@@ -150,6 +153,7 @@ def test_review_cases_on_a_group_of_three(tmp_path):
         assert mixed["cases"] == len(worker.COMPILED) * len(worker.REDUCTIONS)
         assert max(mixed["forward"]) <= 2 and mixed["backward"] == [0]
         assert mixed["backends"] == (["torch/torch"] if EMPTY_SPLIT[rank] == 0 else ["c/c"])
+        assert report["mixed_c"]["backends"] == mixed["backends"]
         ran = "torch" if rank == 1 else "c"
         assert report["masked"] == {"forward": ran, "backward": ran}
         errors = report["errors"]
