@@ -8,7 +8,10 @@ are in lock step through the collectives), and the collectives with the bytes
 each rank hands them, counted by wrapping ``torch.distributed``'s and the
 functional collectives' functions (DTensor uses the latter).
 
-* ``symce``: ``generated/cross_entropy_vocab_parallel_torch.py``;
+* ``symce``: ``generated/cross_entropy_vocab_parallel_torch.py`` on its compiled
+  C kernels (``backend="c"``: each slice's forward in one walk, its gradient in
+  another);
+* ``symce_torch``: the same module's printed torch code (``backend="torch"``);
 * ``dtensor``: ``F.cross_entropy`` of a ``Shard(1)`` DTensor inside
   ``torch.distributed.tensor.parallel.loss_parallel()``;
 * ``megatron``: a hand-written ``autograd.Function`` the way Megatron-LM's
@@ -38,7 +41,9 @@ import torch
 import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("symce", "dtensor", "megatron")
+METHODS = ("symce", "symce_torch", "dtensor", "megatron")
+#: the generated module's backend of each of its methods
+BACKENDS = {"symce": "c", "symce_torch": "torch"}
 
 
 def _load_symce():
@@ -111,8 +116,9 @@ class _Traffic:
 
 def _step(method, tools, local, target, start):
     x = local.detach().requires_grad_(True)
-    if method == "symce":
-        loss = tools["symce"].vocab_parallel_cross_entropy(x, target, vocab_start=start)
+    if method in BACKENDS:
+        loss = tools["symce"].vocab_parallel_cross_entropy(x, target, vocab_start=start,
+                                                           backend=BACKENDS[method])
     elif method == "megatron":
         loss = _Megatron.apply(x, target, start, None)
     else:
@@ -145,6 +151,11 @@ def _rank(rank, world, port, args, out):
     for method in METHODS:  # warm up, check agreement, count the traffic of one step
         loss, grad = _step(method, tools, local, target, start)
         calls = traffic.take()
+        if method in BACKENDS:
+            ran = tools["symce"].last_backend
+            want = {"forward": BACKENDS[method], "backward": BACKENDS[method]}
+            if ran != want:
+                raise AssertionError(f"{method}: ran {ran}, not {want}")
         found[method] = {"loss": float(loss), "collectives": len(calls),
                          "bytes": sum(b for _, b in calls), "grad": grad}
     reference = found["megatron"]
@@ -187,8 +198,9 @@ def main(argv=None):
 
     print(f"N = {args.rows}, V = {args.classes} split evenly, float32, gloo on 127.0.0.1, "
           f"{os.cpu_count()} cores, median of {args.repeats} interleaved steps "
-          "(forward + backward)")
-    print(f"{'ranks':>5} {'method':>9} {'ms/step':>9} {'vs symce':>9} {'collectives':>12} "
+          "(forward + backward); load average before: "
+          + ", ".join(f"{a:.2f}" for a in os.getloadavg()))
+    print(f"{'ranks':>5} {'method':>11} {'ms/step':>9} {'vs symce':>9} {'collectives':>12} "
           f"{'bytes/rank':>11} {'loss':>10} {'max |Δgrad|':>12}")
     for world in args.ranks:
         with tempfile.TemporaryDirectory() as tmp:
@@ -198,9 +210,10 @@ def main(argv=None):
             found = json.loads(Path(out).read_text())
         for method in METHODS:
             f = found[method]
-            print(f"{world:>5} {method:>9} {f['ms']:>9.1f} {f['ms'] / found['symce']['ms']:>9.2f} "
+            print(f"{world:>5} {method:>11} {f['ms']:>9.1f} {f['ms'] / found['symce']['ms']:>9.2f} "
                   f"{f['collectives']:>12} {f['bytes']:>11} {f['loss']:>10.6f} "
                   f"{f['max_grad_diff']:>12.2e}")
+    print("load average after: " + ", ".join(f"{a:.2f}" for a in os.getloadavg()))
     sys.stdout.flush()
 
 

@@ -54,31 +54,102 @@ def reports(tmp_path_factory):
     out = tmp_path_factory.mktemp("vocab_parallel")
     import torch.distributed.tensor.parallel  # noqa: F401  (once here, not in every child)
 
+    started = time.perf_counter()
+    alone = worker.prebuild()
+    print(f"compiled cases without a group (and their kernels built): "
+          f"{time.perf_counter() - started:.1f} s")
     _spawned(worker.main, out)
     found = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
     print("seconds per stage, rank 0:", found[0]["seconds"])
-    return found
+    return {"ranks": found, "alone": alone}
 
 
 def test_every_case_on_every_rank(reports):
     expected = len(worker.CASES) * len(worker.REDUCTIONS)
-    for rank, report in enumerate(reports):
+    for rank, report in enumerate(reports["ranks"]):
         sizes = [int(s) for s in report["groups"]]
         assert sizes == [s for s in worker.SPLITS if rank < s]
         for group in report["groups"].values():
             assert group["cases"] == expected
+            assert group["compiled"]["cases"] == len(worker.COMPILED) * len(worker.REDUCTIONS)
         assert report["after_error"] == 2 * len(worker.REDUCTIONS)
 
 
 def test_collectives_two_in_forward_none_in_backward(reports):
-    for report in reports:
+    for report in reports["ranks"]:
         for group in report["groups"].values():
-            assert max(group["forward"]) <= 2 and min(group["forward"]) >= 1
-            assert group["backward"] == [0]
+            for run in (group, group["compiled"]):
+                assert max(run["forward"]) <= 2 and min(run["forward"]) >= 1
+                assert run["backward"] == [0]
+
+
+def test_the_compiled_kernels_ran_in_float32(reports):
+    """backend="c" ran the C kernels forward and backward on every rank (it raises where
+    they do not apply), exact to float32 against float64 references (checked in the
+    ranks), on groups of 2, 3 and 4 and without a group."""
+    assert reports["alone"]["backends"] == ["c/c"]
+    assert reports["alone"]["cases"] == len(worker.COMPILED) * len(worker.REDUCTIONS)
+    for report in reports["ranks"]:
+        for group in report["groups"].values():
+            assert group["compiled"]["backends"] == ["c/c"]
+
+
+def test_float64_falls_back_to_the_torch_code(reports):
+    for report in reports["ranks"]:
+        for group in report["groups"].values():
+            assert group["backends"] == ["torch/torch"]
+
+
+def test_backend_choice_and_its_errors():
+    vp = load_generated("cross_entropy_vocab_parallel_torch")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 9, generator=g)
+    y = torch.tensor([0, 8, 3, -100])
+    with pytest.raises(ValueError, match="backend must be one of"):
+        vp.vocab_parallel_cross_entropy(x, y, vocab_start=0, backend="cuda")
+    with pytest.raises(ValueError, match="float32 work on the CPU"):
+        vp.vocab_parallel_cross_entropy(x.double(), y, vocab_start=0, backend="c")
+    losses = {}
+    for backend in ("torch", "auto"):
+        xr = x.clone().requires_grad_(True)
+        loss = vp.vocab_parallel_cross_entropy(xr, y, vocab_start=0, backend=backend)
+        loss.backward()
+        losses[backend] = (loss.detach(), xr.grad)
+        want = "torch" if backend == "torch" else "c"
+        assert vp.last_backend == {"forward": want, "backward": want}
+    torch.testing.assert_close(losses["auto"], losses["torch"], rtol=1e-5, atol=1e-6)
+    vp.use_compiled(False)  # no compiled kernels: auto falls back, c refuses
+    try:
+        vp.vocab_parallel_cross_entropy(x, y, vocab_start=0)
+        assert vp.last_backend["forward"] == "torch"
+        with pytest.raises(ValueError, match="no C compiler works"):
+            vp.vocab_parallel_cross_entropy(x, y, vocab_start=0, backend="c")
+    finally:
+        vp.use_compiled(None)
+
+
+def test_half_precision_slices_run_the_compiled_kernels():
+    """Half-precision logits are worked in float32 (the C kernels'), the gradient returned
+    in the input's dtype."""
+    import torch.nn.functional as F
+
+    vp = load_generated("cross_entropy_vocab_parallel_torch")
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 11, generator=g).to(torch.bfloat16).requires_grad_(True)
+    y = torch.tensor([0, 10, 3, 4, 7])
+    loss = vp.vocab_parallel_cross_entropy(x, y, vocab_start=0)
+    loss.backward()
+    assert vp.last_backend == {"forward": "c", "backward": "c"}
+    assert x.grad.dtype == torch.bfloat16
+    xr = x.detach().double().requires_grad_(True)
+    want = F.cross_entropy(xr, y)
+    want.backward()
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(x.grad.double(), xr.grad, rtol=2e-2, atol=2e-3)
 
 
 def test_out_of_range_target_raises_on_every_rank(reports):
-    for report in reports:
+    for report in reports["ranks"]:
         for group in report["groups"].values():
             first, negative = group["out_of_range"]
             assert "outside the" in first and "classes" in first
@@ -86,7 +157,7 @@ def test_out_of_range_target_raises_on_every_rank(reports):
 
 
 def test_parity_with_dtensor_loss_parallel(reports):
-    assert all(report["dtensor"] == 2 * len(worker.REDUCTIONS) for report in reports)
+    assert all(report["dtensor"] == 2 * len(worker.REDUCTIONS) for report in reports["ranks"])
 
 
 def test_bad_arguments_raise_clear_errors():
@@ -110,7 +181,8 @@ def test_bad_arguments_raise_clear_errors():
 def test_partition_steps_are_checked():
     symbolic = partition_derivation()
     concrete = partition_derivation(CONCRETE_SPLIT)
-    assert [s.name for s in symbolic.steps] == ["class_sums", "lse", "slice_gradient"]
+    assert [s.name for s in symbolic.steps] == ["class_sums", "lse", "slice_gradient",
+                                                "rescale_exp", "rescale_linear"]
     assert concrete.n == sum(CONCRETE_SPLIT)
     vp = load_generated("cross_entropy_vocab_parallel_torch")
     assert vp.PARTITION_STEPS == tuple(s.name for s in (*symbolic.steps, *concrete.steps))
@@ -129,6 +201,41 @@ def test_a_wrong_combination_is_refused():
     c_3 = sp.Symbol("c_3", real=True)
     with pytest.raises(ProofError):  # the slice's own coefficient left out
         concrete.replace_step("slice_gradient_concrete", rhs=step.rhs + c_3).check()
+    rescale = symbolic.step("rescale_linear")
+    with pytest.raises(ProofError):  # the shift's correction Σ a_j (m_r − M) left out
+        shifted = next(t for t in rescale.rhs.args if isinstance(t, sp.Sum))
+        symbolic.replace_step("rescale_linear", rhs=shifted).check()
+
+
+def test_each_rescaled_sum_of_the_compiled_forward_is_proved():
+    """The printed move of a slice's sums to the combined maximum, from the kernels' own
+    summands: checked by SymPy, and a wrong one refused."""
+    from symce.codegen.ir import build_kernel
+    from symce.codegen.products.vocab_parallel import (
+        M_LOCAL,
+        N_LOCAL,
+        _check_rescaled,
+        rescaled_sums,
+    )
+    from symce.engine.partition import PartitionContext
+    from symce.losses.targets import N_CLASSES
+
+    flags = (("weighted", True), ("smoothed", True), ("z_loss", False), ("softcap", False))
+    kernel = build_kernel("cross_entropy", "index", flags)
+    found = dict(rescaled_sums(kernel))
+    m = sp.Symbol("m", real=True)
+    sum_e, sum_w, sum_wz = (sp.Symbol(n, real=True) for n in ("sum_e", "sum_w", "sum_wz"))
+    assert sp.simplify(found["sum_e"] - sum_e * sp.exp(M_LOCAL - m)) == 0
+    assert sp.simplify(found["sum_wz"] - (sum_wz + (M_LOCAL - m) * sum_w)) == 0
+    known = {v.definition: v.symbol for v in kernel.row_values
+             if v.kind in ("sum", "constant")}
+    value = next(v for v in kernel.row_values if str(v.symbol) == "sum_wz")
+    decide = PartitionContext(N_CLASSES, None, None)
+    with pytest.raises(ProofError):  # the correction's sign flipped
+        _check_rescaled(value, sum_wz - (M_LOCAL - m) * sum_w, known, decide)
+    smoothed = build_kernel("cross_entropy", "index", (("weighted", False), *flags[1:]))
+    assert sp.simplify(dict(rescaled_sums(smoothed))["sum_z"]
+                       - (sp.Symbol("sum_z", real=True) + (M_LOCAL - m) * N_LOCAL)) == 0
 
 
 def test_module_form_without_a_process_group():
@@ -148,3 +255,41 @@ def test_module_form_without_a_process_group():
     want.backward()
     torch.testing.assert_close(loss, want.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, x2.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", [
+    {"label_smoothing": 0.0},
+    {"probability": True, "weighted": True, "label_smoothing": 0.1, "softcap": 2.0,
+     "z_loss": 0.1},
+], ids=["index", "probability_every_option"])
+def test_compiled_kernels_on_many_positions(case):
+    """(N, V, d) with d ≥ 16 positions: the C kernels' slab layout (the gloo cases have
+    fewer positions: the rows layout, transposed), against float64 references."""
+    vp = load_generated("cross_entropy_vocab_parallel_torch")
+    reference = load_generated("cross_entropy_torch")
+    g = torch.Generator().manual_seed(11)
+    shape = (3, 9, 20)
+    x = 3 * torch.randn(shape, generator=g, dtype=torch.float64)
+    if case.get("probability"):
+        target = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64), 1)
+    else:
+        target = torch.randint(0, 9, (3, 20), generator=g)
+        target.view(-1)[::5] = -100
+    weight = torch.rand(9, generator=g, dtype=torch.float64) + 0.2 if case.get("weighted") \
+        else None
+    options = {k: case[k] for k in ("label_smoothing", "softcap", "z_loss") if k in case}
+    for reduction in ("mean", "none"):
+        x32 = x.float().requires_grad_(True)
+        loss = vp.vocab_parallel_cross_entropy(
+            x32, target.float() if target.is_floating_point() else target, vocab_start=0,
+            weight=None if weight is None else weight.float(), reduction=reduction,
+            backend="c", **options)
+        upstream = torch.rand(loss.shape, generator=g)
+        (grad,) = torch.autograd.grad(loss, x32, upstream)
+        assert vp.last_backend == {"forward": "c", "backward": "c"}
+        full = x.clone().requires_grad_(True)
+        want = reference.cross_entropy(full, target, weight=weight, reduction=reduction,
+                                       **options)
+        (want_grad,) = torch.autograd.grad(want, full, upstream.double())
+        torch.testing.assert_close(loss.double(), want.detach(), rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(grad.double(), want_grad, rtol=1e-4, atol=2e-6)

@@ -7,15 +7,18 @@ the same full logits from a seed, runs the generated module on its slice and
 compares the loss (the same on every rank) and its gradient slice with
 float64 references on the concatenated logits: ``F.cross_entropy`` for the
 options PyTorch has, the generated ``cross_entropy_torch`` module for z-loss
-and soft-capping, DTensor's ``loss_parallel`` where it applies.  Collectives
-are counted by wrapping ``torch.distributed``'s functions.
+and soft-capping, DTensor's ``loss_parallel`` where it applies.  The float64
+cases run the printed torch code (``backend="auto"`` falls back to it); the
+float32 cases of ``COMPILED`` (every option among them) run the compiled C
+kernels (``backend="c"``) against the same float64 references, to float32
+tolerances.  Which backend ran is read from the module's ``last_backend``.
+Collectives are counted by wrapping ``torch.distributed``'s functions.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import os
 import time
 from pathlib import Path
 
@@ -44,11 +47,19 @@ def load(name: str):
 class Counter:
     """Counts the calls of every collective of ``torch.distributed`` while on."""
 
+    originals: dict = {}
+
     def __init__(self) -> None:
         self.calls: list[str] = []
         for name in COLLECTIVES:
-            original = getattr(dist, name)
+            original = self.originals.setdefault(name, getattr(dist, name))
             setattr(dist, name, self._wrap(name, original))
+
+    @classmethod
+    def restore(cls) -> None:
+        """``torch.distributed``'s own functions back (a counter in the parent process)."""
+        for name, original in cls.originals.items():
+            setattr(dist, name, original)
 
     def _wrap(self, name, original):
         def counted(*args, **kwargs):
@@ -123,18 +134,29 @@ CASES = [
     {"kind": "index", "weighted": True, "ignore": -100, "z_loss": 0.2, "return_z_loss": True},
 ]
 REDUCTIONS = ("mean", "sum", "none")
+#: the cases run on the compiled kernels in float32: each target kind, every option, K-dim,
+#: one input dimension (5 kernels' pairs to build: a few seconds each where not cached)
+COMPILED = [CASES[i] for i in (0, 8, 10, 13, 14, 15)]
+#: float32 work against the float64 references: (loss, gradient) rtol, atol
+FLOAT32_TOLERANCE = ((2e-5, 2e-5), (1e-4, 2e-6))
 
 
 def _slice(t, start, stop, dim):
     return t.narrow(dim, start, stop - start)
 
 
-def run_cases(vp, group, rank: int, split, counter: Counter, cases=None) -> dict:
-    """Every case (of ``cases``) and reduction on ``group``; the collectives counted."""
+def run_cases(vp, group, rank: int, split, counter: Counter, cases=None,
+              dtype=torch.float64, backend="auto") -> dict:
+    """Every case (of ``cases``) and reduction on ``group`` with ``dtype`` logits (and
+    probability targets, weights); the collectives counted, the backends that ran."""
     n_classes = sum(split)
     start = sum(split[:rank])
     stop = start + split[rank]
-    counts = {"forward": set(), "backward": set(), "cases": 0}
+    counts = {"forward": set(), "backward": set(), "cases": 0, "backends": set()}
+    if dtype == torch.float64:
+        (loss_rtol, loss_atol), (grad_rtol, grad_atol) = (1e-12, 1e-12), (1e-10, 1e-12)
+    else:
+        (loss_rtol, loss_atol), (grad_rtol, grad_atol) = FLOAT32_TOLERANCE
     for number, case in enumerate(CASES if cases is None else cases):
         for reduction in REDUCTIONS:
             x, target, weight, g = _inputs(1000 * len(split) + number, n_classes, case)
@@ -146,12 +168,12 @@ def run_cases(vp, group, rank: int, split, counter: Counter, cases=None) -> dict
                 options["softcap"] = case["softcap"]
             if case.get("return_z_loss"):
                 options["return_z_loss"] = True
-            local = _slice(x, start, stop, dim).clone().requires_grad_(True)
-            local_target = (_slice(target, start, stop, dim)
+            local = _slice(x, start, stop, dim).to(dtype).requires_grad_(True)
+            local_target = (_slice(target, start, stop, dim).to(dtype)
                             if case["kind"] == "probability" else target)
-            kw = dict(options)
+            kw = dict(options, backend=backend)
             if case.get("weighted"):
-                kw["weight"] = weight[start:stop]
+                kw["weight"] = weight[start:stop].to(dtype)
             if "ignore" in case:
                 kw["ignore_index"] = case["ignore"]
             counter.take()
@@ -161,19 +183,21 @@ def run_cases(vp, group, rank: int, split, counter: Counter, cases=None) -> dict
             # (loss, z_term) with return_z_loss: the gradient of both, each its own upstream
             outputs = loss if isinstance(loss, tuple) else (loss,)
             upstream = [torch.rand(o.shape, generator=g, dtype=torch.float64) for o in outputs]
-            (grad,) = torch.autograd.grad(outputs, local, upstream)
+            (grad,) = torch.autograd.grad(outputs, local, [u.to(dtype) for u in upstream])
             counts["backward"].add(len(counter.take()))
+            counts["backends"].add(f"{vp.last_backend['forward']}/{vp.last_backend['backward']}")
+            grad = grad.double()
             full = x.clone().requires_grad_(True)
             want = _reference(full, target, weight, case, options)
             wanted = want if isinstance(want, tuple) else (want,)
             (want_grad,) = torch.autograd.grad(wanted, full, upstream)
-            loss = torch.stack([o.reshape(-1) for o in outputs])
+            loss = torch.stack([o.reshape(-1) for o in outputs]).double()
             want = torch.stack([o.reshape(-1) for o in wanted])
-            label = f"group of {len(split)}, rank {rank}, case {case}, {reduction}"
-            torch.testing.assert_close(loss, want.detach(), rtol=1e-12, atol=1e-12,
+            label = f"group of {len(split)}, rank {rank}, case {case}, {reduction}, {dtype}"
+            torch.testing.assert_close(loss, want.detach(), rtol=loss_rtol, atol=loss_atol,
                                        msg=lambda m, label=label: f"{label}: loss: {m}")
             torch.testing.assert_close(grad, _slice(want_grad, start, stop, dim),
-                                       rtol=1e-10, atol=1e-12,
+                                       rtol=grad_rtol, atol=grad_atol,
                                        msg=lambda m, label=label: f"{label}: gradient: {m}")
             counts["cases"] += 1
     return {k: sorted(v) if isinstance(v, set) else v for k, v in counts.items()}
@@ -237,8 +261,22 @@ def dtensor_parity(vp, rank: int, world: int) -> int:
     return checked
 
 
+def prebuild() -> dict:
+    """The compiled cases without a process group (the slice is the whole vocabulary), in
+    the parent before the ranks fork: the kernels are built once, into the cache the ranks
+    then load from, instead of by 4 ranks at once."""
+    vp = load("cross_entropy_vocab_parallel_torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # no OpenMP team in the parent the ranks fork from
+    try:
+        return run_cases(vp, None, 0, (SPLITS[2][0] + SPLITS[2][1],), Counter(), COMPILED,
+                         torch.float32, "c")
+    finally:
+        torch.set_num_threads(threads)
+        Counter.restore()
+
+
 def main(rank: int, world: int, port: int, out: str) -> None:
-    os.environ["SYMCE_COMPILE"] = "0"  # the reference's array code: no compiler in 4 ranks
     torch.set_num_threads(1)  # 4 ranks on a few cores: no oversubscription
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=60))
@@ -252,6 +290,8 @@ def main(rank: int, world: int, port: int, out: str) -> None:
             if rank < size:
                 started = time.perf_counter()
                 report["groups"][size] = run_cases(vp, group, rank, SPLITS[size], counter)
+                report["groups"][size]["compiled"] = run_cases(
+                    vp, group, rank, SPLITS[size], counter, COMPILED, torch.float32, "c")
                 report["seconds"][size] = time.perf_counter() - started
                 report["groups"][size]["out_of_range"] = out_of_range(vp, group, rank,
                                                                       SPLITS[size])

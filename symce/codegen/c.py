@@ -94,6 +94,8 @@ def entry_parameters(kernel: Kernel) -> list[Parameter]:
     for name in ("valid", "p", "w"):
         if name in kernel.arrays:
             arrays.append(Parameter(name, "const float *", "array"))
+    arrays += [Parameter(c_identifier(str(v.symbol)), "const float *", "array")
+               for v in kernel.values("input")]
     arrays.append(Parameter("scales", "const float *", "array"))
     if "teacher" in kernel.arrays:
         arrays += [Parameter("tu", "const float *", "array"), Parameter("tg", "float *", "array")]
@@ -221,12 +223,18 @@ class _KernelPrinter:
         self.order = [symbol.base for symbol, _ in kernel.elements]
         self.invariants = _Invariants()
         self.buffers = ["g"] + (["tg"] if len(self.streams) > 1 else [])
+        #: per-row values the caller supplies (an array each) instead of the walks
+        self.supplied = {v.symbol for v in kernel.values("input")}
         self.caches = {name: b for name, b in _OUTPUT_OF.items() if b in self.buffers}
-        self.scratch = self._scratch()
+        if kernel.levels < 1 and self.supplied:
+            # no walk before the gradient keeps an element value: each is computed there
+            self.caches, self.scratch = {}, []
+        else:
+            self.scratch = self._scratch()
         #: the C test that a row's tanh arguments are all small (set by :meth:`maxima`)
         self.small_test: str | None = None
         self.levels = kernel.levels
-        if self.levels < 1:
+        if self.levels < 1 and not self.supplied:
             raise ValueError(
                 f"the {kernel.name} kernel would have no sum over the classes to walk: the "
                 "loss and its gradient are elementwise in the logits and targets, with no "
@@ -295,6 +303,9 @@ class _KernelPrinter:
         for v in k.values("sum"):
             name = self.c_names[v.symbol] = c_identifier(str(v.symbol))
             self.row_inputs[v.symbol] = (v.level, name, f"acc_{name}[s]")
+        for v in k.values("input"):
+            name = self.c_names[v.symbol] = c_identifier(str(v.symbol))
+            self.row_inputs[v.symbol] = (0, f"(double)A->{name}[r]", f"(double)A->{name}[r0 + s]")
 
     def c_name(self, symbol: sp.Symbol) -> str:
         return self.c_names.get(symbol) or str(symbol)
@@ -316,7 +327,8 @@ class _KernelPrinter:
         raise ValueError(f"kernel {self.k.name}: the C kernels have no value {symbol}")
 
     def is_max(self, symbol: sp.Symbol) -> bool:
-        return any(symbol == s.max for s in self.streams)
+        """A maximum the kernel takes itself (walk 0), not one the caller supplies."""
+        return any(symbol == s.max for s in self.streams) and symbol not in self.supplied
 
     # -- element code of one walk variant ---------------------------------------------
     def element_block(self, exprs: Sequence[sp.Expr], cached: Iterable[str],
@@ -436,6 +448,8 @@ class _KernelPrinter:
         """Walk 0: each stream's maximum of the raw logits, then its transform."""
         found = []
         for s in self.streams:
+            if s.max in self.supplied:
+                continue
             definition = self.defs[s.logit]
             raw = s.raw[K]
             transformed = definition != raw
@@ -683,6 +697,18 @@ def _kernel_entry(kernel: Kernel) -> dict[str, object]:
             "source": render("c/_kernel.c.j2", k=c, **_common_context())}
 
 
+def named_kernel_entry(kernel: Kernel, name: str, key: tuple) -> dict[str, object]:
+    """A row of ``c_kernels`` for ``kernel`` under its own entry-point ``name`` and table
+    ``key`` (a module with more than one C kernel per option setting: the
+    vocabulary-parallel module's per-slice forward and gradient)."""
+    from symce.render.env import render
+
+    c = {**kernel_context(kernel), "name": name, "function": f"symce_{name}", "key": key}
+    return {"key": key, "function": c["function"], "name": name,
+            "array_names": c["arrays"], "value_names": c["values"],
+            "source": render("c/_kernel.c.j2", k=c, **_common_context())}
+
+
 def c_context(kernels: Iterable[Kernel], header: list[str], openmp: bool = False
               ) -> dict[str, object]:
     """A module template's compiled part, in pieces that are compiled separately:
@@ -706,4 +732,5 @@ def c_context(kernels: Iterable[Kernel], header: list[str], openmp: bool = False
 
 __all__ = ["ElementPrinter", "ExpTimes", "OPTIONAL_ARRAYS", "Parameter", "ROWS_BELOW",
            "RowPrinter", "SLAB_POSITIONS", "c_context", "c_identifier", "c_source",
-           "element_code", "entry_parameters", "kernel_context", "power_form"]
+           "element_code", "entry_parameters", "kernel_context", "named_kernel_entry",
+           "power_form"]

@@ -87,7 +87,9 @@ def scale_symbol(term: str) -> sp.Symbol:
 @dataclass(frozen=True)
 class RowValue:
     """A per-row value: ``max`` of a stream, a class ``sum``, a ``gather`` at ``y``,
-    or a ``constant``: a class sum of the weights alone, the same for every row.
+    or a ``constant``: a class sum of the weights alone, the same for every row;
+    or an ``input``: a per-row value the caller supplies (an array), computed
+    elsewhere (the combined values a vocabulary-parallel slice's gradient reads).
 
     ``definition``: for a sum, ``Sum(summand(J), (J, 1, n))`` (the summand in
     element symbols at ``J`` and row values of lower levels); for a gather,

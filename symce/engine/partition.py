@@ -195,6 +195,12 @@ def _symbolic_steps(loss_derivation: Derivation) -> tuple[PartitionContext, list
     local = (sp.exp(x[k] - M) / S) * C - c[k] + 2 * lam * (M + sp.log(S)) * sp.exp(x[k] - M) / S
     if not grad.has(lam):
         raise ProofError("the cross-entropy gradient has no z-loss term to localise")
+    m_r = sp.Symbol("m_r", real=True)
+    a = sp.IndexedBase("a", real=True)
+
+    def own(body):
+        return sp.Sum(body(j), (j, b[r - 1] + 1, b[r]))
+
     steps = [
         Step("class_sums", "Class sums are sums of per-slice partial sums",
              whole(lambda i: f[i]), sliced(lambda i: f[i]),
@@ -214,6 +220,16 @@ def _symbolic_steps(loss_derivation: Derivation) -> tuple[PartitionContext, list
              r"with $q_k = e^{x_k - M} / \sum_r \sum_{j \in S_r} e^{x_j - M}$: for $k \in S_r$ "
              r"it reads $x_k$, $c_k$ and the combined per-row scalars only",
              ("partition",)),
+        Step("rescale_exp", "A slice's sum of exponentials moved to the global shift",
+             own(lambda i: sp.exp(x[i] - M)), sp.exp(m_r - M) * own(lambda i: sp.exp(x[i] - m_r)),
+             r"for any real $m_r$, $M$: $e^{x_j - M} = e^{m_r - M} e^{x_j - m_r}$; a slice "
+             r"sums its exponentials shifted by its own maximum $m_r$ in one walk, and the "
+             r"factor $e^{m_r - M}$ moves them to the combined $M = \max_r m_r$"),
+        Step("rescale_linear", "A slice's sum of shifted logits moved to the global shift",
+             own(lambda i: a[i] * (x[i] - M)),
+             own(lambda i: a[i] * (x[i] - m_r)) + (m_r - M) * own(lambda i: a[i]),
+             r"for any real $m_r$, $M$ and coefficients $a_j$ ($1$, $w_j$, $p_j$, "
+             r"$p_j w_j$): $x_j - M = (x_j - m_r) + (m_r - M)$"),
     ]
     return PartitionContext(n, R, b), steps
 

@@ -18,6 +18,17 @@ derivation (:mod:`symce.engine.partition`) says:
 * the gradient of a slice is the kernel's gradient printed on the slice from
   the combined per-row values (``slice_gradient``): no communication.
 
+On the CPU (float32 work) each slice runs two compiled C kernels printed by
+:mod:`symce.codegen.c` from kernel descriptions made here out of the
+loss's own (:func:`partials_kernel`, :func:`gradient_kernel`): the forward one
+walks the slice once for its maximum ``m_r`` and its class sums shifted by
+``m_r``, which small per-row code moves to the combined maximum ``M``
+(``rescale_exp``, ``rescale_linear``; :func:`rescaled_sums`, each rewrite
+re-proved by SymPy) between the ``MAX`` and the ``SUM`` all-reduce; the
+gradient one reads the combined per-row values and writes the slice's
+gradient in one walk.  Elsewhere (float64, another device, an empty slice, or
+no C compiler) the printed torch code runs.
+
 A kernel whose sums need more than one walk (a sum over ``q``) would need a
 collective per walk; the generator refuses it, as a gradient term whose
 coefficient reads an element or whose factor reads a per-row value (neither
@@ -27,9 +38,22 @@ kernel description; the template holds the structure.
 
 from __future__ import annotations
 
+import dataclasses
+
 import sympy as sp
 
-from symce.codegen.ir import STUDENT, K, Kernel, kernels
+from symce.codegen.c import c_context, c_header, c_identifier, named_kernel_entry
+from symce.codegen.ir import (
+    STUDENT,
+    Gradient,
+    J,
+    K,
+    Kernel,
+    RowValue,
+    kernels,
+    linear_sums,
+    scale_symbol,
+)
 from symce.codegen.module import denominators, module_context
 from symce.codegen.printers import array_code, array_kernel_context, kernel_names
 from symce.codegen.products import register_product
@@ -67,6 +91,124 @@ def _check_local(kernel: Kernel) -> None:
             raise ProofError(f"kernel {kernel.name}: a gather at {v.definition.indices}")
 
 
+#: a slice's own maximum, and its class count (the forward kernel's shift and its ``Σ 1``)
+M_LOCAL = sp.Symbol("m_r", real=True)
+N_LOCAL = sp.Symbol("n_r", integer=True, positive=True)
+#: 1 where this slice holds the row's target class, else 0 (the gradient kernel's target term)
+OWNED = sp.Symbol("owned", real=True)
+
+
+def partials_kernel(kernel: Kernel) -> Kernel:
+    """The per-slice forward kernel: ``kernel``'s walk over the slice, its outputs the
+    row's maximum, gathers and class sums (each a "loss" row of the C kernel), shifted
+    by the slice's own maximum; no gradient, no row mask (the combined values mask)."""
+    values = tuple(v for v in kernel.row_values if v.kind in ("max", "gather", "sum"))
+    used = set().union(*(d.free_symbols for _, d in kernel.elements))
+    by_name = {name: symbol for symbol, name in kernel.names.items()}
+    return dataclasses.replace(
+        kernel, row_values=values, losses=tuple((str(v.symbol), v.symbol) for v in values),
+        grad=Gradient(sp.S.Zero, (), sp.S.Zero), grad_teacher=None,
+        scalars=tuple(n for n in kernel.scalars if by_name[n] in used),
+        arrays=tuple(a for a in kernel.arrays if a != "valid"), masked=False, scales=())
+
+
+def gradient_kernel(kernel: Kernel) -> Kernel:
+    """The per-slice gradient kernel: ``kernel``'s gradient with every per-row value it
+    reads supplied by the caller (``input`` row values: the combined maximum, sums and
+    gathers, each term's scale, ``owned``), the global class count a value, and the
+    target term only where the slice owns the target (``slice_gradient``)."""
+    g = kernel.grad
+    used = g.element.free_symbols | g.target.free_symbols
+    inputs = [RowValue(v.symbol, "input", v.symbol, 0) for v in kernel.row_values
+              if v.kind == "max" or (v.kind in ("sum", "gather") and v.symbol in used)]
+    inputs += [RowValue(scale_symbol(t), "input", scale_symbol(t), 0) for t in kernel.scales
+               if scale_symbol(t) in used]
+    target = OWNED * g.target if g.target != 0 else g.target
+    if target != 0:
+        inputs.append(RowValue(OWNED, "input", OWNED, 0))
+    constants = tuple(v for v in kernel.values("constant") if v.symbol in used)
+    by_name = {name: symbol for symbol, name in kernel.names.items()}
+    scalars = tuple(n for n in kernel.scalars if by_name[n] in used)
+    if N_CLASSES in used:
+        scalars += (kernel.names[N_CLASSES],)
+    for v in inputs:
+        if c_identifier(str(v.symbol)) != str(v.symbol):
+            raise ProofError(f"kernel {kernel.name}: the row value {v.symbol} has no C name")
+    return dataclasses.replace(
+        kernel, row_values=(*constants, *inputs), losses=(),
+        grad=Gradient(g.element, g.terms, target), grad_teacher=None, scalars=scalars,
+        scales=())
+
+
+def rescaled_sums(kernel: Kernel) -> list[tuple[str, sp.Expr]]:
+    """Each class sum of the slice that the shift changes, from the slice's sums shifted
+    by its own maximum ``m_r`` to the combined ``M`` (``rescale_exp``, ``rescale_linear``:
+    ``z_j → z_j + (m_r − M)``, ``e_j → e^{m_r − M} e_j`` in the summand, the sums made
+    linear, each resulting sum one of the slice's values); every rewrite is re-proved
+    by SymPy (``ProofError`` otherwise)."""
+    from symce.engine.partition import PartitionContext
+
+    s = STUDENT
+    shift = M_LOCAL - s.max
+    known = {v.definition: v.symbol for v in kernel.row_values if v.kind in ("sum", "constant")}
+    decide = PartitionContext(N_CLASSES, None, None)
+    found = []
+    for v in kernel.values("sum"):
+        summand = v.definition.function
+        if not summand.has(s.shifted, s.exp):
+            continue
+        moved = summand.replace(lambda t: isinstance(t, sp.Indexed) and t.base == s.shifted,
+                                lambda t: t + shift)
+        moved = moved.replace(lambda t: isinstance(t, sp.Indexed) and t.base == s.exp,
+                              lambda t: sp.exp(shift) * t)
+        expr = linear_sums(sp.Sum(moved, (J, 1, N_CLASSES)))
+        left = [t for t in expr.atoms(sp.Sum) if t not in known]
+        if left:
+            raise ProofError(f"kernel {kernel.name}: moving {v.symbol} to the combined shift "
+                             f"needs {left}, which the slice does not sum")
+        expr = expr.xreplace(known).xreplace({N_CLASSES: N_LOCAL})
+        # (m_r − M)·Σa: no two large products that cancel in float32
+        expr = sp.collect(expr, sorted(expr.free_symbols - {M_LOCAL, s.max}, key=str))
+        _check_rescaled(v, expr, known, decide)
+        found.append((str(v.symbol), expr))
+    return found
+
+
+def _check_rescaled(value: RowValue, expr: sp.Expr, known: dict, decide) -> None:
+    """``Σ f(x_j − M)`` equals ``expr`` with its sums written out at the shift ``m_r``."""
+    s = STUDENT
+
+    def at(shift, e):
+        e = e.replace(lambda t: isinstance(t, sp.Indexed) and t.base == s.shifted,
+                      lambda t: s.logit[t.indices[0]] - shift)
+        return e.replace(lambda t: isinstance(t, sp.Indexed) and t.base == s.exp,
+                         lambda t: sp.exp(s.logit[t.indices[0]] - shift))
+
+    lhs = at(s.max, value.definition)
+    rhs = expr.xreplace({N_LOCAL: N_CLASSES}).xreplace(
+        {symbol: at(M_LOCAL, d) for d, symbol in known.items()})
+    if not decide.equal(linear_sums(lhs), linear_sums(rhs), ()):
+        raise ProofError(f"moving {value.symbol} to the combined shift as {expr} is not proved")
+
+
+def _compiled(kernel: Kernel) -> dict[str, object]:
+    """The kernel's two C entry points and what the template needs to call them."""
+    partials, gradient = partials_kernel(kernel), gradient_kernel(kernel)
+    names = kernel_names(kernel)
+    forward = named_kernel_entry(partials, f"vp_forward_{kernel.name}", ("forward", *kernel.key))
+    backward = named_kernel_entry(gradient, f"vp_gradient_{kernel.name}",
+                                  ("gradient", *kernel.key))
+    return {
+        "entries": [forward, backward],
+        "forward_key": forward["key"], "gradient_key": backward["key"],
+        "outputs": [name for name, _ in partials.losses],
+        "local_sums": [str(v.symbol) for v in kernel.values("sum")],
+        "rescaled": [(name, array_code(e, "torch", {**names, M_LOCAL: "m_r", N_LOCAL: "n_r"}))
+                     for name, e in rescaled_sums(kernel)],
+        "gradient_inputs": [str(v.symbol) for v in gradient.values("input")],
+    }
+
+
 def _kernel(kernel: Kernel) -> dict[str, object]:
     _check_local(kernel)
     ctx = array_kernel_context(kernel, "torch")
@@ -83,7 +225,8 @@ def _kernel(kernel: Kernel) -> dict[str, object]:
     row_values = [str(v.symbol) for v in kernel.row_values if v.symbol in used]
     return {**ctx, "partials": sums, "combined": combined,
             "gradient_reads": row_values + (["n_classes"] if N_CLASSES in used else []),
-            "gradient_elements": [a for a in ("x", "e") if a in ctx["uses"]]}
+            "gradient_elements": [a for a in ("x", "e") if a in ctx["uses"]],
+            "c": _compiled(kernel)}
 
 
 def vocab_parallel_source() -> str:
@@ -95,9 +238,12 @@ def vocab_parallel_source() -> str:
     base = module_context(LOSS)
     header = header_lines(LOSS, TEMPLATE, "symce build")
     scalars = sorted({s for k in ks for s in k.scalars})
+    contexts = [_kernel(k) for k in ks]
+    compiled = c_context((), c_header(LOSS, "torch"), openmp=True)
+    compiled["c_kernels"] = [entry for c in contexts for entry in c["c"]["entries"]]
     return render(
-        TEMPLATE, header=header, **base,
-        kernels=[_kernel(k) for k in ks],
+        TEMPLATE, header=header, **base, **compiled,
+        kernels=contexts,
         scalars=scalars,
         scales=[f"scale_{t}" for t in ks[0].scales],
         denominators=denominators(get_loss(LOSS), {MASK: "valid", W[Y]: "w_y",
@@ -110,4 +256,5 @@ def vocab_parallel_source() -> str:
 
 register_product(FILE_NAME, LOSS, vocab_parallel_source)
 
-__all__ = ["COMBINE", "FILE_NAME", "vocab_parallel_source"]
+__all__ = ["COMBINE", "FILE_NAME", "M_LOCAL", "N_LOCAL", "OWNED", "gradient_kernel",
+           "partials_kernel", "rescaled_sums", "vocab_parallel_source"]
