@@ -52,6 +52,25 @@ that differ between the ranks raise ``ValueError`` on every rank alike, decided
 from the reduced values, so no rank waits for another.  A rank may hold no
 class.  Without an initialised process group the slice is the whole
 vocabulary.  Gradients flow to ``local_logits``.
+
+``vocab_parallel_linear_cross_entropy(input, local_linear_weight, target, *,
+vocab_start, group=None, local_linear_bias=None, ..., chunk_rows=None,
+reduce_input_grad=True, backend="auto")`` is the language-model head with its
+weight sharded by vocabulary rows: ``local_linear_weight`` is this rank's
+``(V_r, H)`` rows of the head's weight (``local_linear_bias`` its ``(V_r)``),
+``input`` the same ``(H)``, ``(N, H)`` or ``(B, T, H)`` rows on every rank, and
+the loss is ``vocab_parallel_cross_entropy`` of ``input @ local_linear_weight.T +
+local_linear_bias`` (the same options), without the slice's logits of all rows:
+chunk by chunk of ``chunk_rows`` rows (by default as many as fit in
+``HEAD_CHUNK_BYTES`` of this rank's logits, the ranks' smallest: one more
+all-reduce), each chunk's forward is ``vocab_parallel_cross_entropy``'s (two
+all-reduces); the backward forms each chunk's logits again, its gradient by the
+same kernels, and the head's derived gradients (``symce.engine.head``) by GEMMs.
+Gradients flow to ``input``, ``local_linear_weight`` and ``local_linear_bias``;
+with ``reduce_input_grad`` (the default) the input's gradient is summed over the
+ranks (one all-reduce in the backward: every rank gets the whole of it), without
+it each rank gets its slice's share (for a framework whose tensor-parallel
+region does that sum).  ``VocabParallelLinearCrossEntropyLoss`` is the module.
 """
 
 import atexit
@@ -19778,13 +19797,23 @@ def _add_at_target(grad, y, owned, value):
     grad.scatter_add_(1, y, torch.where(owned, value, torch.zeros_like(value)))
 
 
+def _logits_index(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_index(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index(u, y, owned, valid, p, w, layout, comm,
                   label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_index(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     sum_e, u_y, slices, owners = comm.sum(
@@ -19845,13 +19874,23 @@ def _gradient_c_index(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_index_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_index_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_softcap(u, y, owned, valid, p, w, layout, comm,
                           label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_index_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     sum_e, u_y, slices, owners = comm.sum(
@@ -19915,13 +19954,23 @@ def _gradient_c_index_softcap(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_index_z_loss(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_index_z_loss(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_z_loss(u, y, owned, valid, p, w, layout, comm,
                          label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_index_z_loss(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_z_loss(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     sum_e, u_y, slices, owners = comm.sum(
@@ -19983,13 +20032,23 @@ def _gradient_c_index_z_loss(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_index_z_loss_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_index_z_loss_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                  label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_index_z_loss_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_z_loss_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     sum_e, u_y, slices, owners = comm.sum(
@@ -20054,13 +20113,23 @@ def _gradient_c_index_z_loss_softcap(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_index_smoothed(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_index_smoothed(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_smoothed(u, y, owned, valid, p, w, layout, comm,
                            label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_index_smoothed(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_smoothed(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
@@ -20126,13 +20195,23 @@ def _gradient_c_index_smoothed(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_index_smoothed_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_index_smoothed_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_smoothed_softcap(u, y, owned, valid, p, w, layout, comm,
                                    label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_index_smoothed_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_smoothed_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
@@ -20202,13 +20281,23 @@ def _gradient_c_index_smoothed_softcap(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_index_smoothed_z_loss(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_index_smoothed_z_loss(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_smoothed_z_loss(u, y, owned, valid, p, w, layout, comm,
                                   label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_index_smoothed_z_loss(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_smoothed_z_loss(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
@@ -20275,13 +20364,23 @@ def _gradient_c_index_smoothed_z_loss(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_index_smoothed_z_loss_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_index_smoothed_z_loss_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_smoothed_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                           label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_index_smoothed_z_loss_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_smoothed_z_loss_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_z = torch.sum(z, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
@@ -20352,13 +20451,23 @@ def _gradient_c_index_smoothed_z_loss_softcap(library, saved, lay, scales, scala
                        rows_in, values)
 
 
+def _logits_index_weighted(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_index_weighted(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_weighted(u, y, owned, valid, p, w, layout, comm,
                            label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_index_weighted(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_weighted(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
@@ -20422,13 +20531,23 @@ def _gradient_c_index_weighted(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_index_weighted_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_index_weighted_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_weighted_softcap(u, y, owned, valid, p, w, layout, comm,
                                    label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_index_weighted_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_weighted_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
@@ -20495,13 +20614,23 @@ def _gradient_c_index_weighted_softcap(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_index_weighted_z_loss(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_index_weighted_z_loss(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_weighted_z_loss(u, y, owned, valid, p, w, layout, comm,
                                   label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_index_weighted_z_loss(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_weighted_z_loss(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
@@ -20566,13 +20695,23 @@ def _gradient_c_index_weighted_z_loss(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_index_weighted_z_loss_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_index_weighted_z_loss_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_weighted_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                           label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_index_weighted_z_loss_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_weighted_z_loss_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     u_y = _gather(u, y, owned)
     w_y = _gather(w, y, owned)
@@ -20640,13 +20779,23 @@ def _gradient_c_index_weighted_z_loss_softcap(library, saved, lay, scales, scala
                        rows_in, values)
 
 
+def _logits_index_weighted_smoothed(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_index_weighted_smoothed(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_weighted_smoothed(u, y, owned, valid, p, w, layout, comm,
                                     label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_index_weighted_smoothed(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_weighted_smoothed(x, m, label_smoothing, softcap, z_loss)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_wz = _class_dot(w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -20718,13 +20867,23 @@ def _gradient_c_index_weighted_smoothed(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_index_weighted_smoothed_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_index_weighted_smoothed_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_weighted_smoothed_softcap(u, y, owned, valid, p, w, layout, comm,
                                             label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_index_weighted_smoothed_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_weighted_smoothed_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_wz = _class_dot(w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -20800,13 +20959,23 @@ def _gradient_c_index_weighted_smoothed_softcap(library, saved, lay, scales, sca
                        rows_in, values)
 
 
+def _logits_index_weighted_smoothed_z_loss(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_index_weighted_smoothed_z_loss(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_weighted_smoothed_z_loss(u, y, owned, valid, p, w, layout, comm,
                                            label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_index_weighted_smoothed_z_loss(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_weighted_smoothed_z_loss(x, m, label_smoothing, softcap, z_loss)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_wz = _class_dot(w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -20879,13 +21048,23 @@ def _gradient_c_index_weighted_smoothed_z_loss(library, saved, lay, scales, scal
                        rows_in, values)
 
 
+def _logits_index_weighted_smoothed_z_loss_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_index_weighted_smoothed_z_loss_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_index_weighted_smoothed_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                                    label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_index_weighted_smoothed_z_loss_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_index_weighted_smoothed_z_loss_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_wz = _class_dot(w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -20962,13 +21141,23 @@ def _gradient_c_index_weighted_smoothed_z_loss_softcap(library, saved, lay, scal
                        rows_in, values)
 
 
+def _logits_probability(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_probability(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability(u, y, owned, valid, p, w, layout, comm,
                         label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_probability(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability(x, m, label_smoothing, softcap, z_loss)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -21033,13 +21222,23 @@ def _gradient_c_probability(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_probability_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_probability_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_softcap(u, y, owned, valid, p, w, layout, comm,
                                 label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_probability_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -21107,13 +21306,23 @@ def _gradient_c_probability_softcap(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_probability_z_loss(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_probability_z_loss(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_z_loss(u, y, owned, valid, p, w, layout, comm,
                                label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_probability_z_loss(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_z_loss(x, m, label_smoothing, softcap, z_loss)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -21179,13 +21388,23 @@ def _gradient_c_probability_z_loss(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_probability_z_loss_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_probability_z_loss_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                        label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_probability_z_loss_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_z_loss_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -21254,13 +21473,23 @@ def _gradient_c_probability_z_loss_softcap(library, saved, lay, scales, scalars)
                        rows_in, values)
 
 
+def _logits_probability_smoothed(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_probability_smoothed(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_smoothed(u, y, owned, valid, p, w, layout, comm,
                                  label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_probability_smoothed(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_smoothed(x, m, label_smoothing, softcap, z_loss)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -21330,13 +21559,23 @@ def _gradient_c_probability_smoothed(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_probability_smoothed_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_probability_smoothed_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_smoothed_softcap(u, y, owned, valid, p, w, layout, comm,
                                          label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_probability_smoothed_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_smoothed_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -21410,13 +21649,23 @@ def _gradient_c_probability_smoothed_softcap(library, saved, lay, scales, scalar
                        rows_in, values)
 
 
+def _logits_probability_smoothed_z_loss(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_probability_smoothed_z_loss(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_smoothed_z_loss(u, y, owned, valid, p, w, layout, comm,
                                         label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_probability_smoothed_z_loss(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_smoothed_z_loss(x, m, label_smoothing, softcap, z_loss)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -21487,13 +21736,23 @@ def _gradient_c_probability_smoothed_z_loss(library, saved, lay, scales, scalars
                        rows_in, values)
 
 
+def _logits_probability_smoothed_z_loss_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_probability_smoothed_z_loss_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_smoothed_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                                 label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_probability_smoothed_z_loss_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_smoothed_z_loss_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_pz = _class_dot(p, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
     sum_p = torch.sum(p, dim=1, keepdim=True)
@@ -21568,13 +21827,23 @@ def _gradient_c_probability_smoothed_z_loss_softcap(library, saved, lay, scales,
                        rows_in, values)
 
 
+def _logits_probability_weighted(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_probability_weighted(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_weighted(u, y, owned, valid, p, w, layout, comm,
                                  label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_probability_weighted(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_weighted(x, m, label_smoothing, softcap, z_loss)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -21639,13 +21908,23 @@ def _gradient_c_probability_weighted(library, saved, lay, scales, scalars):
                        rows_in, values)
 
 
+def _logits_probability_weighted_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_probability_weighted_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_weighted_softcap(u, y, owned, valid, p, w, layout, comm,
                                          label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_probability_weighted_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_weighted_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -21713,13 +21992,23 @@ def _gradient_c_probability_weighted_softcap(library, saved, lay, scales, scalar
                        rows_in, values)
 
 
+def _logits_probability_weighted_z_loss(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_probability_weighted_z_loss(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_weighted_z_loss(u, y, owned, valid, p, w, layout, comm,
                                         label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_probability_weighted_z_loss(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_weighted_z_loss(x, m, label_smoothing, softcap, z_loss)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -21785,13 +22074,23 @@ def _gradient_c_probability_weighted_z_loss(library, saved, lay, scales, scalars
                        rows_in, values)
 
 
+def _logits_probability_weighted_z_loss_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_probability_weighted_z_loss_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_weighted_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                                 label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_probability_weighted_z_loss_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_weighted_z_loss_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_pw = _class_dot(p, w)
     sum_pwz = _class_dot(p, w, z)
     sum_e = torch.sum(e, dim=1, keepdim=True)
@@ -21860,13 +22159,23 @@ def _gradient_c_probability_weighted_z_loss_softcap(library, saved, lay, scales,
                        rows_in, values)
 
 
+def _logits_probability_weighted_smoothed(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_probability_weighted_smoothed(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_weighted_smoothed(u, y, owned, valid, p, w, layout, comm,
                                           label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_probability_weighted_smoothed(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_weighted_smoothed(x, m, label_smoothing, softcap, z_loss)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_pw = _class_dot(p, w)
     sum_wz = _class_dot(w, z)
@@ -21939,13 +22248,23 @@ def _gradient_c_probability_weighted_smoothed(library, saved, lay, scales, scala
                        rows_in, values)
 
 
+def _logits_probability_weighted_smoothed_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_probability_weighted_smoothed_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_weighted_smoothed_softcap(u, y, owned, valid, p, w, layout, comm,
                                                   label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_probability_weighted_smoothed_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_weighted_smoothed_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_pw = _class_dot(p, w)
     sum_wz = _class_dot(w, z)
@@ -22022,13 +22341,23 @@ def _gradient_c_probability_weighted_smoothed_softcap(library, saved, lay, scale
                        rows_in, values)
 
 
+def _logits_probability_weighted_smoothed_z_loss(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return u
+
+
+def _shifted_probability_weighted_smoothed_z_loss(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_weighted_smoothed_z_loss(u, y, owned, valid, p, w, layout, comm,
                                                  label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = u
+    x = _logits_probability_weighted_smoothed_z_loss(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_weighted_smoothed_z_loss(x, m, label_smoothing, softcap, z_loss)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_pw = _class_dot(p, w)
     sum_wz = _class_dot(w, z)
@@ -22102,13 +22431,23 @@ def _gradient_c_probability_weighted_smoothed_z_loss(library, saved, lay, scales
                        rows_in, values)
 
 
+def _logits_probability_weighted_smoothed_z_loss_softcap(u, label_smoothing, softcap, z_loss):
+    """The slice's logits as the loss reads them."""
+    return softcap*torch.tanh(u/softcap)
+
+
+def _shifted_probability_weighted_smoothed_z_loss_softcap(x, m, label_smoothing, softcap, z_loss):
+    """The logits shifted by the combined maximum, and their exponentials."""
+    z = -m + x
+    return z, torch.exp(z)
+
+
 def _forward_probability_weighted_smoothed_z_loss_softcap(u, y, owned, valid, p, w, layout, comm,
                                                          label_smoothing, softcap, z_loss):
     """Per-row losses and the combined row values (two collectives)."""
-    x = softcap*torch.tanh(u/softcap)
+    x = _logits_probability_weighted_smoothed_z_loss_softcap(u, label_smoothing, softcap, z_loss)
     m = comm.max(_row_max(x))
-    z = -m + x
-    e = torch.exp(z)
+    z, e = _shifted_probability_weighted_smoothed_z_loss_softcap(x, m, label_smoothing, softcap, z_loss)
     sum_w = torch.sum(w, dim=1, keepdim=True)
     sum_pw = _class_dot(p, w)
     sum_wz = _class_dot(w, z)
@@ -22219,6 +22558,109 @@ _FORWARD = {
     ('probability', True, True, False, True): _forward_probability_weighted_smoothed_softcap,
     ('probability', True, True, True, False): _forward_probability_weighted_smoothed_z_loss,
     ('probability', True, True, True, True): _forward_probability_weighted_smoothed_z_loss_softcap,
+}
+_LOGITS = {
+    ('index', False, False, False, False): _logits_index,
+    ('index', False, False, False, True): _logits_index_softcap,
+    ('index', False, False, True, False): _logits_index_z_loss,
+    ('index', False, False, True, True): _logits_index_z_loss_softcap,
+    ('index', False, True, False, False): _logits_index_smoothed,
+    ('index', False, True, False, True): _logits_index_smoothed_softcap,
+    ('index', False, True, True, False): _logits_index_smoothed_z_loss,
+    ('index', False, True, True, True): _logits_index_smoothed_z_loss_softcap,
+    ('index', True, False, False, False): _logits_index_weighted,
+    ('index', True, False, False, True): _logits_index_weighted_softcap,
+    ('index', True, False, True, False): _logits_index_weighted_z_loss,
+    ('index', True, False, True, True): _logits_index_weighted_z_loss_softcap,
+    ('index', True, True, False, False): _logits_index_weighted_smoothed,
+    ('index', True, True, False, True): _logits_index_weighted_smoothed_softcap,
+    ('index', True, True, True, False): _logits_index_weighted_smoothed_z_loss,
+    ('index', True, True, True, True): _logits_index_weighted_smoothed_z_loss_softcap,
+    ('probability', False, False, False, False): _logits_probability,
+    ('probability', False, False, False, True): _logits_probability_softcap,
+    ('probability', False, False, True, False): _logits_probability_z_loss,
+    ('probability', False, False, True, True): _logits_probability_z_loss_softcap,
+    ('probability', False, True, False, False): _logits_probability_smoothed,
+    ('probability', False, True, False, True): _logits_probability_smoothed_softcap,
+    ('probability', False, True, True, False): _logits_probability_smoothed_z_loss,
+    ('probability', False, True, True, True): _logits_probability_smoothed_z_loss_softcap,
+    ('probability', True, False, False, False): _logits_probability_weighted,
+    ('probability', True, False, False, True): _logits_probability_weighted_softcap,
+    ('probability', True, False, True, False): _logits_probability_weighted_z_loss,
+    ('probability', True, False, True, True): _logits_probability_weighted_z_loss_softcap,
+    ('probability', True, True, False, False): _logits_probability_weighted_smoothed,
+    ('probability', True, True, False, True): _logits_probability_weighted_smoothed_softcap,
+    ('probability', True, True, True, False): _logits_probability_weighted_smoothed_z_loss,
+    ('probability', True, True, True, True): _logits_probability_weighted_smoothed_z_loss_softcap,
+}
+_SHIFTED = {
+    ('index', False, False, False, False): _shifted_index,
+    ('index', False, False, False, True): _shifted_index_softcap,
+    ('index', False, False, True, False): _shifted_index_z_loss,
+    ('index', False, False, True, True): _shifted_index_z_loss_softcap,
+    ('index', False, True, False, False): _shifted_index_smoothed,
+    ('index', False, True, False, True): _shifted_index_smoothed_softcap,
+    ('index', False, True, True, False): _shifted_index_smoothed_z_loss,
+    ('index', False, True, True, True): _shifted_index_smoothed_z_loss_softcap,
+    ('index', True, False, False, False): _shifted_index_weighted,
+    ('index', True, False, False, True): _shifted_index_weighted_softcap,
+    ('index', True, False, True, False): _shifted_index_weighted_z_loss,
+    ('index', True, False, True, True): _shifted_index_weighted_z_loss_softcap,
+    ('index', True, True, False, False): _shifted_index_weighted_smoothed,
+    ('index', True, True, False, True): _shifted_index_weighted_smoothed_softcap,
+    ('index', True, True, True, False): _shifted_index_weighted_smoothed_z_loss,
+    ('index', True, True, True, True): _shifted_index_weighted_smoothed_z_loss_softcap,
+    ('probability', False, False, False, False): _shifted_probability,
+    ('probability', False, False, False, True): _shifted_probability_softcap,
+    ('probability', False, False, True, False): _shifted_probability_z_loss,
+    ('probability', False, False, True, True): _shifted_probability_z_loss_softcap,
+    ('probability', False, True, False, False): _shifted_probability_smoothed,
+    ('probability', False, True, False, True): _shifted_probability_smoothed_softcap,
+    ('probability', False, True, True, False): _shifted_probability_smoothed_z_loss,
+    ('probability', False, True, True, True): _shifted_probability_smoothed_z_loss_softcap,
+    ('probability', True, False, False, False): _shifted_probability_weighted,
+    ('probability', True, False, False, True): _shifted_probability_weighted_softcap,
+    ('probability', True, False, True, False): _shifted_probability_weighted_z_loss,
+    ('probability', True, False, True, True): _shifted_probability_weighted_z_loss_softcap,
+    ('probability', True, True, False, False): _shifted_probability_weighted_smoothed,
+    ('probability', True, True, False, True): _shifted_probability_weighted_smoothed_softcap,
+    ('probability', True, True, True, False): _shifted_probability_weighted_smoothed_z_loss,
+    ('probability', True, True, True, True): _shifted_probability_weighted_smoothed_z_loss_softcap,
+}
+#: the combined maxima each kernel's shifted logits read (in ``_SHIFTED``'s order)
+_MAXIMA = {
+    ('index', False, False, False, False): ('m',),
+    ('index', False, False, False, True): ('m',),
+    ('index', False, False, True, False): ('m',),
+    ('index', False, False, True, True): ('m',),
+    ('index', False, True, False, False): ('m',),
+    ('index', False, True, False, True): ('m',),
+    ('index', False, True, True, False): ('m',),
+    ('index', False, True, True, True): ('m',),
+    ('index', True, False, False, False): ('m',),
+    ('index', True, False, False, True): ('m',),
+    ('index', True, False, True, False): ('m',),
+    ('index', True, False, True, True): ('m',),
+    ('index', True, True, False, False): ('m',),
+    ('index', True, True, False, True): ('m',),
+    ('index', True, True, True, False): ('m',),
+    ('index', True, True, True, True): ('m',),
+    ('probability', False, False, False, False): ('m',),
+    ('probability', False, False, False, True): ('m',),
+    ('probability', False, False, True, False): ('m',),
+    ('probability', False, False, True, True): ('m',),
+    ('probability', False, True, False, False): ('m',),
+    ('probability', False, True, False, True): ('m',),
+    ('probability', False, True, True, False): ('m',),
+    ('probability', False, True, True, True): ('m',),
+    ('probability', True, False, False, False): ('m',),
+    ('probability', True, False, False, True): ('m',),
+    ('probability', True, False, True, False): ('m',),
+    ('probability', True, False, True, True): ('m',),
+    ('probability', True, True, False, False): ('m',),
+    ('probability', True, True, False, True): ('m',),
+    ('probability', True, True, True, False): ('m',),
+    ('probability', True, True, True, True): ('m',),
 }
 _GRADIENT = {
     ('index', False, False, False, False): _gradient_index,
@@ -22635,6 +23077,241 @@ class VocabParallelCrossEntropyLoss(torch.nn.Module):
             return_z_loss=self.return_z_loss, backend=self.backend)
 
 
-__all__ = ["PARTITION_STEPS", "VocabParallelCrossEntropyLoss",
-           "VocabParallelCrossEntropyFunction", "compiled_library", "last_backend",
-           "use_compiled", "vocab_parallel_cross_entropy"]
+# -- the language-model head, vocabulary-parallel ------------------------------------
+# The head's weight sharded by vocabulary rows: this rank holds ``W_r`` (V_r, H) (and
+# ``b_r``), every rank the same input rows ``h`` (N, H).  The logits of this rank's
+# slice are one GEMM per chunk of rows into a buffer the chunk's kernels read; the
+# chunk's combined row values come from the same two all-reduces as
+# vocab_parallel_cross_entropy's, so a chunk's forward is that function's on ``h_c W_r^T +
+# b_r``.  Only the per-row values are kept: the backward forms each chunk's logits
+# again (one more GEMM), turns them into the slice's gradient ``g`` with the kernels'
+# gradient, and applies the head's derived gradients (symce.engine.head: dL/dh =
+# W^T g, dL/dW = g h^T, dL/db = g) as GEMMs: ``dh_c = G_c W_r``, ``dW_r += G_c^T h_c``,
+# ``db_r += sum of G_c``.  A rank's ``dh`` is its slice's share of the input gradient;
+# with ``reduce_input_grad`` (the default) one SUM all-reduce in the backward gives
+# every rank the whole of it (the tensor-parallel linear layer's own collective).
+#: the default memory budget of a chunk's logits, in bytes
+HEAD_CHUNK_BYTES = 24 << 20
+
+
+def _head_rows(input, linear_weight, linear_bias, target):
+    """``input`` as (N, H) rows and the target as its rows; the shape of a per-row loss."""
+    for name, t in (("input", input), ("local_linear_weight", linear_weight)):
+        if not isinstance(t, torch.Tensor) or t.dtype not in _FLOATS:
+            raise ValueError(f"{name} must be a floating tensor {_FLOATS}")
+    if linear_weight.dim() != 2:
+        raise ValueError("local_linear_weight must be (V_r, H), this rank's rows of the "
+                         f"head's weight; got shape {tuple(linear_weight.shape)}")
+    if input.dim() not in (1, 2, 3):
+        raise ValueError(f"input must be (H), (N, H) or (B, T, H), got shape {tuple(input.shape)}")
+    hidden = linear_weight.shape[1]
+    if input.shape[-1] != hidden:
+        raise ValueError(f"input's hidden size {input.shape[-1]} is not local_linear_weight's "
+                         f"{hidden} (its shape is (V_r, H) = {tuple(linear_weight.shape)})")
+    if linear_bias is not None and (not isinstance(linear_bias, torch.Tensor)
+                                    or tuple(linear_bias.shape) != (linear_weight.shape[0],)):
+        raise ValueError(f"local_linear_bias must be this rank's ({linear_weight.shape[0]},) "
+                         "slice of the head's bias")
+    for name, t in (("local_linear_weight", linear_weight), ("local_linear_bias", linear_bias),
+                    ("target", target)):
+        if isinstance(t, torch.Tensor) and t.device != input.device:
+            raise ValueError(f"{name} is on {t.device}, input on {input.device}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    batch_shape = tuple(input.shape[:-1])
+    rows = input.reshape(-1, hidden)
+    if target.is_floating_point():  # this rank's slice of each row's probabilities
+        want = (*batch_shape, linear_weight.shape[0])
+        if tuple(target.shape) != want:
+            raise ValueError(f"probability targets must be this rank's slice {want}, "
+                             f"got {tuple(target.shape)}")
+        return rows, target.reshape(rows.shape[0], -1), batch_shape
+    if tuple(target.shape) != batch_shape:
+        raise ValueError(f"class-index target must have shape {batch_shape}, "
+                         f"got {tuple(target.shape)}")
+    return rows, target.reshape(-1), batch_shape
+
+
+def _head_chunk_rows(chunk_rows, n_rows, n_local, comm):
+    """The rows per chunk, the same on every rank (each chunk's collectives pair up);
+    and the collectives it took (a MAX of the ranks' negated budgets, where not given)."""
+    if chunk_rows is not None:
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
+        return chunk_rows
+    rows = max(1, HEAD_CHUNK_BYTES // (4 * max(n_local, 1)))
+    if comm.distributed:
+        rows = -int(comm.max(torch.tensor([-float(rows)], dtype=torch.float64)))
+    return min(rows, max(n_rows, 1))
+
+
+def _head_work(t, dtype):
+    return None if t is None else t.detach().to(dtype)
+
+
+class VocabParallelLinearCrossEntropyFunction(torch.autograd.Function):
+    """The head's autograd function: two all-reduces per chunk of rows in the forward,
+    one (``dh``'s, with ``reduce_input_grad``) in the backward."""
+
+    @staticmethod
+    def forward(ctx, input, linear_weight, linear_bias, target, options):
+        _check_params(options)
+        h, t, batch_shape = _head_rows(input, linear_weight, linear_bias, target)
+        work = torch.float64 if input.dtype == torch.float64 else torch.float32
+        weight_w, bias_w = _head_work(linear_weight, work), _head_work(linear_bias, work)
+        h_w = h.detach().to(work)
+        comm = _Communicator(options["group"])
+        n = h.shape[0]
+        rows = _head_chunk_rows(options["chunk_rows"], n, linear_weight.shape[0], comm)
+        reduction = options["reduction"]
+        weighted = options["weight"] is not None
+        chunks, totals, denominators, per_row = [], {}, {}, {}
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            logits = (torch.addmm(bias_w, h_w[start:stop], weight_w.t()) if bias_w is not None
+                      else h_w[start:stop] @ weight_w.t())
+            lay, key, losses, saved = _row_losses(logits, t[start:stop], options)
+            chunk_denominators = _denominators(lay["kind"], weighted, reduction, lay["valid"],
+                                               saved.get("w_y"), lay["rows"])
+            for term, value in losses.items():
+                value = torch.broadcast_to(torch.as_tensor(value, dtype=work), lay["rows"])
+                if reduction in _PER_ROW:
+                    per_row.setdefault(term, []).append(value.reshape(-1))
+                    continue
+                totals[term] = totals.get(term, 0.0) + value.sum(dtype=torch.float64)
+                d = chunk_denominators[term]
+                denominators[term] = None if d is None else denominators.get(term, 0.0) + d
+            # the logits (and what the torch code made of them) are formed again later
+            lay["u"] = None
+            for name in ("u", "x", "e"):
+                saved.pop(name, None)
+            chunks.append((start, stop, lay, key, saved))
+        reduced = {}
+        for term in (per_row or totals):
+            if reduction in _PER_ROW:
+                reduced[term] = torch.cat(per_row[term]).reshape(batch_shape).to(input.dtype)
+                continue
+            total = totals[term]
+            if denominators[term] is not None:
+                total = total / denominators[term]
+            reduced[term] = torch.as_tensor(total).to(input.dtype)
+        if not chunks:
+            raise ValueError("input has no rows")
+        ctx.chunks, ctx.options, ctx.work = chunks, options, work
+        ctx.denominators = {term: denominators.get(term) for term in reduced}
+        ctx.input_shape = input.shape
+        ctx.save_for_backward(input, linear_weight, linear_bias)
+        total = sum(reduced.values())
+        return (total, *(reduced[term] for _, term in _RETURNED))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total, *grad_terms):
+        input, linear_weight, linear_bias = ctx.saved_tensors
+        options, work = ctx.options, ctx.work
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        hidden = linear_weight.shape[1]
+        h_w = input.detach().reshape(-1, hidden).to(work)
+        weight_w, bias_w = _head_work(linear_weight, work), _head_work(linear_bias, work)
+        per_row = options["reduction"] in _PER_ROW
+        upstream = dict(zip((term for _, term in _RETURNED), grad_terms, strict=True))
+        scalars = {name: options[name] for name in ('label_smoothing', 'softcap', 'z_loss')}
+        dh = torch.zeros_like(h_w) if need_h else None
+        dw = torch.zeros_like(weight_w) if need_w else None
+        db = torch.zeros(linear_weight.shape[0], dtype=work, device=input.device) if (
+            need_b and linear_bias is not None) else None
+        ran = set()
+        for start, stop, lay, key, saved in ctx.chunks:
+            scales = {}
+            for term, denominator in ctx.denominators.items():
+                go = grad_total if term not in upstream else grad_total + upstream[term]
+                go = go.to(work)
+                if per_row:
+                    go = go.reshape(-1)[start:stop].reshape(lay["rows"])
+                elif denominator is not None:
+                    go = torch.where(denominator != 0, go / denominator, 0.0).to(work)
+                scales[f"scale_{term}"] = go
+            u = (torch.addmm(bias_w, h_w[start:stop], weight_w.t()) if bias_w is not None
+                 else h_w[start:stop] @ weight_w.t()).reshape(lay["rows"][0], -1, 1)
+            library = saved["library"]
+            if library is not None:
+                grad = _GRADIENT_C[key](library, {**saved, "u": u}, lay, scales, scalars)
+            else:
+                x = _LOGITS[key](u, **scalars)
+                _, e = _SHIFTED[key](x, *(saved[m] for m in _MAXIMA[key]), **scalars)
+                grad = _GRADIENT[key]({**saved, "x": x, "e": e}, lay["y"], lay["owned"],
+                                      lay["valid"], lay["p"], lay["w"], **scales, **scalars)
+            ran.add("torch" if library is None else "c")
+            g = grad.reshape(stop - start, -1).to(work)
+            if dh is not None:
+                dh[start:stop] = g @ weight_w
+            if dw is not None:
+                dw.addmm_(g.t(), h_w[start:stop])
+            if db is not None:
+                db += g.sum(dim=0)
+        last_backend["backward"] = "c" if ran == {"c"} else "torch"
+        comm = _Communicator(options["group"])
+        if dh is not None and options["reduce_input_grad"] and comm.distributed:
+            # the other slices' shares of the input gradient (every rank holds h)
+            dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=comm.group)
+        return (None if dh is None else dh.reshape(ctx.input_shape).to(input.dtype),
+                None if dw is None else dw.to(linear_weight.dtype),
+                None if db is None else db.to(linear_bias.dtype), None, None)
+
+
+def vocab_parallel_linear_cross_entropy(input, local_linear_weight, target, *, vocab_start,
+                                     group=None, local_linear_bias=None, weight=None,
+                                     ignore_index=-100, reduction="mean",
+                                     label_smoothing=0.0, z_loss=0.0, softcap=None,
+                                     return_z_loss=False, chunk_rows=None,
+                                     reduce_input_grad=True, backend="auto"):
+    """``vocab_parallel_cross_entropy(input @ local_linear_weight.T + local_linear_bias, ...)``
+    without the slice's logits of all rows (see the module docstring).
+
+    >>> h, w = torch.tensor([[1.0, -1.0]]), torch.tensor([[0.5, 0.0], [0.0, 2.0]])
+    >>> loss = vocab_parallel_linear_cross_entropy(h, w, torch.tensor([1]), vocab_start=0)
+    >>> want = torch.nn.functional.cross_entropy(h @ w.T, torch.tensor([1]))
+    >>> bool(torch.isclose(loss, want))
+    True
+    """
+    if not isinstance(reduce_input_grad, bool):
+        raise ValueError(f"reduce_input_grad must be True or False, got {reduce_input_grad!r}")
+    options = {"vocab_start": vocab_start, "group": group, "weight": weight,
+               "ignore_index": ignore_index, "reduction": reduction,
+               "label_smoothing": label_smoothing, "z_loss": z_loss, "softcap": softcap,
+               "return_z_loss": return_z_loss, "backend": backend,
+               "chunk_rows": chunk_rows, "reduce_input_grad": reduce_input_grad}
+    out = VocabParallelLinearCrossEntropyFunction.apply(input, local_linear_weight,
+                                                       local_linear_bias, target, options)
+    returned = [value for (flag, _), value in zip(_RETURNED, out[1:], strict=True)
+                if options[flag]]
+    return (out[0], *returned) if returned else out[0]
+
+
+class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
+    """``vocab_parallel_linear_cross_entropy`` as a module: this rank's ``vocab_start`` and
+    the options fixed at construction, ``weight`` (this rank's class weights) a buffer;
+    ``forward(input, local_linear_weight, target, local_linear_bias=None)``."""
+
+    def __init__(self, vocab_start, group=None, weight=None, ignore_index=-100,
+                 reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                 return_z_loss=False, chunk_rows=None, reduce_input_grad=True,
+                 backend="auto"):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.options = {"vocab_start": vocab_start, "group": group,
+                        "ignore_index": ignore_index, "reduction": reduction,
+                        "label_smoothing": label_smoothing, "z_loss": z_loss, "softcap": softcap,
+                        "return_z_loss": return_z_loss, "chunk_rows": chunk_rows,
+                        "reduce_input_grad": reduce_input_grad, "backend": backend}
+
+    def forward(self, input, local_linear_weight, target, local_linear_bias=None):
+        return vocab_parallel_linear_cross_entropy(input, local_linear_weight, target,
+                                               local_linear_bias=local_linear_bias,
+                                               weight=self.weight, **self.options)
+
+
+__all__ = ["HEAD_CHUNK_BYTES", "PARTITION_STEPS", "VocabParallelCrossEntropyLoss",
+           "VocabParallelCrossEntropyFunction", "VocabParallelLinearCrossEntropyLoss",
+           "VocabParallelLinearCrossEntropyFunction", "compiled_library", "last_backend",
+           "use_compiled", "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]

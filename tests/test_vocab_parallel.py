@@ -100,6 +100,89 @@ def test_float64_falls_back_to_the_torch_code(reports):
             assert group["backends"] == ["torch/torch"]
 
 
+def test_fused_head_every_case_on_every_rank(reports):
+    """vocab_parallel_linear_cross_entropy (the head's weight sharded by vocabulary rows)
+    equals the loss of h @ W.T + b on the whole weight, with dh, this rank's rows of dW
+    and db (checked in the ranks: float64 on the torch code to 1e-10, float32 on the
+    compiled kernels), on groups of 2, 3 and 4 with a one-class slice."""
+    runs = len(worker.HEAD_CASES) * 4
+    for report in reports["ranks"]:
+        for group in report["groups"].values():
+            assert group["head"]["cases"] == runs
+            assert group["head_compiled"]["cases"] == runs
+            assert group["head"]["backends"] == ["torch/torch"]
+            assert group["head_compiled"]["backends"] == ["c/c"]
+
+
+def test_fused_head_collectives(reports):
+    """Two all-reduces per chunk of rows in the forward (one more to agree on the chunk
+    size where it is not given); the backward's one is dh's, only with reduce_input_grad."""
+    for report in reports["ranks"]:
+        for group in report["groups"].values():
+            for run in (*group["head"]["runs"], *group["head_compiled"]["runs"]):
+                forward, backward, chunks, agreed, reduce_input_grad = run
+                assert forward == 2 * chunks + (1 if agreed else 0)
+                assert backward == (1 if reduce_input_grad else 0)
+
+
+def test_fused_head_input_gradient_shares_sum_to_dh(reports):
+    """Without reduce_input_grad each rank's dh is its slice's share: over the ranks of a
+    group they add up to the whole input gradient."""
+    for size in worker.SPLITS:
+        ranks = [r for r in reports["ranks"] if str(size) in r["groups"]]
+        assert len(ranks) == size
+        for kind in ("head", "head_compiled"):
+            shares = [torch.tensor(r["groups"][str(size)][kind]["dh_shares"],
+                                   dtype=torch.float64) for r in ranks]
+            wanted = torch.tensor(ranks[0]["groups"][str(size)][kind]["dh_wanted"],
+                                  dtype=torch.float64)
+            tolerance = 1e-10 if kind == "head" else 2e-5
+            torch.testing.assert_close(sum(shares), wanted, rtol=tolerance, atol=tolerance)
+
+
+def test_fused_head_bad_arguments_raise_clear_errors():
+    vp = load_generated("cross_entropy_vocab_parallel_torch")
+    h, w, y = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 4])
+    head = vp.vocab_parallel_linear_cross_entropy
+    with pytest.raises(ValueError, match="hidden size 3 is not"):
+        head(torch.randn(3, 3), w, y, vocab_start=0)
+    with pytest.raises(ValueError, match=r"local_linear_bias must be this rank's \(5,\)"):
+        head(h, w, y, vocab_start=0, local_linear_bias=torch.zeros(4))
+    with pytest.raises(ValueError, match="class-index target must have shape"):
+        head(h, w, torch.tensor([0, 1]), vocab_start=0)
+    with pytest.raises(ValueError, match="outside the 5 classes"):
+        head(h, w, torch.tensor([0, 5, 1]), vocab_start=0)
+    with pytest.raises(ValueError, match="probability targets must be this rank's slice"):
+        head(h, w, torch.rand(3, 4), vocab_start=0)
+    with pytest.raises(ValueError, match="chunk_rows must be"):
+        head(h, w, y, vocab_start=0, chunk_rows=0)
+    with pytest.raises(ValueError, match="reduce_input_grad must be"):
+        head(h, w, y, vocab_start=0, reduce_input_grad=1)
+    with pytest.raises(ValueError, match=r"\(V_r, H\)"):
+        head(h, torch.randn(5), y, vocab_start=0)
+
+
+def test_fused_head_module_and_half_precision():
+    """The nn.Module, and a bfloat16 head worked in float32 (its gradients in bfloat16)."""
+    import torch.nn.functional as F
+
+    vp = load_generated("cross_entropy_vocab_parallel_torch")
+    g = torch.Generator().manual_seed(8)
+    h = torch.randn(2, 3, 6, generator=g).to(torch.bfloat16).requires_grad_(True)
+    w = torch.randn(9, 6, generator=g).to(torch.bfloat16).requires_grad_(True)
+    y = torch.randint(0, 9, (2, 3), generator=g)
+    module = vp.VocabParallelLinearCrossEntropyLoss(vocab_start=0, label_smoothing=0.1)
+    loss = module(h, w, y)
+    loss.backward()
+    assert loss.dtype == h.grad.dtype == w.grad.dtype == torch.bfloat16
+    hr, wr = (t.detach().double().requires_grad_(True) for t in (h, w))
+    want = F.cross_entropy((hr @ wr.T).reshape(6, 9), y.reshape(-1), label_smoothing=0.1)
+    want.backward()
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(h.grad.double(), hr.grad, rtol=2e-2, atol=4e-3)
+    torch.testing.assert_close(w.grad.double(), wr.grad, rtol=2e-2, atol=4e-3)
+
+
 def test_backend_choice_and_its_errors():
     vp = load_generated("cross_entropy_vocab_parallel_torch")
     g = torch.Generator().manual_seed(5)

@@ -203,6 +203,93 @@ def run_cases(vp, group, rank: int, split, counter: Counter, cases=None,
     return {k: sorted(v) if isinstance(v, set) else v for k, v in counts.items()}
 
 
+#: the fused head's cases: each target kind, every option, a (B, T, H) input
+HEAD_CASES = [CASES[i] for i in (0, 5, 7, 13, 15)]
+HIDDEN = 4
+
+
+def run_head_cases(vp, group, rank: int, split, counter: Counter, dtype=torch.float64,
+                   backend="auto") -> dict:
+    """``vocab_parallel_linear_cross_entropy`` with this rank's rows of the head's weight
+    against the loss of ``h @ W.T + b`` on the whole weight (float64 autograd): the
+    loss, ``dh`` (summed over the ranks), this rank's rows of ``dW`` and ``db``."""
+    n_classes = sum(split)
+    start = sum(split[:rank])
+    stop = start + split[rank]
+    counts = {"runs": [], "cases": 0, "backends": set()}
+    if dtype == torch.float64:
+        (loss_rtol, loss_atol), (grad_rtol, grad_atol) = (1e-12, 1e-12), (1e-10, 1e-12)
+    else:
+        (loss_rtol, loss_atol), (grad_rtol, grad_atol) = FLOAT32_TOLERANCE
+    for number, case in enumerate(HEAD_CASES):
+        for reduction, chunk_rows, reduce_input_grad, batched in (
+                ("mean", 4, True, False), ("sum", 1, True, True), ("none", None, True, False),
+                ("mean", None, False, False)):
+            g = torch.Generator().manual_seed(500 + 10 * len(split) + number)
+            h = torch.randn(ROWS, HIDDEN, generator=g, dtype=torch.float64)
+            w_full = torch.randn(n_classes, HIDDEN, generator=g, dtype=torch.float64)
+            b_full = torch.randn(n_classes, generator=g, dtype=torch.float64)
+            _, target, weight, _ = _inputs(2000 + number, n_classes, case)
+            options = {"reduction": reduction, "label_smoothing": case.get("smoothing", 0.0)}
+            for name in ("z_loss", "softcap"):
+                if name in case:
+                    options[name] = case[name]
+            if case.get("return_z_loss"):
+                options["return_z_loss"] = True
+            kw = dict(options, backend=backend, chunk_rows=chunk_rows,
+                      reduce_input_grad=reduce_input_grad)
+            if case.get("weighted"):
+                kw["weight"] = weight[start:stop].to(dtype)
+            if "ignore" in case:
+                kw["ignore_index"] = case["ignore"]
+            local_target = (target[:, start:stop].to(dtype) if case["kind"] == "probability"
+                            else target)
+            shape = (2, ROWS // 2) if batched else (ROWS,)
+            hl = h.to(dtype).reshape(*shape, HIDDEN).requires_grad_(True)
+            wl = w_full[start:stop].to(dtype).requires_grad_(True)
+            bl = b_full[start:stop].to(dtype).requires_grad_(True)
+            tl = local_target.reshape(*shape, -1) if case["kind"] == "probability" else (
+                local_target.reshape(shape))
+            counter.take()
+            loss = vp.vocab_parallel_linear_cross_entropy(
+                hl, wl, tl, vocab_start=start, group=group, local_linear_bias=bl, **kw)
+            forward_calls = len(counter.take())
+            outputs = loss if isinstance(loss, tuple) else (loss,)
+            upstream = [torch.rand(o.shape, generator=g, dtype=torch.float64) for o in outputs]
+            dh, dw, db = torch.autograd.grad(outputs, (hl, wl, bl),
+                                             [u.to(dtype) for u in upstream])
+            backward_calls = len(counter.take())
+            chunks = -(-ROWS // (chunk_rows or ROWS))
+            counts["runs"].append([forward_calls, backward_calls, chunks, chunk_rows is None,
+                                   reduce_input_grad])
+            counts["backends"].add(f"{vp.last_backend['forward']}/{vp.last_backend['backward']}")
+            full = [t.clone().requires_grad_(True) for t in (h, w_full, b_full)]
+            logits = full[0] @ full[1].T + full[2]
+            want = _reference(logits, target, weight, case, options)
+            wanted = want if isinstance(want, tuple) else (want,)
+            wanted = [o.reshape(u.shape) for o, u in zip(wanted, upstream, strict=True)] if (
+                batched) else wanted
+            want_dh, want_dw, want_db = torch.autograd.grad(wanted, full, upstream)
+            label = (f"head, group of {len(split)}, rank {rank}, case {case}, {reduction}, "
+                     f"chunk_rows {chunk_rows}, {dtype}")
+
+            def close(got, expected, what, rtol, atol, label=label):
+                torch.testing.assert_close(got.double(), expected.detach(), rtol=rtol, atol=atol,
+                                           msg=lambda m: f"{label}: {what}: {m}")
+
+            for o, wv in zip(outputs, wanted, strict=True):
+                close(o.reshape(-1), wv.reshape(-1), "loss", loss_rtol, loss_atol)
+            if reduce_input_grad:
+                close(dh.reshape(ROWS, HIDDEN), want_dh, "dh", grad_rtol, grad_atol)
+            else:  # this slice's share: the ranks' shares sum to dh (checked by the parent)
+                counts.setdefault("dh_shares", []).append(dh.double().reshape(-1).tolist())
+                counts.setdefault("dh_wanted", []).append(want_dh.reshape(-1).tolist())
+            close(dw, want_dw[start:stop], "dW", grad_rtol, grad_atol)
+            close(db, want_db[start:stop], "db", grad_rtol, grad_atol)
+            counts["cases"] += 1
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in counts.items()}
+
+
 def out_of_range(vp, group, rank: int, split) -> list[str]:
     """A class index outside the classes (the same on every rank) raises on every rank."""
     start = sum(split[:rank])
@@ -293,6 +380,12 @@ def main(rank: int, world: int, port: int, out: str) -> None:
                 report["groups"][size]["compiled"] = run_cases(
                     vp, group, rank, SPLITS[size], counter, COMPILED, torch.float32, "c")
                 report["seconds"][size] = time.perf_counter() - started
+                started = time.perf_counter()
+                report["groups"][size]["head"] = run_head_cases(vp, group, rank, SPLITS[size],
+                                                                counter)
+                report["groups"][size]["head_compiled"] = run_head_cases(
+                    vp, group, rank, SPLITS[size], counter, torch.float32, "c")
+                report["seconds"][f"head {size}"] = time.perf_counter() - started
                 report["groups"][size]["out_of_range"] = out_of_range(vp, group, rank,
                                                                       SPLITS[size])
         # the group still works after every rank raised: no rank is left waiting

@@ -57,6 +57,8 @@ from symce.codegen.ir import (
 from symce.codegen.module import denominators, module_context
 from symce.codegen.printers import array_code, array_kernel_context, kernel_names
 from symce.codegen.products import register_product
+from symce.engine.head import CLASSES as HEAD_CLASSES
+from symce.engine.head import head_derivation
 from symce.errors import ProofError
 from symce.losses import get_loss
 from symce.losses.targets import MASK, N_CLASSES, W, Y
@@ -234,6 +236,10 @@ def vocab_parallel_source() -> str:
     from symce.engine.partition import check_partition
 
     symbolic, concrete = check_partition()
+    # the fused head's gradients (dL/dh = W^T g, dL/dW = g h^T, dL/db = g) are proved
+    # before anything is printed from them
+    head_derivation()
+    head_derivation(HEAD_CLASSES)
     ks = kernels(LOSS)
     base = module_context(LOSS)
     header = header_lines(LOSS, TEMPLATE, "symce build")
