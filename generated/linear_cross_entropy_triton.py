@@ -106,6 +106,9 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # the public function's arguments, in order (the autograd Function takes them positionally)
 _ARGUMENTS = ('input', 'target', 'weight', 'ignore_index', 'reduction', 'label_smoothing', 'z_loss', 'softcap', 'return_z_loss')
 _OPTIONS = _ARGUMENTS[2:]
+# the public function's arguments and inplace (the linear head that embeds this module,
+# templates/triton/linear_head.py.j2, takes the option names from it)
+_APPLY_ARGUMENTS = (*_ARGUMENTS, "inplace")
 # each term of the loss, and the flags that return one on its own (for logging)
 _TERMS = ('cross_entropy', 'z')
 _RETURNED = (('return_z_loss', 'z'),)
@@ -3143,7 +3146,13 @@ def _dense_run(input, target, options, need_input, need_target, upstream):
     go = upstream[_TERMS[0]]
     if options["reduction"] in _PER_ROW and input.dim() > 1:
         go = go.unsqueeze(1)  # one value per row: broadcast over the classes
-    return tuple(None if g is None else g.mul_(go.to(g.dtype)) for g in (grad, teacher_grad))
+    out = []
+    for g in (grad, teacher_grad):
+        if g is not None:  # scaled in the accumulation dtype: a half gradient rounded once
+            acc = _compute_dtype(g.dtype)
+            g = g.mul_(go.to(acc)) if g.dtype == acc else g.copy_(g.to(acc) * go.to(acc))
+        out.append(g)
+    return tuple(out)
 
 
 # -- the dense path ------------------------------------------------------------
