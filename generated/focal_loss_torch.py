@@ -9297,6 +9297,18 @@ def _result(reduced, options):
     return (total, *returned) if returned else total
 
 
+# what the dense path (templates/shared/dense.py.j2) reads of this module
+_dense_targets = _targets
+
+
+def _dense_denominators(kind, weighted, reduction, valid, w_y, rows, n_classes, dtype, device):
+    return _denominators(kind, weighted, reduction, valid, w_y, rows, n_classes)
+
+
+def _dense_run(input, target, options, need_input, need_target, upstream):
+    return _run(input, target, options, need_input, need_target, upstream)[2]
+
+
 # -- the dense path ------------------------------------------------------------
 # What the fused kernels do not give: a gradient that is itself differentiable
 # (create_graph=True, double backward), the gradients with respect to the
@@ -9409,19 +9421,31 @@ def _dense_coefficients(kind, weighted, smoothed, onehot, w_y, w, p, label_smoot
     return (None, None, None, None)
 
 
+def _dense_layout(a, ndim):
+    """View ``a`` (input-shaped, class axis 1) as ``(N, C, S)``."""
+    if ndim == 1:
+        return a.reshape(1, -1, 1)
+    positions = 1
+    for d in a.shape[2:]:
+        positions *= d
+    return a.reshape(a.shape[0], a.shape[1], positions)
+
+
 def _dense_setup(input, target, options):
     """What the dense path reads, in the compute dtype: the logits as (N, C, S), the
     coefficients, each term's row factor with the row mask."""
     n_classes = _check_input(input)
-    found = _targets(input, target, options, n_classes)
+    found = _dense_targets(input, target, options, n_classes)
     kind, reduction = found["kind"], options["reduction"]
     dtype = _compute_dtype(input.dtype)
     device = input.device
-    u = _layout(input, input.dim()).to(dtype)
+    u = _dense_layout(input, input.dim()).to(dtype)
     n, _, s = u.shape
     rows = (n, 1, s)
-    w, y, valid = found["w"], found["y"], found["valid"]
-    weight = found["weight"]
+    y, valid, weight = found["y"], found["valid"], found["weight"]
+    y = None if y is None else y.reshape(rows)
+    valid = None if valid is None else valid.reshape(rows)
+    w = None if weight is None else weight.reshape(1, -1, 1)
     w_y = None if (weight is None or y is None) else weight[y]
     onehot = None
     if y is not None:
@@ -9430,9 +9454,10 @@ def _dense_setup(input, target, options):
     tu = None if found["tu"] is None else found["tu"].to(dtype)
     smoothed = float(options["label_smoothing"]) > 0.0 if "label_smoothing" in options else False
     c, dc_dp, dc_dw, d2c = _dense_coefficients(kind, w is not None, smoothed, onehot, w_y, w, p,
-                                          float(options.get("label_smoothing", 0.0)),
-                                          n_classes)
-    denominators = _denominators(kind, w is not None, reduction, valid, w_y, rows, n_classes)
+                                               float(options.get("label_smoothing", 0.0)),
+                                               n_classes)
+    denominators = _dense_denominators(kind, w is not None, reduction, valid, w_y, rows,
+                                       n_classes, dtype, device)
     loss_shape = () if input.dim() == 1 else (n,) + tuple(input.shape[2:])
     scalars = {name: (0.0 if options.get(name) is None else float(options[name]))
                for name in ('gamma', 'label_smoothing')}
@@ -9445,13 +9470,24 @@ def _dense_setup(input, target, options):
 
 def _dense_scales(setup, grad_output):
     """Each term's row factor ``grad_output / denominator`` times the row mask
-    (``grad_output``: one for every term, or term → its own; None: of ``loss.sum()``)."""
-    upstream = grad_output
-    if grad_output is not None and not isinstance(grad_output, dict):
-        upstream = dict.fromkeys(setup["denominators"], grad_output)
-    scales = _scales(setup["denominators"], setup["reduction"], upstream, setup["rows"],
-                     setup["loss_shape"], setup["dtype"], setup["device"])
-    return [scales[term] * setup["valid"] for term in _TERMS]
+    (``grad_output``: one for every term, or term -> its own; None: of ``loss.sum()``);
+    0 where a denominator is 0 (nothing counts: the loss is NaN, its gradient zero)."""
+    dtype, device, rows = setup["dtype"], setup["device"], setup["rows"]
+    found = []
+    for term in _TERMS:
+        go = grad_output[term] if isinstance(grad_output, dict) else grad_output
+        go = 1.0 if go is None else go
+        if isinstance(go, torch.Tensor):
+            go = go.to(device=device, dtype=dtype)
+            if setup["reduction"] in _PER_ROW:
+                go = torch.broadcast_to(go, setup["loss_shape"]).reshape(rows)
+        d = setup["denominators"][term]
+        if isinstance(d, torch.Tensor):
+            scale = torch.where(d != 0, go / torch.where(d != 0, d, 1.0), 0.0).to(dtype)
+        else:
+            scale = go if d is None else (go / d if d != 0 else go * 0.0)
+        found.append(scale * setup["valid"])
+    return found
 
 
 def _dense_evaluate(setup, wanted, v=None):
@@ -9516,7 +9552,7 @@ def _dense_second_order(input, target, options, grad_output, v_input, v_target, 
     # the cotangents on ∂L/∂p and ∂L/∂w meet the coefficients' gradient through ∂c/∂p, ∂c/∂w
     v_c = None
     if v_target is not None:
-        v_c = _layout(v_target, input.dim()).to(dtype)
+        v_c = _dense_layout(v_target, input.dim()).to(dtype)
         v_c = v_c if chain is None else chain * v_c
     if v_weight is not None:
         v_c = add(v_c, setup["dc_dw"] * v_weight.to(dtype).reshape(1, -1, 1))
@@ -9524,7 +9560,7 @@ def _dense_second_order(input, target, options, grad_output, v_input, v_target, 
         if v is None:
             continue
         if which == "input":
-            v = _layout(v, input.dim()).to(dtype)
+            v = _dense_layout(v, input.dim()).to(dtype)
         to_input, to_c, contracted = through[which]
         found = _dense_evaluate(setup, through[which], v)
         d_input = add(d_input, _combine(scales, found[to_input]))
@@ -9543,7 +9579,7 @@ def _dense_second_order(input, target, options, grad_output, v_input, v_target, 
         if grad_c is not None and v_weight is not None:
             d_target = add(d_target, v_weight.to(dtype).reshape(1, -1, 1) * setup["d2c"] * grad_c)
         if grad_c is not None and v_target is not None:
-            d_weight = add(d_weight, _layout(v_target, input.dim()).to(dtype) * setup["d2c"]
+            d_weight = add(d_weight, _dense_layout(v_target, input.dim()).to(dtype) * setup["d2c"]
                            * grad_c)
     if d_input is not None:
         grad_input = torch.broadcast_to(d_input, shape).reshape(input.shape).to(input.dtype)
@@ -9569,7 +9605,6 @@ def _dense_second_order(input, target, options, grad_output, v_input, v_target, 
     return grad_input, grad_target, grad_weight, grad_go
 
 
-# -- autograd --------------------------------------------------------------------
 def _functorch_active():
     """torch.func's transforms (grad, vmap, jacrev) see the backward's tensors wrapped:
     the saved gradient is then not scaled in place."""
@@ -9577,18 +9612,9 @@ def _functorch_active():
     return bool(check()) if check is not None else False
 
 
-def _scaled(grad, grad_output, per_row):
-    """The saved gradient of ``loss.sum()`` times ``grad_output``, in place."""
-    if per_row and grad.dim() > 1:  # one upstream value per row: broadcast over the classes
-        return grad.mul_(grad_output.unsqueeze(1).to(grad.dtype))
-    # a CPU scalar is read without a device sync; on an accelerator always multiply
-    if grad_output.device.type != "cpu" or torch.compiler.is_compiling() or (
-            float(grad_output) != 1.0):
-        grad.mul_(grad_output.to(grad.dtype))
-    return grad
-
-
 def _options_of(ctx):
+    """The saved ``(input, target, options)`` of a Function (tensor options saved with
+    save_for_backward, the rest kept on ctx)."""
     input, target, *tensors = ctx.saved_tensors
     options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
     return input, target, options
@@ -9614,6 +9640,97 @@ def _vmap_by_rows(function, info, in_dims, *args):
             stacked.append(value)
             dims.append(None)
     return tuple(stacked), tuple(dims)
+
+
+def _upstream(options, grad_output, grad_returned):
+    """Each term's upstream gradient: the total's, plus its own where it is returned."""
+    total = 0.0 if grad_output is None else grad_output
+    upstream = dict.fromkeys(_TERMS, total)
+    returned = [term for flag, term in _RETURNED if options[flag]]
+    for term, g in zip(returned, grad_returned, strict=True):
+        if g is not None:
+            upstream[term] = upstream[term] + g
+    return upstream
+
+
+# where the class weights are among _FocalFunctionGradient's inputs
+# (input, target, each term's upstream gradient, wanted, *options)
+_GRADIENT_WEIGHT_AT = 3 + len(_TERMS) + _OPTIONS.index("weight") if "weight" in _OPTIONS else None
+
+
+class _FocalFunctionGradient(torch.autograd.Function):
+    """The gradients of ``focal_loss`` as a function of ``input``, ``target`` and
+    ``grad_output``; its backward is the derived Hessian-vector product and the
+    mixed derivatives (``_dense_second_order``)."""
+
+    @staticmethod
+    def forward(input, target, *rest):
+        upstreams, (wanted, *values) = rest[:len(_TERMS)], rest[len(_TERMS):]
+        grad_output = dict(zip(_TERMS, upstreams, strict=True))
+        options = dict(zip(_OPTIONS, values, strict=True))
+        need_input, need_target, need_weight = wanted
+        grad = grad_target = grad_weight = None
+        if need_input or (need_target and _TARGET_GRADIENT):
+            grad, tg = _dense_run(input, target, options, need_input,
+                                  need_target and _TARGET_GRADIENT, grad_output)
+            grad_target = tg if _TARGET_GRADIENT else None
+        if (need_target and not _TARGET_GRADIENT) or need_weight:
+            gt, grad_weight = _dense_target_gradients(input, target, options, grad_output,
+                                                      need_target, need_weight)
+            grad_target = grad_target if _TARGET_GRADIENT else gt
+        return grad, grad_target, grad_weight
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, *rest = inputs
+        upstreams, (wanted, *values) = rest[:len(_TERMS)], rest[len(_TERMS):]
+        options = dict(zip(_OPTIONS, values, strict=True))
+        ctx.set_materialize_grads(False)
+        tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
+        ctx.save_for_backward(input, target, *upstreams,
+                              *(options[name] for name in tensors))
+        ctx.tensor_options = tensors
+        ctx.options = {name: v for name, v in options.items() if name not in tensors}
+
+    @staticmethod
+    def backward(ctx, v_input, v_target, v_weight):
+        # torch operations on tensors that keep their graph: a third derivative is
+        # autograd of the printed second-order expressions
+        input, target, *saved = ctx.saved_tensors
+        upstreams, tensors = saved[:len(_TERMS)], saved[len(_TERMS):]
+        options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
+        grad_output = dict(zip(_TERMS, upstreams, strict=True))
+        grad_input, grad_target, grad_weight, grad_go = _dense_second_order(
+            input, target, options, grad_output, v_input, v_target, v_weight)
+        needs = ctx.needs_input_grad
+        grads = [grad_input if needs[0] else None, grad_target if needs[1] else None,
+                 *(g if need else None for g, need in zip(grad_go, needs[2:], strict=False)),
+                 None, *(None,) * len(_OPTIONS)]
+        if _GRADIENT_WEIGHT_AT is not None and needs[_GRADIENT_WEIGHT_AT]:
+            grads[_GRADIENT_WEIGHT_AT] = grad_weight
+        return tuple(grads)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_by_rows(_FocalFunctionGradient, info, in_dims, *args)
+
+
+# Function.apply binds the forward's signature on every call when setup_context is
+# defined: computed once here (inspect.signature reads it) instead of at each call
+_FocalFunctionGradient.forward.__signature__ = inspect.signature(
+    _FocalFunctionGradient.forward)
+
+
+# -- autograd --------------------------------------------------------------------
+def _scaled(grad, grad_output, per_row):
+    """The saved gradient of ``loss.sum()`` times ``grad_output``, in place."""
+    if per_row and grad.dim() > 1:  # one upstream value per row: broadcast over the classes
+        return grad.mul_(grad_output.unsqueeze(1).to(grad.dtype))
+    # a CPU scalar is read without a device sync; on an accelerator always multiply
+    if grad_output.device.type != "cpu" or torch.compiler.is_compiling() or (
+            float(grad_output) != 1.0):
+        grad.mul_(grad_output.to(grad.dtype))
+    return grad
 
 
 class FocalFunction(torch.autograd.Function):
@@ -9709,78 +9826,10 @@ class FocalFunction(torch.autograd.Function):
         return _vmap_by_rows(FocalFunction, info, in_dims, *args)
 
 
-def _upstream(options, grad_output, grad_returned):
-    """Each term's upstream gradient: the total's, plus its own where it is returned."""
-    total = 0.0 if grad_output is None else grad_output
-    upstream = dict.fromkeys(_TERMS, total)
-    returned = [term for flag, term in _RETURNED if options[flag]]
-    for term, g in zip(returned, grad_returned, strict=True):
-        if g is not None:
-            upstream[term] = upstream[term] + g
-    return upstream
-
-
-class _FocalFunctionGradient(torch.autograd.Function):
-    """The gradients of ``focal_loss`` as a function of ``input``, ``target`` and
-    ``grad_output``; its backward is the derived Hessian-vector product and the
-    mixed derivatives (``_dense_second_order``)."""
-
-    @staticmethod
-    def forward(input, target, *rest):
-        upstreams, (wanted, *values) = rest[:len(_TERMS)], rest[len(_TERMS):]
-        grad_output = dict(zip(_TERMS, upstreams, strict=True))
-        options = dict(zip(_OPTIONS, values, strict=True))
-        need_input, need_target, need_weight = wanted
-        grad = grad_target = grad_weight = None
-        if need_input or (need_target and _TARGET_GRADIENT):
-            _, _, (grad, tg) = _run(input, target, options, need_input,
-                                    need_target and _TARGET_GRADIENT, grad_output)
-            grad_target = tg if _TARGET_GRADIENT else None
-        if (need_target and not _TARGET_GRADIENT) or need_weight:
-            gt, grad_weight = _dense_target_gradients(input, target, options, grad_output,
-                                                      need_target, need_weight)
-            grad_target = grad_target if _TARGET_GRADIENT else gt
-        return grad, grad_target, grad_weight
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, target, *rest = inputs
-        upstreams, (wanted, *values) = rest[:len(_TERMS)], rest[len(_TERMS):]
-        options = dict(zip(_OPTIONS, values, strict=True))
-        ctx.set_materialize_grads(False)
-        tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
-        ctx.save_for_backward(input, target, *upstreams,
-                              *(options[name] for name in tensors))
-        ctx.tensor_options = tensors
-        ctx.options = {name: v for name, v in options.items() if name not in tensors}
-
-    @staticmethod
-    def backward(ctx, v_input, v_target, v_weight):
-        # torch operations on tensors that keep their graph: a third derivative is
-        # autograd of the printed second-order expressions
-        input, target, *saved = ctx.saved_tensors
-        upstreams, tensors = saved[:len(_TERMS)], saved[len(_TERMS):]
-        options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
-        grad_output = dict(zip(_TERMS, upstreams, strict=True))
-        grad_input, grad_target, grad_weight, grad_go = _dense_second_order(
-            input, target, options, grad_output, v_input, v_target, v_weight)
-        needs = ctx.needs_input_grad
-        grads = [grad_input if needs[0] else None, grad_target if needs[1] else None,
-                 *(g if need else None for g, need in zip(grad_go, needs[2:], strict=False)),
-                 None, *(None,) * len(_OPTIONS)]
-        if _WEIGHT_AT is not None and needs[_WEIGHT_AT + len(_TERMS)]:  # after the upstreams
-            grads[_WEIGHT_AT + len(_TERMS)] = grad_weight
-        return tuple(grads)
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _vmap_by_rows(_FocalFunctionGradient, info, in_dims, *args)
-
 
 # Function.apply binds the forward's signature on every call when setup_context is
 # defined: computed once here (inspect.signature reads it) instead of at each call
-for _function in (FocalFunction, _FocalFunctionGradient):
-    _function.forward.__signature__ = inspect.signature(_function.forward)
+FocalFunction.forward.__signature__ = inspect.signature(FocalFunction.forward)
 
 
 def focal_loss(input, target, gamma=2.0, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0):

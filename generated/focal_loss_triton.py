@@ -28,9 +28,19 @@ input's size, or in the input's own memory with ``inplace=True`` (the
 logits must not be read again; their version counter is bumped, so an
 upstream op that saved them for its own backward fails loudly at backward
 instead of computing a wrong gradient).  The backward scales that buffer by
-``grad_output`` in place and skips rows whose factor is 1.  Gradients flow
-to ``input``;
-a target or class weights that require grad raise ``NotImplementedError``.
+``grad_output`` in place and skips rows whose factor is 1; a second backward
+of a retained graph computes it again.
+Gradients flow to ``input``, to probability targets and to the class weights
+of probability targets (a weight that requires grad with class indices
+raises ``RuntimeError``, as PyTorch).
+With ``create_graph=True`` the gradient is differentiable: its backward is
+the Hessian-vector product and the mixed derivatives printed from the
+derivation's checked second-order steps, evaluated with torch operations on
+whole arrays (the dense path, shared with the torch module); so are the
+target's and weights' gradients.  ``torch.func.grad``, ``jacrev`` and
+``vmap`` work (``forward`` + ``setup_context``).  With ``inplace=True`` the
+logits are gone after the forward: a differentiable gradient, target or
+weight gradients, and a second backward raise instead.
 
 Needs torch and triton.  CUDA tensors run on the GPU; CPU tensors run in
 Triton's interpreter (set ``TRITON_INTERPRET=1`` before importing triton).
@@ -39,6 +49,7 @@ they give that row a NaN loss instead of a device sync.
 """
 
 import functools
+import inspect
 import os
 
 import torch
@@ -50,6 +61,20 @@ __all__ = ["FocalFunction", "FocalLoss", "focal_loss"]
 _REDUCTIONS = ('none', 'mean', 'sum')
 _PER_ROW = ('none',)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# the public function's arguments, in order (the autograd Function takes them positionally)
+_ARGUMENTS = ('input', 'target', 'gamma', 'weight', 'ignore_index', 'reduction', 'label_smoothing')
+_OPTIONS = _ARGUMENTS[2:]
+# the public function's arguments and inplace (the linear head that embeds this module,
+# templates/triton/linear_head.py.j2, takes the option names from it)
+_APPLY_ARGUMENTS = (*_ARGUMENTS, "inplace")
+# each term of the loss, and the flags that return one on its own (for logging)
+_TERMS = ('focal',)
+_RETURNED = ()
+# the target's gradient is the kernels' (a teacher's), or the dense path's
+_TARGET_GRADIENT = False
+# where the class weights are among the Function's inputs (input, target, wanted, inplace,
+# *options)
+_WEIGHT_AT = _ARGUMENTS.index("weight") + 2 if "weight" in _ARGUMENTS else None
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Tile sizes: elements per tile, most classes per tile, most rows per tile.
 # A GPU wants big tiles (the loop overhead is per tile); tests make
@@ -1558,6 +1583,33 @@ def _targets(input, target, options, n_classes):
     return found
 
 
+def _dense_targets(input, target, options, n_classes):
+    """The target as the dense path reads it (templates/shared/dense.py.j2), validated
+    by ``_targets``; probabilities and weights not detached (their gradients flow)."""
+    found = _targets(input, target, options, n_classes)
+    weight = options["weight"]
+    dense = {"kind": found["kind"], "y": None, "valid": found["valid"], "p": None, "tu": None,
+             "weight": None if weight is None else weight.to(
+                 device=input.device, dtype=_compute_dtype(input.dtype))}
+    if found["kind"] == "probability":
+        dense["p"] = _dense_layout(target.to(device=input.device), input.dim())
+    else:  # ignored rows (and on a GPU classes out of range) read class 0, masked by valid
+        y = found["args"]["y_ptr"]
+        dense["y"] = torch.where((y >= 0) & (y < n_classes), y, 0)
+    return dense
+
+
+def _refuse_gradients(target, options):
+    """Class weights that require grad with class indices: PyTorch's error (its
+    ``nll_loss`` has no derivative for them)."""
+    weight = options["weight"]
+    if isinstance(weight, torch.Tensor) and weight.requires_grad and isinstance(
+            target, torch.Tensor) and not target.is_floating_point():
+        raise RuntimeError("focal_loss: the function is not differentiable with respect to "
+                           "argument 'weight' for class-index targets. This input cannot have "
+                           "requires_grad True.")
+
+
 def _kernel_key(kind, options):
     """The kernel specialised for the options in use."""
     weighted = options["weight"] is not None
@@ -1723,63 +1775,540 @@ def _scale(grad, grad_output, per_row):
     return grad
 
 
-def _options(gamma=2.0, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0):
-    return {"gamma": gamma, "weight": weight, "ignore_index": ignore_index, "reduction": reduction, "label_smoothing": label_smoothing}
+# what the dense path (templates/shared/dense.py.j2) reads of this module
+def _dense_denominators(kind, weighted, reduction, valid, w_y, rows, n_classes, dtype, device):
+    return _denominators(kind, weighted, reduction, valid, w_y, rows[0] * rows[2], n_classes,
+                         dtype, device)
 
 
-#: the arguments of ``FocalFunction.apply``, in order, and those gradients flow to
-_APPLY_ARGUMENTS = ("input", "target", "gamma", "weight", "ignore_index", "reduction", "label_smoothing", "inplace")
-_DIFFERENTIABLE = ("input",)
+def _dense_run(input, target, options, need_input, need_target, upstream):
+    """The kernels' gradients of the reduced loss, scaled by the upstream gradient that
+    every term shares here (a returned term is for logging: no gradient of its own)."""
+    _, grad, teacher_grad = _run(input, target, options, need_input, need_target, False)
+    go = upstream[_TERMS[0]]
+    if options["reduction"] in _PER_ROW and input.dim() > 1:
+        go = go.unsqueeze(1)  # one value per row: broadcast over the classes
+    out = []
+    for g in (grad, teacher_grad):
+        if g is not None:  # scaled in the accumulation dtype: a half gradient rounded once
+            acc = _compute_dtype(g.dtype)
+            g = g.mul_(go.to(acc)) if g.dtype == acc else g.copy_(g.to(acc) * go.to(acc))
+        out.append(g)
+    return tuple(out)
 
 
+# -- the dense path ------------------------------------------------------------
+# What the fused kernels do not give: a gradient that is itself differentiable
+# (create_graph=True, double backward), the gradients with respect to the
+# target's probabilities and the class weights.  Whole (N, C, S) arrays in the
+# compute dtype, every expression printed from the derivation's checked steps
+# (the second-order ones: Hessian-vector products and mixed derivatives).
+
+
+def _dense_x_no_gamma(wanted, u, tu, c, v, n_classes, gamma, label_smoothing):
+    """Per term, each quantity in ``wanted`` (None where a term has none)."""
+    x = u
+    m = torch.amax(x, dim=1, keepdim=True)
+    z = -m + x
+    e = torch.exp2(1.442695040888963407359924681*z)
+    out = {}
+    if "gradient" in wanted:
+        out["gradient"] = (-c + e*torch.sum(c, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True), )
+    if "hvp" in wanted:
+        out["hvp"] = ((v*torch.sum(c, dim=1, keepdim=True) - torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum(c, dim=1, keepdim=True))*e/torch.sum(e, dim=1, keepdim=True), )
+    if "grad_c" in wanted:
+        out["grad_c"] = (-v + torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True), )
+    if "dl_dc" in wanted:
+        out["dl_dc"] = (torch.log(torch.sum(e, dim=1, keepdim=True)) - z, )
+    if "dl_dc_r" in wanted:
+        out["dl_dc_r"] = (e*torch.sum(v, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) - v, )
+    if "dl_dc_c" in wanted:
+        out["dl_dc_c"] = (0, )
+    if "teacher_gradient" in wanted:
+        out["teacher_gradient"] = (None, )
+    if "teacher_cross" in wanted:
+        out["teacher_cross"] = (None, )
+    if "teacher_dl_r" in wanted:
+        out["teacher_dl_r"] = (None, )
+    if "teacher_hvp" in wanted:
+        out["teacher_hvp"] = (None, )
+    return out
+
+
+def _dense_x(wanted, u, tu, c, v, n_classes, gamma, label_smoothing):
+    """Per term, each quantity in ``wanted`` (None where a term has none)."""
+    x = u
+    m = torch.amax(x, dim=1, keepdim=True)
+    z = -m + x
+    e = torch.exp2(1.442695040888963407359924681*z)
+    out = {}
+    if "gradient" in wanted:
+        out["gradient"] = (gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e/torch.sum(e, dim=1, keepdim=True) - gamma*e*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) - (-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*c + e*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*c, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True), )
+    if "hvp" in wanted:
+        out["hvp"] = ((-gamma**2*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e*v/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) + gamma**2*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) - gamma**2*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e**2/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)**2), dim=1, keepdim=True) + gamma**2*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e**2*v/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)**2), dim=1, keepdim=True) + gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e*v/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) - gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) + gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*v - gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) + 2*gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*c*v - 2*gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*c*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) - gamma*v*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) + 2*gamma*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*c*e/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) + 2*gamma*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) + gamma*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e**2/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)**2), dim=1, keepdim=True) - 2*gamma*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*c*e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) - gamma*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True) - gamma*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*c*e**2*v/((e**2/torch.sum(e, dim=1, keepdim=True)**2 - 2*e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)**2), dim=1, keepdim=True) + v*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*c, dim=1, keepdim=True) - torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*c, dim=1, keepdim=True)*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True))*e/torch.sum(e, dim=1, keepdim=True), )
+    if "grad_c" in wanted:
+        out["grad_c"] = ((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*e*v/((-e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) - gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z)*e*torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/((-e/torch.sum(e, dim=1, keepdim=True) + 1)*torch.sum(e, dim=1, keepdim=True)) - v + torch.sum(e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)), )
+    if "dl_dc" in wanted:
+        out["dl_dc"] = (-(-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*(-torch.log(torch.sum(e, dim=1, keepdim=True)) + z), )
+    if "dl_dc_r" in wanted:
+        out["dl_dc_r"] = (-gamma*(m + torch.log(torch.sum(e, dim=1, keepdim=True)))*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*e*v/torch.sum(e, dim=1, keepdim=True) + gamma*(m + torch.log(torch.sum(e, dim=1, keepdim=True)))*e*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*e*v/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) + gamma*(-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*e*v*x/torch.sum(e, dim=1, keepdim=True) - gamma*e*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**(gamma - 1)*e*v*x/torch.sum(e, dim=1, keepdim=True), dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True) - (-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*v + e*torch.sum((-e/torch.sum(e, dim=1, keepdim=True) + 1)**gamma*v, dim=1, keepdim=True)/torch.sum(e, dim=1, keepdim=True), )
+    if "dl_dc_c" in wanted:
+        out["dl_dc_c"] = (0, )
+    if "teacher_gradient" in wanted:
+        out["teacher_gradient"] = (None, )
+    if "teacher_cross" in wanted:
+        out["teacher_cross"] = (None, )
+    if "teacher_dl_r" in wanted:
+        out["teacher_dl_r"] = (None, )
+    if "teacher_hvp" in wanted:
+        out["teacher_hvp"] = (None, )
+    return out
+
+
+# kernel key → its dense variant (the same transform and specialised parameters)
+_DENSE = {
+    ('index', False, False, False): _dense_x_no_gamma,
+    ('index', False, False, True): _dense_x,
+    ('index', False, True, False): _dense_x_no_gamma,
+    ('index', False, True, True): _dense_x,
+    ('index', True, False, False): _dense_x_no_gamma,
+    ('index', True, False, True): _dense_x,
+    ('index', True, True, False): _dense_x_no_gamma,
+    ('index', True, True, True): _dense_x,
+    ('probability', False, False, False): _dense_x_no_gamma,
+    ('probability', False, False, True): _dense_x,
+    ('probability', False, True, False): _dense_x_no_gamma,
+    ('probability', False, True, True): _dense_x,
+    ('probability', True, False, False): _dense_x_no_gamma,
+    ('probability', True, False, True): _dense_x,
+    ('probability', True, True, False): _dense_x_no_gamma,
+    ('probability', True, True, True): _dense_x,
+}
+
+
+def _dense_coefficients(kind, weighted, smoothed, onehot, w_y, w, p, label_smoothing,
+                        n_classes):
+    """The target model's ``c`` and its derivatives ``∂c/∂p``, ``∂c/∂w``, ``∂²c/∂p∂w``
+    (dense; None where there are none)."""
+    if (kind, weighted, smoothed) == ('index', False, False):
+        return (onehot, None, None, None)
+    if (kind, weighted, smoothed) == ('index', False, True):
+        return (label_smoothing/n_classes + (1 - label_smoothing)*onehot, None, None, None)
+    if (kind, weighted, smoothed) == ('index', True, False):
+        return (onehot*w_y, None, None, None)
+    if (kind, weighted, smoothed) == ('index', True, True):
+        return (label_smoothing*w/n_classes + (1 - label_smoothing)*onehot*w_y, None, label_smoothing/n_classes + (1 - label_smoothing)*onehot, None)
+    if (kind, weighted, smoothed) == ('probability', False, False):
+        return (p, 1, None, None)
+    if (kind, weighted, smoothed) == ('probability', False, True):
+        return (label_smoothing/n_classes + (1 - label_smoothing)*p, 1 - label_smoothing, None, None)
+    if (kind, weighted, smoothed) == ('probability', True, False):
+        return (p*w, w, p, 1)
+    if (kind, weighted, smoothed) == ('probability', True, True):
+        return ((label_smoothing/n_classes + (1 - label_smoothing)*p)*w, (1 - label_smoothing)*w, label_smoothing/n_classes + (1 - label_smoothing)*p, 1 - label_smoothing)
+    return (None, None, None, None)
+
+
+def _dense_layout(a, ndim):
+    """View ``a`` (input-shaped, class axis 1) as ``(N, C, S)``."""
+    if ndim == 1:
+        return a.reshape(1, -1, 1)
+    positions = 1
+    for d in a.shape[2:]:
+        positions *= d
+    return a.reshape(a.shape[0], a.shape[1], positions)
+
+
+def _dense_setup(input, target, options):
+    """What the dense path reads, in the compute dtype: the logits as (N, C, S), the
+    coefficients, each term's row factor with the row mask."""
+    n_classes = _check_input(input)
+    found = _dense_targets(input, target, options, n_classes)
+    kind, reduction = found["kind"], options["reduction"]
+    dtype = _compute_dtype(input.dtype)
+    device = input.device
+    u = _dense_layout(input, input.dim()).to(dtype)
+    n, _, s = u.shape
+    rows = (n, 1, s)
+    y, valid, weight = found["y"], found["valid"], found["weight"]
+    y = None if y is None else y.reshape(rows)
+    valid = None if valid is None else valid.reshape(rows)
+    w = None if weight is None else weight.reshape(1, -1, 1)
+    w_y = None if (weight is None or y is None) else weight[y]
+    onehot = None
+    if y is not None:
+        onehot = torch.zeros(u.shape, dtype=dtype, device=device).scatter_(1, y, 1.0)
+    p = None if found["p"] is None else found["p"].to(dtype)
+    tu = None if found["tu"] is None else found["tu"].to(dtype)
+    smoothed = float(options["label_smoothing"]) > 0.0 if "label_smoothing" in options else False
+    c, dc_dp, dc_dw, d2c = _dense_coefficients(kind, w is not None, smoothed, onehot, w_y, w, p,
+                                               float(options.get("label_smoothing", 0.0)),
+                                               n_classes)
+    denominators = _dense_denominators(kind, w is not None, reduction, valid, w_y, rows,
+                                       n_classes, dtype, device)
+    loss_shape = () if input.dim() == 1 else (n,) + tuple(input.shape[2:])
+    scalars = {name: (0.0 if options.get(name) is None else float(options[name]))
+               for name in ('gamma', 'label_smoothing')}
+    return {"u": u, "tu": tu, "c": c, "dc_dp": dc_dp, "dc_dw": dc_dw, "d2c": d2c, "kind": kind,
+            "valid": 1.0 if valid is None else valid, "denominators": denominators,
+            "rows": rows, "loss_shape": loss_shape, "dtype": dtype, "device": device,
+            "n_classes": n_classes, "scalars": scalars, "reduction": reduction,
+            "evaluate": _DENSE[_kernel_key(kind, options)]}
+
+
+def _dense_scales(setup, grad_output):
+    """Each term's row factor ``grad_output / denominator`` times the row mask
+    (``grad_output``: one for every term, or term -> its own; None: of ``loss.sum()``);
+    0 where a denominator is 0 (nothing counts: the loss is NaN, its gradient zero)."""
+    dtype, device, rows = setup["dtype"], setup["device"], setup["rows"]
+    found = []
+    for term in _TERMS:
+        go = grad_output[term] if isinstance(grad_output, dict) else grad_output
+        go = 1.0 if go is None else go
+        if isinstance(go, torch.Tensor):
+            go = go.to(device=device, dtype=dtype)
+            if setup["reduction"] in _PER_ROW:
+                go = torch.broadcast_to(go, setup["loss_shape"]).reshape(rows)
+        d = setup["denominators"][term]
+        if isinstance(d, torch.Tensor):
+            scale = torch.where(d != 0, go / torch.where(d != 0, d, 1.0), 0.0).to(dtype)
+        else:
+            scale = go if d is None else (go / d if d != 0 else go * 0.0)
+        found.append(scale * setup["valid"])
+    return found
+
+
+def _dense_evaluate(setup, wanted, v=None):
+    return setup["evaluate"](wanted, setup["u"], setup["tu"], setup["c"], v,
+                             setup["n_classes"], **setup["scalars"])
+
+
+def _combine(scales, values):
+    """``Σ_t scale_t · value_t`` over the terms that have the value (None: none has)."""
+    total = None
+    for scale, value in zip(scales, values, strict=True):
+        if value is None:
+            continue
+        total = scale * value if total is None else total + scale * value
+    return total
+
+
+def _dense_target_gradients(input, target, options, grad_output, want_target, want_weight):
+    """``∂L/∂p`` (probability targets) and ``∂L/∂w`` (their class weights), dense."""
+    setup = _dense_setup(input, target, options)
+    scales = _dense_scales(setup, grad_output)
+    grad_c = _combine(scales, _dense_evaluate(setup, ("dl_dc",))["dl_dc"])
+    grad_target = grad_weight = None
+    if grad_c is None:
+        grad_c = torch.zeros_like(setup["u"])
+    if want_target:
+        grad_target = (setup["dc_dp"] * grad_c).reshape(target.shape).to(target.dtype)
+    if want_weight:
+        weight = options["weight"]
+        grad_weight = torch.broadcast_to(setup["dc_dw"] * grad_c, setup["u"].shape).sum(
+            dim=(0, 2)).to(weight.dtype)
+    return grad_target, grad_weight
+
+
+def _dense_second_order(input, target, options, grad_output, v_input, v_target, v_weight=None):
+    """The backward of the gradient: for cotangents ``v_input`` (on ∂L/∂input) and
+    ``v_target`` (on the target's gradient: ∂L/∂p, or a teacher's ∂L/∂t) and
+    ``v_weight`` (on ∂L/∂w), the products with the derived second derivatives —
+    ``(∂/∂input, ∂/∂target, ∂/∂weight, ∂/∂grad_output)`` of the sum of the
+    cotangents' inner products with those gradients."""
+    setup = _dense_setup(input, target, options)
+    scales = _dense_scales(setup, grad_output)
+    units = _dense_scales(setup, None)
+    dtype = setup["dtype"]
+    shape = setup["u"].shape
+    # per cotangent: the quantities giving ∂/∂input, ∂/∂(coefficients or teacher), and
+    # the gradient it contracts (for ∂/∂grad_output)
+    if _TARGET_GRADIENT:
+        through = {"input": ("hvp", "teacher_cross", "gradient"),
+                   "target": ("teacher_dl_r", "teacher_hvp", "teacher_gradient")}
+        chain = None  # the teacher's logits are the target itself
+    else:
+        through = {"input": ("hvp", "grad_c", "gradient"),
+                   "target": ("dl_dc_r", "dl_dc_c", "dl_dc")}
+        chain = setup["dc_dp"]  # ∂c/∂p: probabilities to coefficients
+    d_input = d_c = None
+    d_go = [None] * len(_TERMS)  # per term: ∂/∂(its upstream gradient)
+
+    def add(total, value):
+        return value if total is None else (total if value is None else total + value)
+
+    # the cotangents on ∂L/∂p and ∂L/∂w meet the coefficients' gradient through ∂c/∂p, ∂c/∂w
+    v_c = None
+    if v_target is not None:
+        v_c = _dense_layout(v_target, input.dim()).to(dtype)
+        v_c = v_c if chain is None else chain * v_c
+    if v_weight is not None:
+        v_c = add(v_c, setup["dc_dw"] * v_weight.to(dtype).reshape(1, -1, 1))
+    for which, v in (("input", v_input), ("target", v_c)):
+        if v is None:
+            continue
+        if which == "input":
+            v = _dense_layout(v, input.dim()).to(dtype)
+        to_input, to_c, contracted = through[which]
+        found = _dense_evaluate(setup, through[which], v)
+        d_input = add(d_input, _combine(scales, found[to_input]))
+        d_c = add(d_c, _combine(scales, found[to_c]))
+        d_go = [add(total, None if g is None else unit * torch.sum(v * g, dim=1, keepdim=True))
+                for total, unit, g in zip(d_go, units, found[contracted], strict=True)]
+    grad_input = grad_target = grad_weight = grad_go = None
+    d_target = d_weight = None
+    if d_c is not None:
+        d_target = d_c if chain is None else chain * d_c
+        if setup["dc_dw"] is not None:
+            d_weight = setup["dc_dw"] * d_c
+    if setup["d2c"] is not None and (v_target is not None or v_weight is not None):
+        # ∂c/∂p holds w and ∂c/∂w holds p: the gradients' own mixed terms, ∂²c/∂p∂w
+        grad_c = _combine(scales, _dense_evaluate(setup, ("dl_dc",))["dl_dc"])
+        if grad_c is not None and v_weight is not None:
+            d_target = add(d_target, v_weight.to(dtype).reshape(1, -1, 1) * setup["d2c"] * grad_c)
+        if grad_c is not None and v_target is not None:
+            d_weight = add(d_weight, _dense_layout(v_target, input.dim()).to(dtype) * setup["d2c"]
+                           * grad_c)
+    if d_input is not None:
+        grad_input = torch.broadcast_to(d_input, shape).reshape(input.shape).to(input.dtype)
+    if d_target is not None and target.is_floating_point():
+        grad_target = torch.broadcast_to(d_target, shape).reshape(target.shape).to(target.dtype)
+    if d_weight is not None and isinstance(options.get("weight"), torch.Tensor):
+        grad_weight = torch.broadcast_to(d_weight, shape).sum(dim=(0, 2)).to(
+            options["weight"].dtype)
+    upstreams = grad_output if isinstance(grad_output, dict) else None
+    if upstreams is None:  # one upstream gradient for every term
+        d_go = [_combine([1.0] * len(_TERMS), d_go)]
+        upstreams = {"total": grad_output}
+    grad_go = []
+    for d, go in zip(d_go, upstreams.values(), strict=True):
+        if d is None:
+            grad_go.append(None)
+            continue
+        d = torch.broadcast_to(d, setup["rows"])
+        grad_go.append(d.sum().to(go.dtype) if go.dim() == 0 else
+                       d.reshape(setup["loss_shape"]).to(go.dtype))
+    if not isinstance(grad_output, dict):
+        grad_go = grad_go[0]
+    return grad_input, grad_target, grad_weight, grad_go
+
+
+def _functorch_active():
+    """torch.func's transforms (grad, vmap, jacrev) see the backward's tensors wrapped:
+    the saved gradient is then not scaled in place."""
+    check = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(check()) if check is not None else False
+
+
+def _options_of(ctx):
+    """The saved ``(input, target, options)`` of a Function (tensor options saved with
+    save_for_backward, the rest kept on ctx)."""
+    input, target, *tensors = ctx.saved_tensors
+    options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
+    return input, target, options
+
+
+def _vmap_by_rows(function, info, in_dims, *args):
+    """A vmap rule for a Function whose forward is not made of torch operations: one
+    call per batch entry, stacked along dimension 0."""
+    outs = []
+    for i in range(info.batch_size):
+        sliced = [a.select(d, i) if d is not None and isinstance(a, torch.Tensor) else a
+                  for a, d in zip(args, in_dims, strict=True)]
+        outs.append(function.apply(*sliced))
+    first = outs[0]
+    if not isinstance(first, tuple):
+        return torch.stack(outs), 0
+    stacked, dims = [], []
+    for k, value in enumerate(first):
+        if isinstance(value, torch.Tensor):
+            stacked.append(torch.stack([o[k] for o in outs]))
+            dims.append(0)
+        else:
+            stacked.append(value)
+            dims.append(None)
+    return tuple(stacked), tuple(dims)
+
+
+def _upstream(options, grad_output, grad_returned):
+    """Each term's upstream gradient: the total's, plus its own where it is returned."""
+    total = 0.0 if grad_output is None else grad_output
+    upstream = dict.fromkeys(_TERMS, total)
+    returned = [term for flag, term in _RETURNED if options[flag]]
+    for term, g in zip(returned, grad_returned, strict=True):
+        if g is not None:
+            upstream[term] = upstream[term] + g
+    return upstream
+
+
+# where the class weights are among _FocalFunctionGradient's inputs
+# (input, target, each term's upstream gradient, wanted, *options)
+_GRADIENT_WEIGHT_AT = 3 + len(_TERMS) + _OPTIONS.index("weight") if "weight" in _OPTIONS else None
+
+
+class _FocalFunctionGradient(torch.autograd.Function):
+    """The gradients of ``focal_loss`` as a function of ``input``, ``target`` and
+    ``grad_output``; its backward is the derived Hessian-vector product and the
+    mixed derivatives (``_dense_second_order``)."""
+
+    @staticmethod
+    def forward(input, target, *rest):
+        upstreams, (wanted, *values) = rest[:len(_TERMS)], rest[len(_TERMS):]
+        grad_output = dict(zip(_TERMS, upstreams, strict=True))
+        options = dict(zip(_OPTIONS, values, strict=True))
+        need_input, need_target, need_weight = wanted
+        grad = grad_target = grad_weight = None
+        if need_input or (need_target and _TARGET_GRADIENT):
+            grad, tg = _dense_run(input, target, options, need_input,
+                                  need_target and _TARGET_GRADIENT, grad_output)
+            grad_target = tg if _TARGET_GRADIENT else None
+        if (need_target and not _TARGET_GRADIENT) or need_weight:
+            gt, grad_weight = _dense_target_gradients(input, target, options, grad_output,
+                                                      need_target, need_weight)
+            grad_target = grad_target if _TARGET_GRADIENT else gt
+        return grad, grad_target, grad_weight
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, *rest = inputs
+        upstreams, (wanted, *values) = rest[:len(_TERMS)], rest[len(_TERMS):]
+        options = dict(zip(_OPTIONS, values, strict=True))
+        ctx.set_materialize_grads(False)
+        tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
+        ctx.save_for_backward(input, target, *upstreams,
+                              *(options[name] for name in tensors))
+        ctx.tensor_options = tensors
+        ctx.options = {name: v for name, v in options.items() if name not in tensors}
+
+    @staticmethod
+    def backward(ctx, v_input, v_target, v_weight):
+        # torch operations on tensors that keep their graph: a third derivative is
+        # autograd of the printed second-order expressions
+        input, target, *saved = ctx.saved_tensors
+        upstreams, tensors = saved[:len(_TERMS)], saved[len(_TERMS):]
+        options = {**ctx.options, **dict(zip(ctx.tensor_options, tensors, strict=True))}
+        grad_output = dict(zip(_TERMS, upstreams, strict=True))
+        grad_input, grad_target, grad_weight, grad_go = _dense_second_order(
+            input, target, options, grad_output, v_input, v_target, v_weight)
+        needs = ctx.needs_input_grad
+        grads = [grad_input if needs[0] else None, grad_target if needs[1] else None,
+                 *(g if need else None for g, need in zip(grad_go, needs[2:], strict=False)),
+                 None, *(None,) * len(_OPTIONS)]
+        if _GRADIENT_WEIGHT_AT is not None and needs[_GRADIENT_WEIGHT_AT]:
+            grads[_GRADIENT_WEIGHT_AT] = grad_weight
+        return tuple(grads)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_by_rows(_FocalFunctionGradient, info, in_dims, *args)
+
+
+# Function.apply binds the forward's signature on every call when setup_context is
+# defined: computed once here (inspect.signature reads it) instead of at each call
+_FocalFunctionGradient.forward.__signature__ = inspect.signature(
+    _FocalFunctionGradient.forward)
+
+
+# -- autograd --------------------------------------------------------------------
 class FocalFunction(torch.autograd.Function):
     """``focal_loss`` whose backward is the generated gradient.
 
-    The forward computes the loss and the gradient of the reduced loss in one
-    kernel; the backward scales the saved gradient by ``grad_output`` in place
-    and hands it back; a second backward of a retained graph computes it again
-    (not with ``inplace=True``: refused).  A differentiable gradient
-    (``create_graph=True``) raises ``NotImplementedError``.
+    ``apply(input, target, wanted, inplace, *options)``: ``wanted`` says which
+    gradients the forward computes, ``(input's, target's)``.  The forward
+    computes the loss and the gradient of the reduced loss in one kernel and
+    returns the gradients as last, non-differentiable outputs (``setup_context``
+    keeps them); the backward scales them by ``grad_output`` in place and hands
+    them back; a second backward of a retained graph computes them again.  A
+    backward that builds a graph (``create_graph=True``, ``torch.func``) hands out
+    ``_FocalFunctionGradient``, whose own backward is the derived
+    Hessian-vector product; gradients with respect to probability targets and
+    class weights are the dense path's.
     """
 
     @staticmethod
-    def forward(ctx, input, target, gamma, weight, ignore_index, reduction, label_smoothing, inplace=False):
-        for name, needs in zip(_APPLY_ARGUMENTS, ctx.needs_input_grad):
-            if needs and name not in _DIFFERENTIABLE:
-                raise NotImplementedError(
-                    f"focal_loss: {name} requires grad, but gradients flow only to "
-                    f"{' and '.join(_DIFFERENTIABLE)} (the others are not implemented)")
-        options = _options(gamma=gamma, weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
-        reduced, grad, teacher_grad = _run(
-            input, target, options, need_grad=ctx.needs_input_grad[0],
-            need_teacher_grad=False, inplace=inplace)
-        ctx.per_row = options["reduction"] in _PER_ROW
-        ctx.grads = (grad, teacher_grad)
-        ctx.inplace = inplace
-        if not inplace:  # kept for a second backward of a retained graph
-            ctx.save_for_backward(input, target)
-            ctx.options = options
+    def forward(input, target, wanted, inplace, *values):
+        options = dict(zip(_OPTIONS, values, strict=True))
+        need_grad, need_teacher_grad = wanted
+        reduced, grad, teacher_grad = _run(input, target, options, need_grad,
+                                           need_teacher_grad, inplace)
         total = sum(reduced.values()).to(input.dtype)
-        return total
+        parts = tuple(reduced[term].to(input.dtype) for flag, term in _RETURNED if options[flag])
+        return (total, *parts, grad, teacher_grad)
 
     @staticmethod
-    def backward(ctx, grad_output, *logged):
-        if torch.is_grad_enabled():  # create_graph=True: never a gradient without grad_fn
-            raise NotImplementedError(
-                "focal_loss: a differentiable gradient (create_graph=True, double backward) is "
-                "not implemented in the Triton module; the torch module has it")
-        grads, ctx.grads = ctx.grads, None
-        if grads is None:  # a second backward of a retained graph: the gradient again
-            if ctx.inplace:
-                raise RuntimeError("focal_loss: with inplace=True the logits were overwritten by "
-                                   "the gradient: one backward per forward")
-            input, target = ctx.saved_tensors
-            _, grad, teacher_grad = _run(input, target, ctx.options, ctx.needs_input_grad[0],
-False, False)
-            grads = (grad, teacher_grad)
+    def setup_context(ctx, inputs, output):
+        input, target, wanted, inplace, *values = inputs
+        options = dict(zip(_OPTIONS, values, strict=True))
+        ctx.set_materialize_grads(False)
+        _, *parts, grad, teacher_grad = output
+        # the returned terms are for logging; the gradients are kept, not differentiated
+        ctx.mark_non_differentiable(*parts, *(g for g in (grad, teacher_grad) if g is not None))
+        ctx.grads = (grad, teacher_grad)
+        ctx.per_row = options["reduction"] in _PER_ROW
+        ctx.inplace = inplace
+        if not inplace:  # kept for a second backward and for the dense path
+            tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
+            ctx.save_for_backward(input, target, *(options[name] for name in tensors))
+            ctx.tensor_options = tensors
+            ctx.options = {name: v for name, v in options.items() if name not in tensors}
+
+    @staticmethod
+    def backward(ctx, grad_output, *rest):
+        needs = ctx.needs_input_grad
+        grads = [None] * len(needs)
+        if grad_output is None:  # only the logged terms or the gradients reached
+            return tuple(grads)
+        differentiable = torch.is_grad_enabled() or _functorch_active()
+        saved, ctx.grads = ctx.grads, None
+        if ctx.inplace and (differentiable or saved is None):
+            raise RuntimeError(
+                "focal_loss: with inplace=True the logits were overwritten by the gradient: "
+                "one backward per forward, and no differentiable gradient (create_graph=True)")
+        if ctx.inplace:
+            with torch.no_grad():
+                g, tg = (None if s is None else _scale(s, grad_output, ctx.per_row)
+                         for s in saved)
+            return (g, tg if _TARGET_GRADIENT else None, *grads[2:])
+        input, target, options = _options_of(ctx)
+        need_input = needs[0]
+        need_target = needs[1] and (_TARGET_GRADIENT or target.is_floating_point())
+        need_weight = _WEIGHT_AT is not None and needs[_WEIGHT_AT]
+        if differentiable:
+            # the gradient itself is to be differentiable (create_graph=True, torch.func):
+            # grad_output an input of the Function that forms it (one per term: each
+            # term's upstream gradient is the total's)
+            values = tuple(options[name] for name in _OPTIONS)
+            grads[0], grads[1], gw = _FocalFunctionGradient.apply(
+                input, target, *(grad_output for _ in _TERMS),
+                (need_input, need_target, need_weight), *values)
+            if need_weight:
+                grads[_WEIGHT_AT] = gw
+            return tuple(grads)
+        need_teacher = need_target and _TARGET_GRADIENT
+        if saved is None or (need_input and saved[0] is None) or (
+                need_teacher and saved[1] is None):
+            # a second backward of a retained graph: the same gradients again
+            _, *saved = _run(input, target, options, need_input, need_teacher, False)
         with torch.no_grad():
-            grads = [None if g is None else _scale(g, grad_output, ctx.per_row) for g in grads]
-        return (grads[0], grads[1], None, None, None, None, None, None)
+            g, tg = (None if s is None else _scale(s, grad_output, ctx.per_row) for s in saved)
+        grads[0] = g if need_input else None
+        if _TARGET_GRADIENT:
+            grads[1] = tg if need_teacher else None
+        elif need_target or need_weight:
+            grads[1], gw = _dense_target_gradients(input, target, options, grad_output,
+                                                   need_target, need_weight)
+            if need_weight:
+                grads[_WEIGHT_AT] = gw
+        return tuple(grads)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_by_rows(FocalFunction, info, in_dims, *args)
+
+
+# Function.apply binds the forward's signature on every call when setup_context is
+# defined: computed once here (inspect.signature reads it) instead of at each call
+FocalFunction.forward.__signature__ = inspect.signature(FocalFunction.forward)
 
 
 def focal_loss(input, target, gamma=2.0, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, inplace=False):
@@ -1797,7 +2326,21 @@ def focal_loss(input, target, gamma=2.0, weight=None, ignore_index=-100, reducti
     >>> bool(torch.isfinite(loss)), tuple(x.grad.shape)
     (True, (2, 4))
     """
-    return FocalFunction.apply(input, target, gamma, weight, ignore_index, reduction, label_smoothing, inplace)
+    values = (gamma, weight, ignore_index, reduction, label_smoothing,)
+    grad_on = torch.is_grad_enabled()
+    if grad_on:
+        options = dict(zip(_OPTIONS, values, strict=True))
+        _refuse_gradients(target, options)
+        if inplace and ((not _TARGET_GRADIENT and isinstance(target, torch.Tensor)
+                         and target.requires_grad) or any(
+                isinstance(v, torch.Tensor) and v.requires_grad for v in values)):
+            raise ValueError("focal_loss: inplace=True overwrites the logits, which the "
+                             "gradients with respect to the target and the weights read")
+    wanted = (grad_on and isinstance(input, torch.Tensor) and input.requires_grad,
+              grad_on and _TARGET_GRADIENT and isinstance(target, torch.Tensor)
+              and target.requires_grad)
+    *result, _, _ = FocalFunction.apply(input, target, wanted, inplace, *values)
+    return result[0] if len(result) == 1 else tuple(result)
 
 
 class FocalLoss(torch.nn.Module):

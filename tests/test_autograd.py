@@ -11,7 +11,18 @@
   grad, and the errors where PyTorch raises or where the module does not
   cover a case (never a silent ``None`` or a gradient without ``grad_fn``);
 * ``torch.func.grad``, ``jacrev`` and ``vmap``.
+
+The generated Triton modules share the torch modules' dense path (double
+backward, target and weight gradients): the tests parametrised by ``backend``
+run them too, on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``,
+set here before triton is imported), with fewer and smaller cases (the
+interpreter takes ~0.1 s per kernel launch) and ``gradcheck``'s fast mode.
 """
+
+import functools
+import os
+import sys
+import warnings
 
 import pytest
 import torch
@@ -20,8 +31,45 @@ import torch.nn.functional as F
 from tests.parity import load_generated
 from tests.torch_references import REFERENCES
 
+if "triton" not in sys.modules:
+    # read when triton and the module's @triton.jit kernels are defined, and at launch
+    os.environ["TRITON_INTERPRET"] = "1"
+
 LOSSES = ("cross_entropy", "focal_loss", "kl_distillation")
 MODULES = {loss: load_generated(f"{loss}_torch") for loss in LOSSES}
+BACKENDS = ("torch", "triton")
+
+
+@functools.cache
+def _triton_module(loss):
+    triton = pytest.importorskip("triton", reason="triton is not installed")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(triton.language.cdiv, InterpretedFunction):
+        pytest.skip("triton was imported for the GPU before TRITON_INTERPRET=1 could be set")
+    return load_generated(f"{loss}_triton")
+
+
+def _function(backend, loss):
+    """The generated ``loss`` function of ``backend``'s module."""
+    module = MODULES[loss] if backend == "torch" else _triton_module(loss)
+    return getattr(module, loss)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_interpreter(request):
+    """The interpreter is NumPy-bound (one thread shares the machine), and a masked
+    tile's discarded lanes may divide by zero or overflow (a GPU says nothing)."""
+    if "triton" not in request.node.name:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"(divide by zero|invalid value|overflow) encountered",
+                                RuntimeWarning)
+        yield
+    torch.set_num_threads(threads)
 REDUCTIONS = {"cross_entropy": ("mean", "sum", "none"), "focal_loss": ("mean", "sum", "none"),
               "kl_distillation": ("batchmean", "mean", "sum", "none")}
 
@@ -73,6 +121,18 @@ CASES = (
 )
 
 
+# the Triton modules' cases, one reduction each, two rows (the interpreter's time goes
+# by the programs launched, one per row here): every option
+TRITON_CASES = [
+    ("cross_entropy", (2, 4), "index", {"ignore": True, "weight": True, "label_smoothing": 0.1,
+                                        "z_loss": 0.2, "softcap": 3.0}, "mean"),
+    ("cross_entropy", (2, 3, 2), "probability", {"weight": True, "label_smoothing": 0.2,
+                                                 "z_loss": 0.1}, "none"),
+    ("focal_loss", (2, 4), "probability", {"gamma": 2.0, "weight": True}, "sum"),
+    ("kl_distillation", (2, 4), "teacher", {"mask": True, "temperature": 2.0}, "batchmean"),
+]
+
+
 def _inputs(loss, shape, kind, options, seed=0):
     """``(x, target, options)``: float64 logits that require grad, the target, the options."""
     x = _logits(shape, seed)
@@ -102,14 +162,20 @@ def _name(case):
         ",".join(f"{k}={v}" for k, v in options.items()) or "plain")
 
 
-@pytest.mark.parametrize("case", CASES, ids=_name)
-def test_gradcheck_and_gradgradcheck(case):
-    """First and second derivatives by finite differences, every reduction; a
-    probability target differentiated too (its gradient and the mixed terms)."""
+@pytest.mark.parametrize("backend, case, reductions", [
+    *(pytest.param("torch", case, REDUCTIONS[case[0]], id=_name(case)) for case in CASES),
+    *(pytest.param("triton", case[:4], case[4:], id=f"triton-{_name(case[:4])}-{case[4]}")
+      for case in TRITON_CASES),
+])
+def test_gradcheck_and_gradgradcheck(backend, case, reductions):
+    """First and second derivatives by finite differences, every reduction (the Triton
+    module's: one each, fast mode); a probability target differentiated too (its
+    gradient and the mixed terms), and its class weights."""
     loss, shape, kind, options = case
-    function = getattr(MODULES[loss], loss)
+    function = _function(backend, loss)
+    fast = backend == "triton"
     x, target, options = _inputs(loss, shape, kind, options)
-    for reduction in REDUCTIONS[loss]:
+    for reduction in reductions:
         if kind == "probability" and "weight" in options:
             target = target.detach().requires_grad_()
             weight = options["weight"].detach().requires_grad_()
@@ -131,13 +197,14 @@ def test_gradcheck_and_gradgradcheck(case):
                 return function(x, target, reduction=reduction, **options)
 
             inputs = (x,)
-        assert torch.autograd.gradcheck(f, inputs)
-        assert torch.autograd.gradgradcheck(f, inputs)
+        assert torch.autograd.gradcheck(f, inputs, fast_mode=fast)
+        assert torch.autograd.gradgradcheck(f, inputs, fast_mode=fast)
 
 
-def test_create_graph_gives_a_differentiable_gradient():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_create_graph_gives_a_differentiable_gradient(backend):
     x, y = _logits((4, 6)), _classes((4, 6))
-    (g,) = torch.autograd.grad(MODULES["cross_entropy"].cross_entropy(x, y), x,
+    (g,) = torch.autograd.grad(_function(backend, "cross_entropy")(x, y), x,
                                create_graph=True)
     assert g.grad_fn is not None
     (h,) = torch.autograd.grad((g**2).sum(), x)
@@ -146,20 +213,27 @@ def test_create_graph_gives_a_differentiable_gradient():
     torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("loss, kind, options", [
+PENALTY_CASES = [
     ("cross_entropy", "index", {"weight": True, "label_smoothing": 0.1, "ignore": True}),
     ("cross_entropy", "probability", {"z_loss": 0.05, "softcap": 4.0}),
     ("focal_loss", "index", {"gamma": 2.0, "label_smoothing": 0.1}),
     ("kl_distillation", "teacher", {"temperature": 2.0}),
+]
+
+
+@pytest.mark.parametrize("backend, loss, kind, options", [
+    *(("torch", *case) for case in PENALTY_CASES),
+    ("triton", *PENALTY_CASES[0]), ("triton", *PENALTY_CASES[3]),
 ])
-def test_gradient_penalty_training_step_matches_pure_pytorch(loss, kind, options):
+def test_gradient_penalty_training_step_matches_pure_pytorch(backend, loss, kind, options):
     """One SGD step of a linear model on ``loss + λ‖∂loss/∂logits‖²``: the weight's
     gradient needs the loss's second derivative (the derived Hessian-vector product)."""
     torch.manual_seed(0)
-    h = torch.randn(6, 5, dtype=torch.float64)
-    _, target, options = _inputs(loss, (6, 4), kind, options)
+    rows = 6 if backend == "torch" else 3  # the interpreter: a program per row
+    h = torch.randn(rows, 5, dtype=torch.float64)
+    _, target, options = _inputs(loss, (rows, 4), kind, options)
     steps = {}
-    for name, function in (("module", getattr(MODULES[loss], loss)),
+    for name, function in (("module", _function(backend, loss)),
                            ("reference", REFERENCES[loss])):
         layer = torch.nn.Linear(5, 4, dtype=torch.float64)
         with torch.no_grad():
@@ -177,13 +251,15 @@ def test_gradient_penalty_training_step_matches_pure_pytorch(loss, kind, options
     assert steps["module"][0].abs().sum() > 0
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("reduction_index", [0, -1])
-def test_a_retained_graph_backpropagates_twice(loss, reduction_index):
+@pytest.mark.parametrize("backend, loss, reduction_index", [
+    *(("torch", loss, index) for loss in LOSSES for index in (0, -1)),
+    *(("triton", loss, -1) for loss in LOSSES),
+])
+def test_a_retained_graph_backpropagates_twice(backend, loss, reduction_index):
     kind = "teacher" if loss == "kl_distillation" else "index"
     x, target, options = _inputs(loss, (3, 5), kind, {})
     reduction = REDUCTIONS[loss][reduction_index]
-    out = getattr(MODULES[loss], loss)(x, target, reduction=reduction, **options)
+    out = _function(backend, loss)(x, target, reduction=reduction, **options)
     upstream = torch.rand(out.shape, dtype=torch.float64, generator=_gen(9))
     out.backward(upstream, retain_graph=True)
     first = x.grad.clone()
@@ -194,16 +270,19 @@ def test_a_retained_graph_backpropagates_twice(loss, reduction_index):
     torch.testing.assert_close(first, x2.grad, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(4, 5), (2, 5, 3), (5,)])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("label_smoothing", [0.0, 0.15])
-def test_probability_target_and_weight_gradients_match_pytorch(shape, reduction,
+@pytest.mark.parametrize("backend, shape, reduction, label_smoothing", [
+    *(("torch", shape, reduction, label_smoothing) for shape in ((4, 5), (2, 5, 3), (5,))
+      for reduction in ("mean", "sum", "none") for label_smoothing in (0.0, 0.15)),
+    ("triton", (4, 5), "mean", 0.0), ("triton", (2, 5, 3), "none", 0.15),
+    ("triton", (5,), "sum", 0.15),
+])
+def test_probability_target_and_weight_gradients_match_pytorch(backend, shape, reduction,
                                                               label_smoothing):
     x = _logits(shape)
     p = _probabilities(shape).requires_grad_()
     w = _weight(shape[0] if len(shape) == 1 else shape[1]).requires_grad_()
-    out = MODULES["cross_entropy"].cross_entropy(x, p, weight=w, reduction=reduction,
-                                                 label_smoothing=label_smoothing)
+    out = _function(backend, "cross_entropy")(x, p, weight=w, reduction=reduction,
+                                              label_smoothing=label_smoothing)
     upstream = torch.rand(out.shape, dtype=torch.float64, generator=_gen(7))
     got = torch.autograd.grad(out, (x, p, w), upstream)
     want = torch.autograd.grad(F.cross_entropy(x, p, weight=w, reduction=reduction,
@@ -223,23 +302,25 @@ def test_focal_loss_probability_target_gradient_matches_its_definition():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("loss", ["cross_entropy", "focal_loss"])
-def test_weight_that_requires_grad_with_class_indices_raises_as_pytorch(loss):
+def test_weight_that_requires_grad_with_class_indices_raises_as_pytorch(backend, loss):
     x, y, w = _logits((3, 4)), _classes((3, 4)), _weight(4).requires_grad_()
     with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
         F.cross_entropy(x, y, weight=w)
     with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
-        getattr(MODULES[loss], loss)(x, y, weight=w)
+        _function(backend, loss)(x, y, weight=w)
     with torch.no_grad():  # nothing to differentiate: no error
-        getattr(MODULES[loss], loss)(x, y, weight=w)
+        _function(backend, loss)(x, y, weight=w)
 
 
-def test_distillation_with_a_learned_teacher_and_a_gradient_penalty():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_distillation_with_a_learned_teacher_and_a_gradient_penalty(backend):
     """Student and teacher both linear layers; the penalty on the student's logit
     gradient reaches the teacher's weights through the derived mixed derivatives."""
     h = torch.randn(6, 5, dtype=torch.float64, generator=_gen(4))
     grads = {}
-    for name, function in (("module", MODULES["kl_distillation"].kl_distillation),
+    for name, function in (("module", _function(backend, "kl_distillation")),
                            ("reference", REFERENCES["kl_distillation"])):
         student = torch.nn.Linear(5, 4, dtype=torch.float64)
         teacher = torch.nn.Linear(5, 4, dtype=torch.float64)
@@ -289,22 +370,24 @@ def test_a_returned_term_with_its_own_upstream_gradient_differentiates_twice(red
         lambda x: function(x, y, z_loss=0.1, return_z_loss=True, reduction=reduction)[1], (x,))
 
 
-def test_third_derivatives_are_autograd_of_the_printed_second_order():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_third_derivatives_are_autograd_of_the_printed_second_order(backend):
     x, y = _logits((3, 4)), _classes((3, 4))
     found = []
-    for function in (MODULES["cross_entropy"].cross_entropy, F.cross_entropy):
+    for function in (_function(backend, "cross_entropy"), F.cross_entropy):
         (g,) = torch.autograd.grad(function(x, y), x, create_graph=True)
         (h,) = torch.autograd.grad((g**2).sum(), x, create_graph=True)
         found.append(torch.autograd.grad((h**2).sum(), x)[0])
     torch.testing.assert_close(*found, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-def test_torch_func_grad_jacrev_and_vmap(loss):
+@pytest.mark.parametrize("backend, loss", [*(("torch", loss) for loss in LOSSES),
+                                           ("triton", "cross_entropy")])
+def test_torch_func_grad_jacrev_and_vmap(backend, loss):
     kind = "teacher" if loss == "kl_distillation" else "index"
     x, target, options = _inputs(loss, (3, 5), kind, {})
     x = x.detach()
-    function, reference = getattr(MODULES[loss], loss), REFERENCES[loss]
+    function, reference = _function(backend, loss), REFERENCES[loss]
     torch.testing.assert_close(torch.func.grad(lambda x: function(x, target))(x),
                                torch.func.grad(lambda x: reference(x, target))(x))
     torch.testing.assert_close(

@@ -175,10 +175,12 @@ def test_a_second_backward_after_an_inplace_forward_is_refused():
         loss.backward()
 
 
-def test_a_differentiable_gradient_is_refused_not_silent():
+def test_a_differentiable_gradient_after_an_inplace_forward_is_refused_not_silent():
+    """The logits are gone: double backward (tests/test_autograd.py) needs them."""
     x = torch.randn(3, 5, requires_grad=True)
-    loss, _ = _call("cross_entropy", x)
-    with pytest.raises(NotImplementedError, match="create_graph=True"):
+    loss = MODULES["cross_entropy"].cross_entropy(x.clone(), torch.tensor([0, 1, 2]),
+                                                  inplace=True)
+    with pytest.raises(RuntimeError, match="create_graph=True"):
         torch.autograd.grad(loss, x, create_graph=True)
 
 
@@ -306,13 +308,18 @@ def test_bad_input_raises_clear_error(name):
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "focal_loss"])
-def test_gradients_not_implemented_are_refused(loss):
+def test_target_and_weight_gradients_after_an_inplace_forward_are_refused(loss):
+    """They read the logits that ``inplace=True`` overwrites (their values:
+    tests/test_autograd.py); class indices with weights that require grad: PyTorch's error."""
     fn = getattr(MODULES[loss], loss)
     x = torch.randn(3, 4, requires_grad=True)
-    with pytest.raises(NotImplementedError, match="weight requires grad"):
+    p = torch.softmax(torch.randn(3, 4), 1)
+    with pytest.raises(ValueError, match="inplace=True"):
+        fn(x.clone(), p, weight=torch.ones(4, requires_grad=True), inplace=True)
+    with pytest.raises(ValueError, match="inplace=True"):
+        fn(x.clone(), p.requires_grad_(), inplace=True)
+    with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
         fn(x, Y, weight=torch.ones(4, requires_grad=True))
-    with pytest.raises(NotImplementedError, match="target requires grad"):
-        fn(x, torch.rand(3, 4, requires_grad=True))
 
 
 # -- the nn.Modules ------------------------------------------------------------------------

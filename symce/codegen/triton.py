@@ -629,6 +629,7 @@ def triton_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
     """``templates/triton/module.py.j2``'s context beyond :func:`module_context`."""
     from symce.codegen.ir import derivation_of
     from symce.codegen.module import denominators
+    from symce.codegen.second_order import second_order_context
 
     loss = get_loss(loss_name)
     shift_sum = derivation_of(loss_name).step("shift_sum")  # the online rescale rests on it
@@ -639,6 +640,8 @@ def triton_context(loss_name: str, ks: tuple[Kernel, ...]) -> dict[str, object]:
                                             N_CLASSES: "n_classes"}),
         "teacher_gradient": any(k["grad_teacher"] for k in kernels),
         **module_class_arguments(loss_name),
+        # the dense path, shared with the torch module: double backward and target gradients
+        **second_order_context(loss_name, ks),
     }
 
 
