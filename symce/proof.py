@@ -80,8 +80,15 @@ def scan(expr: Any) -> tuple[bool, set[sp.Basic]]:
 
     Shared subtrees are looked at once (the entries of a Hessian share their rows).
     """
+    floats, found, _ = scan_bound(expr)
+    return floats, found
+
+
+def scan_bound(expr: Any) -> tuple[bool, set[sp.Basic], set[sp.Basic]]:
+    """:func:`scan`, and the symbols that a sum (or another binder) in ``expr`` binds."""
     seen: set[int] = set()
     found: set[sp.Basic] = set()
+    bound: set[sp.Basic] = set()
     floats = [False]
 
     def walk(e: Any) -> None:
@@ -98,12 +105,19 @@ def scan(expr: Any) -> tuple[bool, set[sp.Basic]]:
         else:
             if isinstance(e, AppliedUndef):
                 found.add(e)
+            elif isinstance(e, _BINDERS):
+                bound.update(e.bound_symbols)
             for a in e.args:
                 walk(a)
 
     for e in (expr if isinstance(expr, sp.MatrixBase) else (expr,)):
-        walk(e)
-    return floats[0], found
+        # what the check will decide: a string parsed, a number made SymPy's (a NumPy
+        # float32, a Decimal, a complex are no Python float but become a Float)
+        walk(e if isinstance(e, sp.Basic) else sp.sympify(e))
+    return floats[0], found, bound
+
+
+_BINDERS = (sp.Sum, sp.Product, sp.Integral, sp.Lambda, sp.Subs)
 
 
 def _displays(expr: sp.Basic, seen: dict[int, bool]) -> bool:

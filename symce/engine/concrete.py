@@ -164,6 +164,9 @@ class ConcreteContext(Context):
         self._init_caches()
         self._term_cache.clear()
 
+    def _memory(self) -> list[Any]:
+        return [*super()._memory(), *self._cache]
+
     # -- vocabulary -----------------------------------------------------
     def _vocabulary(self) -> tuple[sp.Basic, ...]:
         return (*self._x, *self._u, *self._t, *self._q, *self._c, *self._p)

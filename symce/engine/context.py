@@ -150,7 +150,11 @@ class Context(ABC):
 
     def define_term(self, symbol: sp.Symbol, formula: Callable[[], sp.Expr]) -> None:
         """Declare ``symbol := formula()`` (a term of the per-row loss)."""
-        if symbol in self._terms and self._terms[symbol] is not formula:
+        known = symbol in self._terms
+        if (known and self._terms[symbol] is not formula) or (
+                not known and any(_mentions(key, symbol) for key in self._memory())):
+            # redefined, or new but remembered as a plain symbol: ∂L_z/∂x_k = 0 was
+            # decided (and the derivative cached) before L_z := ℓ²
             self._decided.clear()
             self._reset_caches()
         self._terms[symbol] = formula
@@ -161,6 +165,10 @@ class Context(ABC):
     def loss_definition(self, per_class: Callable[[Any], sp.Expr]) -> None:
         """Declare ``L := Σ_i per_class(i)`` (kept for callers of the old API)."""
         self.define_term(self.L, lambda: self.sum(per_class))
+
+    def _memory(self) -> list[Any]:
+        """The keys of what the context remembers (decisions; a subclass adds its caches)."""
+        return list(self._decided)
 
     def term_value(self, symbol: sp.Symbol) -> sp.Expr:
         if symbol not in self._term_cache:
@@ -218,16 +226,24 @@ class Context(ABC):
         proves nothing), or a symbol named like one of the vocabulary's but not it
         (``c_1`` declared positive prints as the context's ``c_1`` and would smuggle
         in an unstated assumption)."""
-        from symce.proof import scan
+        from symce.proof import scan_bound
 
         memo = isinstance(expr, sp.Basic)  # not 1.0 found as the int 1
         if memo and expr in self._vetted:  # a step re-checked: vetted already
             return
-        floats, symbols = scan(expr)
+        floats, symbols, bound = scan_bound(expr)
         if floats:
             raise ProofError("a floating-point number in an equality: rounding proves "
                              "nothing (write it as a rational)")
         own = self._own_symbols()
+        # a quantity of the vocabulary (x_1, q_1, ℓ, L …) as a sum's index: its
+        # definitions are substituted into the sum, which captures them (Σ_{x_1} q_1
+        # became Σ_{x_1} e^{x_1 − ℓ}); the integer indices (j, k …) are meant to be bound
+        clash = sorted({_name(s) for s in bound
+                        if s in own.get(_name(s), ()) and not s.is_integer})
+        if clash:
+            raise ProofError(f"{', '.join(clash)}: the derivation's own quantity bound by a "
+                             "sum (or another binder); use an index of its own")
         lookalikes = sorted({_name(s) for s in symbols
                              if _name(s) in own and s not in own[_name(s)]})
         if lookalikes:
@@ -276,6 +292,13 @@ class Context(ABC):
         without it); a context may trade completeness for speed here.
         """
         return self.equal(lhs, rhs, assumptions)
+
+
+def _mentions(key: Any, symbol: sp.Symbol) -> bool:
+    """Whether a remembered key (an expression, or a tuple of them) holds ``symbol``."""
+    if isinstance(key, tuple):
+        return any(_mentions(k, symbol) for k in key)
+    return hasattr(key, "has") and key.has(symbol)
 
 
 _PLAIN = sp.Symbol("plain").assumptions0

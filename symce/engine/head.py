@@ -220,6 +220,8 @@ class HeadContext(Context):
         else:
             # only in the head's own parameters: ∂L/∂v for a v outside them (a
             # symbolic h[a], an h_3 of a 2-feature head) is 0 by SymPy, not by the head
+            if expr.has(sp.Sum, *_BINDERS):  # SymPy's doit would count Σ_{i=1}^{m} h_1 as m·h_1
+                raise ProofError("the concrete head decides its entries written out, no sums")
             params = {*self._h, *self._b, *(s for row in self._W for s in row)}
             for t in expr.atoms(sp.Derivative):
                 outside = [v for v in t.variables if v not in params]
@@ -227,7 +229,10 @@ class HeadContext(Context):
                     raise ProofError(f"∂/∂{outside[0]}: the concrete head differentiates in "
                                      "its parameters h_a, W_ka, b_k alone")
         expr = self._definitions(expr)
-        expr = expr.replace(lambda t: isinstance(t, sp.Derivative), lambda t: t.doit())
+        # the derivatives only (symbolic sizes): a deep doit also evaluated the sums inside by
+        # SymPy's convention, Σ_{i=1}^{j-2} h_a = (j − 2) h_a (−h_a for j = 1, an empty sum)
+        expr = expr.replace(lambda t: isinstance(t, sp.Derivative),
+                            lambda t: t.doit(deep=not self.symbolic))
         if self.symbolic:
             # the deltas sifted over each index range: features 1..H, classes 1..n
             expr = _linearise(sp.expand(expr))

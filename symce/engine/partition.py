@@ -40,7 +40,10 @@ from symce.proof import Derivation, Step, inexact
 #: the concrete split proved: slice sizes (one slice of a single class)
 CONCRETE_SPLIT = (2, 1, 3)
 
-ASSUMPTIONS = {"partition": r"b_0 = 0,\ b_R = n"}
+# nondecreasing: the check reads Σ_{j=a}^{b} by SymPy's convention (−Σ_{b+1}^{a−1} for
+# b < a − 1), under which the slices telescope for any boundaries; a reader's (no term
+# for b < a) agrees where the slices are nondecreasing, as the kernels' are
+ASSUMPTIONS = {"partition": r"0 = b_0 \le b_1 \le \dots \le b_R = n"}
 
 
 class PartitionContext:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import sympy as sp
 
 from symce.engine.context import Context
+from symce.errors import ProofError
 
 if TYPE_CHECKING:
     from symce.losses.spec import Loss
@@ -90,6 +91,9 @@ class SymbolicContext(Context):
 
     def _reset_caches(self) -> None:
         self._cache.clear()
+
+    def _memory(self) -> list[Any]:
+        return [*super()._memory(), *self._cache]
 
     def log_softmax_form(self, expr: sp.Expr) -> sp.Expr:
         expr = expr.replace(
@@ -300,6 +304,13 @@ class SymbolicContext(Context):
     def decide(self, lhs: Any, rhs: Any, assumptions: Sequence[str]) -> bool:
         if isinstance(lhs, sp.MatrixBase) or isinstance(rhs, sp.MatrixBase):
             return False  # symbolic-n steps are single entries with free indices
+        for side in (lhs, rhs):
+            # sums are renamed, sifted and differentiated index-aware; a product's or an
+            # integral's index is not (SymPy's ∂/∂x_j of Π_j x_j differentiates every factor)
+            found = sp.sympify(side).atoms(*_FOREIGN_BINDERS)
+            if found:
+                raise ProofError(f"{type(next(iter(found))).__name__}: the symbolic context "
+                                 "decides sums (and derivatives) only")
         e = self._derivatives(sp.sympify(lhs)) - self._derivatives(sp.sympify(rhs))
         e = self._substitute_terms(e)
         if "normalised" in assumptions and not self.teacher:
@@ -307,6 +318,9 @@ class SymbolicContext(Context):
         if self._zero(e, assumptions):
             return True
         return self._zero(self._substitute(e, None), assumptions)
+
+
+_FOREIGN_BINDERS = (sp.Product, sp.Integral, sp.Lambda)
 
 
 def _squares(expr: sp.Expr) -> sp.Expr:
@@ -352,8 +366,12 @@ def _sift_deltas(expr: sp.Expr, n: sp.Expr, ranged: frozenset[sp.Basic]) -> sp.E
                 if isinstance(f, sp.KroneckerDelta) and j in f.args and f.args[0] != f.args[1]:
                     (other,) = set(f.args) - {j}
                     rest = sp.Mul(*[g for g in factors if g is not f])
-                    if other in ranged and not any(
-                            other in {lim[0] for lim in t.limits} for t in rest.atoms(sp.Sum)):
+                    if any(j in t.bound_symbols for t in rest.atoms(sp.Sum)):
+                        # a sum inside binding j again (its bounds read the outer j):
+                        # j → other would make other its index, capturing a free other
+                        rest = _fresh_dummies(rest)
+                    if other in ranged and not any({j, other} & set(t.bound_symbols)
+                                                   for t in _binders(rest)):
                         return rest.xreplace({j: other})
         return sp.Sum(body, *expr.limits)
     if expr.is_Atom or not expr.args:
@@ -361,12 +379,18 @@ def _sift_deltas(expr: sp.Expr, n: sp.Expr, ranged: frozenset[sp.Basic]) -> sp.E
     return expr.func(*[_sift_deltas(a, n, ranged) for a in expr.args])
 
 
+def _binders(expr: sp.Basic) -> list[sp.Basic]:
+    """The nodes of ``expr`` that bind symbols (sums, products, ``Subs`` …)."""
+    return [t for t in sp.preorder_traversal(expr) if getattr(t, "bound_symbols", None)]
+
+
 def _linearise(expr: sp.Expr) -> sp.Expr:
     """Split sums over ``+`` and pull factors free of the dummy out of them.
 
     A term free of the dummy counts ``hi − lo + 1`` times only where that is
-    known to be ``≥ 0``: below, the sum is empty (0) to a reader, while SymPy's
-    convention makes ``Σ_{j=1}^{k-2} 1 = k − 2`` (−1 for ``k = 1``).
+    known to be ``≥ 0``, between integer bounds: below, the sum is empty (0) to a
+    reader, while SymPy's convention makes ``Σ_{j=1}^{k-2} 1 = k − 2`` (−1 for
+    ``k = 1``); ``Σ_{j=1}^{n/2} 1`` has ``⌊n/2⌋`` terms, not ``n/2``.
     """
     if isinstance(expr, sp.Sum) and len(expr.limits) == 1:
         (idx, lo, hi), = expr.limits
@@ -375,7 +399,8 @@ def _linearise(expr: sp.Expr) -> sp.Expr:
         for term in sp.Add.make_args(sp.expand(_linearise(expr.function))):
             # factor_terms first: a factor free of idx may sit inside a denominator
             outside, inside = sp.factor_terms(term).as_independent(idx, as_Add=False)
-            if inside.has(idx) or not count.is_nonnegative:
+            if inside.has(idx) or not (count.is_nonnegative and lo.is_integer
+                                       and hi.is_integer):
                 terms.append(outside * sp.Sum(inside, (idx, lo, hi)))
             else:
                 terms.append(outside * inside * count)
@@ -394,6 +419,9 @@ def _canonical_dummies(expr: sp.Expr, names: tuple[str, ...]) -> sp.Expr:
     if not expr.has(sp.Sum):
         return expr
     taken = {str(s) for s in expr.free_symbols}
+    # and the indices of what the renaming leaves alone (a Subs …): a sum inside renamed
+    # like one of them was captured
+    taken |= {str(s) for t in _binders(expr) if not isinstance(t, sp.Sum) for s in t.bound_symbols}
     prefix = names[0]
     while any(t == prefix or (t.startswith(prefix) and t[len(prefix):].isdigit())
               for t in taken):
@@ -408,22 +436,30 @@ def _binds(expr: sp.Expr, var: sp.Basic) -> bool:
 
 
 def _fresh_dummies(expr: sp.Expr) -> sp.Expr:
-    if isinstance(expr, sp.Sum) and len(expr.limits) == 1:
-        (idx, lo, hi), = expr.limits
-        d = sp.Dummy(str(idx), integer=True)
-        return sp.Sum(_fresh_dummies(expr.function.xreplace({idx: d})), (d, lo, hi))
+    """Every sum's index a new ``Dummy``, several limits too (SymPy merges ``Σ_u Σ_i``
+    into one sum of two: left alone, ``∂/∂x_j`` of ``Σ_{j,i} v_i x_j`` took every ``x_j``)."""
+    if isinstance(expr, sp.Sum) and all(len(lim) == 3 for lim in expr.limits):
+        body, limits = expr.function, list(expr.limits)
+        for p, (idx, lo, hi) in enumerate(limits):  # innermost first: the body's index is its
+            d = sp.Dummy(str(idx), integer=True)
+            body = body.xreplace({idx: d})
+            limits[:p] = [(v, a.xreplace({idx: d}), b.xreplace({idx: d})) for v, a, b in limits[:p]]
+            limits[p] = (d, lo, hi)
+        return sp.Sum(_fresh_dummies(body), *limits)
     if expr.is_Atom or not expr.args:
         return expr
     return expr.func(*[_fresh_dummies(a) for a in expr.args])
 
 
 def _rename_dummies(expr: sp.Expr, prefix: str, depth: int) -> sp.Expr:
-    if isinstance(expr, sp.Sum) and len(expr.limits) == 1:
-        (idx, lo, hi), = expr.limits
-        name = prefix if depth == 0 else f"{prefix}{depth + 1}"
-        u = sp.Symbol(name, integer=True)
-        body = _rename_dummies(expr.function.xreplace({idx: u}), prefix, depth + 1)
-        return sp.Sum(body, (u, lo, hi))
+    """Fresh dummies (:func:`_fresh_dummies`) named by nesting depth, the outermost first."""
+    if isinstance(expr, sp.Sum) and all(len(lim) == 3 for lim in expr.limits):
+        names = {}
+        for idx, _, _ in reversed(expr.limits):
+            names[idx] = sp.Symbol(prefix if depth == 0 else f"{prefix}{depth + 1}", integer=True)
+            depth += 1
+        renamed = expr.xreplace(names)  # each index a Dummy of its own: no capture
+        return sp.Sum(_rename_dummies(renamed.function, prefix, depth), *renamed.limits)
     if expr.is_Atom or not expr.args:
         return expr
     return expr.func(*[_rename_dummies(a, prefix, depth) for a in expr.args])
