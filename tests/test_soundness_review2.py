@@ -362,6 +362,32 @@ def test_the_partition_assumption_states_nondecreasing_boundaries():
     assert PartitionContext.assumptions["partition"] == ASSUMPTIONS["partition"]
 
 
+def test_partition_reads_sums_as_a_reader_does(part):
+    """The partition context decides by SymPy's (Karr's) reading of a sum, in which
+    ``Σ_{j=5}^{3} f_j = −f_4`` and ``Σ_{j=1}^{m} 1 = m`` for every integer ``m``; read as
+    written (no term when the top is below the bottom) both are false.  A sum whose
+    term count is not known to be >= 0 is now refused; the slice forms count
+    ``b_r − b_{r−1} >= 0`` under "partition" (nondecreasing boundaries)."""
+    n, R, b = part.n, part.R, part.boundary
+    j, r = sp.Symbol("j", integer=True), sp.Symbol("r", integer=True)
+    m = sp.Symbol("m", integer=True)
+    f = sp.IndexedBase("f", real=True)
+    fs = [0.4, -1.1, 2.3, 0.7, 1.9]
+    env = {m: -2.0, f: lambda a: fs[a - 1], n: 3.0, R: 2.0, r: 1.0}
+    false = [
+        (sp.Sum(f[j], (j, 5, 3)), -f[4], ("partition",)),
+        (sp.Sum(sp.S.One, (j, 1, m)), m, ()),
+        (sp.Sum(sp.Sum(sp.S.One, (j, 1, m)), (r, 1, 1)), m, ()),
+    ]
+    for lhs, rhs, assumptions in false:
+        assert differ(lhs, rhs, env), (lhs, rhs)
+        assert not part.equal(lhs, rhs, assumptions), (lhs, rhs)
+    # counts known >= 0: still proved
+    slice_r = sp.Sum(f[j], (j, b[r - 1] + 1, b[r]))
+    assert part.equal(2 * slice_r, sp.Sum(2 * f[j], (j, b[r - 1] + 1, b[r])), ("partition",))
+    assert not part.equal(2 * slice_r, sp.Sum(2 * f[j], (j, b[r - 1] + 1, b[r])), ())
+
+
 # == near misses still refused (each false, shown by numbers) =========================
 def test_symbolic_near_misses_are_refused(sym):
     x, q, c, j, k, i, n, ell = sym._x, sym.q, sym.c, sym.j, sym.k, sym.i, sym.n, sym.ell

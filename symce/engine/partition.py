@@ -73,6 +73,11 @@ class PartitionContext:
             # a sum replaced by an atom below would lose its dependence on a variable
             # that a derivative, integral, product … binds: refuse rather than guess
             return False
+        if not self._counts_known(e, (), "partition" in assumptions):
+            # decided below by SymPy's (Karr's) reading of a sum, which a reader's (no
+            # term when the top is below the bottom) agrees with only where every sum
+            # has a known count >= 0: Σ_{j=5}^{3} f_j is -f_4 for SymPy, 0 for a reader
+            return False
         e = e.replace(lambda t: isinstance(t, sp.Sum), _prefix_form)
         e = e.doit(deep=False) if self.R is not None else e
         e = _telescope(e)
@@ -84,6 +89,58 @@ class PartitionContext:
         e = e.xreplace(atoms)
         e = sp.expand_log(e.replace(lambda t: isinstance(t, sp.log), _log_form))
         return sp.simplify(e) == 0
+
+
+    def _counts_known(self, e: sp.Basic, ranges: tuple, partition: bool) -> bool:
+        """Whether every sum in ``e`` has a term count ``hi − lo + 1`` known to be ≥ 0:
+        by SymPy's assumptions, or under ``partition`` (``0 = b_0 ≤ b_1 ≤ … ≤ b_R =
+        n``) as ``b_t − b_s`` with ``t ≥ s``, ``b_t`` with ``t ≥ 0`` or ``n − b_s`` with
+        ``s ≤ R``, plus a count known ≥ 0; ``ranges``: the enclosing sums' limits."""
+        if isinstance(e, sp.Sum):
+            inner = ranges
+            for limit in reversed(e.limits):  # SymPy lists the innermost limit first
+                if not self._count_known(limit, inner, partition):
+                    return False
+                inner = (*inner, limit)
+            return self._counts_known(e.function, inner, partition)
+        return all(self._counts_known(a, ranges, partition) for a in e.args)
+
+    def _count_known(self, limit: tuple, ranges: tuple, partition: bool) -> bool:
+        _, lo, hi = limit
+
+        def at_least_zero(t: sp.Expr) -> bool:
+            """``t ≥ 0`` for every value of the enclosing sums' indices it reads."""
+            t = sp.expand(t)
+            for v, v_lo, v_hi in reversed(ranges):  # the innermost index first
+                if t.has(v):
+                    coefficient = t.coeff(v)
+                    if not coefficient.is_number or t.coeff(v, 0).has(v):
+                        return False
+                    t = sp.expand(t.subs(v, v_lo if coefficient >= 0 else v_hi))
+            return bool(t.is_nonnegative)
+
+        count = sp.expand(hi - lo + 1)
+        if at_least_zero(count):
+            return True
+        if not partition or self.boundary is None:
+            return False
+        b = self.boundary
+        count = sp.expand(count.xreplace({b[0]: sp.S.Zero, b[self.R]: self.n}))
+        plus, minus, rest = [], [], sp.S.Zero
+        for term in sp.Add.make_args(count):
+            if isinstance(term, sp.Indexed) and term.base == b:
+                plus.append(term.indices[0])
+            elif isinstance(-term, sp.Indexed) and (-term).base == b:
+                minus.append((-term).indices[0])
+            else:
+                rest += term
+        if len(plus) == 1 and len(minus) == 1:  # b_t − b_s, t ≥ s
+            return at_least_zero(plus[0] - minus[0]) and at_least_zero(rest)
+        if len(plus) == 1 and not minus:  # b_t ≥ b_0 = 0
+            return at_least_zero(plus[0]) and at_least_zero(rest)
+        if len(minus) == 1 and not plus:  # n − b_s ≥ 0 = b_R − b_s
+            return at_least_zero(self.R - minus[0]) and at_least_zero(rest - self.n)
+        return False
 
 
 def _binds_other_than_sums(e: sp.Basic) -> bool:
@@ -227,12 +284,13 @@ def _symbolic_steps(loss_derivation: Derivation) -> tuple[PartitionContext, list
              own(lambda i: sp.exp(x[i] - M)), sp.exp(m_r - M) * own(lambda i: sp.exp(x[i] - m_r)),
              r"for any real $m_r$, $M$: $e^{x_j - M} = e^{m_r - M} e^{x_j - m_r}$; a slice "
              r"sums its exponentials shifted by its own maximum $m_r$ in one walk, and the "
-             r"factor $e^{m_r - M}$ moves them to the combined $M = \max_r m_r$"),
+             r"factor $e^{m_r - M}$ moves them to the combined $M = \max_r m_r$",
+             ("partition",)),
         Step("rescale_linear", "A slice's sum of shifted logits moved to the global shift",
              own(lambda i: a[i] * (x[i] - M)),
              own(lambda i: a[i] * (x[i] - m_r)) + (m_r - M) * own(lambda i: a[i]),
              r"for any real $m_r$, $M$ and coefficients $a_j$ ($1$, $w_j$, $p_j$, "
-             r"$p_j w_j$): $x_j - M = (x_j - m_r) + (m_r - M)$"),
+             r"$p_j w_j$): $x_j - M = (x_j - m_r) + (m_r - M)$", ("partition",)),
     ]
     return PartitionContext(n, R, b), steps
 
