@@ -5,7 +5,7 @@ with the template templates/triton/linear_head.py.j2.
 Do not edit: changes are overwritten.
 Regenerate with: symce build
 
-``linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None)``
+``linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None, filter_eps=None)``
 is ``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` with
 PyTorch 2.13's ``torch.nn.functional.linear_cross_entropy`` arguments (same
 names and defaults: ``ignore_index=None`` is -100 for class indices and an
@@ -3188,7 +3188,7 @@ class CrossEntropyLoss(torch.nn.Module):
 import inspect  # noqa: E402  (the head's, after the loss's module)
 
 # the keyword arguments after linear_bias, in order (the Function takes them positionally)
-_HEAD_KEYWORDS = ('weight', 'reduction', 'ignore_index', 'label_smoothing', 'options', 'z_loss', 'softcap')
+_HEAD_KEYWORDS = ('weight', 'reduction', 'ignore_index', 'label_smoothing', 'options', 'z_loss', 'softcap', 'filter_eps')
 # those the loss's kernels read
 _HEAD_OPTIONS = ('weight', 'reduction', 'ignore_index', 'label_smoothing', 'z_loss', 'softcap')
 # bytes of the chunk's logits buffer (settable: chunk_bytes)
@@ -3493,12 +3493,12 @@ LinearCrossEntropyFunction.forward.__signature__ = inspect.signature(LinearCross
 _HEAD_TERMS = ('cross_entropy', 'z')
 
 
-def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None):
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None, filter_eps=None):
     """``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` without the logits.
 
     See the module docstring for the arguments.
     """
-    values = (weight, reduction, ignore_index, label_smoothing, options, z_loss, softcap, )
+    values = (weight, reduction, ignore_index, label_smoothing, options, z_loss, softcap, filter_eps, )
     for name, value in (("weight", weight), ("target", target)):
         if isinstance(value, torch.Tensor) and value.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"linear_cross_entropy: no gradient with respect to {name} (it must not "
@@ -3521,7 +3521,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     (``weight`` a registered buffer); ``forward(input, linear_weight, target,
     linear_bias=None)``."""
 
-    def __init__(self, *, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None):
+    def __init__(self, *, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None, filter_eps=None):
         super().__init__()
         self.register_buffer("weight", weight)
         self.reduction = reduction
@@ -3530,9 +3530,10 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.options = options
         self.z_loss = z_loss
         self.softcap = softcap
+        self.filter_eps = filter_eps
 
     def forward(self, input, linear_weight, target, linear_bias=None):
-        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight, reduction=self.reduction, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options, z_loss=self.z_loss, softcap=self.softcap)
+        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight, reduction=self.reduction, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options, z_loss=self.z_loss, softcap=self.softcap, filter_eps=self.filter_eps)
 
 
 __all__ = ["LinearCrossEntropyFunction", "LinearCrossEntropyLoss", "chunk_bytes", "linear_cross_entropy"]
