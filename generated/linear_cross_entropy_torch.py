@@ -17816,11 +17816,6 @@ _DEFAULT_CHUNK_BYTES = _CHUNK["bytes"]
 # bytes of logits per call of a compiled kernel: the block and its gradient's scratch
 # stay in L2 from the kernel to the copy back (the scratch is the only other buffer)
 _KERNEL_BLOCK_BYTES = 1 << 21
-# gradient filtering: classes per vocabulary block (settable: filter_block), and
-# what the last call with filter_eps did (filter_stats)
-_FILTER = {"block": 512}
-_DEFAULT_FILTER_BLOCK = _FILTER["block"]
-_FILTER_STATS = {"blocks": 0, "skipped": 0, "threshold": None}
 
 
 def chunk_bytes(value=None):
@@ -17832,6 +17827,16 @@ def chunk_bytes(value=None):
             raise ValueError(f"chunk_bytes takes a number of bytes >= 0, got {value!r}")
         _CHUNK["bytes"] = value or _DEFAULT_CHUNK_BYTES
     return _CHUNK["bytes"]
+
+
+# gradient filtering: classes per vocabulary block (settable: filter_block), and
+# what the last call with filter_eps did (filter_stats)
+_FILTER = {"block": 512}
+_DEFAULT_FILTER_BLOCK = _FILTER["block"]
+_FILTER_STATS = {"blocks": 0, "skipped": 0, "threshold": None}
+# classes per piece of a dW update whose GEMM runs in the inputs' half dtype and is
+# added to the float32 dW (the piece's product is the only temporary)
+_DW_PIECE = 8192
 
 
 def filter_block(value=None):
@@ -17909,11 +17914,22 @@ def _kept_blocks(G, y, threshold, width):
     return runs, lost
 
 
+def _add_dw(dW, G, hc, c0, c1):
+    """``dW[c0:c1] += G[:, c0:c1]^T hc``; a float32 ``dW`` of half ``G`` and ``hc`` (whose
+    GEMMs run in their dtype) in pieces of ``_DW_PIECE`` classes."""
+    if G.dtype == dW.dtype:
+        dW[c0:c1].addmm_(G[:, c0:c1].t(), hc)
+        return
+    for p0 in range(c0, c1, _DW_PIECE):
+        p1 = min(c1, p0 + _DW_PIECE)
+        dW[p0:p1].add_(torch.mm(G[:, p0:p1].t(), hc))
+
+
 def _filtered_gradients(G, Gh, hc, W, y, runs, lost, dh_rows, dW):
     """The head's gradients of one chunk over the kept blocks only: ``dh_rows`` (m, H,
     float32 for half inputs) ``= G W`` and ``dW += G^T h`` over the kept runs of
     classes, plus the target entries ``lost`` in skipped blocks.  ``Gh`` is ``G`` in the
-    input's dtype (for ``dh``), ``hc`` the chunk's rows in ``dW``'s dtype."""
+    dtype of ``W`` (for ``dh``), ``hc`` the chunk's rows in ``G``'s."""
     if dh_rows is not None:
         dh_rows.zero_()
         for c0, c1 in runs:
@@ -17923,14 +17939,14 @@ def _filtered_gradients(G, Gh, hc, W, y, runs, lost, dh_rows, dW):
                 dh_rows.add_(torch.mm(Gh[:, c0:c1], W[c0:c1]))
     if dW is not None:
         for c0, c1 in runs:
-            dW[c0:c1].addmm_(G[:, c0:c1].t(), hc)
+            _add_dw(dW, G, hc, c0, c1)
     if lost is not None and lost.numel():
         classes = y.reshape(-1)[lost]
         value = G[lost, classes].reshape(-1, 1)
         if dh_rows is not None:
             dh_rows.index_add_(0, lost, value.to(dh_rows.dtype) * W[classes].to(dh_rows.dtype))
         if dW is not None:
-            dW.index_add_(0, classes, value.to(dW.dtype) * hc[lost])
+            dW.index_add_(0, classes, value.to(dW.dtype) * hc[lost].to(dW.dtype))
 
 
 def _chunk_rows(options, n_classes, itemsize, copies):

@@ -182,3 +182,20 @@ def test_bad_filter_block_raises():
     with pytest.raises(ValueError, match="filter_block"):
         head.filter_block(-8)
     assert head.filter_block() == WIDTH
+
+
+def test_half_precision_weight_gradient_accumulates_in_float32():
+    """bfloat16 over 8 chunks of 4 rows: the first chunk adds -256 to dW's first row,
+    each later one -1 (every row's gradient on its target, class 0, is -1: its logit
+    is far below the others').  Summed in float32 that is -263 (-264 in bfloat16); a
+    bfloat16 running sum would stay at -256 (256 - 1 rounds back to 256)."""
+    rows = torch.cat([torch.full((4,), 64.0), torch.full((28,), 0.25)])
+    h = rows[:, None].expand(32, H).to(torch.bfloat16).requires_grad_()
+    W = torch.zeros(V, H)
+    W[0] = -40.0
+    W = W.to(torch.bfloat16).requires_grad_()
+    t = torch.zeros(32, dtype=torch.long)
+    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=4)
+    head.linear_cross_entropy(h, W, t, reduction="sum", options=options).backward()
+    assert W.grad.dtype == torch.bfloat16
+    assert torch.all((W.grad[0].float() + 263).abs() <= 1), W.grad[0]
