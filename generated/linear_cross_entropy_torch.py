@@ -18214,7 +18214,8 @@ def _head(input, linear_weight, linear_bias, target, options, need, row_scale=No
         if need_b:
             db += G.sum(0)
         # the head's gradients (dL/dh = W^T g, dL/dW = g h^T, dL/db = g), summed over rows
-        Gh = G if Wg.dtype == dtype else G.to(input.dtype)  # G in the dh GEMM's dtype
+        # G in the dh GEMM's dtype
+        Gh = None if not need_h else (G if Wg.dtype == dtype else G.to(input.dtype))
         if kept is not None:
             dh_rows = None
             if need_h:
