@@ -36,7 +36,8 @@ bfloat16) or a number >= 0 is a threshold on the entries of the gradient of
 the summed loss (before ``grad_output``); a vocabulary block of a chunk (its
 rows x ``filter_block()`` classes) whose entries are all below it is left out
 of the ``dh`` and ``dW`` GEMMs (``db`` keeps it); the rows' own targets always
-count; ``0`` skips nothing; ``filter_stats()`` reports the last such call.  CPU tensors need ``TRITON_INTERPRET=1``.
+count; ``0`` skips nothing; ``filter_stats()`` reports the last such call.
+CPU tensors need ``TRITON_INTERPRET=1``.
 ``LinearCrossEntropyFunction`` is the ``torch.autograd.Function``, ``LinearCrossEntropyLoss``
 the ``nn.Module``.
 
