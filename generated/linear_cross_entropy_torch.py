@@ -5,7 +5,7 @@ with the template templates/torch/linear_head.py.j2.
 Do not edit: changes are overwritten.
 Regenerate with: symce build
 
-``linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None)``
+``linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None, filter_eps=None)``
 is ``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` with
 PyTorch 2.13's ``torch.nn.functional.linear_cross_entropy`` arguments (same
 names and defaults: ``ignore_index=None`` is -100 for class indices and an
@@ -28,8 +28,21 @@ gradient ``g = dL/dx`` of the reduced loss in the same buffer, and the
 head's gradients, derived and checked as ``dL/dh = W^T g``, ``dL/dW = g h^T``,
 ``dL/db = g`` (symce.engine.head), are GEMMs: ``dh = G W`` for the chunk's
 rows, ``dW += G^T h`` and ``db += sum of G`` accumulated over the chunks (in
-float32 for float16 / bfloat16 inputs).  Rows whose class-index target is
+float32 for float16 / bfloat16 inputs; on the CPU their GEMMs run in float32
+too, on a float32 copy of ``linear_weight``: the CPU's half GEMMs are emulated
+where it lacks half matrix units, many times slower).  Rows whose class-index target is
 ignored are left out before the GEMM (their loss and gradients are zero).
+
+``filter_eps`` (off by default: ``None``) filters the gradient as Cut
+Cross-Entropy does: ``"auto"`` (the input dtype's eps / 32: 2**-12 for
+bfloat16, 2**-28 for float32) or a number >= 0 is a threshold on the entries of
+the gradient of the summed loss (``reduction="mean"``'s gradient times its
+denominator; before ``grad_output``); a vocabulary block of a chunk (its rows x
+``filter_block()`` classes, 512 by default) whose entries are all below it is
+left out of the ``dh`` and ``dW`` GEMMs (``db`` keeps it).  The rows' own
+targets decide nothing and always count (a target in a skipped block is added
+on its own), so a skipped block drops only entries below the threshold; ``0``
+skips nothing.  ``filter_stats()`` says how many blocks the last such call skipped.
 ``LinearCrossEntropyFunction`` is the ``torch.autograd.Function``, ``LinearCrossEntropyLoss``
 the ``nn.Module``.
 
@@ -17906,7 +17919,7 @@ class CrossEntropyLoss(torch.nn.Module):
 # == the head ====================================================================
 
 # the keyword arguments after linear_bias, in order (the Function takes them positionally)
-_HEAD_KEYWORDS = ('weight', 'reduction', 'ignore_index', 'label_smoothing', 'options', 'z_loss', 'softcap')
+_HEAD_KEYWORDS = ('weight', 'reduction', 'ignore_index', 'label_smoothing', 'options', 'z_loss', 'softcap', 'filter_eps')
 # those the loss's kernels read
 _HEAD_OPTIONS = ('weight', 'reduction', 'ignore_index', 'label_smoothing', 'z_loss', 'softcap')
 # bytes of a chunk's buffers together (settable: chunk_bytes): its logits, where
@@ -17927,6 +17940,126 @@ def chunk_bytes(value=None):
             raise ValueError(f"chunk_bytes takes a number of bytes >= 0, got {value!r}")
         _CHUNK["bytes"] = value or _DEFAULT_CHUNK_BYTES
     return _CHUNK["bytes"]
+
+
+# gradient filtering: classes per vocabulary block (settable: filter_block), and
+# what the last call with filter_eps did (filter_stats)
+_FILTER = {"block": 512}
+_DEFAULT_FILTER_BLOCK = _FILTER["block"]
+_FILTER_STATS = {"blocks": 0, "skipped": 0, "threshold": None}
+# classes per piece of a dW update whose GEMM runs in the inputs' half dtype and is
+# added to the float32 dW (the piece's product is the only temporary)
+_DW_PIECE = 8192
+
+
+def filter_block(value=None):
+    """The width (classes) of the vocabulary blocks that ``filter_eps`` skips, set to
+    ``value`` if given (``None`` keeps it; ``0`` restores the default, 512)."""
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"filter_block takes a number of classes >= 0, got {value!r}")
+        _FILTER["block"] = value or _DEFAULT_FILTER_BLOCK
+    return _FILTER["block"]
+
+
+def filter_stats():
+    """What gradient filtering did in the last call that had ``filter_eps``: the
+    vocabulary blocks (a chunk's rows x ``filter_block()`` classes) considered, those
+    skipped, and the threshold on the summed loss's gradient."""
+    return dict(_FILTER_STATS)
+
+
+def _filter_threshold(filter_eps, dtype):
+    """The threshold of ``filter_eps`` (None: no filtering) for inputs of ``dtype``."""
+    if filter_eps is None:
+        return None
+    if isinstance(filter_eps, str):
+        if filter_eps != "auto":
+            raise ValueError(f"filter_eps must be None, 'auto' or a number >= 0, got "
+                             f"{filter_eps!r}")
+        # the input dtype's resolution below 1 (its eps), with five bits of margin
+        return torch.finfo(dtype).eps / 32
+    if isinstance(filter_eps, bool) or not isinstance(filter_eps, (int, float)):
+        raise ValueError(f"filter_eps must be None, 'auto' or a number >= 0, got "
+                         f"{filter_eps!r}")
+    if not filter_eps >= 0 or filter_eps == float("inf"):
+        raise ValueError(f"filter_eps must be a finite number >= 0, got {filter_eps!r}")
+    return float(filter_eps)
+
+
+def _kept_blocks(G, y, threshold, width):
+    """The vocabulary blocks of the chunk's gradient ``G`` (m, C) that count.
+
+    A block (the chunk's rows x ``width`` classes) is skipped when every entry of it
+    but the rows' own targets (``y``, class indices; None for probability targets)
+    is below ``threshold`` in magnitude (a NaN keeps it).  Returns the kept column
+    ranges merged into runs, and the rows whose target lies in a skipped block (their
+    target entry still counts).
+    """
+    m, n_classes = G.shape
+    if y is not None:
+        column = y.reshape(m, 1)
+        on_target = G.gather(1, column)
+        G.scatter_(1, column, 0.0)  # the targets decide nothing: they are kept anyway
+    low, high = torch.aminmax(G, dim=0)
+    if y is not None:
+        G.scatter_(1, column, on_target)
+    size = torch.maximum(high, low.neg_())
+    blocks = -(-n_classes // width)
+    padded = size.new_zeros(blocks * width)
+    padded[:n_classes] = size
+    small = padded.view(blocks, width).amax(1) < threshold
+    skipped = small.tolist()
+    runs = []
+    for k, skip in enumerate(skipped):
+        if skip:
+            continue
+        c0, c1 = k * width, min(n_classes, (k + 1) * width)
+        if runs and runs[-1][1] == c0:
+            runs[-1] = (runs[-1][0], c1)
+        else:
+            runs.append((c0, c1))
+    lost = None
+    if y is not None and any(skipped):
+        lost = torch.nonzero(small[y.reshape(m) // width]).reshape(-1)
+    _FILTER_STATS["blocks"] += blocks
+    _FILTER_STATS["skipped"] += sum(skipped)
+    return runs, lost
+
+
+def _add_dw(dW, G, hc, c0, c1):
+    """``dW[c0:c1] += G[:, c0:c1]^T hc``; a float32 ``dW`` of half ``G`` and ``hc`` (whose
+    GEMMs run in their dtype) in pieces of ``_DW_PIECE`` classes."""
+    if G.dtype == dW.dtype:
+        dW[c0:c1].addmm_(G[:, c0:c1].t(), hc)
+        return
+    for p0 in range(c0, c1, _DW_PIECE):
+        p1 = min(c1, p0 + _DW_PIECE)
+        dW[p0:p1].add_(torch.mm(G[:, p0:p1].t(), hc))
+
+
+def _filtered_gradients(G, Gh, hc, W, y, runs, lost, dh_rows, dW):
+    """The head's gradients of one chunk over the kept blocks only: ``dh_rows`` (m, H,
+    float32 for half inputs) ``= G W`` and ``dW += G^T h`` over the kept runs of
+    classes, plus the target entries ``lost`` in skipped blocks.  ``Gh`` is ``G`` in the
+    dtype of ``W`` (for ``dh``), ``hc`` the chunk's rows in ``G``'s."""
+    if dh_rows is not None:
+        dh_rows.zero_()
+        for c0, c1 in runs:
+            if Gh.dtype == dh_rows.dtype:
+                dh_rows.addmm_(Gh[:, c0:c1], W[c0:c1])
+            else:  # half inputs: each run's GEMM in their dtype, the sum in float32
+                dh_rows.add_(torch.mm(Gh[:, c0:c1], W[c0:c1]))
+    if dW is not None:
+        for c0, c1 in runs:
+            _add_dw(dW, G, hc, c0, c1)
+    if lost is not None and lost.numel():
+        classes = y.reshape(-1)[lost]
+        value = G[lost, classes].reshape(-1, 1)
+        if dh_rows is not None:
+            dh_rows.index_add_(0, lost, value.to(dh_rows.dtype) * W[classes].to(dh_rows.dtype))
+        if dW is not None:
+            dW.index_add_(0, classes, value.to(dW.dtype) * hc[lost].to(dW.dtype))
 
 
 def _chunk_rows(options, n_classes, itemsize, copies):
@@ -18122,6 +18255,15 @@ def _head(input, linear_weight, linear_bias, target, options, need, row_scale=No
     need_h, need_w, need_b = need
     need_grad = need_h or need_w or need_b
     half = input.dtype != dtype
+    # gradient filtering: the threshold on the gradient of the summed loss (the
+    # kernel's gradient carries the reduction's scale, the first term's)
+    threshold = _filter_threshold(options["filter_eps"], input.dtype)
+    if threshold is not None and need_grad:
+        _FILTER_STATS.update(blocks=0, skipped=0, threshold=threshold)
+        threshold *= next(iter(scales.values()))
+    else:
+        threshold = None
+    width = _FILTER["block"]
     # the rows that count: those of ignored class-index targets skipped before any GEMM
     index = None if valid is None else torch.nonzero(valid.reshape(-1)).reshape(-1)
     count = rows if index is None else index.numel()
@@ -18131,7 +18273,14 @@ def _head(input, linear_weight, linear_bias, target, options, need, row_scale=No
     library = compiled_library() if device.type == "cpu" and dtype == torch.float32 else None
     # the chunk's buffers: the logits (where the gradient is formed), a second for
     # an array kernel that reads the logits after writing the gradient, the half inputs'
-    copies = (1 if library is not None or input_slots.get("u") == "buf" else 2) + half
+    # half inputs on the CPU: the GEMMs in float32, on a float32 copy of the weight (the
+    # CPU's half GEMMs are emulated where it has no half matrix units: a bfloat16 G W
+    # with 32000 classes ran 80x slower than float32 here), accumulated in float32
+    upcast = half and device.type == "cpu"
+    Wg = W.to(dtype) if upcast else W
+    bg = None if b is None else (b.to(dtype) if upcast else b)
+    copies = ((1 if library is not None or input_slots.get("u") == "buf" else 2)
+              + (half and not upcast))
     step = _chunk_rows(options["options"], n_classes, torch.empty((), dtype=dtype)
                        .element_size(), copies)
     chunks = _Chunks(min(step, max(count, 1)), n_classes, dtype, device)
@@ -18144,19 +18293,20 @@ def _head(input, linear_weight, linear_bias, target, options, need, row_scale=No
         m = r1 - r0
         at = None if index is None else index[r0:r1]
         hc = h[r0:r1] if at is None else h.index_select(0, at)
+        hg = hc.to(dtype) if half else hc  # the chunk's rows in dW's dtype
         # the chunk's logits: one GEMM into the reused buffer
         x = chunks.get("logits", m)
-        if half:
+        if half and not upcast:
             xh = chunks.get("logits_half", m, input.dtype)
             if b is None:
                 torch.mm(hc, W.t(), out=xh)
             else:
                 torch.addmm(b, hc, W.t(), out=xh)
             x.copy_(xh)
-        elif b is None:
-            torch.mm(hc, W.t(), out=x)
+        elif bg is None:
+            torch.mm(hg, Wg.t(), out=x)
         else:
-            torch.addmm(b, hc, W.t(), out=x)
+            torch.addmm(bg, hg, Wg.t(), out=x)
         yc = None if y_rows is None else (y_rows[r0:r1] if at is None else y_rows[at])
         pc = None if p_rows is None else (p_rows[r0:r1] if at is None else p_rows[at])
         part, G = _chunk_kernel(library, key, block, input_slots, chunks, x, yc, pc, found,
@@ -18168,20 +18318,37 @@ def _head(input, linear_weight, linear_bias, target, options, need, row_scale=No
                 losses[term].index_copy_(0, at, value)
         if not need_grad:
             continue
+        # the blocks filtering skips, decided on the gradient of the row losses
+        # (before the upstream gradient of reduction="none")
+        kept = None if threshold is None else _kept_blocks(G, yc, threshold, width)
         if row_scale is not None:
             rs = row_scale[r0:r1] if at is None else row_scale[at]
             G.mul_(rs.to(dtype).reshape(m, 1))
-        # the head's gradients (dL/dh = W^T g, dL/dW = g h^T, dL/db = g), summed over rows
-        if need_h:
-            Gh = G if not half else G.to(input.dtype)
-            if at is None:
-                torch.mm(Gh, W, out=dh[r0:r1])
-            else:
-                dh.index_copy_(0, at, torch.mm(Gh, W))
-        if need_w:
-            dW.addmm_(G.t(), hc if not half else hc.to(dtype))
         if need_b:
             db += G.sum(0)
+        # the head's gradients (dL/dh = W^T g, dL/dW = g h^T, dL/db = g), summed over rows
+        # G in the dh GEMM's dtype
+        Gh = None if not need_h else (G if Wg.dtype == dtype else G.to(input.dtype))
+        if kept is not None:
+            dh_rows = None
+            if need_h:
+                dh_rows = (dh[r0:r1] if at is None and not half
+                           else torch.empty((m, hidden), dtype=dtype, device=device))
+            _filtered_gradients(G, Gh, hg, Wg, yc, *kept, dh_rows, dW if need_w else None)
+            if need_h and at is not None:
+                dh.index_copy_(0, at, dh_rows.to(dh.dtype))
+            elif need_h and half:
+                dh[r0:r1] = dh_rows
+            continue
+        if need_h:
+            if at is None and Gh.dtype == dh.dtype:
+                torch.mm(Gh, Wg, out=dh[r0:r1])
+            elif at is None:
+                dh[r0:r1] = torch.mm(Gh, Wg)
+            else:
+                dh.index_copy_(0, at, torch.mm(Gh, Wg).to(dh.dtype))
+        if need_w:
+            dW.addmm_(G.t(), hg)
     grads = (dh if dh is None else dh.reshape(input.shape),
              dW if dW is None else dW.to(linear_weight.dtype),
              db if db is None else db.to(linear_weight.dtype))
@@ -18285,7 +18452,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
 LinearCrossEntropyFunction.forward.__signature__ = inspect.signature(LinearCrossEntropyFunction.forward)
 
 
-def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None):
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None, filter_eps=None):
     """``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` without the logits.
 
     See the module docstring for the arguments.
@@ -18297,7 +18464,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     >>> h.grad.shape, W.grad.shape
     (torch.Size([4, 8]), torch.Size([10, 8]))
     """
-    values = (weight, reduction, ignore_index, label_smoothing, options, z_loss, softcap, )
+    values = (weight, reduction, ignore_index, label_smoothing, options, z_loss, softcap, filter_eps, )
     for name, value in (("weight", weight), ("target", target)):
         if isinstance(value, torch.Tensor) and value.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"linear_cross_entropy: no gradient with respect to {name} (it must not "
@@ -18320,7 +18487,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     (``weight`` a registered buffer); ``forward(input, linear_weight, target,
     linear_bias=None)``."""
 
-    def __init__(self, *, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None):
+    def __init__(self, *, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None, filter_eps=None):
         super().__init__()
         self.register_buffer("weight", weight)
         self.reduction = reduction
@@ -18329,9 +18496,11 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.options = options
         self.z_loss = z_loss
         self.softcap = softcap
+        self.filter_eps = filter_eps
 
     def forward(self, input, linear_weight, target, linear_bias=None):
-        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight, reduction=self.reduction, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options, z_loss=self.z_loss, softcap=self.softcap)
+        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight, reduction=self.reduction, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options, z_loss=self.z_loss, softcap=self.softcap, filter_eps=self.filter_eps)
 
 
-__all__ = ["LinearCrossEntropyFunction", "LinearCrossEntropyLoss", "chunk_bytes", "linear_cross_entropy"]
+__all__ = ["LinearCrossEntropyFunction", "LinearCrossEntropyLoss", "chunk_bytes", "filter_block",
+           "filter_stats", "linear_cross_entropy"]

@@ -5,7 +5,7 @@ with the template templates/triton/linear_head.py.j2.
 Do not edit: changes are overwritten.
 Regenerate with: symce build
 
-``linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None)``
+``linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None, filter_eps=None)``
 is ``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` with
 PyTorch 2.13's ``torch.nn.functional.linear_cross_entropy`` arguments (same
 names and defaults: ``ignore_index=None`` is -100 for class indices and an
@@ -27,7 +27,17 @@ derived and checked as ``dL/dh = W^T g``, ``dL/dW = g h^T``, ``dL/db = g``
 ``dW += G^T h`` and ``db += sum of G`` accumulated over the chunks.  Rows whose
 class-index target is ignored are left out before the GEMM.  float16 /
 bfloat16 GEMMs run in the input's dtype (cuBLAS accumulates in float32); the
-kernel computes in float32.  CPU tensors need ``TRITON_INTERPRET=1``.
+kernel computes in float32; ``dW`` is accumulated over the chunks in float32
+(each chunk's product added in pieces of 8192 classes).
+
+``filter_eps`` (off by default: ``None``) filters the gradient as Cut
+Cross-Entropy does: ``"auto"`` (the input dtype's eps / 32: 2**-12 for
+bfloat16) or a number >= 0 is a threshold on the entries of the gradient of
+the summed loss (before ``grad_output``); a vocabulary block of a chunk (its
+rows x ``filter_block()`` classes) whose entries are all below it is left out
+of the ``dh`` and ``dW`` GEMMs (``db`` keeps it); the rows' own targets always
+count; ``0`` skips nothing; ``filter_stats()`` reports the last such call.
+CPU tensors need ``TRITON_INTERPRET=1``.
 ``LinearCrossEntropyFunction`` is the ``torch.autograd.Function``, ``LinearCrossEntropyLoss``
 the ``nn.Module``.
 
@@ -3803,12 +3813,130 @@ class CrossEntropyLoss(torch.nn.Module):
 import inspect  # noqa: E402  (the head's, after the loss's module)
 
 # the keyword arguments after linear_bias, in order (the Function takes them positionally)
-_HEAD_KEYWORDS = ('weight', 'reduction', 'ignore_index', 'label_smoothing', 'options', 'z_loss', 'softcap')
+_HEAD_KEYWORDS = ('weight', 'reduction', 'ignore_index', 'label_smoothing', 'options', 'z_loss', 'softcap', 'filter_eps')
 # those the loss's kernels read
 _HEAD_OPTIONS = ('weight', 'reduction', 'ignore_index', 'label_smoothing', 'z_loss', 'softcap')
 # bytes of the chunk's logits buffer (settable: chunk_bytes)
 _CHUNK = {"bytes": 64 << 20}
 _DEFAULT_CHUNK_BYTES = _CHUNK["bytes"]
+# gradient filtering: classes per vocabulary block (settable: filter_block), and
+# what the last call with filter_eps did (filter_stats)
+_FILTER = {"block": 512}
+_DEFAULT_FILTER_BLOCK = _FILTER["block"]
+_FILTER_STATS = {"blocks": 0, "skipped": 0, "threshold": None}
+# classes per piece of a dW update whose GEMM runs in the inputs' half dtype and is
+# added to the float32 dW (the piece's product is the only temporary)
+_DW_PIECE = 8192
+
+
+def filter_block(value=None):
+    """The width (classes) of the vocabulary blocks that ``filter_eps`` skips, set to
+    ``value`` if given (``None`` keeps it; ``0`` restores the default, 512)."""
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"filter_block takes a number of classes >= 0, got {value!r}")
+        _FILTER["block"] = value or _DEFAULT_FILTER_BLOCK
+    return _FILTER["block"]
+
+
+def filter_stats():
+    """What gradient filtering did in the last call that had ``filter_eps``: the
+    vocabulary blocks (a chunk's rows x ``filter_block()`` classes) considered, those
+    skipped, and the threshold on the summed loss's gradient."""
+    return dict(_FILTER_STATS)
+
+
+def _filter_threshold(filter_eps, dtype):
+    """The threshold of ``filter_eps`` (None: no filtering) for inputs of ``dtype``."""
+    if filter_eps is None:
+        return None
+    if isinstance(filter_eps, str):
+        if filter_eps != "auto":
+            raise ValueError(f"filter_eps must be None, 'auto' or a number >= 0, got "
+                             f"{filter_eps!r}")
+        # the input dtype's resolution below 1 (its eps), with five bits of margin
+        return torch.finfo(dtype).eps / 32
+    if isinstance(filter_eps, bool) or not isinstance(filter_eps, (int, float)):
+        raise ValueError(f"filter_eps must be None, 'auto' or a number >= 0, got "
+                         f"{filter_eps!r}")
+    if not filter_eps >= 0 or filter_eps == float("inf"):
+        raise ValueError(f"filter_eps must be a finite number >= 0, got {filter_eps!r}")
+    return float(filter_eps)
+
+
+def _kept_blocks(G, y, threshold, width):
+    """The vocabulary blocks of the chunk's gradient ``G`` (m, C) that count.
+
+    A block (the chunk's rows x ``width`` classes) is skipped when every entry of it
+    but the rows' own targets (``y``, class indices; None for probability targets)
+    is below ``threshold`` in magnitude (a NaN keeps it).  Returns the kept column
+    ranges merged into runs, and the rows whose target lies in a skipped block (their
+    target entry still counts).
+    """
+    m, n_classes = G.shape
+    if y is not None:
+        column = y.reshape(m, 1)
+        on_target = G.gather(1, column)
+        G.scatter_(1, column, 0.0)  # the targets decide nothing: they are kept anyway
+    low, high = torch.aminmax(G, dim=0)
+    if y is not None:
+        G.scatter_(1, column, on_target)
+    size = torch.maximum(high, low.neg_())
+    blocks = -(-n_classes // width)
+    padded = size.new_zeros(blocks * width)
+    padded[:n_classes] = size
+    small = padded.view(blocks, width).amax(1) < threshold
+    skipped = small.tolist()
+    runs = []
+    for k, skip in enumerate(skipped):
+        if skip:
+            continue
+        c0, c1 = k * width, min(n_classes, (k + 1) * width)
+        if runs and runs[-1][1] == c0:
+            runs[-1] = (runs[-1][0], c1)
+        else:
+            runs.append((c0, c1))
+    lost = None
+    if y is not None and any(skipped):
+        lost = torch.nonzero(small[y.reshape(m) // width]).reshape(-1)
+    _FILTER_STATS["blocks"] += blocks
+    _FILTER_STATS["skipped"] += sum(skipped)
+    return runs, lost
+
+
+def _add_dw(dW, G, hc, c0, c1):
+    """``dW[c0:c1] += G[:, c0:c1]^T hc``; a float32 ``dW`` of half ``G`` and ``hc`` (whose
+    GEMMs run in their dtype) in pieces of ``_DW_PIECE`` classes."""
+    if G.dtype == dW.dtype:
+        dW[c0:c1].addmm_(G[:, c0:c1].t(), hc)
+        return
+    for p0 in range(c0, c1, _DW_PIECE):
+        p1 = min(c1, p0 + _DW_PIECE)
+        dW[p0:p1].add_(torch.mm(G[:, p0:p1].t(), hc))
+
+
+def _filtered_gradients(G, Gh, hc, W, y, runs, lost, dh_rows, dW):
+    """The head's gradients of one chunk over the kept blocks only: ``dh_rows`` (m, H,
+    float32 for half inputs) ``= G W`` and ``dW += G^T h`` over the kept runs of
+    classes, plus the target entries ``lost`` in skipped blocks.  ``Gh`` is ``G`` in the
+    dtype of ``W`` (for ``dh``), ``hc`` the chunk's rows in ``G``'s."""
+    if dh_rows is not None:
+        dh_rows.zero_()
+        for c0, c1 in runs:
+            if Gh.dtype == dh_rows.dtype:
+                dh_rows.addmm_(Gh[:, c0:c1], W[c0:c1])
+            else:  # half inputs: each run's GEMM in their dtype, the sum in float32
+                dh_rows.add_(torch.mm(Gh[:, c0:c1], W[c0:c1]))
+    if dW is not None:
+        for c0, c1 in runs:
+            _add_dw(dW, G, hc, c0, c1)
+    if lost is not None and lost.numel():
+        classes = y.reshape(-1)[lost]
+        value = G[lost, classes].reshape(-1, 1)
+        if dh_rows is not None:
+            dh_rows.index_add_(0, lost, value.to(dh_rows.dtype) * W[classes].to(dh_rows.dtype))
+        if dW is not None:
+            dW.index_add_(0, classes, value.to(dW.dtype) * hc[lost].to(dW.dtype))
 
 
 def chunk_bytes(value=None):
@@ -3961,6 +4089,15 @@ def _head(input, linear_weight, linear_bias, target, options, need, row_scale=No
     scales = _reciprocal_scales(denominators, per_row, dtype, device)
     need_h, need_w, need_b = need
     need_grad = need_h or need_w or need_b
+    # gradient filtering: the threshold on the gradient of the summed loss (the
+    # kernel's gradient carries the reduction's scale, the first term's)
+    threshold = _filter_threshold(options["filter_eps"], input.dtype)
+    if threshold is not None and need_grad:
+        _FILTER_STATS.update(blocks=0, skipped=0, threshold=threshold)
+        threshold *= float(scales[0])
+    else:
+        threshold = None
+    width = _FILTER["block"]
     # the rows that count: those of ignored class-index targets skipped before any GEMM
     index = None
     if kind == "index":
@@ -3972,7 +4109,8 @@ def _head(input, linear_weight, linear_bias, target, options, need, row_scale=No
     buffer = torch.empty(min(step, max(count, 1)) * n_classes, dtype=input.dtype, device=device)
     losses = {term: torch.zeros(rows, dtype=dtype, device=device) for term in denominators}
     dh = torch.zeros_like(h) if need_h else None
-    dW = torch.zeros_like(W) if need_w else None
+    # dW accumulated over the chunks in float32 for half inputs
+    dW = torch.zeros(W.shape, dtype=dtype, device=device) if need_w else None
     db = torch.zeros(n_classes, dtype=dtype, device=device) if need_b else None
     for r0 in range(0, count, step):
         r1 = min(count, r0 + step)
@@ -3994,20 +4132,37 @@ def _head(input, linear_weight, linear_bias, target, options, need, row_scale=No
         if not need_grad:
             continue
         G = x
+        # the blocks filtering skips, decided on the gradient of the row losses
+        # (before the upstream gradient of reduction="none")
+        kept = (None if threshold is None else
+                _kept_blocks(G, tc if kind == "index" else None, threshold, width))
         if row_scale is not None:
             rs = row_scale[r0:r1] if at is None else row_scale[at]
             G.mul_(rs.to(G.dtype).reshape(m, 1))
+        if need_b:
+            db += G.sum(0, dtype=dtype)
         # the head's gradients (dL/dh = W^T g, dL/dW = g h^T, dL/db = g), summed over rows
+        if kept is not None:
+            dh_rows = None
+            if need_h:
+                dh_rows = (dh[r0:r1] if at is None and dh.dtype == dtype
+                           else torch.empty((m, hidden), dtype=dtype, device=device))
+            _filtered_gradients(G, G, hc, W, tc if kind == "index" else None, *kept, dh_rows,
+                                dW if need_w else None)
+            if need_h and at is not None:
+                dh.index_copy_(0, at, dh_rows.to(dh.dtype))
+            elif need_h and dh.dtype != dtype:
+                dh[r0:r1] = dh_rows
+            continue
         if need_h:
             if at is None:
                 torch.mm(G, W, out=dh[r0:r1])
             else:
                 dh.index_copy_(0, at, torch.mm(G, W))
         if need_w:
-            dW.addmm_(G.t(), hc)
-        if need_b:
-            db += G.sum(0, dtype=dtype)
-    grads = (dh if dh is None else dh.reshape(input.shape), dW,
+            _add_dw(dW, G, hc, 0, n_classes)
+    grads = (dh if dh is None else dh.reshape(input.shape),
+             dW if dW is None else dW.to(linear_weight.dtype),
              db if db is None else db.to(linear_weight.dtype))
     return losses, denominators, grads
 
@@ -4108,12 +4263,12 @@ LinearCrossEntropyFunction.forward.__signature__ = inspect.signature(LinearCross
 _HEAD_TERMS = ('cross_entropy', 'z')
 
 
-def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None):
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None, filter_eps=None):
     """``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` without the logits.
 
     See the module docstring for the arguments.
     """
-    values = (weight, reduction, ignore_index, label_smoothing, options, z_loss, softcap, )
+    values = (weight, reduction, ignore_index, label_smoothing, options, z_loss, softcap, filter_eps, )
     for name, value in (("weight", weight), ("target", target)):
         if isinstance(value, torch.Tensor) and value.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"linear_cross_entropy: no gradient with respect to {name} (it must not "
@@ -4136,7 +4291,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     (``weight`` a registered buffer); ``forward(input, linear_weight, target,
     linear_bias=None)``."""
 
-    def __init__(self, *, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None):
+    def __init__(self, *, weight=None, reduction='mean', ignore_index=None, label_smoothing=0.0, options=None, z_loss=0.0, softcap=None, filter_eps=None):
         super().__init__()
         self.register_buffer("weight", weight)
         self.reduction = reduction
@@ -4145,9 +4300,11 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.options = options
         self.z_loss = z_loss
         self.softcap = softcap
+        self.filter_eps = filter_eps
 
     def forward(self, input, linear_weight, target, linear_bias=None):
-        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight, reduction=self.reduction, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options, z_loss=self.z_loss, softcap=self.softcap)
+        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight, reduction=self.reduction, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options, z_loss=self.z_loss, softcap=self.softcap, filter_eps=self.filter_eps)
 
 
-__all__ = ["LinearCrossEntropyFunction", "LinearCrossEntropyLoss", "chunk_bytes", "linear_cross_entropy"]
+__all__ = ["LinearCrossEntropyFunction", "LinearCrossEntropyLoss", "chunk_bytes", "filter_block",
+           "filter_stats", "linear_cross_entropy"]

@@ -7,6 +7,7 @@ small shapes, float64 to 1e-9: the loss and the gradients to ``input``,
 symce's generated torch ``cross_entropy`` on the materialised logits.
 """
 
+import math
 import os
 import sys
 
@@ -111,3 +112,67 @@ def test_bad_inputs_raise():
         head.linear_cross_entropy(h, W, t.clone().fill_(V))
     with pytest.raises(ValueError, match="probability target must have shape"):
         head.linear_cross_entropy(h, W, torch.rand(N, V + 2, dtype=torch.float64))
+
+
+FILTER_CASES = [("index", "none", {"weight": WEIGHTS}),
+                ("probability", "sum", {"label_smoothing": 0.1})]
+
+
+@pytest.mark.parametrize("kind,reduction,options", FILTER_CASES,
+                         ids=[f"{k}-{r}-{'+'.join(o) or 'plain'}" for k, r, o in FILTER_CASES])
+def test_gradient_filtering_against_the_reference_with_the_skipped_blocks_zeroed(
+        kind, reduction, options, monkeypatch):
+    """filter_eps as in tests/test_linear_cross_entropy_filter.py (its float64 reference,
+    its shapes, chunks and blocks): the skipped blocks' entries zeroed, targets kept;
+    threshold 0 (first case) gives torch's gradients."""
+    from tests import test_linear_cross_entropy_filter as ref
+
+    monkeypatch.setattr(head, "_MAX_BLOCK_C", 64)  # one class tile: the blocks are the head's
+
+    weighted = {k: (ref.WEIGHTS if k == "weight" else v) for k, v in options.items()}
+    h, W, b, t = ref._inputs(kind)
+    go = (torch.rand(ref.N, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+          + 0.5 if reduction == "none" else torch.tensor(1.3, dtype=torch.float64))
+    *_, maxima = ref._reference(h, W, b, t, kind, reduction, weighted, go)
+    k = len(maxima) // 2
+    eps = math.sqrt(maxima[k - 1] * maxima[k])
+    dh, dW, db, skipped, blocks, _ = ref._reference(h, W, b, t, kind, reduction, weighted, go,
+                                                    eps)
+    head.filter_block(ref.WIDTH)
+    try:
+        out = head.linear_cross_entropy(
+            h, W, t, linear_bias=b, reduction=reduction, filter_eps=eps,
+            options=torch.nn.LinearCrossEntropyOptions(batch_chunk_size=ref.ROWS), **weighted)
+        got = torch.autograd.grad(out, (h, W, b), go)
+        stats = head.filter_stats()
+        if kind == "index":
+            zero = head.linear_cross_entropy(h, W, t, linear_bias=b, reduction=reduction,
+                                             filter_eps=0.0, **weighted)
+            zero_got = torch.autograd.grad(zero, (h, W, b), go)
+            assert head.filter_stats()["skipped"] == 0
+            plain = F.linear_cross_entropy(h, W, t, linear_bias=b, reduction=reduction,
+                                           **weighted)
+            for a, want in zip(zero_got, torch.autograd.grad(plain, (h, W, b), go),
+                               strict=True):
+                torch.testing.assert_close(a, want, rtol=0, atol=1e-9)
+    finally:
+        head.filter_block(0)
+    assert 0 < skipped < blocks and (stats["skipped"], stats["blocks"]) == (skipped, blocks)
+    for a, want in zip(got, (dh, dW, db), strict=True):
+        torch.testing.assert_close(a, want, rtol=0, atol=1e-12)
+
+
+def test_half_precision_weight_gradient_accumulates_in_float32():
+    """bfloat16 over 8 chunks of 4 rows: the first chunk adds -256 to dW's first row,
+    each later one -1 (every row's gradient on its target, class 0, is -1: its logit
+    is far below the others').  Summed in float32 that is -263 (-264 in bfloat16); a
+    bfloat16 running sum would stay at -256 (256 - 1 rounds back to 256)."""
+    rows = torch.cat([torch.full((4,), 64.0), torch.full((28,), 0.25)])
+    h = rows[:, None].expand(32, H).to(torch.bfloat16).requires_grad_()
+    W = torch.zeros(V, H)
+    W[0] = -40.0
+    W = W.to(torch.bfloat16).requires_grad_()
+    t = torch.zeros(32, dtype=torch.long)
+    head.linear_cross_entropy(h, W, t, reduction="sum", options=CHUNKS).backward()
+    assert W.grad.dtype == torch.bfloat16
+    assert torch.all((W.grad[0].float() + 263).abs() <= 1), W.grad[0]

@@ -26,6 +26,9 @@ LOSS = "cross_entropy"
 NAME = "linear_cross_entropy"
 #: PyTorch 2.13's ``F.linear_cross_entropy`` keyword order (the options it has)
 TORCH_ORDER = ("weight", "reduction", "ignore_index", "label_smoothing")
+#: the head's own keywords, after the loss's (no loss kernel reads them): CCE-style
+#: gradient filtering, off by default
+HEAD_ONLY = (("filter_eps", "None"),)
 
 
 def head_arguments(loss_name: str) -> list[tuple[str, str]]:
@@ -33,7 +36,8 @@ def head_arguments(loss_name: str) -> list[tuple[str, str]]:
 
     PyTorch's names and defaults (``ignore_index=None``: −100 for class
     indices, refused with probability targets), ``options``, then the loss's
-    parameters (z-loss, soft-capping); no term returned on its own.
+    parameters (z-loss, soft-capping; no term returned on its own), then the
+    head's own (:data:`HEAD_ONLY`).
     """
     args = [a for a in arguments(get_loss(loss_name))[2:] if a.role != "flag"]
     by_name = {a.name: a for a in args}
@@ -41,7 +45,7 @@ def head_arguments(loss_name: str) -> list[tuple[str, str]]:
              for name in TORCH_ORDER if name in by_name]
     found.append(("options", "None"))
     found += [(a.name, a.default) for a in args if a.name not in TORCH_ORDER]
-    return found
+    return found + list(HEAD_ONLY)
 
 
 def _context(loss_name: str, backend: str, template: str) -> dict[str, object]:
@@ -60,7 +64,8 @@ def _context(loss_name: str, backend: str, template: str) -> dict[str, object]:
         "head_function_class": "LinearCrossEntropyFunction",
         "head_keywords": keywords,
         "head_signature": ", ".join(f"{n}={d}" for n, d in keywords),
-        "head_options": [n for n, _ in keywords if n != "options"],
+        "head_options": [n for n, _ in keywords
+                         if n != "options" and n not in dict(HEAD_ONLY)],
         "embedded_template": f"{backend}/module.py.j2",
         # the embedded module says what it is: generated/<loss>_<backend>.py's source
         "embedded_header": header_lines(
@@ -78,4 +83,4 @@ def make(backend: str) -> str:
 register_product(f"{NAME}_torch.py", LOSS, lambda: make("torch"))
 register_product(f"{NAME}_triton.py", LOSS, lambda: make("triton"))
 
-__all__ = ["head_arguments", "make"]
+__all__ = ["HEAD_ONLY", "head_arguments", "make"]
