@@ -67,6 +67,37 @@ def test_whole_vocabulary(vp):
     assert counts["forward"] == [0] and counts["backward"] == [0]
 
 
+def test_head_whole_vocabulary(vp):
+    """The fused head (``vocab_parallel_linear_cross_entropy``) on the Triton kernels: each
+    chunk's logits through the same slice kernels, against float64 autograd of the head."""
+    counts = worker.run_head_cases(vp, None, 0, (7,), worker.Counter(), torch.float32,
+                                   "triton")
+    assert counts["cases"] == len(worker.HEAD_CASES) * 4
+    assert counts["backends"] == ["triton/triton"]
+
+
+def test_triton_needs_the_interpreter_for_cpu_tensors():
+    """Without ``TRITON_INTERPRET=1``, ``backend="triton"`` refuses CPU tensors clearly (a
+    fresh process: triton reads the variable when imported)."""
+    import subprocess
+
+    code = ("import torch\n"
+            "from tests import vocab_parallel_worker as worker\n"
+            "vp = worker.load('cross_entropy_vocab_parallel_torch')\n"
+            "try:\n"
+            "    vp.vocab_parallel_cross_entropy(torch.randn(2, 3), torch.tensor([0, 2]),\n"
+            "                                    vocab_start=0, backend='triton')\n"
+            "except ValueError as exc:\n"
+            "    print(exc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    found = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, text=True,
+                           capture_output=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert "TRITON_INTERPRET=1" in found.stdout, found.stdout
+
+
 def test_auto_keeps_cpu_tensors_off_triton(vp):
     """``"auto"`` picks the Triton kernels for CUDA tensors only: CPU ones run C or torch."""
     x = torch.randn(4, 7, requires_grad=True)
