@@ -19749,9 +19749,10 @@ _TRITON = "triton"
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Tile sizes: elements per tile, most classes per tile, most rows per tile (tests make
 # _TRITON_MAX_BLOCK_C tiny to exercise the online rescale across tiles).
-_TRITON_TILE = 16384
-_TRITON_MAX_BLOCK_C = 16384
+_TRITON_TILE = 8192
+_TRITON_MAX_BLOCK_C = 8192
 _TRITON_MAX_BLOCK_R = 64
+_TRITON_NUM_WARPS = 8  # a guess, not measured on a GPU yet
 
 if triton is not None:
 
@@ -22377,10 +22378,12 @@ def _triton_launch(key, u, values, *arrays):
     scalars = torch.tensor([float(values[name]) for name in names] or [0.0],
                            dtype=u.dtype, device=u.device)
     n_rows = n * positions
+    if n_rows == 0:  # Triton refuses an empty grid
+        return
     acc = tl.float64 if u.dtype == torch.float64 else tl.float32
-    grid = (max(1, triton.cdiv(n_rows, block_r)),)
+    grid = (triton.cdiv(n_rows, block_r),)
     kernel[grid](u, *arrays[:-1], scalars, arrays[-1], n_rows, v, positions,
-                 BLOCK_R=block_r, BLOCK_C=block_c, ACC=acc)
+                 BLOCK_R=block_r, BLOCK_C=block_c, ACC=acc, num_warps=_TRITON_NUM_WARPS)
 
 
 def _triton_partials(key, u, y, p, w, outputs, values):

@@ -1,9 +1,9 @@
 """The vocabulary-parallel module's Triton kernels (``backend="triton"``) in Triton's interpreter.
 
 CPU tensors with ``TRITON_INTERPRET=1`` (set here before triton is imported),
-float32 work, small shapes (6 rows × 7 classes, class tiles of four, so the
-slice's online maximum crosses tiles), against float64 references on the whole
-logits (``F.cross_entropy``; the generated ``cross_entropy_torch`` for z-loss
+float32 work (and float64 without a group), small shapes (6 rows × 7 classes,
+class tiles of four, so the slice's online maximum crosses tiles), against
+float64 references on the whole logits (``F.cross_entropy``; the generated ``cross_entropy_torch`` for z-loss
 and soft-capping) by ``tests/vocab_parallel_worker.py``'s ``run_cases``:
 without a group (the slice is the whole vocabulary) and on a gloo group of 2
 ranks (uneven slices, one of a single class; 2 collectives in the forward,
@@ -58,10 +58,11 @@ def vp():
     worker.Counter.restore()
 
 
-def test_whole_vocabulary(vp):
-    """No group: every case and reduction on the Triton kernels, to float32 tolerances."""
-    counts = worker.run_cases(vp, None, 0, (7,), worker.Counter(), CASES, torch.float32,
-                              "triton")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_whole_vocabulary(vp, dtype):
+    """No group: every case and reduction on the Triton kernels (float32 work to float32
+    tolerances; float64 work, accumulated in float64, to 1e-12 / 1e-10)."""
+    counts = worker.run_cases(vp, None, 0, (7,), worker.Counter(), CASES, dtype, "triton")
     assert counts["cases"] == len(CASES) * len(worker.REDUCTIONS)
     assert counts["backends"] == ["triton/triton"]
     assert counts["forward"] == [0] and counts["backward"] == [0]
