@@ -4,12 +4,13 @@ CPU tensors with ``TRITON_INTERPRET=1`` (set here before triton is imported),
 float32 work (and float64 without a group), small shapes (6 rows × 7 classes,
 class tiles of four, so the slice's online maximum crosses tiles), against
 float64 references on the whole logits (``F.cross_entropy``; the generated
-``cross_entropy_torch`` for z-loss and soft-capping) by ``tests/vocab_parallel_worker.py``'s ``run_cases``:
-without a group (the slice is the whole vocabulary) and on a gloo group of 2
-ranks (uneven slices, one of a single class; 2 collectives in the forward,
-none in the backward).  ``last_backend`` must say the Triton kernels ran, and
-the torch fallbacks (a slice of no class, a row of no finite logit on the slice)
-must run as with the C kernels, the other rank on the kernels.
+``cross_entropy_torch`` for z-loss and soft-capping) by
+``tests/vocab_parallel_worker.py``'s ``run_cases``: without a group (the slice
+is the whole vocabulary) and on a gloo group of 2 ranks (uneven slices, one of
+a single class; 2 collectives in the forward, none in the backward).
+``last_backend`` must say the Triton kernels ran, and the torch fallbacks (a
+slice of no class, a row of no finite logit on the slice) must run as with the
+C kernels, the other rank on the kernels.
 """
 
 import json
