@@ -29,9 +29,12 @@ global weights); the backward gives this rank's slice of the gradient.
 kernels printed from the same derivation (float32 work on the CPU: float32
 and half-precision slices; raises ``ValueError`` where they do not apply or no
 compiler works), ``"torch"`` the printed torch code, ``"auto"`` the C kernels
-where they apply, else torch.  A slice of no class, or with a row of no finite
-logit (all ``-inf`` there), runs the torch code even with ``"c"``: raising on
-one rank would leave the others waiting.  ``last_backend`` holds what the latest forward and
+where they apply, else torch; ``"triton"`` runs them in Triton kernels printed
+from the same kernel descriptions (CUDA tensors, or CPU tensors in Triton's
+interpreter with ``TRITON_INTERPRET=1``), which ``"auto"`` picks for CUDA
+tensors when triton imports.  A slice of no class, or with a row of no finite
+logit (all ``-inf`` there), runs the torch code even with ``"c"`` or
+``"triton"``: raising on one rank would leave the others waiting.  ``last_backend`` holds what the latest forward and
 backward ran.
 
 z_loss adds z_loss * logsumexp(x)**2 for every row that counts (not multiplied by class weights or label smoothing); with reduction='mean' the summed z-term is divided by the number of rows that count (for probability targets: the number of rows), while the cross-entropy keeps PyTorch's denominator (Liger-Kernel's convention).
@@ -91,12 +94,18 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.distributed as dist
 
+try:  # the Triton kernels are optional (CUDA tensors, or CPU ones in its interpreter)
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = tl = None
+
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCTIONS = ('none', 'mean', 'sum')
 _PER_ROW = ('none',)
 _RETURNED = (('return_z_loss', 'z'),)
-_BACKENDS = ("auto", "c", "torch")
-#: what the latest forward and backward of this process ran: "c" or "torch"
+_BACKENDS = ("auto", "c", "torch", "triton")
+#: what the latest forward and backward of this process ran: "c", "triton" or "torch"
 last_backend = {"forward": None, "backward": None}
 #: the checked steps of the combination rule this module follows
 PARTITION_STEPS = (
@@ -19735,6 +19744,2675 @@ def _c_call(function, args, threads):
             future.result()
 
 
+#: the Triton kernels' library (a marker: ``_c_partials`` and ``_c_gradient`` run them)
+_TRITON = "triton"
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# Tile sizes: elements per tile, most classes per tile, most rows per tile (tests make
+# _TRITON_MAX_BLOCK_C tiny to exercise the online rescale across tiles).
+_TRITON_TILE = 8192
+_TRITON_MAX_BLOCK_C = 8192
+_TRITON_MAX_BLOCK_R = 64
+_TRITON_NUM_WARPS = 8  # a guess, not measured on a GPU yet
+
+if triton is not None:
+
+    @triton.jit
+    def _vp_forward_triton_index(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, sum_e) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            coef_0 = scale_cross_entropy*valid/sum_e
+            coef_y = -owned*scale_cross_entropy*valid
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, sum_e) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            u_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            coef_0 = -scale_cross_entropy*valid/((softcap*softcap)*sum_e)
+            coef_1 = scale_cross_entropy*valid/sum_e
+            coef_y = owned*scale_cross_entropy*valid*(((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_z_loss(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, sum_e) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_z_loss(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        z_loss = tl.load(values_ptr + 0).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            coef_0 = valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy)/sum_e
+            coef_y = -owned*scale_cross_entropy*valid
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_z_loss_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, sum_e) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_z_loss_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        z_loss = tl.load(values_ptr + 0).to(ACC)
+        softcap = tl.load(values_ptr + 1).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            u_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 6 * n_rows + r).to(ACC)
+            coef_0 = -valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy)/((softcap*softcap)*sum_e)
+            coef_1 = valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy)/sum_e
+            coef_y = owned*scale_cross_entropy*valid*(((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_smoothed(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, sum_e, sum_z) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            sum_z = acc_1 - m*classes
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_z, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_smoothed(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.load(values_ptr + 1).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            coef_0 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_1 = scale_cross_entropy*valid/sum_e
+            coef_y = owned*scale_cross_entropy*valid*(label_smoothing - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0 + coef_1*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_smoothed_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, sum_e, sum_z) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            sum_z = acc_1 - m*classes
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_z, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_smoothed_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        softcap = tl.load(values_ptr + 1).to(ACC)
+        classes = tl.load(values_ptr + 2).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            u_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            coef_0 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_1 = -scale_cross_entropy*valid/((softcap*softcap)*sum_e)
+            coef_2 = scale_cross_entropy*valid/sum_e
+            coef_3 = label_smoothing*scale_cross_entropy*valid/(classes*(softcap*softcap))
+            coef_y = owned*scale_cross_entropy*valid*(-label_smoothing*((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) + label_smoothing + ((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0 + coef_1*e*(x*x) + coef_2*e + coef_3*(x*x) + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_smoothed_z_loss(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, sum_e, sum_z) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            sum_z = acc_1 - m*classes
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_z, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_smoothed_z_loss(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        z_loss = tl.load(values_ptr + 1).to(ACC)
+        classes = tl.load(values_ptr + 2).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            coef_0 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_1 = valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy)/sum_e
+            coef_y = owned*scale_cross_entropy*valid*(label_smoothing - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0 + coef_1*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_smoothed_z_loss_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, sum_e, sum_z) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            sum_z = acc_1 - m*classes
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_z, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_smoothed_z_loss_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        z_loss = tl.load(values_ptr + 1).to(ACC)
+        softcap = tl.load(values_ptr + 2).to(ACC)
+        classes = tl.load(values_ptr + 3).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            u_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 6 * n_rows + r).to(ACC)
+            coef_0 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_1 = -valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy)/((softcap*softcap)*sum_e)
+            coef_2 = valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy)/sum_e
+            coef_3 = label_smoothing*scale_cross_entropy*valid/(classes*(softcap*softcap))
+            coef_y = owned*scale_cross_entropy*valid*(-label_smoothing*((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) + label_smoothing + ((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0 + coef_1*e*(x*x) + coef_2*e + coef_3*(x*x) + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_weighted(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, w_y, sum_e) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            w_y = tl.load(w_ptr + y).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, w_y, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_weighted(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            w_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            coef_0 = scale_cross_entropy*valid*w_y/sum_e
+            coef_y = -owned*scale_cross_entropy*valid*w_y
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_weighted_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, w_y, sum_e) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            w_y = tl.load(w_ptr + y).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, w_y, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_weighted_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            u_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            w_y = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 6 * n_rows + r).to(ACC)
+            coef_0 = -scale_cross_entropy*valid*w_y/((softcap*softcap)*sum_e)
+            coef_1 = scale_cross_entropy*valid*w_y/sum_e
+            coef_y = owned*scale_cross_entropy*valid*w_y*(((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_weighted_z_loss(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, w_y, sum_e) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            w_y = tl.load(w_ptr + y).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, w_y, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_weighted_z_loss(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        z_loss = tl.load(values_ptr + 0).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            w_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 6 * n_rows + r).to(ACC)
+            coef_0 = valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*w_y)/sum_e
+            coef_y = -owned*scale_cross_entropy*valid*w_y
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_weighted_z_loss_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, u_y, w_y, sum_e) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            w_y = tl.load(w_ptr + y).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_0 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_e = acc_0
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, w_y, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_weighted_z_loss_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        z_loss = tl.load(values_ptr + 0).to(ACC)
+        softcap = tl.load(values_ptr + 1).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            u_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            w_y = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 6 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 7 * n_rows + r).to(ACC)
+            coef_0 = -valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*w_y)/((softcap*softcap)*sum_e)
+            coef_1 = valid*(2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*w_y)/sum_e
+            coef_y = owned*scale_cross_entropy*valid*w_y*(((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*e + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_weighted_smoothed(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, w_y, u_y, sum_wz, sum_e) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            w_y = tl.load(w_ptr + y).to(ACC)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_wz = acc_0 - acc_1*m
+            sum_e = acc_2
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, w_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_wz, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_weighted_smoothed(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        sum_w = tl.load(values_ptr + 1).to(ACC)
+        classes = tl.load(values_ptr + 2).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            w_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            coef_0 = scale_cross_entropy*valid*(-label_smoothing*w_y + label_smoothing*sum_w/classes + w_y)/sum_e
+            coef_1 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_y = owned*scale_cross_entropy*valid*w_y*(label_smoothing - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e + coef_1*w + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_weighted_smoothed_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, w_y, u_y, sum_wz, sum_e) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            w_y = tl.load(w_ptr + y).to(ACC)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_wz = acc_0 - acc_1*m
+            sum_e = acc_2
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, w_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_wz, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_weighted_smoothed_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        softcap = tl.load(values_ptr + 1).to(ACC)
+        sum_w = tl.load(values_ptr + 2).to(ACC)
+        classes = tl.load(values_ptr + 3).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            w_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            u_y = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 6 * n_rows + r).to(ACC)
+            coef_0 = scale_cross_entropy*valid*(label_smoothing*w_y - label_smoothing*sum_w/classes - w_y)/((softcap*softcap)*sum_e)
+            coef_1 = label_smoothing*scale_cross_entropy*valid/(classes*(softcap*softcap))
+            coef_2 = scale_cross_entropy*valid*(-label_smoothing*w_y + label_smoothing*sum_w/classes + w_y)/sum_e
+            coef_3 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_y = owned*scale_cross_entropy*valid*w_y*(-label_smoothing*((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) + label_smoothing + ((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*w*(x*x) + coef_2*e + coef_3*w + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_weighted_smoothed_z_loss(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, w_y, u_y, sum_wz, sum_e) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            w_y = tl.load(w_ptr + y).to(ACC)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_wz = acc_0 - acc_1*m
+            sum_e = acc_2
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, w_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_wz, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_weighted_smoothed_z_loss(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        z_loss = tl.load(values_ptr + 1).to(ACC)
+        sum_w = tl.load(values_ptr + 2).to(ACC)
+        classes = tl.load(values_ptr + 3).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            w_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 6 * n_rows + r).to(ACC)
+            coef_0 = valid*(-label_smoothing*scale_cross_entropy*w_y + label_smoothing*scale_cross_entropy*sum_w/classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*w_y)/sum_e
+            coef_1 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_y = owned*scale_cross_entropy*valid*w_y*(label_smoothing - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e + coef_1*w + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_index_weighted_smoothed_z_loss_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, w_y, u_y, sum_wz, sum_e) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            w_y = tl.load(w_ptr + y).to(ACC)
+            u_y = tl.load(u_ptr + rows_at + y * positions, mask=live,
+                         other=0.0).to(ACC)
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_wz = acc_0 - acc_1*m
+            sum_e = acc_2
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, w_y, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, u_y, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_wz, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_index_weighted_smoothed_z_loss_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        z_loss = tl.load(values_ptr + 1).to(ACC)
+        softcap = tl.load(values_ptr + 2).to(ACC)
+        sum_w = tl.load(values_ptr + 3).to(ACC)
+        classes = tl.load(values_ptr + 4).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            y = tl.load(y_ptr + r)
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            w_y = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            u_y = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 5 * n_rows + r).to(ACC)
+            owned = tl.load(rows_ptr + 6 * n_rows + r).to(ACC)
+            valid = tl.load(rows_ptr + 7 * n_rows + r).to(ACC)
+            coef_0 = valid*(label_smoothing*scale_cross_entropy*w_y - label_smoothing*scale_cross_entropy*sum_w/classes - 2*z_loss*m*scale_z - 2*z_loss*scale_z*tl.log(sum_e) - scale_cross_entropy*w_y)/((softcap*softcap)*sum_e)
+            coef_1 = label_smoothing*scale_cross_entropy*valid/(classes*(softcap*softcap))
+            coef_2 = valid*(-label_smoothing*scale_cross_entropy*w_y + label_smoothing*scale_cross_entropy*sum_w/classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*w_y)/sum_e
+            coef_3 = -label_smoothing*scale_cross_entropy*valid/classes
+            coef_y = owned*scale_cross_entropy*valid*w_y*(-label_smoothing*((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) + label_smoothing + ((1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))*(1 - 2/(tl.exp2(2.885390081777926814719849362*u_y/softcap) + 1))) - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*w*(x*x) + coef_2*e + coef_3*w + coef_y*tl.where(cols == y, 1.0, 0.0)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pz, sum_e, sum_p) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pz = acc_0 - acc_1*m
+            sum_e = acc_2
+            sum_p = acc_1
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pz, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_p, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_p = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            coef_0 = scale_cross_entropy*sum_p/sum_e
+            coef_1 = -scale_cross_entropy
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e + coef_1*p
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pz, sum_e, sum_p) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pz = acc_0 - acc_1*m
+            sum_e = acc_2
+            sum_p = acc_1
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pz, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_p, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_p = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            coef_0 = -scale_cross_entropy*sum_p/((softcap*softcap)*sum_e)
+            coef_1 = scale_cross_entropy/(softcap*softcap)
+            coef_2 = scale_cross_entropy*sum_p/sum_e
+            coef_3 = -scale_cross_entropy
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*p*(x*x) + coef_2*e + coef_3*p
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_z_loss(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pz, sum_e, sum_p) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pz = acc_0 - acc_1*m
+            sum_e = acc_2
+            sum_p = acc_1
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pz, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_p, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_z_loss(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        z_loss = tl.load(values_ptr + 0).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_p = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            coef_0 = (2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*sum_p)/sum_e
+            coef_1 = -scale_cross_entropy
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e + coef_1*p
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_z_loss_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pz, sum_e, sum_p) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pz = acc_0 - acc_1*m
+            sum_e = acc_2
+            sum_p = acc_1
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pz, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_p, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_z_loss_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        z_loss = tl.load(values_ptr + 0).to(ACC)
+        softcap = tl.load(values_ptr + 1).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_p = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            coef_0 = -(2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*sum_p)/((softcap*softcap)*sum_e)
+            coef_1 = scale_cross_entropy/(softcap*softcap)
+            coef_2 = (2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*sum_p)/sum_e
+            coef_3 = -scale_cross_entropy
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*p*(x*x) + coef_2*e + coef_3*p
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_smoothed(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pz, sum_e, sum_p, sum_z) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                acc_3 = acc_3 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pz = acc_0 - acc_1*m
+            sum_e = acc_2
+            sum_p = acc_1
+            sum_z = acc_3 - m*classes
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pz, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_p, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_z, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_smoothed(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.load(values_ptr + 1).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_p = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            coef_0 = -label_smoothing*scale_cross_entropy/classes
+            coef_1 = scale_cross_entropy*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e
+            coef_2 = scale_cross_entropy*(label_smoothing - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0 + coef_1*e + coef_2*p
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_smoothed_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pz, sum_e, sum_p, sum_z) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                acc_3 = acc_3 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pz = acc_0 - acc_1*m
+            sum_e = acc_2
+            sum_p = acc_1
+            sum_z = acc_3 - m*classes
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pz, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_p, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_z, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_smoothed_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        softcap = tl.load(values_ptr + 1).to(ACC)
+        classes = tl.load(values_ptr + 2).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_p = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            coef_0 = -label_smoothing*scale_cross_entropy/classes
+            coef_1 = scale_cross_entropy*(label_smoothing*sum_p - label_smoothing - sum_p)/((softcap*softcap)*sum_e)
+            coef_2 = scale_cross_entropy*(1 - label_smoothing)/(softcap*softcap)
+            coef_3 = scale_cross_entropy*(-label_smoothing*sum_p + label_smoothing + sum_p)/sum_e
+            coef_4 = scale_cross_entropy*(label_smoothing - 1)
+            coef_5 = label_smoothing*scale_cross_entropy/(classes*(softcap*softcap))
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0 + coef_1*e*(x*x) + coef_2*p*(x*x) + coef_3*e + coef_4*p + coef_5*(x*x)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_smoothed_z_loss(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pz, sum_e, sum_p, sum_z) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                acc_3 = acc_3 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pz = acc_0 - acc_1*m
+            sum_e = acc_2
+            sum_p = acc_1
+            sum_z = acc_3 - m*classes
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pz, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_p, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_z, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_smoothed_z_loss(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        z_loss = tl.load(values_ptr + 1).to(ACC)
+        classes = tl.load(values_ptr + 2).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_p = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            coef_0 = -label_smoothing*scale_cross_entropy/classes
+            coef_1 = (-label_smoothing*scale_cross_entropy*sum_p + label_smoothing*scale_cross_entropy + 2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*sum_p)/sum_e
+            coef_2 = scale_cross_entropy*(label_smoothing - 1)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0 + coef_1*e + coef_2*p
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_smoothed_z_loss_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pz, sum_e, sum_p, sum_z) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*x, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                acc_3 = acc_3 + tl.sum(tl.where(col_mask, x, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pz = acc_0 - acc_1*m
+            sum_e = acc_2
+            sum_p = acc_1
+            sum_z = acc_3 - m*classes
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pz, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_e, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_p, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_z, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_smoothed_z_loss_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        z_loss = tl.load(values_ptr + 1).to(ACC)
+        softcap = tl.load(values_ptr + 2).to(ACC)
+        classes = tl.load(values_ptr + 3).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_p = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            coef_0 = -label_smoothing*scale_cross_entropy/classes
+            coef_1 = (label_smoothing*scale_cross_entropy*sum_p - label_smoothing*scale_cross_entropy - 2*z_loss*m*scale_z - 2*z_loss*scale_z*tl.log(sum_e) - scale_cross_entropy*sum_p)/((softcap*softcap)*sum_e)
+            coef_2 = scale_cross_entropy*(1 - label_smoothing)/(softcap*softcap)
+            coef_3 = (-label_smoothing*scale_cross_entropy*sum_p + label_smoothing*scale_cross_entropy + 2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*sum_p)/sum_e
+            coef_4 = scale_cross_entropy*(label_smoothing - 1)
+            coef_5 = label_smoothing*scale_cross_entropy/(classes*(softcap*softcap))
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0 + coef_1*e*(x*x) + coef_2*p*(x*x) + coef_3*e + coef_4*p + coef_5*(x*x)
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_weighted(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pw, sum_pwz, sum_e) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pw = acc_0
+            sum_pwz = -acc_0*m + acc_1
+            sum_e = acc_2
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pw, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_pwz, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_weighted(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_pw = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            coef_0 = -scale_cross_entropy
+            coef_1 = scale_cross_entropy*sum_pw/sum_e
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*p*w + coef_1*e
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_weighted_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pw, sum_pwz, sum_e) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pw = acc_0
+            sum_pwz = -acc_0*m + acc_1
+            sum_e = acc_2
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pw, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_pwz, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_weighted_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_pw = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            coef_0 = -scale_cross_entropy*sum_pw/((softcap*softcap)*sum_e)
+            coef_1 = -scale_cross_entropy
+            coef_2 = scale_cross_entropy/(softcap*softcap)
+            coef_3 = scale_cross_entropy*sum_pw/sum_e
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*p*w + coef_2*p*w*(x*x) + coef_3*e
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_weighted_z_loss(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pw, sum_pwz, sum_e) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pw = acc_0
+            sum_pwz = -acc_0*m + acc_1
+            sum_e = acc_2
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pw, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_pwz, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_weighted_z_loss(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        z_loss = tl.load(values_ptr + 0).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_pw = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            coef_0 = -scale_cross_entropy
+            coef_1 = (2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*sum_pw)/sum_e
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*p*w + coef_1*e
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_weighted_z_loss_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pw, sum_pwz, sum_e) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+                acc_2 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_2 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pw = acc_0
+            sum_pwz = -acc_0*m + acc_1
+            sum_e = acc_2
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pw, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_pwz, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_weighted_z_loss_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        z_loss = tl.load(values_ptr + 0).to(ACC)
+        softcap = tl.load(values_ptr + 1).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_pw = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            coef_0 = -(2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*sum_pw)/((softcap*softcap)*sum_e)
+            coef_1 = -scale_cross_entropy
+            coef_2 = scale_cross_entropy/(softcap*softcap)
+            coef_3 = (2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*sum_pw)/sum_e
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*p*w + coef_2*p*w*(x*x) + coef_3*e
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_weighted_smoothed(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pw, sum_wz, sum_pwz, sum_e) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_4 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+                acc_2 = acc_2 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+                acc_3 = acc_3 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+                acc_4 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_4 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pw = acc_0
+            sum_wz = acc_1 - acc_2*m
+            sum_pwz = -acc_0*m + acc_3
+            sum_e = acc_4
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pw, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_wz, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_pwz, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_weighted_smoothed(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        sum_w = tl.load(values_ptr + 1).to(ACC)
+        classes = tl.load(values_ptr + 2).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_pw = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            coef_0 = scale_cross_entropy*(label_smoothing - 1)
+            coef_1 = scale_cross_entropy*(-label_smoothing*sum_pw + label_smoothing*sum_w/classes + sum_pw)/sum_e
+            coef_2 = -label_smoothing*scale_cross_entropy/classes
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*p*w + coef_1*e + coef_2*w
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_weighted_smoothed_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pw, sum_wz, sum_pwz, sum_e) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_4 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+                acc_2 = acc_2 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+                acc_3 = acc_3 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+                acc_4 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_4 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pw = acc_0
+            sum_wz = acc_1 - acc_2*m
+            sum_pwz = -acc_0*m + acc_3
+            sum_e = acc_4
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pw, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_wz, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_pwz, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_weighted_smoothed_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        softcap = tl.load(values_ptr + 1).to(ACC)
+        sum_w = tl.load(values_ptr + 2).to(ACC)
+        classes = tl.load(values_ptr + 3).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_pw = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            coef_0 = scale_cross_entropy*(label_smoothing*sum_pw - label_smoothing*sum_w/classes - sum_pw)/((softcap*softcap)*sum_e)
+            coef_1 = scale_cross_entropy*(label_smoothing - 1)
+            coef_2 = label_smoothing*scale_cross_entropy/(classes*(softcap*softcap))
+            coef_3 = scale_cross_entropy*(1 - label_smoothing)/(softcap*softcap)
+            coef_4 = scale_cross_entropy*(-label_smoothing*sum_pw + label_smoothing*sum_w/classes + sum_pw)/sum_e
+            coef_5 = -label_smoothing*scale_cross_entropy/classes
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*p*w + coef_2*w*(x*x) + coef_3*p*w*(x*x) + coef_4*e + coef_5*w
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_weighted_smoothed_z_loss(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pw, sum_wz, sum_pwz, sum_e) in one online walk."""
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_4 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = u
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+                acc_2 = acc_2 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+                acc_3 = acc_3 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+                acc_4 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_4 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pw = acc_0
+            sum_wz = acc_1 - acc_2*m
+            sum_pwz = -acc_0*m + acc_3
+            sum_e = acc_4
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pw, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_wz, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_pwz, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_weighted_smoothed_z_loss(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        z_loss = tl.load(values_ptr + 1).to(ACC)
+        sum_w = tl.load(values_ptr + 2).to(ACC)
+        classes = tl.load(values_ptr + 3).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_pw = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            coef_0 = scale_cross_entropy*(label_smoothing - 1)
+            coef_1 = (-label_smoothing*scale_cross_entropy*sum_pw + label_smoothing*scale_cross_entropy*sum_w/classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*sum_pw)/sum_e
+            coef_2 = -label_smoothing*scale_cross_entropy/classes
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = u
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*p*w + coef_1*e + coef_2*w
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    @triton.jit
+    def _vp_forward_triton_probability_weighted_smoothed_z_loss_softcap(u_ptr, y_ptr, p_ptr, w_ptr, values_ptr, out_ptr, n_rows,
+            n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's row values (m, sum_pw, sum_wz, sum_pwz, sum_e) in one online walk."""
+        softcap = tl.load(values_ptr + 0).to(ACC)
+        classes = tl.zeros([1, 1], ACC) + n_classes
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.full([BLOCK_R, 1], float("-inf"), ACC)
+            acc_0 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_1 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_2 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_3 = tl.zeros([BLOCK_R, 1], ACC)
+            acc_4 = tl.zeros([BLOCK_R, 1], ACC)
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                m_new = tl.maximum(m, tl.max(tl.where(col_mask, x, float("-inf")),
+                                                   axis=1, keep_dims=True))
+                z = -m_new + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                acc_0 = acc_0 + tl.sum(tl.where(col_mask, p*w, 0.0), axis=1, keep_dims=True)
+                acc_1 = acc_1 + tl.sum(tl.where(col_mask, w*x, 0.0), axis=1, keep_dims=True)
+                acc_2 = acc_2 + tl.sum(tl.where(col_mask, w, 0.0), axis=1, keep_dims=True)
+                acc_3 = acc_3 + tl.sum(tl.where(col_mask, p*w*x, 0.0), axis=1, keep_dims=True)
+                acc_4 = tl.exp2(1.442695040888963407359924681*(m - m_new))*acc_4 + tl.sum(tl.where(col_mask, e, 0.0), axis=1, keep_dims=True)
+                m = m_new
+            sum_pw = acc_0
+            sum_wz = acc_1 - acc_2*m
+            sum_pwz = -acc_0*m + acc_3
+            sum_e = acc_4
+            tl.store(out_ptr + 0 * n_rows + r, m, mask=row_mask)
+            tl.store(out_ptr + 1 * n_rows + r, sum_pw, mask=row_mask)
+            tl.store(out_ptr + 2 * n_rows + r, sum_wz, mask=row_mask)
+            tl.store(out_ptr + 3 * n_rows + r, sum_pwz, mask=row_mask)
+            tl.store(out_ptr + 4 * n_rows + r, sum_e, mask=row_mask)
+
+    @triton.jit
+    def _vp_gradient_triton_probability_weighted_smoothed_z_loss_softcap(u_ptr, grad_ptr, y_ptr, p_ptr, w_ptr, values_ptr, rows_ptr,
+            n_rows, n_classes, positions, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+            ACC: tl.constexpr):
+        """The slice's gradient from the combined row values, in one walk."""
+        label_smoothing = tl.load(values_ptr + 0).to(ACC)
+        z_loss = tl.load(values_ptr + 1).to(ACC)
+        softcap = tl.load(values_ptr + 2).to(ACC)
+        sum_w = tl.load(values_ptr + 3).to(ACC)
+        classes = tl.load(values_ptr + 4).to(ACC)
+        n_blocks = tl.cdiv(n_rows, BLOCK_R)
+        for block in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            r = block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+            row_mask = r < n_rows
+            r = tl.minimum(r, n_rows - 1).to(tl.int64)  # rows past the end store nothing
+            rows_at = (r // positions) * n_classes * positions + r % positions
+            live = row_mask
+            m = tl.load(rows_ptr + 0 * n_rows + r).to(ACC)
+            sum_pw = tl.load(rows_ptr + 1 * n_rows + r).to(ACC)
+            sum_e = tl.load(rows_ptr + 2 * n_rows + r).to(ACC)
+            scale_cross_entropy = tl.load(rows_ptr + 3 * n_rows + r).to(ACC)
+            scale_z = tl.load(rows_ptr + 4 * n_rows + r).to(ACC)
+            coef_0 = (label_smoothing*scale_cross_entropy*sum_pw - label_smoothing*scale_cross_entropy*sum_w/classes - 2*z_loss*m*scale_z - 2*z_loss*scale_z*tl.log(sum_e) - scale_cross_entropy*sum_pw)/((softcap*softcap)*sum_e)
+            coef_1 = scale_cross_entropy*(label_smoothing - 1)
+            coef_2 = label_smoothing*scale_cross_entropy/(classes*(softcap*softcap))
+            coef_3 = scale_cross_entropy*(1 - label_smoothing)/(softcap*softcap)
+            coef_4 = (-label_smoothing*scale_cross_entropy*sum_pw + label_smoothing*scale_cross_entropy*sum_w/classes + 2*z_loss*m*scale_z + 2*z_loss*scale_z*tl.log(sum_e) + scale_cross_entropy*sum_pw)/sum_e
+            coef_5 = -label_smoothing*scale_cross_entropy/classes
+            for c0 in tl.range(0, n_classes, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)[None, :]
+                col_mask = cols < n_classes
+                at = rows_at + cols * positions
+                u = tl.load(u_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                p = tl.load(p_ptr + at, mask=col_mask & live, other=0.0).to(ACC)
+                w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                x = softcap*(1 - 2/(tl.exp2(2.885390081777926814719849362*u/softcap) + 1))
+                z = -m + x
+                e = tl.exp2(1.442695040888963407359924681*z)
+                grad = tl.zeros([BLOCK_R, BLOCK_C], ACC) + coef_0*e*(x*x) + coef_1*p*w + coef_2*w*(x*x) + coef_3*p*w*(x*x) + coef_4*e + coef_5*w
+                tl.store(grad_ptr + at, grad.to(grad_ptr.dtype.element_ty),
+                         mask=row_mask & col_mask)
+
+    #: C kernel key → (the slice's Triton kernel, the values it reads in order, the
+    #: per-row arrays it reads in order)
+    _TRITON_KERNELS = {
+        ('forward', 'index', False, False, False, False): (_vp_forward_triton_index, (), ()),
+        ('gradient', 'index', False, False, False, False): (_vp_gradient_triton_index, (),
+                                 ('m', 'sum_e', 'scale_cross_entropy', 'owned', 'valid')),
+        ('forward', 'index', False, False, False, True): (_vp_forward_triton_index_softcap, ('softcap',), ()),
+        ('gradient', 'index', False, False, False, True): (_vp_gradient_triton_index_softcap, ('softcap',),
+                                 ('m', 'u_y', 'sum_e', 'scale_cross_entropy', 'owned', 'valid')),
+        ('forward', 'index', False, False, True, False): (_vp_forward_triton_index_z_loss, (), ()),
+        ('gradient', 'index', False, False, True, False): (_vp_gradient_triton_index_z_loss, ('z_loss',),
+                                 ('m', 'sum_e', 'scale_cross_entropy', 'scale_z', 'owned', 'valid')),
+        ('forward', 'index', False, False, True, True): (_vp_forward_triton_index_z_loss_softcap, ('softcap',), ()),
+        ('gradient', 'index', False, False, True, True): (_vp_gradient_triton_index_z_loss_softcap, ('z_loss', 'softcap'),
+                                 ('m', 'u_y', 'sum_e', 'scale_cross_entropy', 'scale_z', 'owned', 'valid')),
+        ('forward', 'index', False, True, False, False): (_vp_forward_triton_index_smoothed, (), ()),
+        ('gradient', 'index', False, True, False, False): (_vp_gradient_triton_index_smoothed, ('label_smoothing', 'n_classes'),
+                                 ('m', 'sum_e', 'scale_cross_entropy', 'owned', 'valid')),
+        ('forward', 'index', False, True, False, True): (_vp_forward_triton_index_smoothed_softcap, ('softcap',), ()),
+        ('gradient', 'index', False, True, False, True): (_vp_gradient_triton_index_smoothed_softcap, ('label_smoothing', 'softcap', 'n_classes'),
+                                 ('m', 'u_y', 'sum_e', 'scale_cross_entropy', 'owned', 'valid')),
+        ('forward', 'index', False, True, True, False): (_vp_forward_triton_index_smoothed_z_loss, (), ()),
+        ('gradient', 'index', False, True, True, False): (_vp_gradient_triton_index_smoothed_z_loss, ('label_smoothing', 'z_loss', 'n_classes'),
+                                 ('m', 'sum_e', 'scale_cross_entropy', 'scale_z', 'owned', 'valid')),
+        ('forward', 'index', False, True, True, True): (_vp_forward_triton_index_smoothed_z_loss_softcap, ('softcap',), ()),
+        ('gradient', 'index', False, True, True, True): (_vp_gradient_triton_index_smoothed_z_loss_softcap, ('label_smoothing', 'z_loss', 'softcap', 'n_classes'),
+                                 ('m', 'u_y', 'sum_e', 'scale_cross_entropy', 'scale_z', 'owned', 'valid')),
+        ('forward', 'index', True, False, False, False): (_vp_forward_triton_index_weighted, (), ()),
+        ('gradient', 'index', True, False, False, False): (_vp_gradient_triton_index_weighted, (),
+                                 ('m', 'w_y', 'sum_e', 'scale_cross_entropy', 'owned', 'valid')),
+        ('forward', 'index', True, False, False, True): (_vp_forward_triton_index_weighted_softcap, ('softcap',), ()),
+        ('gradient', 'index', True, False, False, True): (_vp_gradient_triton_index_weighted_softcap, ('softcap',),
+                                 ('m', 'u_y', 'w_y', 'sum_e', 'scale_cross_entropy', 'owned', 'valid')),
+        ('forward', 'index', True, False, True, False): (_vp_forward_triton_index_weighted_z_loss, (), ()),
+        ('gradient', 'index', True, False, True, False): (_vp_gradient_triton_index_weighted_z_loss, ('z_loss',),
+                                 ('m', 'w_y', 'sum_e', 'scale_cross_entropy', 'scale_z', 'owned', 'valid')),
+        ('forward', 'index', True, False, True, True): (_vp_forward_triton_index_weighted_z_loss_softcap, ('softcap',), ()),
+        ('gradient', 'index', True, False, True, True): (_vp_gradient_triton_index_weighted_z_loss_softcap, ('z_loss', 'softcap'),
+                                 ('m', 'u_y', 'w_y', 'sum_e', 'scale_cross_entropy', 'scale_z', 'owned', 'valid')),
+        ('forward', 'index', True, True, False, False): (_vp_forward_triton_index_weighted_smoothed, (), ()),
+        ('gradient', 'index', True, True, False, False): (_vp_gradient_triton_index_weighted_smoothed, ('label_smoothing', 'sum_w', 'n_classes'),
+                                 ('m', 'w_y', 'sum_e', 'scale_cross_entropy', 'owned', 'valid')),
+        ('forward', 'index', True, True, False, True): (_vp_forward_triton_index_weighted_smoothed_softcap, ('softcap',), ()),
+        ('gradient', 'index', True, True, False, True): (_vp_gradient_triton_index_weighted_smoothed_softcap, ('label_smoothing', 'softcap', 'sum_w', 'n_classes'),
+                                 ('m', 'w_y', 'u_y', 'sum_e', 'scale_cross_entropy', 'owned', 'valid')),
+        ('forward', 'index', True, True, True, False): (_vp_forward_triton_index_weighted_smoothed_z_loss, (), ()),
+        ('gradient', 'index', True, True, True, False): (_vp_gradient_triton_index_weighted_smoothed_z_loss, ('label_smoothing', 'z_loss', 'sum_w', 'n_classes'),
+                                 ('m', 'w_y', 'sum_e', 'scale_cross_entropy', 'scale_z', 'owned', 'valid')),
+        ('forward', 'index', True, True, True, True): (_vp_forward_triton_index_weighted_smoothed_z_loss_softcap, ('softcap',), ()),
+        ('gradient', 'index', True, True, True, True): (_vp_gradient_triton_index_weighted_smoothed_z_loss_softcap, ('label_smoothing', 'z_loss', 'softcap', 'sum_w', 'n_classes'),
+                                 ('m', 'w_y', 'u_y', 'sum_e', 'scale_cross_entropy', 'scale_z', 'owned', 'valid')),
+        ('forward', 'probability', False, False, False, False): (_vp_forward_triton_probability, (), ()),
+        ('gradient', 'probability', False, False, False, False): (_vp_gradient_triton_probability, (),
+                                 ('m', 'sum_e', 'sum_p', 'scale_cross_entropy')),
+        ('forward', 'probability', False, False, False, True): (_vp_forward_triton_probability_softcap, ('softcap',), ()),
+        ('gradient', 'probability', False, False, False, True): (_vp_gradient_triton_probability_softcap, ('softcap',),
+                                 ('m', 'sum_e', 'sum_p', 'scale_cross_entropy')),
+        ('forward', 'probability', False, False, True, False): (_vp_forward_triton_probability_z_loss, (), ()),
+        ('gradient', 'probability', False, False, True, False): (_vp_gradient_triton_probability_z_loss, ('z_loss',),
+                                 ('m', 'sum_e', 'sum_p', 'scale_cross_entropy', 'scale_z')),
+        ('forward', 'probability', False, False, True, True): (_vp_forward_triton_probability_z_loss_softcap, ('softcap',), ()),
+        ('gradient', 'probability', False, False, True, True): (_vp_gradient_triton_probability_z_loss_softcap, ('z_loss', 'softcap'),
+                                 ('m', 'sum_e', 'sum_p', 'scale_cross_entropy', 'scale_z')),
+        ('forward', 'probability', False, True, False, False): (_vp_forward_triton_probability_smoothed, (), ()),
+        ('gradient', 'probability', False, True, False, False): (_vp_gradient_triton_probability_smoothed, ('label_smoothing', 'n_classes'),
+                                 ('m', 'sum_e', 'sum_p', 'scale_cross_entropy')),
+        ('forward', 'probability', False, True, False, True): (_vp_forward_triton_probability_smoothed_softcap, ('softcap',), ()),
+        ('gradient', 'probability', False, True, False, True): (_vp_gradient_triton_probability_smoothed_softcap, ('label_smoothing', 'softcap', 'n_classes'),
+                                 ('m', 'sum_e', 'sum_p', 'scale_cross_entropy')),
+        ('forward', 'probability', False, True, True, False): (_vp_forward_triton_probability_smoothed_z_loss, (), ()),
+        ('gradient', 'probability', False, True, True, False): (_vp_gradient_triton_probability_smoothed_z_loss, ('label_smoothing', 'z_loss', 'n_classes'),
+                                 ('m', 'sum_e', 'sum_p', 'scale_cross_entropy', 'scale_z')),
+        ('forward', 'probability', False, True, True, True): (_vp_forward_triton_probability_smoothed_z_loss_softcap, ('softcap',), ()),
+        ('gradient', 'probability', False, True, True, True): (_vp_gradient_triton_probability_smoothed_z_loss_softcap, ('label_smoothing', 'z_loss', 'softcap', 'n_classes'),
+                                 ('m', 'sum_e', 'sum_p', 'scale_cross_entropy', 'scale_z')),
+        ('forward', 'probability', True, False, False, False): (_vp_forward_triton_probability_weighted, (), ()),
+        ('gradient', 'probability', True, False, False, False): (_vp_gradient_triton_probability_weighted, (),
+                                 ('m', 'sum_pw', 'sum_e', 'scale_cross_entropy')),
+        ('forward', 'probability', True, False, False, True): (_vp_forward_triton_probability_weighted_softcap, ('softcap',), ()),
+        ('gradient', 'probability', True, False, False, True): (_vp_gradient_triton_probability_weighted_softcap, ('softcap',),
+                                 ('m', 'sum_pw', 'sum_e', 'scale_cross_entropy')),
+        ('forward', 'probability', True, False, True, False): (_vp_forward_triton_probability_weighted_z_loss, (), ()),
+        ('gradient', 'probability', True, False, True, False): (_vp_gradient_triton_probability_weighted_z_loss, ('z_loss',),
+                                 ('m', 'sum_pw', 'sum_e', 'scale_cross_entropy', 'scale_z')),
+        ('forward', 'probability', True, False, True, True): (_vp_forward_triton_probability_weighted_z_loss_softcap, ('softcap',), ()),
+        ('gradient', 'probability', True, False, True, True): (_vp_gradient_triton_probability_weighted_z_loss_softcap, ('z_loss', 'softcap'),
+                                 ('m', 'sum_pw', 'sum_e', 'scale_cross_entropy', 'scale_z')),
+        ('forward', 'probability', True, True, False, False): (_vp_forward_triton_probability_weighted_smoothed, (), ()),
+        ('gradient', 'probability', True, True, False, False): (_vp_gradient_triton_probability_weighted_smoothed, ('label_smoothing', 'sum_w', 'n_classes'),
+                                 ('m', 'sum_pw', 'sum_e', 'scale_cross_entropy')),
+        ('forward', 'probability', True, True, False, True): (_vp_forward_triton_probability_weighted_smoothed_softcap, ('softcap',), ()),
+        ('gradient', 'probability', True, True, False, True): (_vp_gradient_triton_probability_weighted_smoothed_softcap, ('label_smoothing', 'softcap', 'sum_w', 'n_classes'),
+                                 ('m', 'sum_pw', 'sum_e', 'scale_cross_entropy')),
+        ('forward', 'probability', True, True, True, False): (_vp_forward_triton_probability_weighted_smoothed_z_loss, (), ()),
+        ('gradient', 'probability', True, True, True, False): (_vp_gradient_triton_probability_weighted_smoothed_z_loss, ('label_smoothing', 'z_loss', 'sum_w', 'n_classes'),
+                                 ('m', 'sum_pw', 'sum_e', 'scale_cross_entropy', 'scale_z')),
+        ('forward', 'probability', True, True, True, True): (_vp_forward_triton_probability_weighted_smoothed_z_loss_softcap, ('softcap',), ()),
+        ('gradient', 'probability', True, True, True, True): (_vp_gradient_triton_probability_weighted_smoothed_z_loss_softcap, ('label_smoothing', 'z_loss', 'softcap', 'sum_w', 'n_classes'),
+                                 ('m', 'sum_pw', 'sum_e', 'scale_cross_entropy', 'scale_z')),
+    }
+
+
+def _triton_for(u, backend):
+    """The Triton kernels where ``backend`` asks for them ("auto": CUDA tensors, when
+    triton imports), else None; ``backend="triton"`` raises where they cannot run."""
+    if backend not in ("triton", "auto"):
+        return None
+    if backend == "auto":
+        return _TRITON if triton is not None and u.device.type == "cuda" else None
+    if triton is None:
+        raise ValueError("backend='triton': triton does not import (pip install triton)")
+    if u.device.type != "cuda" and not _INTERPRET:
+        raise ValueError(f"backend='triton': {u.device} tensors run in Triton's interpreter "
+                         "only (set TRITON_INTERPRET=1 before triton is imported)")
+    return _TRITON
+
+
+def _triton_launch(key, u, values, *arrays):
+    """Run the Triton kernel ``key`` over the rows of ``u`` (``(N, V_r, positions)``)."""
+    kernel, names, _ = _TRITON_KERNELS[key]
+    n, v, positions = u.shape
+    block_c = min(triton.next_power_of_2(max(v, 1)), _TRITON_MAX_BLOCK_C)
+    block_r = max(1, min(_TRITON_MAX_BLOCK_R, _TRITON_TILE // block_c))
+    scalars = torch.tensor([float(values[name]) for name in names] or [0.0],
+                           dtype=u.dtype, device=u.device)
+    n_rows = n * positions
+    if n_rows == 0:  # Triton refuses an empty grid
+        return
+    acc = tl.float64 if u.dtype == torch.float64 else tl.float32
+    grid = (triton.cdiv(n_rows, block_r),)
+    kernel[grid](u, *arrays[:-1], scalars, arrays[-1], n_rows, v, positions,
+                 BLOCK_R=block_r, BLOCK_C=block_c, ACC=acc, num_warps=_TRITON_NUM_WARPS)
+
+
+def _triton_partials(key, u, y, p, w, outputs, values):
+    """The slice's per-row values by its Triton forward kernel (as ``_c_partials``)."""
+    n, _, positions = u.shape
+    out = torch.empty((len(outputs), n * positions), dtype=u.dtype, device=u.device)
+    _triton_launch(key, u, values, u if y is None else y.contiguous(),
+                   u if p is None else p, u if w is None else w, out)
+    return {name: out[i].reshape(n, 1, positions) for i, name in enumerate(outputs)}
+
+
+def _triton_gradient(key, saved, lay, rows_in, values):
+    """This slice's gradient by its Triton gradient kernel (as ``_c_gradient``)."""
+    u = saved["u"]
+    n, _, positions = u.shape
+    rows_in = {**rows_in, "valid": lay["valid"]}
+    names = _TRITON_KERNELS[key][2]
+    stacked = torch.stack([torch.broadcast_to(torch.as_tensor(rows_in[name], dtype=u.dtype,
+                                                              device=u.device),
+                                              (n, 1, positions)).reshape(-1)
+                           for name in names]) if names else u.new_zeros((1, 1))
+    grad = torch.empty_like(u)
+    y = lay["y"]
+    _triton_launch(key, u, values, grad, u if y is None else y.contiguous(),
+                   u if lay["p"] is None else lay["p"], u if lay["w"] is None else lay["w"],
+                   stacked.contiguous())
+    return grad
+
+
 def _compiled_for(lay, backend):
     """The compiled kernels where ``backend`` asks for them and they apply (float32
     work on the CPU), else None (the torch code).  A slice of no class has nothing
@@ -19743,6 +22421,10 @@ def _compiled_for(lay, backend):
     if backend == "torch" or lay["v"] == 0:
         return None
     u = lay["u"]
+    if backend in ("triton", "auto"):
+        found = _triton_for(u, backend)
+        if found is not None or backend == "triton":
+            return found
     applies = u.device.type == "cpu" and u.dtype == torch.float32
     library = compiled_library() if applies else None
     if backend == "c" and library is None:
@@ -19750,6 +22432,11 @@ def _compiled_for(lay, backend):
                f"they take float32 work on the CPU, not {u.dtype} on {u.device}")
         raise ValueError(f"backend='c': the compiled kernels do not apply: {why}")
     return library
+
+
+def _backend_of(library):
+    """What ``last_backend`` says of a slice's ``library``."""
+    return "torch" if library is None else "triton" if library is _TRITON else "c"
 
 
 def _c_rows(t, rows):
@@ -19764,6 +22451,8 @@ def _c_address(t):
 def _c_partials(library, key, u, y, p, w, outputs, values):
     """The slice's per-row values ``outputs`` by the forward kernel ``key``: the maximum,
     the gathers at the (clamped) target, the class sums shifted by the slice's maximum."""
+    if library is _TRITON:
+        return _triton_partials(key, u, y, p, w, outputs, values)
     rows = (u.shape[0], 1, u.shape[2])
     found = {name: torch.empty(rows, dtype=torch.float32) for name in outputs}
     arrays = {"u": u.data_ptr(), "g": None, "y": _c_address(y), "p": _c_address(p),
@@ -19776,6 +22465,8 @@ def _c_partials(library, key, u, y, p, w, outputs, values):
 def _c_gradient(library, key, saved, lay, inputs, rows_in, values):
     """This slice's gradient by the gradient kernel ``key``: ``inputs`` (the per-row
     arrays it reads) taken from ``rows_in``."""
+    if library is _TRITON:
+        return _triton_gradient(key, saved, lay, rows_in, values)
     u = saved["u"]
     grad = torch.empty_like(u)
     rows = (u.shape[0], 1, u.shape[2])
@@ -22964,7 +25655,7 @@ def _row_losses(input, target, options):
                               lay["w"], layout, comm, **scalars)
     losses, owners, saved = found
     saved["library"] = library
-    last_backend["forward"] = "torch" if library is None else "c"
+    last_backend["forward"] = _backend_of(library)
     if owners is not None:
         # the same reduced counts on every rank: every rank raises, none waits
         wrong = (lay["valid"] > 0) & (owners != 1)
@@ -23026,7 +25717,7 @@ class VocabParallelCrossEntropyFunction(torch.autograd.Function):
         else:
             grad = _GRADIENT[ctx.key](ctx.saved_values, lay["y"], lay["owned"], lay["valid"],
                                       lay["p"], lay["w"], **scales, **scalars)
-        last_backend["backward"] = "torch" if library is None else "c"
+        last_backend["backward"] = _backend_of(library)
         grad = grad.reshape(ctx.input_shape).to(ctx.input_dtype)
         return grad, None, None
 
@@ -23241,7 +25932,7 @@ class VocabParallelLinearCrossEntropyFunction(torch.autograd.Function):
                 _, e = _SHIFTED[key](x, *(saved[m] for m in _MAXIMA[key]), **scalars)
                 grad = _GRADIENT[key]({**saved, "x": x, "e": e}, lay["y"], lay["owned"],
                                       lay["valid"], lay["p"], lay["w"], **scales, **scalars)
-            ran.add("torch" if library is None else "c")
+            ran.add(_backend_of(library))
             g = grad.reshape(stop - start, -1).to(work)
             if dh is not None:
                 dh[start:stop] = g @ weight_w
@@ -23249,7 +25940,7 @@ class VocabParallelLinearCrossEntropyFunction(torch.autograd.Function):
                 dw.addmm_(g.t(), h_w[start:stop])
             if db is not None:
                 db += g.sum(dim=0)
-        last_backend["backward"] = "c" if ran == {"c"} else "torch"
+        last_backend["backward"] = ran.pop() if len(ran) == 1 else "torch"
         comm = _Communicator(options["group"])
         if dh is not None and options["reduce_input_grad"] and comm.distributed:
             # the other slices' shares of the input gradient (every rank holds h)

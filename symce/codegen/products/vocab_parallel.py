@@ -26,8 +26,13 @@ walks the slice once for its maximum ``m_r`` and its class sums shifted by
 (``rescale_exp``, ``rescale_linear``; :func:`rescaled_sums`, each rewrite
 re-proved by SymPy) between the ``MAX`` and the ``SUM`` all-reduce; the
 gradient one reads the combined per-row values and writes the slice's
-gradient in one walk.  Elsewhere (float64, another device, an empty slice, or
-no C compiler) the printed torch code runs.
+gradient in one walk.  The same two kernel descriptions are printed as Triton
+kernels by :mod:`symce.codegen.triton` (:func:`_triton`: the forward one the
+single-device online walk, the gradient one its gradient walk alone), for CUDA
+tensors (and CPU ones in Triton's interpreter), with the same per-row code and
+collectives around them.  Elsewhere (float64 on the CPU, another device without
+triton, an empty slice, a row of no finite logit, or no C compiler) the printed
+torch code runs.
 
 A kernel whose sums need more than one walk (a sum over ``q``) would need a
 collective per walk; the generator refuses it, as a gradient term whose
@@ -211,7 +216,43 @@ def _compiled(kernel: Kernel) -> dict[str, object]:
     }
 
 
-def _kernel(kernel: Kernel) -> dict[str, object]:
+def _triton(kernel: Kernel, shift_sum) -> dict[str, object]:
+    """The kernel's two Triton functions, printed by :mod:`symce.codegen.triton` from
+    the same kernel descriptions as the C ones: the forward one is the single-device
+    online walk (the slice's maximum ``m_r`` and its class sums at it, the gathers at
+    the clamped local target), the gradient one the gradient walk alone, every per-row
+    value it reads loaded from the caller's arrays (``classes``: the global count)."""
+    from symce.codegen.triton import _Context
+
+    partials, gradient = partials_kernel(kernel), gradient_kernel(kernel)
+    if partials.levels > 1 or len(partials.streams) != 1:
+        raise ProofError(f"kernel {kernel.name}: the Triton slice kernels take one stream "
+                         "and one walk")
+    forward = _Context(partials, shift_sum).context()
+    (walk,) = forward["walks"]
+    backward = _Context(gradient, shift_sum)
+    g = gradient.grad
+    factors = [f for _, f in g.terms]
+    # the gradient kernel's class count is the group's (a value); its walk is the slice's
+    values = [n for n in gradient.scalars if n != kernel.names[N_CLASSES]]
+    values += [str(v.symbol) for v in gradient.values("constant")]
+    rows = [str(v.symbol) for v in gradient.values("input")]
+    if "valid" in gradient.arrays:
+        rows.append("valid")
+    return {
+        "forward": {**forward, "walk": walk,
+                    "loads": [name for name, per_class in walk["loads"] if not per_class],
+                    "class_loads": [name for name, per_class in walk["loads"] if per_class]},
+        "gradient": {"grad": backward.gradient(g, "coef"),
+                     **backward.elements(factors, online=False),
+                     "values": values, "classes": N_CLASSES in g.element.free_symbols
+                     | g.target.free_symbols | set().union(
+                         *(c.free_symbols for c, _ in g.terms)),
+                     "rows": rows, "target": g.target != 0},
+    }
+
+
+def _kernel(kernel: Kernel, shift_sum=None) -> dict[str, object]:
     _check_local(kernel)
     ctx = array_kernel_context(kernel, "torch")
     # the exponential as the IR defines it: torch's exp is one pass over the slice, the
@@ -228,7 +269,8 @@ def _kernel(kernel: Kernel) -> dict[str, object]:
     return {**ctx, "partials": sums, "combined": combined,
             "gradient_reads": row_values + (["n_classes"] if N_CLASSES in used else []),
             "gradient_elements": [a for a in ("x", "e") if a in ctx["uses"]],
-            "c": _compiled(kernel)}
+            "c": _compiled(kernel),
+            "triton": _triton(kernel, shift_sum) if shift_sum is not None else None}
 
 
 def vocab_parallel_source() -> str:
@@ -244,7 +286,10 @@ def vocab_parallel_source() -> str:
     base = module_context(LOSS)
     header = header_lines(LOSS, TEMPLATE, "symce build")
     scalars = sorted({s for k in ks for s in k.scalars})
-    contexts = [_kernel(k) for k in ks]
+    from symce.codegen.ir import derivation_of
+
+    shift_sum = derivation_of(LOSS).step("shift_sum")  # the online rescale rests on it
+    contexts = [_kernel(k, shift_sum) for k in ks]
     compiled = c_context((), c_header(LOSS, "torch"), openmp=True)
     compiled["c_kernels"] = [entry for c in contexts for entry in c["c"]["entries"]]
     return render(
