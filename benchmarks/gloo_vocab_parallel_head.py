@@ -31,7 +31,6 @@ import argparse
 import datetime
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -124,18 +123,12 @@ def _time_rank(rank, world, port, args, out):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(target, world, *args):
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rank0.json")
-        mp.start_processes(target, args=(world, _free_port(), *args, out), nprocs=world,
+        mp.start_processes(target, args=(world, loss_bench._free_port(), *args, out), nprocs=world,
                            join=True, start_method="fork")
         return json.loads(Path(out).read_text())
 

@@ -9,7 +9,6 @@ hanging the suite.
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
@@ -25,30 +24,6 @@ WORLD = 4
 DEADLINE = 240.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawned(target, out) -> None:
-    """Start ``WORLD`` ranks of ``worker.main``; kill them all past the deadline.
-
-    Forked, not spawned: each child has torch imported already (a spawned one
-    imports it again, seconds per rank); the children use one thread each."""
-    import torch.multiprocessing as mp
-
-    context = mp.start_processes(target, args=(WORLD, _free_port(), str(out)), nprocs=WORLD,
-                                 join=False, start_method="fork")
-    deadline = time.monotonic() + DEADLINE
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                if p.is_alive():
-                    p.kill()
-            raise AssertionError(f"the ranks did not finish in {DEADLINE:g} s (a hang?)")
-
-
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     out = tmp_path_factory.mktemp("vocab_parallel")
@@ -58,7 +33,7 @@ def reports(tmp_path_factory):
     alone = worker.prebuild()
     print(f"compiled cases without a group (and their kernels built): "
           f"{time.perf_counter() - started:.1f} s")
-    _spawned(worker.main, out)
+    worker.spawn_ranks(worker.main, WORLD, out, DEADLINE)
     found = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
     print("seconds per stage, rank 0:", found[0]["seconds"])
     return {"ranks": found, "alone": alone}

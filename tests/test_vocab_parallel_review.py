@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from tests import vocab_parallel_worker as worker
-from tests.test_vocab_parallel import _free_port
 
 WORLD = 3
 EMPTY_SPLIT = (3, 0, 4)
@@ -126,24 +124,9 @@ def _main(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _spawn(target, out, deadline: float = 120.0) -> None:
-    """``WORLD`` forked ranks of ``target``; all killed past the deadline (a hang fails)."""
-    import torch.multiprocessing as mp
-
-    context = mp.start_processes(target, args=(WORLD, _free_port(), str(out)), nprocs=WORLD,
-                                 join=False, start_method="fork")
-    end = time.monotonic() + deadline
-    while not context.join(timeout=1.0):
-        if time.monotonic() > end:
-            for p in context.processes:
-                if p.is_alive():
-                    p.kill()
-            raise AssertionError(f"the ranks did not finish in {deadline:g} s (a hang?)")
-
-
 def test_review_cases_on_a_group_of_three(tmp_path):
     worker.prebuild()  # the compiled kernels built once, before the ranks fork
-    _spawn(_main, tmp_path)
+    worker.spawn_ranks(_main, WORLD, tmp_path, 120.0)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     for rank, report in enumerate(reports):
         empty = report["empty"]

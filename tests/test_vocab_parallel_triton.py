@@ -15,9 +15,7 @@ C kernels, the other rank on the kernels.
 
 import json
 import os
-import socket
 import sys
-import time
 
 import pytest
 import torch
@@ -132,12 +130,6 @@ def _masked_slice(vp, rank: int) -> dict:
     return dict(vp.last_backend)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     import datetime
 
@@ -163,18 +155,8 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 def test_two_ranks(tmp_path):
     """A gloo group of 2 (slices of 1 and 6 classes): every case on the Triton kernels,
     2 collectives in each forward, none in a backward; the fallbacks on one rank."""
-    import torch.multiprocessing as mp
-
     world = 2
-    context = mp.start_processes(_rank, args=(world, _free_port(), str(tmp_path)),
-                                 nprocs=world, join=False, start_method="fork")
-    deadline = time.monotonic() + DEADLINE
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                if p.is_alive():
-                    p.kill()
-            raise AssertionError(f"the ranks did not finish in {DEADLINE:g} s (a hang?)")
+    worker.spawn_ranks(_rank, world, tmp_path, DEADLINE)
     for rank in range(world):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         cases = report["cases"]

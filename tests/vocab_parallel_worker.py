@@ -35,6 +35,34 @@ COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_sca
                "barrier", "gather", "scatter", "reduce", "send", "recv")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_ranks(target, world: int, out, deadline: float) -> None:
+    """``world`` ranks of ``target(rank, world, port, out)``, forked; all killed past
+    ``deadline`` seconds, which fails the test (a rank left waiting on a collective)
+    instead of hanging the suite.
+
+    Forked, not spawned: each child has torch imported already (a spawned one
+    imports it again, seconds per rank); the children use one thread each."""
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(target, args=(world, free_port(), str(out)), nprocs=world,
+                                 join=False, start_method="fork")
+    end = time.monotonic() + deadline
+    while not context.join(timeout=1.0):
+        if time.monotonic() > end:
+            for p in context.processes:
+                if p.is_alive():
+                    p.kill()
+            raise AssertionError(f"the ranks did not finish in {deadline:g} s (a hang?)")
+
+
 def load(name: str):
     import importlib.util
 
