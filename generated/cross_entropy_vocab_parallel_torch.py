@@ -25669,6 +25669,24 @@ def _row_losses(input, target, options):
     return lay, key, losses, saved
 
 
+def _upstream_scales(denominators, grad_total, grad_terms, per_row, dtype, rows,
+                     at=slice(None)):
+    """Each term's ``scale_<term>`` for the gradient kernels: its upstream gradient (the
+    total's, plus its own where it is returned) over its ``mean`` denominator, or per
+    row (rows ``at`` of the batch, shaped ``rows``)."""
+    upstream = dict(zip((term for _, term in _RETURNED), grad_terms, strict=True))
+    scales = {}
+    for term, denominator in denominators.items():
+        go = grad_total if term not in upstream else grad_total + upstream[term]
+        go = go.to(dtype)
+        if per_row:
+            go = go.reshape(-1)[at].reshape(rows)
+        elif denominator is not None:
+            go = torch.where(denominator != 0, go / denominator, 0.0).to(dtype)
+        scales[f"scale_{term}"] = go
+    return scales
+
+
 class VocabParallelCrossEntropyFunction(torch.autograd.Function):
     """The autograd function: forward communicates twice, backward never."""
 
@@ -25699,17 +25717,8 @@ class VocabParallelCrossEntropyFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total, *grad_terms):
         lay, options = ctx.lay, ctx.options
-        per_row = options["reduction"] in _PER_ROW
-        upstream = dict(zip((term for _, term in _RETURNED), grad_terms, strict=True))
-        scales = {}
-        for term, denominator in ctx.denominators.items():
-            go = grad_total if term not in upstream else grad_total + upstream[term]
-            go = go.to(lay["u"].dtype)
-            if per_row:
-                go = go.reshape(lay["rows"])
-            elif denominator is not None:
-                go = torch.where(denominator != 0, go / denominator, 0.0).to(lay["u"].dtype)
-            scales[f"scale_{term}"] = go
+        scales = _upstream_scales(ctx.denominators, grad_total, grad_terms,
+                                  options["reduction"] in _PER_ROW, lay["u"].dtype, lay["rows"])
         scalars = {name: options[name] for name in ('label_smoothing', 'softcap', 'z_loss')}
         library = ctx.saved_values["library"]
         if library is not None:
@@ -25840,6 +25849,11 @@ def _head_work(t, dtype):
     return None if t is None else t.detach().to(dtype)
 
 
+def _head_logits(h, weight, bias):
+    """The slice's logits of the rows ``h``: ``h W_r^T + b_r``."""
+    return h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
+
+
 class VocabParallelLinearCrossEntropyFunction(torch.autograd.Function):
     """The head's autograd function: two all-reduces per chunk of rows in the forward,
     one (``dh``'s, with ``reduce_input_grad``) in the backward."""
@@ -25859,8 +25873,7 @@ class VocabParallelLinearCrossEntropyFunction(torch.autograd.Function):
         chunks, totals, denominators, per_row = [], {}, {}, {}
         for start in range(0, n, rows):
             stop = min(n, start + rows)
-            logits = (torch.addmm(bias_w, h_w[start:stop], weight_w.t()) if bias_w is not None
-                      else h_w[start:stop] @ weight_w.t())
+            logits = _head_logits(h_w[start:stop], weight_w, bias_w)
             lay, key, losses, saved = _row_losses(logits, t[start:stop], options)
             chunk_denominators = _denominators(lay["kind"], weighted, reduction, lay["valid"],
                                                saved.get("w_y"), lay["rows"])
@@ -25905,7 +25918,9 @@ class VocabParallelLinearCrossEntropyFunction(torch.autograd.Function):
         h_w = input.detach().reshape(-1, hidden).to(work)
         weight_w, bias_w = _head_work(linear_weight, work), _head_work(linear_bias, work)
         per_row = options["reduction"] in _PER_ROW
-        upstream = dict(zip((term for _, term in _RETURNED), grad_terms, strict=True))
+        # one scale per term for the reductions to one value (the same for every chunk)
+        scales = None if per_row else _upstream_scales(ctx.denominators, grad_total,
+                                                       grad_terms, False, work, None)
         scalars = {name: options[name] for name in ('label_smoothing', 'softcap', 'z_loss')}
         dh = torch.zeros_like(h_w) if need_h else None
         dw = torch.zeros_like(weight_w) if need_w else None
@@ -25913,17 +25928,10 @@ class VocabParallelLinearCrossEntropyFunction(torch.autograd.Function):
             need_b and linear_bias is not None) else None
         ran = set()
         for start, stop, lay, key, saved in ctx.chunks:
-            scales = {}
-            for term, denominator in ctx.denominators.items():
-                go = grad_total if term not in upstream else grad_total + upstream[term]
-                go = go.to(work)
-                if per_row:
-                    go = go.reshape(-1)[start:stop].reshape(lay["rows"])
-                elif denominator is not None:
-                    go = torch.where(denominator != 0, go / denominator, 0.0).to(work)
-                scales[f"scale_{term}"] = go
-            u = (torch.addmm(bias_w, h_w[start:stop], weight_w.t()) if bias_w is not None
-                 else h_w[start:stop] @ weight_w.t()).reshape(lay["rows"][0], -1, 1)
+            if per_row:
+                scales = _upstream_scales(ctx.denominators, grad_total, grad_terms, True, work,
+                                          lay["rows"], slice(start, stop))
+            u = _head_logits(h_w[start:stop], weight_w, bias_w).reshape(lay["rows"][0], -1, 1)
             library = saved["library"]
             if library is not None:
                 grad = _GRADIENT_C[key](library, {**saved, "u": u}, lay, scales, scalars)
