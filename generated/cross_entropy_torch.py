@@ -16799,16 +16799,6 @@ def _check_classes(bad, target, n_classes, ignore_index):
         return
     torch._assert_async(torch.logical_not(bad.any()),
                         f"a target is out of bounds for {n_classes} classes")
-    valid = target != ignore_index
-    bad = valid & ((target < 0) | (target >= n_classes))
-    if bool(bad.any()):
-        raise IndexError(
-            f"target {int(target[bad].reshape(-1)[0])} is out of bounds for {n_classes} "
-            f"classes (valid: 0..{n_classes - 1} or ignore_index={ignore_index})"
-        )
-    found["y"] = torch.where(valid, target, 0).reshape(rows)
-    found["valid"] = valid.reshape(rows).to(dtype)
-    return found
 
 
 def _refuse_gradients(target, options):

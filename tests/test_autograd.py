@@ -446,6 +446,20 @@ def test_class_index_out_of_range_still_raises_index_error():
         MODULES["cross_entropy"].cross_entropy(torch.randn(2, 3), torch.tensor([-1, -100]))
 
 
+def test_class_targets_checked_off_the_cpu_path_without_a_host_read(monkeypatch):
+    """The check that an accelerator takes (as under torch.compile): a device-side
+    assert only.  It once went on to read the flag on the host and to fill names of
+    its caller (a NameError for every valid target)."""
+    module = MODULES["cross_entropy"]
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    options = {"weight": None, "ignore_index": -100, "label_smoothing": 0.0}
+    found = module._targets(torch.zeros(4, 3), torch.tensor([2, -100, 0, 1]), options, 3)
+    assert found["y"].reshape(-1).tolist() == [2, 0, 0, 1]
+    assert found["valid"].reshape(-1).tolist() == [1.0, 0.0, 1.0, 1.0]
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        module._targets(torch.zeros(2, 3), torch.tensor([0, 3]), options, 3)
+
+
 def _ulps(got, want, dtype):
     """``|got − want|`` in units of the last place of ``dtype`` at ``want``."""
     r = want.to(dtype).abs()
