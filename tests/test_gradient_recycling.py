@@ -5,6 +5,7 @@ references it; every gradient is compared with PyTorch's, and every gradient
 still held must keep its values while later calls run.
 """
 
+import sys
 import threading
 
 import pytest
@@ -17,10 +18,10 @@ MODULE = load_generated("cross_entropy_torch")
 ROWS, CLASSES = 512, 700  # 1.4 MB of float32: above the recycling threshold
 
 
-def _inputs(seed):
+def _inputs(seed, rows=ROWS):
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(ROWS, CLASSES, generator=generator, requires_grad=True)
-    y = torch.randint(0, CLASSES, (ROWS,), generator=generator)
+    x = torch.randn(rows, CLASSES, generator=generator, requires_grad=True)
+    y = torch.randint(0, CLASSES, (rows,), generator=generator)
     return x, y
 
 
@@ -100,28 +101,96 @@ def test_a_gradient_consumed_inside_a_graph_is_recycled_and_the_weights_are_righ
 
 
 def test_threads_never_share_a_buffer():
-    results, errors = {}, []
+    """Four threads, switching as often as the interpreter allows (a storage picked
+    from the pool looks free until its tensor exists: once that was outside the
+    lock, and 7-17 of 600 gradients came out wrong here)."""
+    expected = {}
+    for seed in range(4):
+        x, y = _inputs(20 + seed, rows=380)  # just above the threshold: short calls
+        expected[seed] = (x, y, _reference(x, y))
+    errors, calls = [], []
     barrier = threading.Barrier(4)
 
     def work(seed):
+        x, y, want = expected[seed]
         try:
-            x, y = _inputs(20 + seed)
             barrier.wait()
-            for _ in range(5):
+            for _ in range(200):
                 x.grad = None
-                grad = _grad(x, y)
-                results.setdefault(seed, []).append(grad.clone())
-                torch.testing.assert_close(grad, _reference(x, y))
+                torch.testing.assert_close(_grad(x, y), want)
+                calls.append(seed)
         except Exception as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    assert sorted(results) == [0, 1, 2, 3]
+    interval, threads_before = sys.getswitchinterval(), torch.get_num_threads()
+    sys.setswitchinterval(1e-6)
+    torch.set_num_threads(1)  # each call on its own thread: the calls overlap most
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+        torch.set_num_threads(threads_before)
+    assert not errors, errors[:2]
+    assert len(calls) == 800
+
+
+def _bytes(storage):
+    """A copy of an untyped storage's bytes (the viewing tensor dropped at once)."""
+    return torch.empty(0, dtype=torch.uint8).set_(storage).clone()
+
+
+def test_a_held_storage_object_is_never_reused():
+    """``x.grad.untyped_storage()`` is the pool's own storage object (torch keeps one
+    Python object per storage): holding it, or a TypedStorage of it, keeps it out."""
+    for hold in (lambda g: g.untyped_storage(), lambda g: g.storage()):
+        x, y = _inputs(50)
+        held = hold(_grad(x, y))
+        untyped = held if isinstance(held, torch.UntypedStorage) else held.untyped()
+        kept = _bytes(untyped)
+        del untyped
+        x.grad = None
+        x2, y2 = _inputs(51)
+        torch.testing.assert_close(_grad(x2, y2), _reference(x2, y2))
+        untyped = held if isinstance(held, torch.UntypedStorage) else held.untyped()
+        assert torch.equal(_bytes(untyped), kept)
+        del untyped
+
+
+def test_shared_memory_is_never_reused():
+    """A gradient moved to shared memory (as a multiprocessing queue does) may still be
+    mapped by another process after this one dropped it: it leaves the pool."""
+    x, y = _inputs(52)
+    _grad(x, y).share_memory_()
+    x.grad = None  # only the pool (and, say, a child process) has it now
+    assert any(s.is_shared() for s in MODULE._recycling["storages"])
+    x2, y2 = _inputs(53)
+    again = _grad(x2, y2)
+    assert not again.is_shared()
+    assert not any(s.is_shared() for s in MODULE._recycling["storages"])
+    torch.testing.assert_close(again, _reference(x2, y2))
+
+
+def test_under_a_default_device_the_gradient_stays_on_the_cpu():
+    x, y = _inputs(54)
+    with torch.device("meta"):
+        grad = _grad(x, y)
+    assert grad.device.type == "cpu"
+    torch.testing.assert_close(grad, _reference(x, y))
+
+
+def test_only_a_storage_of_the_exact_size_is_reused():
+    """A larger free one would carry another gradient's bytes past the end of this one
+    (``torch.save`` writes the whole storage)."""
+    big = torch.randn(ROWS + 88, CLASSES, requires_grad=True)
+    _grad(big, torch.randint(0, CLASSES, (ROWS + 88,)))
+    big.grad = None
+    x, y = _inputs(55)
+    grad = _grad(x, y)
+    assert grad.untyped_storage().nbytes() == grad.numel() * grad.element_size()
 
 
 def test_turning_it_off_frees_the_kept_buffers_and_small_ones_are_never_kept():
