@@ -22649,11 +22649,14 @@ def _compiled_for(lay, backend):
         found = _triton_for(u, backend)
         if found is not None or backend == "triton":
             return found
-    applies = u.device.type == "cpu" and u.dtype == torch.float32
+    # (the slabs of a (N, V_r, d1, ...) slice compare classes in 32 bits)
+    narrow = u.shape[2] == 1 or lay["v"] <= 2**31 - 1
+    applies = u.device.type == "cpu" and u.dtype == torch.float32 and narrow
     library = compiled_library() if applies else None
     if backend == "c" and library is None:
         why = ("no C compiler works (or SYMCE_COMPILE=0)" if applies else
-               f"they take float32 work on the CPU, not {u.dtype} on {u.device}")
+               f"they take float32 work on the CPU, not {u.dtype} on {u.device}" if narrow
+               else "a slice of positions takes fewer than 2^31 classes")
         raise ValueError(f"backend='c': the compiled kernels do not apply: {why}")
     return library
 
