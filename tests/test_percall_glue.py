@@ -1,0 +1,81 @@
+"""The generated torch modules' per-call glue (issue #8): the public function's shortcut
+past ``Function.apply``'s argument binding, and one denominator sum for terms that
+share a row weight, against PyTorch's cross-entropy (float64)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.parity import load_generated
+
+CE = load_generated("cross_entropy_torch")
+
+
+def _reference(x, y, **options):
+    """PyTorch's loss and gradient, in float64."""
+    x64 = x.detach().double().requires_grad_()
+    options = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in options.items()}
+    loss = F.cross_entropy(x64, y, **options)
+    (grad,) = torch.autograd.grad(loss, x64)
+    return loss, grad
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("options", [
+    {},
+    # ignore_index among the targets: the valid rows' count is the denominator of
+    # both terms (one sum), the weights' sum that of the cross-entropy
+    {"ignore_index": 2},
+    {"weight": torch.linspace(0.5, 2.0, 7), "label_smoothing": 0.1, "ignore_index": 2},
+])
+def test_loss_and_gradient_as_pytorch(compiled, options):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 7, 3, generator=gen, requires_grad=True)
+    y = torch.randint(0, 7, (5, 3), generator=gen)
+    y[0, 0] = 2
+    CE.use_compiled(compiled)
+    try:
+        loss = CE.cross_entropy(x, y, **options)
+        loss.backward()
+    finally:
+        CE.use_compiled(None)
+    ref, ref_grad = _reference(x, y, **options)
+    assert loss.dtype == torch.float32 and loss.grad_fn is not None
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), ref_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_everything_ignored_is_nan_as_pytorch():
+    """Both terms' denominators zero (one shared sum): NaN loss, zero gradient."""
+    x = torch.randn(4, 5, requires_grad=True)
+    y = torch.full((4,), 3)
+    loss, z = CE.cross_entropy(x, y, ignore_index=3, z_loss=0.5, return_z_loss=True)
+    loss.backward()
+    assert torch.isnan(loss) and torch.isnan(z)
+    assert torch.isnan(F.cross_entropy(x.detach(), y, ignore_index=3))
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_a_leaked_functorch_tensor_is_unwrapped():
+    """A tensor kept from inside a finished ``torch.func.grad`` is a dead wrapper:
+    the public function unwraps it, as ``Function.apply`` does."""
+    leaked = []
+
+    def keep(t):
+        leaked.append(t)
+        return t.sum()
+
+    x = torch.randn(6, 4)
+    torch.func.grad(keep)(x)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    loss = CE.cross_entropy(leaked[0], y)
+    torch.testing.assert_close(loss.double(), _reference(x, y)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_under_torch_func_the_function_takes_functorchs_path():
+    """Under a transform the public function goes through ``Function.apply`` (functorch's
+    custom_function_call): ``torch.func.grad`` against PyTorch's gradient."""
+    x = torch.randn(3, 6, dtype=torch.float64)
+    y = torch.tensor([5, 0, 2])
+    grad = torch.func.grad(lambda t: CE.cross_entropy(t, y, label_smoothing=0.2))(x)
+    torch.testing.assert_close(grad, _reference(x, y, label_smoothing=0.2)[1])
