@@ -16935,7 +16935,16 @@ def _scales(denominators, reduction, upstream, rows, loss_shape, dtype, device):
     term's shape ``loss_shape`` for the per-row reductions).
     """
     scales = {}
+    shared = {}  # id → (denominator, scale): terms with one denominator share its scale
     for term, denominator in denominators.items():
+        if upstream is None and isinstance(denominator, torch.Tensor):
+            if id(denominator) not in shared:
+                # _divide(1.0, denominator): torch's ``1.0 / d`` is ``d.reciprocal() * 1.0``,
+                # the same bits (NaN and infinities included) in one operation less
+                scale = torch.where(denominator != 0, denominator.reciprocal(), 0.0)
+                shared[id(denominator)] = (denominator, scale.to(dtype))
+            scales[term] = shared[id(denominator)][1]
+            continue
         go = 1.0 if upstream is None else upstream[term]
         if isinstance(go, torch.Tensor) and reduction in _PER_ROW:
             go = torch.broadcast_to(go.to(device=device, dtype=dtype), loss_shape)

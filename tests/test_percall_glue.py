@@ -79,3 +79,17 @@ def test_under_torch_func_the_function_takes_functorchs_path():
     y = torch.tensor([5, 0, 2])
     grad = torch.func.grad(lambda t: CE.cross_entropy(t, y, label_smoothing=0.2))(x)
     torch.testing.assert_close(grad, _reference(x, y, label_smoothing=0.2)[1])
+
+
+@pytest.mark.parametrize("denominator", [2048.0, 3.0, 0.0, -0.0, -7.0, 5e-324, 1e-310,
+                                         float("inf"), float("-inf"), float("nan")])
+def test_a_tensor_denominators_scale_is_divides_bit_for_bit(denominator):
+    """``_scales`` takes ``1 / d`` as torch's reciprocal, once for terms sharing ``d``:
+    the same bits as ``1.0 / d`` (0 where d is 0) rounded to float32."""
+    d = torch.tensor(denominator, dtype=torch.float64)
+    scales = CE._scales({"cross_entropy": d, "z": d}, "mean", None, (2, 1, 3), (2, 3),
+                        torch.float32, torch.device("cpu"))
+    expected = torch.where(d != 0, 1.0 / d, 0.0).to(torch.float32)
+    for scale in scales.values():
+        assert scale.dtype == torch.float32
+        assert scale.view(torch.int32).item() == expected.view(torch.int32).item()
