@@ -8765,6 +8765,26 @@ _KERNELS = {
     ('probability', True, True, False): (_constants_probability_weighted_smoothed, _block_probability_weighted_smoothed, {'u': 'buf'}),
     ('probability', True, True, True): (None, _block_probability_weighted_smoothed_gamma, {'u': 'u'}),
 }
+# kernel key → the terms whose row losses are 0 (+0.0 for every input: the derivation's
+# expression is 0 for the options the kernel is specialised to)
+_ZERO_TERMS = {
+    ('index', False, False, False): (),
+    ('index', False, False, True): (),
+    ('index', False, True, False): (),
+    ('index', False, True, True): (),
+    ('index', True, False, False): (),
+    ('index', True, False, True): (),
+    ('index', True, True, False): (),
+    ('index', True, True, True): (),
+    ('probability', False, False, False): (),
+    ('probability', False, False, True): (),
+    ('probability', False, True, False): (),
+    ('probability', False, True, True): (),
+    ('probability', True, False, False): (),
+    ('probability', True, False, True): (),
+    ('probability', True, True, False): (),
+    ('probability', True, True, True): (),
+}
 # kernel key → the names of its per-call constants (the compiled kernels take them by name)
 _CONSTANT_NAMES = {
     ('index', False, False, False): (),
@@ -9226,7 +9246,9 @@ def _run_without_grad(input, target, options, need_grad, need_grad_teacher, upst
         grad, grad3 = _gradient_like(input)
     if need_grad_teacher:
         tgrad, tgrad3 = _gradient_like(found["teacher"])
-    losses = {term: torch.empty((n, 1, s), dtype=dtype, device=device) for term in denominators}
+    losses = _RowLosses((term, torch.empty((n, 1, s), dtype=dtype, device=device))
+                        for term in denominators)
+    losses.zero = _ZERO_TERMS[key]
     library = _compiled_for(input, x3, found, upstream)
     if library is not None:
         _c_compute(library, key, x3, found, grad3, tgrad3, losses, scales, consts, scalars)
@@ -9288,16 +9310,30 @@ def _run_without_grad(input, target, options, need_grad, need_grad_teacher, upst
     return losses, denominators, (grad, tgrad)
 
 
+class _RowLosses(dict):
+    """Term → row losses ``(N, 1, S)``; ``zero``: the terms whose rows are all +0.0
+    (``_ZERO_TERMS`` of the kernel that wrote them)."""
+
+    zero = ()
+
+
 def _reduce(losses, denominators, reduction, input):
     """The reduced loss of every term (in the input's dtype)."""
     out = {}
+    zero = getattr(losses, "zero", ())
     for term, rows in losses.items():
         if reduction in _PER_ROW:
             shape = () if input.dim() == 1 else (rows.shape[0],) + tuple(input.shape[2:])
             out[term] = rows.reshape(shape).to(input.dtype)
             continue
-        total = rows.sum(dtype=torch.float64)
         denominator = denominators[term]
+        if term in zero and (denominator is None or (
+                not isinstance(denominator, torch.Tensor) and denominator > 0)):
+            # a sum of +0.0 is +0.0, and so is +0.0 / d for a number d > 0: the same
+            # bits without the sum (a zero denominator, a tensor one: computed, below)
+            out[term] = torch.zeros((), dtype=input.dtype, device=input.device)
+            continue
+        total = rows.sum(dtype=torch.float64)
         if denominator is not None:
             total = total / denominator
         out[term] = total.to(input.dtype)

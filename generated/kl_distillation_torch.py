@@ -1508,6 +1508,11 @@ def _block_teacher(u, buf, tu, tbuf, y, valid, p, w, n_classes, need_grad, need_
 _KERNELS = {
     ('teacher',): (None, _block_teacher, {'u': 'u', 'tu': 'tu'}),
 }
+# kernel key → the terms whose row losses are 0 (+0.0 for every input: the derivation's
+# expression is 0 for the options the kernel is specialised to)
+_ZERO_TERMS = {
+    ('teacher',): (),
+}
 # kernel key → the names of its per-call constants (the compiled kernels take them by name)
 _CONSTANT_NAMES = {
     ('teacher',): (),
@@ -1856,7 +1861,9 @@ def _run_without_grad(input, target, options, need_grad, need_grad_teacher, upst
         grad, grad3 = _gradient_like(input)
     if need_grad_teacher:
         tgrad, tgrad3 = _gradient_like(found["teacher"])
-    losses = {term: torch.empty((n, 1, s), dtype=dtype, device=device) for term in denominators}
+    losses = _RowLosses((term, torch.empty((n, 1, s), dtype=dtype, device=device))
+                        for term in denominators)
+    losses.zero = _ZERO_TERMS[key]
     library = _compiled_for(input, x3, found, upstream)
     if library is not None:
         _c_compute(library, key, x3, found, grad3, tgrad3, losses, scales, consts, scalars)
@@ -1918,16 +1925,30 @@ def _run_without_grad(input, target, options, need_grad, need_grad_teacher, upst
     return losses, denominators, (grad, tgrad)
 
 
+class _RowLosses(dict):
+    """Term → row losses ``(N, 1, S)``; ``zero``: the terms whose rows are all +0.0
+    (``_ZERO_TERMS`` of the kernel that wrote them)."""
+
+    zero = ()
+
+
 def _reduce(losses, denominators, reduction, input):
     """The reduced loss of every term (in the input's dtype)."""
     out = {}
+    zero = getattr(losses, "zero", ())
     for term, rows in losses.items():
         if reduction in _PER_ROW:
             shape = () if input.dim() == 1 else (rows.shape[0],) + tuple(input.shape[2:])
             out[term] = rows.reshape(shape).to(input.dtype)
             continue
-        total = rows.sum(dtype=torch.float64)
         denominator = denominators[term]
+        if term in zero and (denominator is None or (
+                not isinstance(denominator, torch.Tensor) and denominator > 0)):
+            # a sum of +0.0 is +0.0, and so is +0.0 / d for a number d > 0: the same
+            # bits without the sum (a zero denominator, a tensor one: computed, below)
+            out[term] = torch.zeros((), dtype=input.dtype, device=input.device)
+            continue
+        total = rows.sum(dtype=torch.float64)
         if denominator is not None:
             total = total / denominator
         out[term] = total.to(input.dtype)

@@ -45,11 +45,13 @@ def test_loss_and_gradient_as_pytorch(compiled, options):
     torch.testing.assert_close(x.grad.double(), ref_grad, rtol=1e-5, atol=1e-7)
 
 
-def test_everything_ignored_is_nan_as_pytorch():
-    """Both terms' denominators zero (one shared sum): NaN loss, zero gradient."""
+@pytest.mark.parametrize("z_loss", [0.0, 0.5])
+def test_everything_ignored_is_nan_as_pytorch(z_loss):
+    """Both terms' denominators zero (one shared sum): NaN loss, zero gradient; the z
+    term NaN too, even where z_loss = 0 makes its rows 0 (0 / 0)."""
     x = torch.randn(4, 5, requires_grad=True)
     y = torch.full((4,), 3)
-    loss, z = CE.cross_entropy(x, y, ignore_index=3, z_loss=0.5, return_z_loss=True)
+    loss, z = CE.cross_entropy(x, y, ignore_index=3, z_loss=z_loss, return_z_loss=True)
     loss.backward()
     assert torch.isnan(loss) and torch.isnan(z)
     assert torch.isnan(F.cross_entropy(x.detach(), y, ignore_index=3))
@@ -93,3 +95,43 @@ def test_a_tensor_denominators_scale_is_divides_bit_for_bit(denominator):
     for scale in scales.values():
         assert scale.dtype == torch.float32
         assert scale.view(torch.int32).item() == expected.view(torch.int32).item()
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_term_switched_off_reduces_to_plus_zero(compiled, reduction):
+    """z_loss = 0: the z term's rows are 0, so its reduction is skipped: +0.0 exactly,
+    with NaN and infinite logits too, and the total is PyTorch's cross-entropy
+    (NaN where PyTorch's is NaN)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 5, 2, generator=gen)
+    x[0, 1, 0] = float("nan")
+    x[1, :, 1] = float("inf")
+    x[2, 3, 0] = -float("inf")
+    y = torch.randint(0, 5, (6, 2), generator=gen)
+    CE.use_compiled(compiled)
+    try:
+        loss, z = CE.cross_entropy(x, y, reduction=reduction, return_z_loss=True)
+        empty_loss, empty_z = CE.cross_entropy(x[:0], y[:0], reduction=reduction,
+                                               return_z_loss=True)
+    finally:
+        CE.use_compiled(None)
+    assert z.dtype == torch.float32 and z.view(torch.int32).item() == 0  # +0.0
+    ref = F.cross_entropy(x.double(), y, reduction=reduction)
+    assert torch.isnan(loss) and torch.isnan(ref)
+    finite = x[3:], y[3:]
+    CE.use_compiled(compiled)
+    try:
+        loss, z = CE.cross_entropy(*finite, reduction=reduction, return_z_loss=True)
+    finally:
+        CE.use_compiled(None)
+    assert z.view(torch.int32).item() == 0
+    torch.testing.assert_close(loss.double(), F.cross_entropy(finite[0].double(), finite[1],
+                                                              reduction=reduction))
+    # no rows: the mean is 0 / 0 (NaN, as PyTorch's), the sum +0.0
+    empty_ref = F.cross_entropy(x[:0].double(), y[:0], reduction=reduction)
+    if reduction == "mean":
+        assert torch.isnan(empty_loss) and torch.isnan(empty_z) and torch.isnan(empty_ref)
+    else:
+        assert empty_loss.item() == 0.0 == empty_ref.item()
+        assert empty_z.view(torch.int32).item() == 0
