@@ -2,6 +2,11 @@
 past ``Function.apply``'s argument binding, and one denominator sum for terms that
 share a row weight, against PyTorch's cross-entropy (float64)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,3 +140,16 @@ def test_a_term_switched_off_reduces_to_plus_zero(compiled, reduction):
     else:
         assert empty_loss.item() == 0.0 == empty_ref.item()
         assert empty_z.view(torch.int32).item() == 0
+
+
+def test_the_overhead_benchmark_runs():
+    """benchmarks/percall_overhead.py, a smoke run (no timing judged): it must finish and
+    report both cases for the working tree."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "percall_overhead.py"), ".", "--shape",
+         "tiny", "--rounds", "2"], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("beyond the kernel") == 2
+    assert proc.stdout.count("F.cross_entropy") == 2
