@@ -19925,14 +19925,16 @@ def _c_run(library, key, arrays, sizes, values, threads):
     those of them it uses, in the order of ``_C_KERNELS``.
     """
     name, array_names, value_names = _C_KERNELS[key]
-    missing = [a for a in array_names if arrays.get(a) is None and a not in _C_OPTIONAL]
+    args = [arrays.get(a) for a in array_names]
+    missing = [a for a, v in zip(array_names, args) if v is None and a not in _C_OPTIONAL]
     if missing:
         raise ValueError(f"the compiled kernel {name} needs the arrays {missing}")
-    per_row = arrays.get("scales") is not None
-    args = [arrays.get(a) for a in array_names]
     args += [int(size) for size in sizes]
-    args += [float(values.get(v, 0.0) if per_row and v.startswith("scale_") else values[v])
-             for v in value_names]
+    if arrays.get("scales") is not None:  # per-row scales: the scale values may be left out
+        args += [float(values.get(v, 0.0) if v.startswith("scale_") else values[v])
+                 for v in value_names]
+    else:
+        args += [float(values[v]) for v in value_names]
     args.append(_c_unit(sizes[1], sizes[2]))
     _c_call(library.kernel(key), args, threads)
 

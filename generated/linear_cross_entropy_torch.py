@@ -123,6 +123,7 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # the public function's arguments, in order (the autograd Function takes them positionally)
 _ARGUMENTS = ('input', 'target', 'weight', 'ignore_index', 'reduction', 'label_smoothing', 'z_loss', 'softcap', 'return_z_loss')
 _OPTIONS = _ARGUMENTS[2:]
+_REDUCTION_AT = _OPTIONS.index("reduction")
 # each term of the loss, and the flags that return one on its own
 _TERMS = ('cross_entropy', 'z')
 _RETURNED = (('return_z_loss', 'z'),)
@@ -15928,14 +15929,16 @@ def _c_run(library, key, arrays, sizes, values, threads):
     those of them it uses, in the order of ``_C_KERNELS``.
     """
     name, array_names, value_names = _C_KERNELS[key]
-    missing = [a for a in array_names if arrays.get(a) is None and a not in _C_OPTIONAL]
+    args = [arrays.get(a) for a in array_names]
+    missing = [a for a, v in zip(array_names, args) if v is None and a not in _C_OPTIONAL]
     if missing:
         raise ValueError(f"the compiled kernel {name} needs the arrays {missing}")
-    per_row = arrays.get("scales") is not None
-    args = [arrays.get(a) for a in array_names]
     args += [int(size) for size in sizes]
-    args += [float(values.get(v, 0.0) if per_row and v.startswith("scale_") else values[v])
-             for v in value_names]
+    if arrays.get("scales") is not None:  # per-row scales: the scale values may be left out
+        args += [float(values.get(v, 0.0) if v.startswith("scale_") else values[v])
+                 for v in value_names]
+    else:
+        args += [float(values[v]) for v in value_names]
     args.append(_c_unit(sizes[1], sizes[2]))
     _c_call(library.kernel(key), args, threads)
 
@@ -16706,6 +16709,42 @@ _KERNELS = {
     ('probability', True, True, True, False): (_constants_probability_weighted_smoothed_z_loss, _block_probability_weighted_smoothed_z_loss, {'u': 'buf'}),
     ('probability', True, True, True, True): (_constants_probability_weighted_smoothed_z_loss_softcap, _block_probability_weighted_smoothed_z_loss_softcap, {'u': 'u'}),
 }
+# kernel key → the terms whose row losses are 0 (+0.0 for every input: the derivation's
+# expression is 0 for the options the kernel is specialised to)
+_ZERO_TERMS = {
+    ('index', False, False, False, False): ('z',),
+    ('index', False, False, False, True): ('z',),
+    ('index', False, False, True, False): (),
+    ('index', False, False, True, True): (),
+    ('index', False, True, False, False): ('z',),
+    ('index', False, True, False, True): ('z',),
+    ('index', False, True, True, False): (),
+    ('index', False, True, True, True): (),
+    ('index', True, False, False, False): ('z',),
+    ('index', True, False, False, True): ('z',),
+    ('index', True, False, True, False): (),
+    ('index', True, False, True, True): (),
+    ('index', True, True, False, False): ('z',),
+    ('index', True, True, False, True): ('z',),
+    ('index', True, True, True, False): (),
+    ('index', True, True, True, True): (),
+    ('probability', False, False, False, False): ('z',),
+    ('probability', False, False, False, True): ('z',),
+    ('probability', False, False, True, False): (),
+    ('probability', False, False, True, True): (),
+    ('probability', False, True, False, False): ('z',),
+    ('probability', False, True, False, True): ('z',),
+    ('probability', False, True, True, False): (),
+    ('probability', False, True, True, True): (),
+    ('probability', True, False, False, False): ('z',),
+    ('probability', True, False, False, True): ('z',),
+    ('probability', True, False, True, False): (),
+    ('probability', True, False, True, True): (),
+    ('probability', True, True, False, False): ('z',),
+    ('probability', True, True, False, True): ('z',),
+    ('probability', True, True, True, False): (),
+    ('probability', True, True, True, True): (),
+}
 # kernel key → the names of its per-call constants (the compiled kernels take them by name)
 _CONSTANT_NAMES = {
     ('index', False, False, False, False): (),
@@ -16934,8 +16973,8 @@ def _targets(input, target, options, n_classes):
         # reduction, every target a class.  Then no entry needs replacing, and if
         # ignore_index lies outside the targets' range, none is ignored (valid None:
         # every row counts)
-        low, high = (0, -1) if target.numel() == 0 else torch.stack(
-            torch.aminmax(target)).tolist()
+        low, high = (0, -1) if target.numel() == 0 else (
+            v.item() for v in torch.aminmax(target))
         if 0 <= low and high < n_classes:
             found["y"] = target.reshape(rows)
             if low <= ignore_index <= high:  # an ignored target is a class: gathered, masked
@@ -16994,9 +17033,14 @@ def _denominators(kind, weighted, reduction, valid, w_y, rows, n_classes):
     A number where the row weight is one, else a float64 tensor on the
     input's device (no host sync).
     """
+    sums = {}  # id → (row weight, its sum): terms with the same row weight share one sum
+
     def total(row_weight):
         if isinstance(row_weight, torch.Tensor):
-            return torch.broadcast_to(row_weight, rows).sum(dtype=torch.float64)
+            if id(row_weight) not in sums:  # (the weight is kept: its id stays its own)
+                sums[id(row_weight)] = (row_weight, torch.broadcast_to(row_weight, rows).sum(
+                    dtype=torch.float64))
+            return sums[id(row_weight)][1]
         return float(row_weight) * rows[0] * rows[1] * rows[2]
 
     valid = 1.0 if valid is None else valid
@@ -17043,7 +17087,16 @@ def _scales(denominators, reduction, upstream, rows, loss_shape, dtype, device):
     term's shape ``loss_shape`` for the per-row reductions).
     """
     scales = {}
+    shared = {}  # id → (denominator, scale): terms with one denominator share its scale
     for term, denominator in denominators.items():
+        if upstream is None and isinstance(denominator, torch.Tensor):
+            if id(denominator) not in shared:
+                # _divide(1.0, denominator): torch's ``1.0 / d`` is ``d.reciprocal() * 1.0``,
+                # the same bits (NaN and infinities included) in one operation less
+                scale = torch.where(denominator != 0, denominator.reciprocal(), 0.0)
+                shared[id(denominator)] = (denominator, scale.to(dtype))
+            scales[term] = shared[id(denominator)][1]
+            continue
         go = 1.0 if upstream is None else upstream[term]
         if isinstance(go, torch.Tensor) and reduction in _PER_ROW:
             go = torch.broadcast_to(go.to(device=device, dtype=dtype), loss_shape)
@@ -17204,31 +17257,40 @@ def _compiled_for(input, x3, found, upstream):
 
 def _c_compute(library, key, x3, found, grad3, tgrad3, losses, scales, consts, scalars):
     """The kernel ``key`` over the whole input, with the calling convention of ``_c_run``."""
-    def contiguous(t, dtype):
-        return None if t is None else t.to(dtype).contiguous()
-
-    def address(t):
-        return None if t is None else t.data_ptr()
-
     # kept referenced until the kernel returns
-    y = contiguous(found["y"], torch.int64)
-    valid = contiguous(found["valid"], torch.float32)
-    w = contiguous(found["weight"], torch.float32)
-    arrays = {"u": address(x3), "g": address(grad3),
-              **{f"loss_{term}": address(rows) for term, rows in losses.items()},
-              "y": address(y), "valid": address(valid), "p": address(found["p"]),
-              "w": address(w), "scales": None, "tu": address(found["tu"]),
-              "tg": address(tgrad3)}
-    values = {**{f"scale_{term}": float(v) for term, v in scales.items()},
-              **{name: float(v) for name, v in scalars.items()},
-              **{name: float(v) for name, v in zip(_CONSTANT_NAMES[key], consts)}}
-    _c_run(library, key, arrays, tuple(x3.shape), values, torch.get_num_threads())
+    y, valid, w = found["y"], found["valid"], found["weight"]
+    y = None if y is None else y.to(torch.int64).contiguous()
+    valid = None if valid is None else valid.to(torch.float32).contiguous()
+    w = None if w is None else w.to(torch.float32).contiguous()
+    arrays = {"u": x3.data_ptr(), "g": None if grad3 is None else grad3.data_ptr(),
+              "y": None if y is None else y.data_ptr(),
+              "valid": None if valid is None else valid.data_ptr(),
+              "p": None if found["p"] is None else found["p"].data_ptr(),
+              "w": None if w is None else w.data_ptr(), "scales": None,
+              "tu": None if found["tu"] is None else found["tu"].data_ptr(),
+              "tg": None if tgrad3 is None else tgrad3.data_ptr()}
+    for term, rows in losses.items():
+        arrays["loss_" + term] = rows.data_ptr()
+    values = {name: float(v) for name, v in scalars.items()}
+    for term, v in scales.items():
+        values["scale_" + term] = float(v)
+    for name, v in zip(_CONSTANT_NAMES[key], consts):
+        values[name] = float(v)
+    _c_run(library, key, arrays, x3.shape, values, torch.get_num_threads())
 
 
-@torch.no_grad()
 def _run(input, target, options, need_grad, need_grad_teacher, upstream=None):
     """Per-term row losses (N, 1, S), each term's denominator, and the gradients
     ``(input's, target's)`` (None where not wanted) of ``Σ upstream·term``."""
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return _run_without_grad(input, target, options, need_grad, need_grad_teacher,
+                                     upstream)
+    # (the Function's forward runs with grad off: no context to enter and leave)
+    return _run_without_grad(input, target, options, need_grad, need_grad_teacher, upstream)
+
+
+def _run_without_grad(input, target, options, need_grad, need_grad_teacher, upstream):
     n_classes = _check_input(input)
     _check_params(options)
     found = _targets(input, target, options, n_classes)
@@ -17254,7 +17316,9 @@ def _run(input, target, options, need_grad, need_grad_teacher, upstream=None):
         grad, grad3 = _gradient_like(input)
     if need_grad_teacher:
         tgrad, tgrad3 = _gradient_like(found["teacher"])
-    losses = {term: torch.empty((n, 1, s), dtype=dtype, device=device) for term in denominators}
+    losses = _RowLosses((term, torch.empty((n, 1, s), dtype=dtype, device=device))
+                        for term in denominators)
+    losses.zero = _ZERO_TERMS[key]
     library = _compiled_for(input, x3, found, upstream)
     if library is not None:
         _c_compute(library, key, x3, found, grad3, tgrad3, losses, scales, consts, scalars)
@@ -17316,16 +17380,30 @@ def _run(input, target, options, need_grad, need_grad_teacher, upstream=None):
     return losses, denominators, (grad, tgrad)
 
 
+class _RowLosses(dict):
+    """Term → row losses ``(N, 1, S)``; ``zero``: the terms whose rows are all +0.0
+    (``_ZERO_TERMS`` of the kernel that wrote them)."""
+
+    zero = ()
+
+
 def _reduce(losses, denominators, reduction, input):
     """The reduced loss of every term (in the input's dtype)."""
     out = {}
+    zero = getattr(losses, "zero", ())
     for term, rows in losses.items():
         if reduction in _PER_ROW:
             shape = () if input.dim() == 1 else (rows.shape[0],) + tuple(input.shape[2:])
             out[term] = rows.reshape(shape).to(input.dtype)
             continue
-        total = rows.sum(dtype=torch.float64)
         denominator = denominators[term]
+        if term in zero and (denominator is None or (
+                not isinstance(denominator, torch.Tensor) and denominator > 0)):
+            # a sum of +0.0 is +0.0, and so is +0.0 / d for a number d > 0: the same
+            # bits without the sum (a zero denominator, a tensor one: computed, below)
+            out[term] = torch.zeros((), dtype=input.dtype, device=input.device)
+            continue
+        total = rows.sum(dtype=torch.float64)
         if denominator is not None:
             total = total / denominator
         out[term] = total.to(input.dtype)
@@ -17880,17 +17958,23 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, target, wanted, *values = inputs
-        options = dict(zip(_OPTIONS, values, strict=True))
         ctx.set_materialize_grads(False)
-        *_, grad, tgrad = output
-        ctx.mark_non_differentiable(*(g for g in (grad, tgrad) if g is not None))
+        grad, tgrad = output[-2:]
+        if grad is not None or tgrad is not None:
+            ctx.mark_non_differentiable(*(g for g in (grad, tgrad) if g is not None))
         ctx.grads = (grad, tgrad)
-        ctx.per_row = options["reduction"] in _PER_ROW
-        ctx.returned = sum(bool(options[flag]) for flag, _ in _RETURNED)
-        tensors = [name for name in _OPTIONS if isinstance(options[name], torch.Tensor)]
-        ctx.save_for_backward(input, target, *(options[name] for name in tensors))
+        ctx.per_row = values[_REDUCTION_AT] in _PER_ROW
+        ctx.returned = len(output) - 3
+        # the tensor options saved with save_for_backward, the rest kept (see _options_of)
+        tensors, kept = [], {}
+        for name, value in zip(_OPTIONS, values, strict=True):
+            if isinstance(value, torch.Tensor):
+                tensors.append(name)
+            else:
+                kept[name] = value
+        ctx.save_for_backward(input, target, *(v for v in values if isinstance(v, torch.Tensor)))
         ctx.tensor_options = tensors
-        ctx.options = {name: v for name, v in options.items() if name not in tensors}
+        ctx.options = kept
 
     @staticmethod
     def backward(ctx, grad_output, *rest):
@@ -17950,6 +18034,20 @@ class CrossEntropyFunction(torch.autograd.Function):
 # Function.apply binds the forward's signature on every call when setup_context is
 # defined: computed once here (inspect.signature reads it) instead of at each call
 CrossEntropyFunction.forward.__signature__ = inspect.signature(CrossEntropyFunction.forward)
+# Function.apply (torch/autograd/function.py) binds the arguments to that signature,
+# then, outside torch.func's transforms, unwraps functorch's dead wrappers and calls
+# the C++ apply.  The public function passes positional arguments to a forward without
+# defaults, so the binding returns them as given: _apply skips it (about 20 us a call,
+# half of the Python around the C++ apply), and takes Function.apply itself under a
+# transform or where this torch has no unwrap_if_dead
+_C_APPLY = super(torch.autograd.Function, CrossEntropyFunction).apply
+_UNWRAP_IF_DEAD = getattr(getattr(torch._C, "_functorch", None), "unwrap_if_dead", None)
+
+
+def _apply(*args):
+    if _UNWRAP_IF_DEAD is None or torch._C._are_functorch_transforms_active():
+        return CrossEntropyFunction.apply(*args)
+    return _C_APPLY(*(_UNWRAP_IF_DEAD(a) if isinstance(a, torch.Tensor) else a for a in args))
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0, softcap=None, return_z_loss=False):
@@ -17982,7 +18080,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean
     wanted = (full and input.requires_grad,
               full and _TARGET_GRADIENT and isinstance(target, torch.Tensor)
               and target.requires_grad)
-    *result, _, _ = CrossEntropyFunction.apply(input, target, wanted, *values)
+    *result, _, _ = _apply(input, target, wanted, *values)
     return result[0] if len(result) == 1 else tuple(result)
 
 

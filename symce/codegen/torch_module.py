@@ -28,7 +28,10 @@ BLOCK_ARRAYS = ("u", "buf", "tu", "tbuf", "y", "valid", "p", "w", "n_classes", "
 def _kernel(kernel: Kernel) -> dict[str, object]:
     names = kernel_names(kernel)
     return {**array_kernel_context(kernel, "torch"),
-            "plan": schedule(kernel, lambda e: array_code(e, "torch", names))}
+            "plan": schedule(kernel, lambda e: array_code(e, "torch", names)),
+            # terms whose row loss the derivation makes 0 for this kernel's options (z_loss
+            # = 0): every backend writes +0.0 rows for them, whatever the logits
+            "zero_losses": [name for name, e in kernel.losses if e == 0]}
 
 
 def op_schema(loss_name: str) -> list[str]:
