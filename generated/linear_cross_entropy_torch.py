@@ -18039,9 +18039,23 @@ CrossEntropyFunction.forward.__signature__ = inspect.signature(CrossEntropyFunct
 # the C++ apply.  The public function passes positional arguments to a forward without
 # defaults, so the binding returns them as given: _apply skips it (about 20 us a call,
 # half of the Python around the C++ apply), and takes Function.apply itself under a
-# transform or where this torch has no unwrap_if_dead
+# transform, where this torch has no unwrap_if_dead, or where Function.apply names
+# anything its torch 2.13 code does not (a later torch may do more there)
 _C_APPLY = super(torch.autograd.Function, CrossEntropyFunction).apply
-_UNWRAP_IF_DEAD = getattr(getattr(torch._C, "_functorch", None), "unwrap_if_dead", None)
+_APPLY_NAMES = frozenset((
+    "RuntimeError", "_C", "_are_functorch_transforms_active", "_functorch",
+    "_is_setup_context_defined", "apply", "custom_function_call", "forward", "setup_context",
+    "super", "torch", "unwrap_dead_wrappers", "utils"))
+
+
+def _apply_is_known():
+    """Whether Function.apply names nothing its torch 2.13 code does not (see above)."""
+    code = getattr(getattr(torch.autograd.Function.apply, "__func__", None), "__code__", None)
+    return code is not None and set(code.co_names) <= _APPLY_NAMES
+
+
+_UNWRAP_IF_DEAD = getattr(getattr(torch._C, "_functorch", None), "unwrap_if_dead",
+                          None) if _apply_is_known() else None
 
 
 def _apply(*args):

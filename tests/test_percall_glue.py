@@ -88,6 +88,31 @@ def test_under_torch_func_the_function_takes_functorchs_path():
     torch.testing.assert_close(grad, _reference(x, y, label_smoothing=0.2)[1])
 
 
+def test_the_shortcut_past_function_apply_only_where_its_code_is_known(monkeypatch):
+    """``_apply`` skips ``Function.apply``'s binding only while ``Function.apply`` names
+    what its torch 2.13 code names; a torch whose ``apply`` does more gets ``apply``
+    itself, with the same results."""
+    assert CE._apply_is_known()
+    monkeypatch.setattr(CE, "_APPLY_NAMES", CE._APPLY_NAMES - {"unwrap_dead_wrappers"})
+    assert not CE._apply_is_known()
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 6, 2, 3, 1])
+    shortcut = torch.autograd.grad(CE.cross_entropy(x, y), x)[0]
+    called = []
+    original = CE.CrossEntropyFunction.apply
+
+    def apply(*args):
+        called.append(True)
+        return original(*args)
+
+    monkeypatch.setattr(CE, "_UNWRAP_IF_DEAD", None)
+    monkeypatch.setattr(CE.CrossEntropyFunction, "apply", apply)
+    fallback = torch.autograd.grad(CE.cross_entropy(x, y), x)[0]
+    assert called
+    assert torch.equal(shortcut, fallback)
+    torch.testing.assert_close(fallback, _reference(x, y)[1])
+
+
 @pytest.mark.parametrize("denominator", [2048.0, 3.0, 0.0, -0.0, -7.0, 5e-324, 1e-310,
                                          float("inf"), float("-inf"), float("nan")])
 def test_a_tensor_denominators_scale_is_divides_bit_for_bit(denominator):
