@@ -17024,7 +17024,11 @@ def _divide(numerator, denominator):
     """``numerator / denominator``, 0 where the denominator is 0 (nothing counts: the
     reduced loss is NaN, as PyTorch's, and its gradient zero)."""
     if isinstance(denominator, torch.Tensor):
-        return torch.where(denominator != 0, numerator / denominator, 0.0)
+        # torch's ``1.0 / d`` is ``d.reciprocal() * 1.0``: the same bits (NaN and
+        # infinities included) in one operation less
+        one = not isinstance(numerator, torch.Tensor) and numerator == 1.0
+        quotient = denominator.reciprocal() if one else numerator / denominator
+        return torch.where(denominator != 0, quotient, 0.0)
     return numerator / denominator if denominator != 0 else numerator * 0.0
 
 
@@ -17036,14 +17040,11 @@ def _scales(denominators, reduction, upstream, rows, loss_shape, dtype, device):
     term's shape ``loss_shape`` for the per-row reductions).
     """
     scales = {}
-    shared = {}  # id → (denominator, scale): terms with one denominator share its scale
+    # id → (denominator, scale): without upstream gradients, terms with one tensor
+    # denominator share its scale (the denominator kept: its id stays its own)
+    shared = {}
     for term, denominator in denominators.items():
-        if upstream is None and isinstance(denominator, torch.Tensor):
-            if id(denominator) not in shared:
-                # _divide(1.0, denominator): torch's ``1.0 / d`` is ``d.reciprocal() * 1.0``,
-                # the same bits (NaN and infinities included) in one operation less
-                scale = torch.where(denominator != 0, denominator.reciprocal(), 0.0)
-                shared[id(denominator)] = (denominator, scale.to(dtype))
+        if upstream is None and id(denominator) in shared:
             scales[term] = shared[id(denominator)][1]
             continue
         go = 1.0 if upstream is None else upstream[term]
@@ -17056,6 +17057,8 @@ def _scales(denominators, reduction, upstream, rows, loss_shape, dtype, device):
         # in the blocks' dtype: a float64 scalar tensor sends float32 operations
         # down torch's slower mixed-dtype path (measured: 3x on addcmul_)
         scales[term] = scale.to(dtype) if isinstance(scale, torch.Tensor) else scale
+        if upstream is None and isinstance(denominator, torch.Tensor):
+            shared[id(denominator)] = (denominator, scales[term])
     return scales
 
 
@@ -17146,34 +17149,34 @@ def recycle_gradients(enabled=None):
 
 def _idle(kept, i):
     """Whether ``kept[i]`` is referenced by the pool alone (see above): no tensor uses
-    the storage, and the list and getrefcount's argument are its only references."""
-    return (torch._C._storage_Use_Count(kept[i]._cdata) == 1 and sys.getrefcount(kept[i]) == 2
-            and not kept[i].is_shared())
+    the storage, and the list and getrefcount's argument are its only references
+    (shared storages are dropped from ``kept`` first)."""
+    return torch._C._storage_Use_Count(kept[i]._cdata) == 1 and sys.getrefcount(kept[i]) == 2
 
 
 def _recycled_gradient(t):
     """A contiguous CPU tensor shaped and typed as ``t`` on a kept storage of its size
     that only the pool references, else on a new one (kept in place of the oldest
-    unreferenced one).  The tensor is made under the lock: until it exists the
-    storage looks free to every other thread."""
+    unreferenced one, huge pages advised).  The tensor is made under the lock: until
+    it exists the storage looks free to every other thread."""
     nbytes = t.numel() * t.element_size()
     with _recycle_lock:
         kept = _recycling["storages"]
         kept[:] = [s for s in kept if not s.is_shared()]  # another process may map these
-        found = None
         for i in range(len(kept) - 1, -1, -1):  # the most recently used first: in cache
             if kept[i].nbytes() == nbytes and _idle(kept, i):
                 found = kept.pop(i)
                 kept.append(found)
-                break
-        if found is None:
-            found = torch.UntypedStorage(nbytes, device="cpu")
-            idle = [i for i in range(len(kept)) if _idle(kept, i)]
-            if len(kept) < _RECYCLED or idle:
-                if len(kept) >= _RECYCLED:
-                    del kept[idle[0]]
-                kept.append(found)
-        return torch.empty(0, dtype=t.dtype, device="cpu").set_(found, 0, t.shape)
+                return torch.empty(0, dtype=t.dtype, device="cpu").set_(found, 0, t.shape)
+        found = torch.UntypedStorage(nbytes, device="cpu")
+        idle = [i for i in range(len(kept)) if _idle(kept, i)]
+        if len(kept) < _RECYCLED or idle:
+            if len(kept) >= _RECYCLED:
+                del kept[idle[0]]
+            kept.append(found)
+        grad = torch.empty(0, dtype=t.dtype, device="cpu").set_(found, 0, t.shape)
+    _advise_huge_pages(grad)  # once, before its pages are first written
+    return grad
 
 
 def _gradient_like(t):
@@ -17184,7 +17187,7 @@ def _gradient_like(t):
         grad = _recycled_gradient(t)
     else:
         grad = torch.empty_like(t, memory_format=torch.contiguous_format)
-    _advise_huge_pages(grad)
+        _advise_huge_pages(grad)
     return grad, _layout(grad, t.dim())
 
 
@@ -17915,13 +17918,14 @@ class CrossEntropyFunction(torch.autograd.Function):
         ctx.per_row = values[_REDUCTION_AT] in _PER_ROW
         ctx.returned = len(output) - 3
         # the tensor options saved with save_for_backward, the rest kept (see _options_of)
-        tensors, kept = [], {}
+        tensors, saved, kept = [], [], {}
         for name, value in zip(_OPTIONS, values, strict=True):
             if isinstance(value, torch.Tensor):
                 tensors.append(name)
+                saved.append(value)
             else:
                 kept[name] = value
-        ctx.save_for_backward(input, target, *(v for v in values if isinstance(v, torch.Tensor)))
+        ctx.save_for_backward(input, target, *saved)
         ctx.tensor_options = tensors
         ctx.options = kept
 
